@@ -1,0 +1,47 @@
+"""Runtime adapters and their registry.
+
+Third-party backends register a ``Backend`` subclass under the ``qbench.backends`` entry-point
+group; it is checked when first looked up.
+"""
+
+from __future__ import annotations
+
+from importlib import metadata
+
+from backends._base import Artifact, Availability, Backend, Calibration, Runner
+from backends._onnxruntime import OnnxRuntimeBackend
+from qbench.errors import QbenchError
+
+__all__ = ["Artifact", "Availability", "Backend", "Calibration", "Runner", "all_backends", "get_backend"]
+
+_BUILTIN: dict[str, type[Backend]] = {OnnxRuntimeBackend.name: OnnxRuntimeBackend}
+ENTRY_POINT_GROUP = "qbench.backends"
+
+
+def _registry() -> dict[str, type[Backend]]:
+    found = dict(_BUILTIN)
+    for entry in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        cls = entry.load()
+        if not (isinstance(cls, type) and issubclass(cls, Backend)):
+            raise QbenchError(
+                f"entry point {entry.name!r} in {ENTRY_POINT_GROUP!r} must name a Backend subclass, got {cls!r}"
+            )
+        if getattr(cls, "name", None) != entry.name:
+            raise QbenchError(
+                f"backend plugin {cls.__qualname__} must set name = {entry.name!r} to match its entry point"
+            )
+        found.setdefault(entry.name, cls)
+    return found
+
+
+def all_backends() -> list[Backend]:
+    return [cls() for cls in _registry().values()]
+
+
+def get_backend(name: str) -> Backend:
+    registry = _registry()
+    if name not in registry:
+        raise QbenchError(
+            f"unknown backend {name!r}: choose one of {', '.join(registry)} (`qbench backends` lists them)"
+        )
+    return registry[name]()

@@ -1,0 +1,122 @@
+"""The contract every runtime adapter fulfils. Timing and statistics never live here."""
+
+from __future__ import annotations
+
+import abc
+import pathlib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+
+from qbench.data import Dataset
+from qbench.machine import Machine
+from qbench.model import Layer, OnnxModel
+from qbench.plan import PrecisionPlan
+
+
+@dataclass(frozen=True)
+class Availability:
+    """Whether a backend can run here, and if not, exactly what is missing."""
+
+    available: bool
+    reason: str
+    version: str | None = None
+    device: str = ""
+
+
+@dataclass(frozen=True)
+class Artifact:
+    """Something a backend built for one (model, plan) and can load; cached by ``key``."""
+
+    path: pathlib.Path
+    key: str
+    build_seconds: float
+    cached: bool
+
+    @property
+    def size_bytes(self) -> int:
+        return self.path.stat().st_size
+
+
+class Runner(abc.ABC):
+    """A loaded artifact. Owned by the caller, who must ``close()`` it; not thread-safe."""
+
+    #: Runtime settings that shape latency (threads, spinning, hints); stored with each result.
+    settings: Mapping[str, Any]
+
+    @abc.abstractmethod
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        """Run one inference and return the outputs in graph order."""
+
+    def synchronize(self) -> None:  # noqa: B027 - a no-op is right for synchronous runtimes
+        """Wait for queued device work; CPU runtimes return at once."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release the session; the runner is unusable afterwards."""
+
+
+@dataclass
+class Calibration:
+    """Activation ranges for every candidate tensor, computed once and reused for any plan."""
+
+    path: pathlib.Path
+    method: str
+    samples: int
+    seconds: float
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+class Backend(abc.ABC):
+    """A runtime adapter. Construction is cheap and imports nothing heavy; ``probe()`` says
+    whether the runtime can be used, and every other method may assume it can."""
+
+    name: ClassVar[str]
+
+    @abc.abstractmethod
+    def probe(self) -> Availability:
+        """Availability, runtime version and device; never raises."""
+
+    @abc.abstractmethod
+    def precisions(self, layer: Layer) -> tuple[str, ...]:
+        """Precisions this backend can run ``layer`` in, fp32 first."""
+
+    @abc.abstractmethod
+    def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
+        """Fill the plan's unset options with this backend's defaults for ``machine``."""
+
+    @abc.abstractmethod
+    def calibrate(self, model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:
+        """Compute (or load cached) activation ranges for all candidate tensors."""
+
+    @abc.abstractmethod
+    def build(
+        self, model: OnnxModel, plan: PrecisionPlan, calibration: Calibration | None, workdir: pathlib.Path
+    ) -> Artifact:
+        """Turn the model and a resolved plan into a loadable artifact, cached by content hash."""
+
+    @abc.abstractmethod
+    def load(self, artifact: Artifact, threads: int, shared_process: bool = True) -> Runner:
+        """Open ``artifact`` with a fixed thread count. ``shared_process`` says other sessions
+        live in this process, so idle worker threads must not spin."""
+
+    @abc.abstractmethod
+    def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
+        """What each quantizable layer actually runs in once the runtime has optimized it."""
+
+    def check_plan(self, plan: PrecisionPlan, model: OnnxModel) -> None:
+        """Raise a QbenchError naming the first layer whose precision this backend cannot run."""
+        from qbench.errors import QbenchError
+        from qbench.plan import check_plan_layers
+
+        check_plan_layers(plan, model.layer_names())
+        by_name = {layer.name: layer for layer in model.layers}
+        for name, precision in plan.layers.items():
+            offered = self.precisions(by_name[name])
+            if precision not in offered:
+                raise QbenchError(
+                    f"backend {self.name!r} cannot run layer {name!r} ({by_name[name].op_type}) in "
+                    f"{precision}; it offers {', '.join(offered)}"
+                )

@@ -1,0 +1,274 @@
+"""ONNX Runtime on the CPU: static QDQ int8 per layer, dynamic int8 for MatMul/Gemm, fp32."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import pathlib
+import time
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import numpy as np
+
+from backends._base import Artifact, Availability, Backend, Calibration, Runner
+from qbench.data import Dataset, fixed_batch_size
+from qbench.errors import QbenchError
+from qbench.machine import Machine
+from qbench.model import Layer, OnnxModel
+from qbench.plan import PrecisionPlan
+
+log = logging.getLogger(__name__)
+
+# Op types in ONNX Runtime's optimized graph that compute in int8, by the node name they keep.
+_INT8_KERNELS = frozenset(
+    {
+        "QLinearConv",
+        "QLinearMatMul",
+        "QGemm",
+        "ConvInteger",
+        "MatMulInteger",
+        "DynamicQuantizeMatMul",
+        "MatMulIntegerToFloat",
+        "QLinearConvTranspose",
+        "MatMulNBits",
+    }
+)
+_CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
+_CALIBRATION_BATCH = 32
+
+
+def _ort():
+    try:
+        import onnxruntime
+    except ImportError as exc:  # a core dependency, but say how to fix a broken install
+        raise QbenchError("onnxruntime is not importable; reinstall it with `pip install onnxruntime`") from exc
+    return onnxruntime
+
+
+def _sha(*parts: str) -> str:
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+class OnnxRuntimeRunner(Runner):
+    def __init__(self, session: Any, settings: Mapping[str, Any]) -> None:
+        self._session = session
+        self.settings = dict(settings)
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
+        return self._session.run(None, feeds)
+
+    def close(self) -> None:
+        self._session = None
+
+
+class OnnxRuntimeBackend(Backend):
+    """ONNX Runtime's CPU execution provider.
+
+    Plans become QDQ graphs through ONNX Runtime's own quantizer (``quantize_static`` with
+    ``nodes_to_quantize``), built from activation ranges calibrated once per (model, data,
+    method); MatMul/Gemm layers marked ``int8-dynamic`` then go through ``quantize_dynamic``.
+    """
+
+    name = "onnxruntime"
+
+    def probe(self) -> Availability:
+        try:
+            ort = _ort()
+        except QbenchError as exc:
+            return Availability(False, str(exc))
+        providers = ort.get_available_providers()
+        if "CPUExecutionProvider" not in providers:
+            return Availability(False, f"CPUExecutionProvider missing (have {providers})", ort.__version__)
+        return Availability(True, "ready", ort.__version__, "CPU")
+
+    def precisions(self, layer: Layer) -> tuple[str, ...]:
+        if layer.op_type in ("MatMul", "Gemm"):
+            return ("fp32", "int8", "int8-dynamic")
+        return ("fp32", "int8")
+
+    def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
+        # ONNX Runtime's CPU guidance: x86 wants unsigned activations and signed weights (its
+        # int8 kernels multiply u8 x s8); without VNNI the 16-bit intermediate sums can
+        # saturate, which reduce_range (7-bit weights) avoids. ARM prefers signed/signed.
+        o = plan.options
+        if machine.is_x86:
+            defaults = {"activation_type": "uint8", "weight_type": "int8", "reduce_range": not machine.has_vnni}
+        else:
+            defaults = {"activation_type": "int8", "weight_type": "int8", "reduce_range": False}
+        defaults["per_channel"] = False  # best CPU throughput; the tuner may try True
+        changes = {k: v for k, v in defaults.items() if getattr(o, k) is None}
+        return plan.with_options(**changes) if changes else plan
+
+    # -- calibration -------------------------------------------------------------------------
+
+    def _named_model_path(self, model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path:
+        path = workdir / "models" / f"{model.name}-{model.content_hash}.onnx"
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            model.save(tmp)
+            tmp.replace(path)
+        return path
+
+    def calibrate(self, model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:
+        from onnxruntime.quantization import (
+            CalibrationDataReader,
+            CalibrationMethod,
+            create_calibrator,
+            save_tensors_data,
+        )
+
+        if method not in _CALIBRATION_METHODS:
+            raise QbenchError(f"calibration method must be one of {list(_CALIBRATION_METHODS)}, but got {method!r}")
+        path = workdir / "calibration" / f"{model.content_hash}-{data.content_hash}-{method}.json"
+        if path.exists():
+            return Calibration(path, method, len(data), 0.0, {"cached": True})
+        path.parent.mkdir(parents=True, exist_ok=True)
+        batch = fixed_batch_size(model) or _CALIBRATION_BATCH
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._feeds: Iterator[dict[str, np.ndarray]] = data.batches(
+                    batch, keep_tail=fixed_batch_size(model) is None
+                )
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self._feeds, None)
+
+        start = time.perf_counter()
+        augmented = path.with_suffix(".augmented.onnx")
+        try:
+            calibrator = create_calibrator(
+                self._named_model_path(model, workdir),
+                None,  # every float tensor: any later plan can pick any layer
+                augmented_model_path=str(augmented),
+                calibrate_method=getattr(CalibrationMethod, _CALIBRATION_METHODS[method]),
+                extra_options={"execution_providers": ["CPUExecutionProvider"]},
+            )
+            calibrator.collect_data(Reader())
+            tmp = path.with_suffix(".tmp")
+            save_tensors_data(calibrator.compute_data(), tmp)
+            tmp.replace(path)
+        finally:
+            augmented.unlink(missing_ok=True)
+            augmented.with_suffix(".onnx.data").unlink(missing_ok=True)
+        return Calibration(path, method, len(data), time.perf_counter() - start, {"cached": False})
+
+    # -- build -------------------------------------------------------------------------------
+
+    def build(
+        self, model: OnnxModel, plan: PrecisionPlan, calibration: Calibration | None, workdir: pathlib.Path
+    ) -> Artifact:
+        from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_dynamic, quantize_static
+
+        self.check_plan(plan, model)
+        source = self._named_model_path(model, workdir)
+        static, dynamic = plan.layers_in("int8"), plan.layers_in("int8-dynamic")
+        if static and calibration is None:
+            raise ValueError("a plan with static int8 layers needs a calibration")
+        if static and plan.options.calibration != calibration.method:
+            raise ValueError(f"plan wants {plan.options.calibration} calibration, got {calibration.method}")
+        calib_key = calibration.path.name if (static and calibration) else "-"
+        key = _sha(model.content_hash, plan.content_hash, calib_key, self.name, _ort().__version__)
+        path = workdir / "artifacts" / self.name / f"{model.name}-{key}.onnx"
+        if path.exists():
+            return Artifact(path, key, 0.0, cached=True)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        start = time.perf_counter()
+        types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+        o = plan.options
+        staged = path.with_suffix(".static.tmp")
+        current = source
+        try:
+            if static:
+                quantize_static(
+                    current,
+                    staged,
+                    None,
+                    activation_type=types[o.activation_type],
+                    weight_type=types[o.weight_type],
+                    per_channel=o.per_channel,
+                    reduce_range=o.reduce_range,
+                    nodes_to_quantize=static,
+                    calibration_cache_path=calibration.path,
+                    calibrate_method=getattr(CalibrationMethod, _CALIBRATION_METHODS[calibration.method]),
+                )
+                current = staged
+            out = path.with_suffix(".tmp")
+            if dynamic:
+                quantize_dynamic(
+                    current,
+                    out,
+                    per_channel=o.per_channel,
+                    reduce_range=o.reduce_range,
+                    weight_type=types[o.weight_type],
+                    nodes_to_quantize=dynamic,
+                )
+            else:
+                out.write_bytes(pathlib.Path(current).read_bytes())
+            out.replace(path)
+        finally:
+            staged.unlink(missing_ok=True)
+        return Artifact(path, key, time.perf_counter() - start, cached=False)
+
+    # -- run ---------------------------------------------------------------------------------
+
+    def _session_options(self, threads: int, shared_process: bool):
+        ort = _ort()
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning idle threads of one session steal the cores of another (measured 2.3x slower).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0" if shared_process else "1")
+        so.log_severity_level = 3
+        return so
+
+    def load(self, artifact: Artifact, threads: int, shared_process: bool = True) -> Runner:
+        ort = _ort()
+        if threads < 1:
+            raise QbenchError(f"`threads` must be at least 1, but got {threads}")
+        so = self._session_options(threads, shared_process)
+        try:
+            session = ort.InferenceSession(str(artifact.path), so, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # ORT raises its own exception types for unreadable graphs
+            raise QbenchError(f"onnxruntime cannot load {artifact.path.name}: {str(exc).splitlines()[0]}") from exc
+        settings = {
+            "threads": threads,
+            "inter_op_threads": 1,
+            "allow_spinning": not shared_process,
+            "graph_optimization_level": "all",
+            "provider": "CPUExecutionProvider",
+        }
+        return OnnxRuntimeRunner(session, settings)
+
+    def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
+        import onnx
+
+        report = artifact.path.with_suffix(".realized.json")
+        if report.exists():
+            return json.loads(report.read_text())
+        ort = _ort()
+        optimized = artifact.path.with_suffix(".optimized.onnx")
+        so = self._session_options(1, shared_process=True)
+        # The extended level applies the QDQ fusions that decide int8 vs float; the layout
+        # passes of the "all" level only rewrite float convolutions into NCHWc form.
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
+        so.optimized_model_filepath = str(optimized)
+        try:
+            ort.InferenceSession(str(artifact.path), so, providers=["CPUExecutionProvider"])
+            kernels = {
+                node.name: node.op_type for node in onnx.load(str(optimized), load_external_data=False).graph.node
+            }
+        finally:
+            optimized.unlink(missing_ok=True)
+        realized = {}
+        for layer in model.layers:
+            # The dynamic (QOperator) quantizer renames the node it replaces to "<name>_quant".
+            op = kernels.get(layer.name) or kernels.get(f"{layer.name}_quant")
+            realized[layer.name] = "removed" if op is None else ("int8" if op in _INT8_KERNELS else "fp32")
+        report.write_text(json.dumps(realized, indent=1))
+        return realized

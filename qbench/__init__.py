@@ -1,0 +1,47 @@
+"""qbench: hardware-aware quantization benchmarking and auto-tuning.
+
+The public Python surface of the core; the backends live in the ``backends`` package and the
+tuner in ``search``.
+"""
+
+__version__ = "0.1.0"
+
+from qbench.data import Dataset, load_npz  # noqa: E402
+from qbench.errors import QbenchError  # noqa: E402
+from qbench.measure import LatencyStats, Protocol, Speedup, measure, measure_interleaved, speedup  # noqa: E402
+from qbench.metrics import get_metric  # noqa: E402
+from qbench.model import OnnxModel  # noqa: E402
+from qbench.plan import PlanOptions, PrecisionPlan  # noqa: E402
+from qbench.store import Leaderboard  # noqa: E402
+
+__all__ = [
+    "Dataset",
+    "LatencyStats",
+    "Leaderboard",
+    "OnnxModel",
+    "PlanOptions",
+    "PrecisionPlan",
+    "Protocol",
+    "QbenchError",
+    "Speedup",
+    "__version__",
+    "get_metric",
+    "leaderboard",
+    "load_npz",
+    "measure",
+    "measure_interleaved",
+    "speedup",
+]
+
+
+def leaderboard(url: str | None = None, results_dir: str = "results"):
+    """The leaderboard as a pandas DataFrame (one row per measured plan, raw samples included)."""
+    import pathlib
+
+    from qbench.store import default_url
+
+    board = Leaderboard(url or default_url(pathlib.Path(results_dir)))
+    try:
+        return board.frame()
+    finally:
+        board.close()

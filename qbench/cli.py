@@ -1,0 +1,286 @@
+"""The ``qbench`` command line: the one place that wires core, backends and search together."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import sys
+from collections.abc import Sequence
+
+from qbench import __version__
+from qbench.errors import QbenchError
+
+log = logging.getLogger("qbench")
+EXIT_USER_ERROR = 2
+
+
+def _shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        return name, tuple(int(d) for d in dims.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"--shape wants NAME=D1,D2,… (e.g. image=1,1,8,8), but got {text!r}") from None
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}")
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qbench", description="Hardware-aware quantization benchmarking.")
+    parser.add_argument("--version", action="version", version=f"qbench {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--results-dir",
+        type=pathlib.Path,
+        default=pathlib.Path(os.environ.get("QBENCH_RESULTS", "results")),
+        help="where the leaderboard, tables and caches live (default: ./results, or $QBENCH_RESULTS)",
+    )
+    common.add_argument(
+        "--db",
+        default=os.environ.get("QBENCH_DB"),
+        help="leaderboard database URL (default: sqlite file in the results dir, or $QBENCH_DB)",
+    )
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    sub.add_parser("backends", parents=[common], help="list backends, whether each is usable here, and the machine")
+
+    layers = sub.add_parser("layers", parents=[common], help="list a model's quantizable layers and their precisions")
+    layers.add_argument("model", nargs="?", help="ONNX file (default: the built-in demo)")
+    layers.add_argument("--backend", default="onnxruntime")
+
+    bench = sub.add_parser("bench", parents=[common], help="benchmark precision recipes of a model")
+    bench.add_argument("model", nargs="?", help="ONNX file (default: the built-in digits demo)")
+    bench.add_argument("--data", help=".npz evaluation data: one array per model input, optional 'labels'")
+    bench.add_argument(
+        "--calib-data", help=".npz calibration data (default: the first 20%% of --data, at most 256 samples)"
+    )
+    bench.add_argument(
+        "--recipe",
+        default="fp32,int8",
+        help="comma-separated recipes: fp32, int8, int8-dynamic, or plan .json files (default: fp32,int8)",
+    )
+    bench.add_argument("--backend", default="onnxruntime")
+    bench.add_argument(
+        "--metric",
+        help="top1, cosine, sqnr, top1-agreement or module:function "
+        "(default: top1 with labels, else cosine against fp32)",
+    )
+    bench.add_argument("--threads", type=_positive_int, help="intra-op threads (default: physical cores)")
+    bench.add_argument("--batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
+    bench.add_argument(
+        "--shape",
+        type=_shape,
+        action="append",
+        default=[],
+        metavar="NAME=D1,D2,…",
+        help="fix an input's dynamic dimensions (repeatable)",
+    )
+    bench.add_argument("--min-seconds", type=float, help="minimum sampling time per plan (default: 2)")
+    bench.add_argument(
+        "--quick", action="store_true", help="short protocol for smoke tests (rows are marked by their protocol)"
+    )
+
+    board = sub.add_parser("leaderboard", parents=[common], help="print the leaderboard tables")
+    board.add_argument("--model", help="only models whose name contains this")
+    board.add_argument("--csv", action="store_true", help="print every stored row as CSV instead")
+
+    sub.add_parser("report", parents=[common], help="regenerate the Markdown and CSV tables under the results dir")
+    return parser
+
+
+def _open_board(args: argparse.Namespace):
+    from qbench.store import Leaderboard, default_url
+
+    return Leaderboard(args.db or default_url(args.results_dir))
+
+
+def cmd_backends(args: argparse.Namespace) -> int:
+    from backends import all_backends
+    from qbench.machine import current_machine
+
+    machine = current_machine()
+    print(f"machine {machine.fingerprint_hash}: {machine.describe()}")
+    for backend in all_backends():
+        a = backend.probe()
+        state = "available" if a.available else "unavailable"
+        detail = a.device if a.available else a.reason
+        print(f"  {backend.name:<12} {state:<11} version {a.version or '-':<10} {detail}".rstrip())
+    return 0
+
+
+def _load_model(path: str | None, shapes: Sequence[tuple[str, tuple[int, ...]]] = ()):
+    from qbench.model import OnnxModel
+    from qbench.zoo import DEMO
+
+    model = OnnxModel.load(path or DEMO.model)
+    if path is None:
+        model.name = DEMO.name
+    return model.with_shapes(dict(shapes)) if shapes else model
+
+
+def cmd_layers(args: argparse.Namespace) -> int:
+    from backends import get_backend
+
+    model = _load_model(args.model)
+    backend = get_backend(args.backend)
+    print(
+        f"{model.name} ({model.content_hash}): {len(model.layers)} quantizable layers; inputs "
+        + ", ".join(spec.describe() for spec in model.inputs)
+    )
+    for layer in model.layers:
+        print(f"  {layer.name:<40} {layer.op_type:<14} {', '.join(backend.precisions(layer))}")
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from backends import get_backend
+    from qbench.bench import BenchSettings, run_bench
+    from qbench.data import load_npz, split_for_calibration
+    from qbench.machine import current_machine
+    from qbench.measure import QUICK_PROTOCOL, Protocol
+    from qbench.metrics import get_metric
+    from qbench.plan import recipe_plan
+    from qbench.progress import step_printer
+    from qbench.tables import latest_per_plan, ranked, write_tables
+    from qbench.zoo import DEMO
+
+    if args.model is None and args.data is None:
+        args.data, args.calib_data = str(DEMO.evaluation), args.calib_data or str(DEMO.calibration)
+    if args.data is None:
+        raise QbenchError("--data is required for your own model: an .npz with one array per model input (see README)")
+    model = _load_model(args.model, args.shape)
+    backend = get_backend(args.backend)
+    recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
+    if not recipes:
+        raise QbenchError("--recipe is empty; pass e.g. --recipe fp32,int8")
+    plans = [recipe_plan(r, ((layer.name, layer.op_type) for layer in model.layers)) for r in recipes]
+    evaluation = load_npz(args.data, model)
+    if args.calib_data:
+        calibration = load_npz(args.calib_data, model)
+    else:
+        calibration, evaluation = split_for_calibration(evaluation)
+        log.info(
+            "calibrating on the first %d samples of %s and evaluating on the other %d",
+            len(calibration),
+            args.data,
+            len(evaluation),
+        )
+    metric = get_metric(args.metric, evaluation.labels is not None)
+    protocol = QUICK_PROTOCOL if args.quick else Protocol()
+    if args.min_seconds is not None:
+        from dataclasses import replace
+
+        protocol = replace(
+            protocol, min_seconds=args.min_seconds, max_seconds=max(protocol.max_seconds, args.min_seconds * 4)
+        )
+    machine = current_machine()
+    settings = BenchSettings(threads=args.threads or machine.physical_cores, batch_size=args.batch, protocol=protocol)
+    board = _open_board(args)  # fail on an unreachable database before measuring anything
+    try:
+        rows = run_bench(
+            model=model,
+            calibration_data=calibration,
+            evaluation_data=evaluation,
+            metric=metric,
+            plans=plans,
+            backend=backend,
+            machine=machine,
+            settings=settings,
+            board=board,
+            workdir=args.results_dir / "cache",
+            progress=step_printer(args.quiet),
+        )
+        frame = board.frame()
+        mine = frame[frame.run_id == rows[0]["run_id"]]
+        print(
+            f"{model.name} on {backend.name} · {settings.threads} threads · batch {rows[0]['batch_size']} · "
+            f"metric {metric.name} on {len(evaluation)} samples · machine {machine.fingerprint_hash}"
+        )
+        print(ranked(latest_per_plan(mine)).to_string(index=False))
+        written = write_tables(frame, args.results_dir)
+        print(f"recorded {len(rows)} rows in {board.url.split('@')[-1]}; tables: {written[0].parent}")
+    finally:
+        board.close()
+    return 1 if all(r["status"] == "failed" for r in rows[1:]) and len(rows) > 1 else 0
+
+
+def cmd_leaderboard(args: argparse.Namespace) -> int:
+    from qbench.tables import group_title, latest_per_plan, ranked
+
+    board = _open_board(args)
+    try:
+        frame = board.frame()
+    finally:
+        board.close()
+    if args.model:
+        frame = frame[frame.model_name.str.contains(args.model, regex=False)]
+    if frame.empty:
+        print("the leaderboard is empty: run `qbench bench` first")
+        return 0
+    if args.csv:
+        frame.drop(columns=["samples_ns"]).to_csv(sys.stdout, index=False)
+        return 0
+    latest = latest_per_plan(frame)
+    for _, group in latest.groupby("_group", sort=False):
+        first = group.iloc[0]
+        print(f"\n{first.model_name} ({first.model_hash}) on machine {first.machine_hash} · {group_title(first)}")
+        print(ranked(group).to_string(index=False))
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from qbench.tables import write_tables
+
+    board = _open_board(args)
+    try:
+        written = write_tables(board.frame(), args.results_dir)
+    finally:
+        board.close()
+    for path in written:
+        print(path)
+    return 0
+
+
+COMMANDS = {
+    "backends": cmd_backends,
+    "layers": cmd_layers,
+    "bench": cmd_bench,
+    "leaderboard": cmd_leaderboard,
+    "report": cmd_report,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
+        format="%(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    for noisy in ("onnxruntime", "root"):
+        logging.getLogger(noisy).setLevel(logging.ERROR if not args.verbose else logging.DEBUG)
+    try:
+        return COMMANDS[args.command](args)
+    except QbenchError as exc:
+        print(f"qbench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except KeyboardInterrupt:
+        print("qbench: interrupted; rows already recorded are kept", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,132 @@
+"""Calibration and evaluation data: ``.npz`` files of arrays keyed by model input name."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+import zipfile
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from qbench.errors import QbenchError
+from qbench.model import OnnxModel
+
+LABELS_KEY = "labels"
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """Model inputs (axis 0 indexes samples) and optional labels, checked against one model.
+
+    A model input whose first dimension is fixed at ``b`` is fed batches of exactly ``b``
+    samples; a dynamic first dimension takes any batch size.
+    """
+
+    inputs: Mapping[str, np.ndarray]
+    labels: np.ndarray | None
+    source: str
+
+    def __len__(self) -> int:
+        return len(next(iter(self.inputs.values())))
+
+    @property
+    def content_hash(self) -> str:
+        digest = hashlib.sha256()
+        for name in sorted(self.inputs):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(self.inputs[name]).tobytes())
+        if self.labels is not None:
+            digest.update(np.ascontiguousarray(self.labels).tobytes())
+        return digest.hexdigest()[:16]
+
+    def take(self, start: int, stop: int) -> Dataset:
+        labels = None if self.labels is None else self.labels[start:stop]
+        return Dataset({k: v[start:stop] for k, v in self.inputs.items()}, labels, f"{self.source}[{start}:{stop}]")
+
+    def batches(self, batch_size: int, keep_tail: bool = True) -> Iterator[dict[str, np.ndarray]]:
+        """Consecutive feeds of ``batch_size`` samples, then the shorter tail unless ``keep_tail``
+        is off (for models whose batch dimension is fixed)."""
+        n = len(self)
+        stop = n if keep_tail else n - n % batch_size
+        for start in range(0, stop, batch_size):
+            yield {k: v[start : min(start + batch_size, stop)] for k, v in self.inputs.items()}
+
+
+def fixed_batch_size(model: OnnxModel) -> int | None:
+    """The batch size every input fixes in its first dimension, or None when it is dynamic."""
+    sizes = {spec.shape[0] for spec in model.inputs if spec.shape and isinstance(spec.shape[0], int)}
+    if len(sizes) > 1:
+        raise QbenchError(f"model inputs disagree on the batch dimension: {sorted(sizes)}")
+    return sizes.pop() if sizes else None
+
+
+def load_npz(path: str | pathlib.Path, model: OnnxModel) -> Dataset:
+    """Read and validate a data file against ``model``'s inputs (names, dtypes, shapes, labels)."""
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise QbenchError(f"data file not found: {path} (pass an .npz with one array per model input)")
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {key: archive[key] for key in archive.files}
+    except (zipfile.BadZipFile, ValueError, OSError) as exc:
+        raise QbenchError(f"{path} is not a readable .npz file ({exc}); save data with numpy.savez") from exc
+    return dataset_from_arrays(arrays, model, str(path))
+
+
+def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, source: str) -> Dataset:
+    arrays = dict(arrays)
+    labels = arrays.pop(LABELS_KEY, None)
+    expected = [spec.name for spec in model.inputs]
+    missing = [name for name in expected if name not in arrays]
+    extra = [name for name in arrays if name not in expected]
+    if missing or extra:
+        raise QbenchError(
+            f"{source}: arrays {sorted(arrays)} do not match the model's inputs {expected}"
+            + (f" (missing {missing})" if missing else "")
+            + (f" (unexpected {extra}; only '{LABELS_KEY}' may be added)" if extra else "")
+        )
+    counts = {name: len(arrays[name]) if arrays[name].ndim else 0 for name in expected}
+    if len(set(counts.values())) != 1 or 0 in counts.values():
+        raise QbenchError(f"{source}: every input needs the same number of samples on axis 0, got {counts}")
+    inputs = {}
+    for spec in model.inputs:
+        array = arrays[spec.name]
+        if array.ndim != len(spec.shape):
+            raise QbenchError(
+                f"{source}: array {spec.name!r} has shape {list(array.shape)}, but the model input is "
+                f"{spec.describe()} (axis 0 of the array indexes samples and feeds the batch dimension)"
+            )
+        for axis, (want, have) in enumerate(zip(spec.shape[1:], array.shape[1:], strict=True), start=1):
+            if isinstance(want, int) and want != have:
+                raise QbenchError(
+                    f"{source}: array {spec.name!r} has shape {list(array.shape)}, but the model input is "
+                    f"{spec.describe()} (axis {axis} differs); resize the data or pass --shape"
+                )
+        if array.dtype != np.dtype(spec.dtype):
+            if np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
+                array = array.astype(spec.dtype)
+            else:
+                raise QbenchError(
+                    f"{source}: array {spec.name!r} is {array.dtype}, but the model input is {spec.describe()}"
+                )
+        inputs[spec.name] = np.ascontiguousarray(array)
+    batch = fixed_batch_size(model)
+    n = next(iter(counts.values()))
+    if batch is not None and n < batch:
+        raise QbenchError(f"{source}: {n} samples, but the model's fixed batch size is {batch}")
+    if labels is not None:
+        labels = np.asarray(labels)
+        if labels.ndim == 0 or len(labels) != n:
+            got = "a scalar" if labels.ndim == 0 else f"{len(labels)}"
+            raise QbenchError(f"{source}: '{LABELS_KEY}' has {got} entries, but the inputs hold {n} samples")
+    return Dataset(inputs, labels, source)
+
+
+def split_for_calibration(data: Dataset, fraction: float = 0.2, most: int = 256) -> tuple[Dataset, Dataset]:
+    """Calibrate on the first part of the data and evaluate on the rest, so neither sees the other."""
+    n_calib = max(1, min(most, int(len(data) * fraction)))
+    if len(data) - n_calib < 1:
+        raise QbenchError(f"{data.source}: {len(data)} samples are too few to split; pass --calib-data as well")
+    return data.take(0, n_calib), data.take(n_calib, len(data))

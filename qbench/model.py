@@ -1,0 +1,164 @@
+"""Loading an ONNX model: inputs, quantizable layers with stable names, a content hash."""
+
+from __future__ import annotations
+
+import hashlib
+import pathlib
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import onnx
+from google.protobuf.message import DecodeError
+
+from qbench.errors import QbenchError
+
+# Ops whose weights and activations a precision plan can lower; the unit of a plan is one node.
+QUANTIZABLE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
+# QDQ with per-channel weights needs opset 13; ONNX Runtime reads models down to opset 7, but
+# older graphs are rare and the quantizer upgrades them badly, so we ask the user to convert.
+MIN_OPSET = 13
+
+_ONNX_TO_NUMPY = {
+    onnx.TensorProto.FLOAT: "float32",
+    onnx.TensorProto.FLOAT16: "float16",
+    onnx.TensorProto.DOUBLE: "float64",
+    onnx.TensorProto.INT64: "int64",
+    onnx.TensorProto.INT32: "int32",
+    onnx.TensorProto.INT8: "int8",
+    onnx.TensorProto.UINT8: "uint8",
+    onnx.TensorProto.BOOL: "bool",
+}
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One graph input: numpy dtype name and shape, with a name (str) or None for dynamic dims."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str | None, ...]
+
+    def describe(self) -> str:
+        dims = ", ".join("?" if d is None else str(d) for d in self.shape)
+        return f"{self.name}: {self.dtype}[{dims}]"
+
+
+@dataclass(frozen=True)
+class Layer:
+    """A quantizable node, named by its (possibly assigned) ONNX node name."""
+
+    name: str
+    op_type: str
+
+
+class OnnxModel:
+    """An ONNX model as qbench sees it. Nameless nodes get stable names (``OpType_index``).
+
+    ``proto`` is the named graph every backend builds from; ``content_hash`` hashes the file
+    bytes, so the same file always keys the same cache entries and leaderboard rows.
+    """
+
+    def __init__(self, proto: onnx.ModelProto, name: str, content_hash: str, path: pathlib.Path):
+        self.proto = proto
+        self.name = name
+        self.content_hash = content_hash
+        self.path = path
+        self.opset = _default_opset(proto)
+        initializers = {init.name for init in proto.graph.initializer}
+        self.inputs = tuple(_input_spec(v) for v in proto.graph.input if v.name not in initializers)
+        self.output_names = tuple(v.name for v in proto.graph.output)
+        self.layers = tuple(Layer(n.name, n.op_type) for n in proto.graph.node if n.op_type in QUANTIZABLE_OPS)
+
+    @classmethod
+    def load(cls, path: str | pathlib.Path) -> OnnxModel:
+        path = pathlib.Path(path)
+        if not path.is_file():
+            raise QbenchError(f"model file not found: {path} (pass the path of an .onnx file)")
+        raw = path.read_bytes()
+        try:
+            proto = onnx.load_model_from_string(raw)
+        except (DecodeError, RuntimeWarning, ValueError) as exc:
+            raise QbenchError(f"{path} is not an ONNX model ({exc}); export your model to ONNX first") from exc
+        if not proto.graph.node:
+            raise QbenchError(f"{path} is not an ONNX model: it holds no graph nodes")
+        opset = _default_opset(proto)
+        if opset < MIN_OPSET:
+            raise QbenchError(
+                f"{path} uses ONNX opset {opset}, but qbench needs opset {MIN_OPSET} or newer; convert it "
+                f"with onnx.version_converter.convert_version(model, {MIN_OPSET})"
+            )
+        newest = onnx.defs.onnx_opset_version()
+        if opset > newest:
+            raise QbenchError(
+                f"{path} uses ONNX opset {opset}, newer than this onnx package supports ({newest}); "
+                "upgrade onnx and onnxruntime or export with an older opset"
+            )
+        _name_nodes(proto)
+        content_hash = hashlib.sha256(raw).hexdigest()[:16]
+        return cls(proto, path.stem, content_hash, path)
+
+    def layer_names(self) -> tuple[str, ...]:
+        return tuple(layer.name for layer in self.layers)
+
+    def input_spec(self, name: str) -> InputSpec:
+        for spec in self.inputs:
+            if spec.name == name:
+                return spec
+        raise KeyError(name)
+
+    def with_shapes(self, shapes: Mapping[str, tuple[int, ...]]) -> OnnxModel:
+        """Fix dynamic dimensions (``--shape``); a static dimension that disagrees is an error."""
+        for name, shape in shapes.items():
+            try:
+                spec = self.input_spec(name)
+            except KeyError:
+                raise QbenchError(
+                    f"--shape names input {name!r}, but the model's inputs are {', '.join(s.name for s in self.inputs)}"
+                ) from None
+            if len(shape) != len(spec.shape):
+                raise QbenchError(f"--shape {name} has {len(shape)} dims, but input is {spec.describe()}")
+            for have, want in zip(spec.shape, shape, strict=True):
+                if isinstance(have, int) and have != want:
+                    raise QbenchError(f"--shape {name}={list(shape)} conflicts with fixed input {spec.describe()}")
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        for value in proto.graph.input:
+            if value.name in shapes:
+                for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name], strict=True):
+                    dim.Clear()
+                    dim.dim_value = size
+        return OnnxModel(proto, self.name, self.content_hash, self.path)
+
+    def save(self, path: pathlib.Path) -> None:
+        """Write the named graph (the form every backend and the calibrator read)."""
+        onnx.save_model(self.proto, str(path))
+
+
+def _default_opset(proto: onnx.ModelProto) -> int:
+    for entry in proto.opset_import:
+        if entry.domain in ("", "ai.onnx"):
+            return entry.version
+    return 0
+
+
+def _input_spec(value: onnx.ValueInfoProto) -> InputSpec:
+    tensor = value.type.tensor_type
+    dtype = _ONNX_TO_NUMPY.get(tensor.elem_type, f"onnx-type-{tensor.elem_type}")
+    shape: list[int | str | None] = []
+    for dim in tensor.shape.dim:
+        if dim.HasField("dim_value"):
+            shape.append(dim.dim_value)
+        else:
+            shape.append(dim.dim_param or None)
+    return InputSpec(value.name, dtype, tuple(shape))
+
+
+def _name_nodes(proto: onnx.ModelProto) -> None:
+    """Give nameless nodes the name ``OpType_index`` and make duplicates unique, in place."""
+    seen: set[str] = set()
+    for index, node in enumerate(proto.graph.node):
+        name = node.name or f"{node.op_type}_{index}"
+        while name in seen:
+            name = f"{name}_{index}"
+        node.name = name
+        seen.add(name)

@@ -1,0 +1,164 @@
+"""Precision plans: which layers run in which precision, plus plan-wide quantizer options."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from types import MappingProxyType
+from typing import Any
+
+from qbench.errors import QbenchError
+
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic", "fp8", "int4-weight")
+FLOAT_PRECISIONS = frozenset({"fp32", "fp16", "bf16"})
+PLAN_FORMAT_VERSION = 1
+CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
+INT8_TYPES = ("int8", "uint8")
+
+
+@dataclass(frozen=True)
+class PlanOptions:
+    """Plan-wide quantizer options. ``None`` means "the backend's default for this machine"."""
+
+    activation_type: str | None = None
+    weight_type: str | None = None
+    per_channel: bool | None = None
+    reduce_range: bool | None = None
+    calibration: str = "minmax"
+
+    def __post_init__(self) -> None:
+        for name in ("activation_type", "weight_type"):
+            value = getattr(self, name)
+            if value is not None and value not in INT8_TYPES:
+                raise QbenchError(f"plan option `{name}` must be one of {INT8_TYPES}, but got {value!r}")
+        for name in ("per_channel", "reduce_range"):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, bool):
+                raise QbenchError(f"plan option `{name}` must be true or false, but got {value!r}")
+        if self.calibration not in CALIBRATION_METHODS:
+            raise QbenchError(
+                f"plan option `calibration` must be one of {CALIBRATION_METHODS}, but got {self.calibration!r}"
+            )
+
+    def unresolved(self) -> list[str]:
+        return [f.name for f in fields(self) if getattr(self, f.name) is None]
+
+
+@dataclass(frozen=True)
+class PrecisionPlan:
+    """An immutable map from layer name to precision; layers it does not name run in fp32.
+
+    ``name`` is a label for tables and is not part of the content hash, so two plans that
+    assign the same precisions with the same options share artifacts and leaderboard keys.
+    """
+
+    layers: Mapping[str, str] = field(default_factory=dict)
+    options: PlanOptions = field(default_factory=PlanOptions)
+    name: str = "custom"
+
+    def __post_init__(self) -> None:
+        bad = {layer: p for layer, p in self.layers.items() if p not in PRECISIONS}
+        if bad:
+            layer, precision = next(iter(bad.items()))
+            raise QbenchError(
+                f"plan {self.name!r}: layer {layer!r} has unknown precision {precision!r}; use one of {PRECISIONS}"
+            )
+        # Drop fp32 entries (the default) so equal plans hash equal, then freeze.
+        lowered = {k: v for k, v in sorted(self.layers.items()) if v != "fp32"}
+        object.__setattr__(self, "layers", MappingProxyType(lowered))
+
+    @classmethod
+    def uniform(
+        cls, layer_names: Iterable[str], precision: str, name: str | None = None, options: PlanOptions | None = None
+    ) -> PrecisionPlan:
+        return cls({layer: precision for layer in layer_names}, options or PlanOptions(), name or precision)
+
+    def precision(self, layer: str) -> str:
+        return self.layers.get(layer, "fp32")
+
+    def layers_in(self, *precisions: str) -> list[str]:
+        return [layer for layer, p in self.layers.items() if p in precisions]
+
+    @property
+    def is_float(self) -> bool:
+        return all(p in FLOAT_PRECISIONS for p in self.layers.values())
+
+    def with_options(self, **changes: Any) -> PrecisionPlan:
+        return replace(self, options=replace(self.options, **changes))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "qbench_plan": PLAN_FORMAT_VERSION,
+            "name": self.name,
+            "layers": dict(self.layers),
+            "options": {f.name: getattr(self.options, f.name) for f in fields(self.options)},
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "plan") -> PrecisionPlan:
+        if not isinstance(data, Mapping) or data.get("qbench_plan") != PLAN_FORMAT_VERSION:
+            raise QbenchError(
+                f'{source} is not a qbench plan: expected a JSON object with "qbench_plan": {PLAN_FORMAT_VERSION}'
+            )
+        layers = data.get("layers", {})
+        if not isinstance(layers, Mapping):
+            raise QbenchError(f'{source}: "layers" must map layer names to precisions')
+        known = {f.name for f in fields(PlanOptions)}
+        options = data.get("options", {})
+        unknown = set(options) - known
+        if unknown:
+            raise QbenchError(f"{source}: unknown plan option(s) {sorted(unknown)}; known options are {sorted(known)}")
+        return cls(dict(layers), PlanOptions(**options), str(data.get("name", pathlib.Path(source).stem)))
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "plan") -> PrecisionPlan:
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise QbenchError(f"{source} is not valid JSON: {exc}") from exc
+        return cls.from_dict(data, source)
+
+    @property
+    def content_hash(self) -> str:
+        payload = self.to_dict()
+        del payload["name"]
+        return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
+
+
+BUILTIN_RECIPES = ("fp32", "int8", "int8-dynamic")
+
+
+def recipe_plan(recipe: str, layers: Iterable[tuple[str, str]]) -> PrecisionPlan:
+    """A named recipe or a plan file, for a model whose layers are ``(name, op_type)`` pairs."""
+    layers = list(layers)
+    if recipe == "fp32":
+        return PrecisionPlan({}, name="fp32")
+    if recipe == "int8":
+        return PrecisionPlan.uniform((name for name, _ in layers), "int8", "int8")
+    if recipe == "int8-dynamic":
+        matmuls = (name for name, op in layers if op in ("MatMul", "Gemm"))
+        return PrecisionPlan.uniform(matmuls, "int8-dynamic", "int8-dynamic")
+    path = pathlib.Path(recipe)
+    if path.suffix == ".json":
+        if not path.is_file():
+            raise QbenchError(f"plan file not found: {path}")
+        return PrecisionPlan.from_json(path.read_text(), str(path))
+    raise QbenchError(
+        f"unknown recipe {recipe!r}: use one of {', '.join(BUILTIN_RECIPES)} or a plan file ending in .json"
+    )
+
+
+def check_plan_layers(plan: PrecisionPlan, layer_names: Iterable[str]) -> None:
+    unknown = sorted(set(plan.layers) - set(layer_names))
+    if unknown:
+        shown = ", ".join(unknown[:3]) + (" …" if len(unknown) > 3 else "")
+        raise QbenchError(
+            f"plan {plan.name!r} names {len(unknown)} layer(s) the model does not have ({shown}); "
+            "`qbench layers MODEL` lists the model's quantizable layers"
+        )

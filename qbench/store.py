@@ -1,0 +1,232 @@
+"""The leaderboard: one SQL store (SQLite file by default, any SQLAlchemy URL such as PostgreSQL).
+
+Rows are only ever inserted, each in its own transaction, so a failed or interrupted run never
+touches what is already recorded. The schema carries a version; opening an older database
+applies the migrations in order, and a newer one is refused rather than misread.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import pathlib
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection, Engine
+
+from qbench.errors import QbenchError
+
+SCHEMA_VERSION = 1
+
+_meta = sa.MetaData()
+
+schema_info = sa.Table(
+    "qbench_schema",
+    _meta,
+    sa.Column("key", sa.String(64), primary_key=True),
+    sa.Column("value", sa.String(256), nullable=False),
+)
+
+machines = sa.Table(
+    "machines",
+    _meta,
+    sa.Column("machine_hash", sa.String(32), primary_key=True),
+    sa.Column("fingerprint", sa.Text, nullable=False),
+    sa.Column("first_seen", sa.DateTime, nullable=False),
+)
+
+results = sa.Table(
+    "results",
+    _meta,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("run_id", sa.String(40), nullable=False, index=True),
+    sa.Column("created_at", sa.DateTime, nullable=False),
+    sa.Column("kind", sa.String(16), nullable=False),  # bench | tune
+    sa.Column("status", sa.String(16), nullable=False),  # ok | failed
+    sa.Column("error", sa.Text),
+    sa.Column("machine_hash", sa.String(32), sa.ForeignKey("machines.machine_hash"), nullable=False, index=True),
+    sa.Column("qbench_version", sa.String(32), nullable=False),
+    sa.Column("model_name", sa.String(200), nullable=False),
+    sa.Column("model_hash", sa.String(32), nullable=False, index=True),
+    sa.Column("data_hash", sa.String(32)),
+    sa.Column("metric", sa.String(100)),
+    sa.Column("plan_name", sa.String(200), nullable=False),
+    sa.Column("plan_hash", sa.String(32), nullable=False),
+    sa.Column("plan", sa.Text, nullable=False),
+    sa.Column("backend", sa.String(64), nullable=False),
+    sa.Column("backend_version", sa.String(64)),
+    sa.Column("backend_settings", sa.Text),
+    sa.Column("threads", sa.Integer),
+    sa.Column("batch_size", sa.Integer),
+    sa.Column("protocol", sa.Text),
+    sa.Column("n_samples", sa.Integer),
+    sa.Column("median_ms", sa.Float),
+    sa.Column("ci_low_ms", sa.Float),
+    sa.Column("ci_high_ms", sa.Float),
+    sa.Column("p90_ms", sa.Float),
+    sa.Column("p99_ms", sa.Float),
+    sa.Column("mean_ms", sa.Float),
+    sa.Column("std_ms", sa.Float),
+    sa.Column("cv", sa.Float),
+    sa.Column("noisy", sa.Boolean),
+    sa.Column("samples_ns", sa.LargeBinary),  # little-endian int64, in measured order
+    sa.Column("accuracy", sa.Float),
+    sa.Column("accuracy_drop", sa.Float),
+    sa.Column("speedup", sa.Float),
+    sa.Column("speedup_ci_low", sa.Float),
+    sa.Column("speedup_ci_high", sa.Float),
+    sa.Column("build_s", sa.Float),
+    sa.Column("load_s", sa.Float),
+    sa.Column("first_inference_ms", sa.Float),
+    sa.Column("rss_delta_mb", sa.Float),
+    sa.Column("artifact_bytes", sa.BigInteger),
+    sa.Column("realized", sa.Text),  # JSON: layer -> precision that actually ran
+)
+
+# Migrations from version N to N+1, applied in order inside one transaction each.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+
+RESULT_COLUMNS = tuple(c.name for c in results.columns if c.name != "id")
+JSON_COLUMNS = ("plan", "backend_settings", "protocol", "realized")
+
+
+def default_url(results_dir: pathlib.Path) -> str:
+    return f"sqlite:///{(results_dir / 'leaderboard.db').resolve()}"
+
+
+def samples_to_bytes(samples_ns: np.ndarray) -> bytes:
+    return np.asarray(samples_ns, dtype="<i8").tobytes()
+
+
+def samples_from_bytes(blob: bytes | None) -> np.ndarray:
+    return np.frombuffer(blob or b"", dtype="<i8")
+
+
+class Leaderboard:
+    """A connection to the store. Opening it checks reachability and the schema version."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        try:
+            if url.startswith("sqlite:///"):
+                pathlib.Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            self.engine: Engine = sa.create_engine(url, future=True)
+            with self.engine.begin() as conn:
+                self._prepare(conn)
+        except sa.exc.ArgumentError as exc:
+            raise QbenchError(
+                f"leaderboard URL {url!r} is not a database URL ({exc}); use sqlite:///path.db or postgresql://…"
+            ) from exc
+        except ModuleNotFoundError as exc:
+            raise QbenchError(
+                f"leaderboard URL {_safe(url)} needs the Python driver {exc.name!r}; "
+                "install it (for PostgreSQL: pip install 'qbench[postgres]')"
+            ) from exc
+        except sa.exc.DBAPIError as exc:
+            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
+            raise QbenchError(f"cannot open leaderboard database {_safe(url)}: {reason}") from exc
+        except OSError as exc:
+            raise QbenchError(f"cannot create the leaderboard database {_safe(url)}: {exc}") from exc
+
+    def _prepare(self, conn: Connection) -> None:
+        inspector = sa.inspect(conn)
+        if not inspector.has_table(schema_info.name):
+            if inspector.has_table(results.name):
+                raise QbenchError(
+                    f"{_safe(self.url)} has a results table but no qbench schema version: "
+                    "it is not a qbench leaderboard"
+                )
+            _meta.create_all(conn)
+            conn.execute(schema_info.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
+            return
+        version = int(
+            conn.execute(sa.select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar_one()
+        )
+        if version > SCHEMA_VERSION:
+            raise QbenchError(
+                f"leaderboard {_safe(self.url)} has schema v{version}, newer than this qbench understands "
+                f"(v{SCHEMA_VERSION}); upgrade qbench"
+            )
+        while version < SCHEMA_VERSION:
+            MIGRATIONS[version](conn)
+            version += 1
+            conn.execute(schema_info.update().where(schema_info.c.key == "schema_version").values(value=str(version)))
+
+    @property
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            return int(
+                conn.execute(sa.select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar_one()
+            )
+
+    def record_machine(self, fingerprint: Mapping[str, Any]) -> None:
+        with self.engine.begin() as conn:
+            exists = conn.execute(
+                sa.select(machines.c.machine_hash).where(machines.c.machine_hash == fingerprint["hash"])
+            ).first()
+            if not exists:
+                conn.execute(
+                    machines.insert().values(
+                        machine_hash=fingerprint["hash"],
+                        fingerprint=json.dumps(fingerprint, sort_keys=True),
+                        first_seen=_now(),
+                    )
+                )
+
+    def insert(self, row: Mapping[str, Any]) -> int:
+        """Insert one result row in its own transaction and return its id."""
+        unknown = set(row) - set(RESULT_COLUMNS)
+        if unknown:
+            raise ValueError(f"unknown result columns: {sorted(unknown)}")
+        values = dict(row)
+        values.setdefault("created_at", _now())
+        for column in JSON_COLUMNS:
+            if column in values and not isinstance(values[column], str | type(None)):
+                values[column] = json.dumps(values[column], sort_keys=True)
+        with self.engine.begin() as conn:
+            return int(conn.execute(results.insert().values(**values)).inserted_primary_key[0])
+
+    def frame(self, where: Iterable[sa.ColumnElement[bool]] = ()) -> pd.DataFrame:
+        """All result rows (newest last) joined with the machine's CPU model, as a DataFrame."""
+        query = (
+            sa.select(results, machines.c.fingerprint)
+            .join(machines, machines.c.machine_hash == results.c.machine_hash)
+            .where(*where)
+            .order_by(results.c.id)
+        )
+        with self.engine.connect() as conn:
+            frame = pd.DataFrame(conn.execute(query).mappings().all())
+        if frame.empty:
+            return pd.DataFrame(columns=[*RESULT_COLUMNS, "id", "cpu_model"])
+        frame["cpu_model"] = frame.pop("fingerprint").map(lambda f: json.loads(f).get("cpu_model", ""))
+        return frame
+
+    def count(self) -> int:
+        with self.engine.connect() as conn:
+            return int(conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one())
+
+    def machine(self, machine_hash: str) -> dict[str, Any]:
+        with self.engine.connect() as conn:
+            text = conn.execute(
+                sa.select(machines.c.fingerprint).where(machines.c.machine_hash == machine_hash)
+            ).scalar_one()
+        return json.loads(text)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+
+def _now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def _safe(url: str) -> str:
+    """The URL with any password hidden, for messages."""
+    try:
+        return sa.engine.make_url(url).render_as_string(hide_password=True)
+    except sa.exc.ArgumentError:
+        return repr(url)

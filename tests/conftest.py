@@ -1,0 +1,67 @@
+"""Shared fixtures: the built-in demo, a small MatMul model, and a scratch results directory."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from qbench.data import load_npz
+from qbench.model import OnnxModel
+from qbench.zoo import DEMO
+
+
+@pytest.fixture(scope="session")
+def demo_model() -> OnnxModel:
+    return OnnxModel.load(DEMO.model)
+
+
+@pytest.fixture(scope="session")
+def demo_calibration(demo_model):
+    return load_npz(DEMO.calibration, demo_model)
+
+
+@pytest.fixture(scope="session")
+def demo_evaluation(demo_model):
+    return load_npz(DEMO.evaluation, demo_model)
+
+
+def write_mlp_model(path: pathlib.Path, hidden: int = 256, tokens: int = 16, seed: int = 0) -> pathlib.Path:
+    """A transformer-feed-forward-shaped graph (MatMul+Add+Relu twice, one unnamed node)."""
+    rng = np.random.default_rng(seed)
+    w1 = numpy_helper.from_array((rng.standard_normal((hidden, 4 * hidden)) / np.sqrt(hidden)).astype(np.float32), "w1")
+    b1 = numpy_helper.from_array(np.zeros(4 * hidden, np.float32), "b1")
+    w2 = numpy_helper.from_array(
+        (rng.standard_normal((4 * hidden, hidden)) / np.sqrt(4 * hidden)).astype(np.float32), "w2"
+    )
+    nodes = [
+        helper.make_node("MatMul", ["x", "w1"], ["h"], name="ffn/up"),
+        helper.make_node("Add", ["h", "b1"], ["hb"], name="ffn/bias"),
+        helper.make_node("Relu", ["hb"], ["a"]),  # deliberately nameless
+        helper.make_node("MatMul", ["a", "w2"], ["y"], name="ffn/down"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "mlp",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", tokens, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", tokens, hidden])],
+        [w1, b1, w2],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def mlp_files(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+    """The MLP model and 64 samples of real-valued data for it."""
+    folder = tmp_path_factory.mktemp("mlp")
+    model_path = write_mlp_model(folder / "mlp.onnx")
+    rng = np.random.default_rng(1)
+    np.savez(folder / "mlp.npz", x=rng.standard_normal((64, 16, 256)).astype(np.float32))
+    return model_path, folder / "mlp.npz"

@@ -1,0 +1,152 @@
+"""End-to-end through the CLI on real ONNX Runtime sessions and a real SQLite leaderboard."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qbench.cli import main
+from qbench.machine import current_machine
+from qbench.plan import PrecisionPlan
+from qbench.store import Leaderboard, default_url
+from qbench.zoo import DEMO
+
+
+@pytest.fixture(scope="module")
+def benched(tmp_path_factory):
+    """A results dir holding one quick bench of the demo (fp32 + int8 + a half-int8 plan file)."""
+    results = tmp_path_factory.mktemp("results")
+    layers = [line for line in _layer_names()]
+    plan_file = results.parent / "half.json"
+    plan_file.write_text(PrecisionPlan({name: "int8" for name in layers[::2]}, name="half-int8").to_json())
+    code = main(["bench", "--quick", "--results-dir", str(results), "--recipe", f"fp32,int8,{plan_file}", "-q"])
+    assert code == 0
+    return results
+
+
+def _layer_names():
+    from qbench.model import OnnxModel
+
+    return OnnxModel.load(DEMO.model).layer_names()
+
+
+def _rows(results) -> pd.DataFrame:
+    board = Leaderboard(default_url(results))
+    try:
+        return board.frame()
+    finally:
+        board.close()
+
+
+def test_bench_records_measured_rows(benched):
+    frame = _rows(benched)
+    assert list(frame.plan_name) == ["fp32", "int8", "half-int8"]
+    assert set(frame.status) == {"ok"}
+    assert frame.run_id.nunique() == 1
+    fp32, int8, half = (frame.iloc[i] for i in range(3))
+    assert fp32.speedup == pytest.approx(1.0) and fp32.accuracy_drop == 0.0
+    assert fp32.accuracy > 0.95 and abs(int8.accuracy_drop) < 0.05
+    assert int8.speedup > 0 and int8.speedup_ci_low <= int8.speedup <= int8.speedup_ci_high
+    for row in (fp32, int8, half):
+        samples = np.frombuffer(row.samples_ns, dtype="<i8")
+        assert len(samples) == row.n_samples >= 20
+        assert row.ci_low_ms <= row.median_ms <= row.ci_high_ms
+        assert row.load_s > 0 and row.first_inference_ms > 0 and row.artifact_bytes > 0
+    assert row.machine_hash == current_machine().fingerprint_hash
+    assert '"threads": 2' in fp32.backend_settings or '"threads": 1' in fp32.backend_settings
+
+
+def test_tables_are_written_per_machine_and_model(benched):
+    machine_dir = benched / current_machine().fingerprint_hash
+    markdown = next(machine_dir.glob("digits-cnn-*.md")).read_text()
+    assert "| 1 |" in markdown and "speedup vs fp32" in markdown and "half-int8" in markdown
+    table = pd.read_csv(next(machine_dir.glob("digits-cnn-*.csv")))
+    assert set(table.plan) == {"fp32", "int8", "half-int8"}
+    medians = table["median ms"].astype(float).tolist()
+    assert medians == sorted(medians)  # best first
+    assert (benched / "index.md").exists()
+
+
+def test_leaderboard_and_report_commands(benched, capsys):
+    assert main(["leaderboard", "--results-dir", str(benched)]) == 0
+    out = capsys.readouterr().out
+    assert "digits-cnn" in out and "int8" in out and "fp32" in out
+    assert main(["report", "--results-dir", str(benched)]) == 0
+    assert "index.md" in capsys.readouterr().out
+
+
+def test_backends_lists_onnxruntime_and_the_machine(capsys):
+    assert main(["backends"]) == 0
+    out = capsys.readouterr().out
+    assert "onnxruntime" in out and "available" in out and current_machine().fingerprint_hash in out
+
+
+def test_layers_lists_the_demo_layers(capsys):
+    assert main(["layers"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in _layer_names())
+
+
+@pytest.fixture
+def bad_inputs(tmp_path):
+    from qbench.model import OnnxModel
+
+    spec = OnnxModel.load(DEMO.model).inputs[0]
+    image = np.zeros((8, *spec.shape[1:]), np.float32)
+    files = {
+        "not_onnx": tmp_path / "broken.onnx",
+        "wrong_name": tmp_path / "wrong_name.npz",
+        "wrong_shape": tmp_path / "wrong_shape.npz",
+        "bad_labels": tmp_path / "bad_labels.npz",
+        "unknown_layer": tmp_path / "unknown_layer.json",
+    }
+    files["not_onnx"].write_text("hello, I am text\n")
+    np.savez(files["wrong_name"], pixels=image)
+    np.savez(files["wrong_shape"], image=np.zeros((8, 1, 9, 9), np.float32))
+    np.savez(files["bad_labels"], image=image, labels=np.zeros(5, np.int64))
+    files["unknown_layer"].write_text(PrecisionPlan({"/no/such/Conv": "int8"}).to_json())
+    return files
+
+
+BAD_CASES = {
+    "missing model file": (["bench", "does/not/exist.onnx", "--data", "x.npz"], "model file not found"),
+    "non-ONNX file": (["bench", "{not_onnx}", "--data", "{wrong_name}"], "not an ONNX model"),
+    "wrong input name": (["bench", str(DEMO.model), "--data", "{wrong_name}"], "do not match the model's inputs"),
+    "wrong input shape": (["bench", str(DEMO.model), "--data", "{wrong_shape}"], "axis 2 differs"),
+    "labels of the wrong length": (["bench", str(DEMO.model), "--data", "{bad_labels}"], "'labels' has 5 entries"),
+    "unknown recipe": (["bench", "--recipe", "fp32,int3"], "unknown recipe 'int3'"),
+    "plan naming unknown layers": (["bench", "--recipe", "{unknown_layer}"], "does not have"),
+    "unknown backend": (["bench", "--backend", "tpu"], "unknown backend 'tpu'"),
+    "unreachable database": (
+        ["bench", "--db", "postgresql://qbench@127.0.0.1:1/qbench"],
+        "cannot open leaderboard database",
+    ),
+    "model data missing": (["bench", str(DEMO.model)], "--data is required"),
+}
+
+
+@pytest.mark.parametrize("case", list(BAD_CASES))
+def test_bad_input_is_one_line_exit_2_and_keeps_rows(case, benched, bad_inputs, capsys):
+    argv, message = BAD_CASES[case]
+    argv = [arg.format(**bad_inputs) for arg in argv] + ["--quick", "--results-dir", str(benched)]
+    before = _rows(benched).drop(columns=["samples_ns"])
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qbench: error:") and message in err
+    assert len(err.splitlines()) == 1
+    pd.testing.assert_frame_equal(_rows(benched).drop(columns=["samples_ns"]), before)
+
+
+def test_console_script_exits_2_without_traceback(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "qbench.cli", "bench", str(tmp_path / "missing.onnx"), "--data", "x.npz"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "Traceback" not in proc.stderr and "model file not found" in proc.stderr

@@ -1,0 +1,96 @@
+import numpy as np
+import pytest
+import sqlalchemy as sa
+
+from qbench.errors import QbenchError
+from qbench.machine import current_machine
+from qbench.store import SCHEMA_VERSION, Leaderboard, samples_from_bytes, samples_to_bytes, schema_info
+
+
+def _row(machine_hash: str, **changes):
+    row = {
+        "run_id": "r1",
+        "kind": "bench",
+        "status": "ok",
+        "machine_hash": machine_hash,
+        "qbench_version": "0",
+        "model_name": "m",
+        "model_hash": "h",
+        "plan_name": "fp32",
+        "plan_hash": "p",
+        "plan": "{}",
+        "backend": "onnxruntime",
+        "median_ms": 1.5,
+        "samples_ns": samples_to_bytes(np.array([1, 2, 3])),
+        "protocol": {"min_count": 5},
+        "realized": {"conv": "int8"},
+    }
+    row.update(changes)
+    return row
+
+
+@pytest.fixture
+def board(tmp_path):
+    b = Leaderboard(f"sqlite:///{tmp_path}/lb.db")
+    b.record_machine(current_machine().to_dict())
+    yield b
+    b.close()
+
+
+def test_insert_and_read_back(board):
+    machine_hash = current_machine().fingerprint_hash
+    board.insert(_row(machine_hash))
+    board.insert(_row(machine_hash, status="failed", error="boom", median_ms=None, samples_ns=None))
+    frame = board.frame()
+    assert list(frame.status) == ["ok", "failed"]
+    assert list(samples_from_bytes(frame.samples_ns[0])) == [1, 2, 3]
+    assert frame.cpu_model[0] == current_machine().cpu_model
+    assert board.schema_version == SCHEMA_VERSION
+
+
+def test_unknown_columns_are_refused(board):
+    with pytest.raises(ValueError, match="unknown result columns"):
+        board.insert({"bogus": 1})
+
+
+def test_reopening_keeps_rows(tmp_path, board):
+    board.insert(_row(current_machine().fingerprint_hash))
+    again = Leaderboard(board.url)
+    assert again.count() == 1
+
+
+def test_newer_schema_is_refused_not_misread(tmp_path, board):
+    with board.engine.begin() as conn:
+        conn.execute(schema_info.update().values(value=str(SCHEMA_VERSION + 1)))
+    with pytest.raises(QbenchError, match="newer than this qbench"):
+        Leaderboard(board.url)
+
+
+@pytest.mark.parametrize(
+    "url, message",
+    [
+        ("not a url", "is not a database URL"),
+        ("postgresql://qbench@127.0.0.1:1/qbench", "cannot open leaderboard database"),
+        ("sqlite:////proc/qbench-cannot-write-here/lb.db", "cannot (create|open) the leaderboard database|cannot open"),
+    ],
+)
+def test_unusable_urls_are_one_clear_error(url, message):
+    with pytest.raises(QbenchError, match=message):
+        Leaderboard(url)
+
+
+def test_a_file_that_is_not_a_database(tmp_path):
+    path = tmp_path / "lb.db"
+    path.write_bytes(b"definitely not sqlite" * 100)
+    with pytest.raises(QbenchError, match="cannot open leaderboard database"):
+        Leaderboard(f"sqlite:///{path}")
+    assert path.read_bytes() == b"definitely not sqlite" * 100
+
+
+def test_foreign_database_is_not_taken_over(tmp_path):
+    url = f"sqlite:///{tmp_path}/other.db"
+    engine = sa.create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(sa.text("CREATE TABLE results (x INTEGER)"))
+    with pytest.raises(QbenchError, match="not a qbench leaderboard"):
+        Leaderboard(url)
