@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -37,6 +38,11 @@ _INT8_KERNELS = frozenset(
 )
 _CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 _CALIBRATION_BATCH = 32
+# ONNX Runtime's WeightBiasQuantization pass quantizes the float weights of a layer whose input
+# and output tensors are quantized (because its neighbours are int8), so a layer the plan keeps
+# in fp32 would silently run in int8 (seen on the demo: 3 of 7 fp32 layers). Plans must mean
+# what they say, so every session we open disables it. Unknown names are ignored by older ORT.
+_DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 
 
 def _ort():
@@ -45,6 +51,25 @@ def _ort():
     except ImportError as exc:  # a core dependency, but say how to fix a broken install
         raise QbenchError("onnxruntime is not importable; reinstall it with `pip install onnxruntime`") from exc
     return onnxruntime
+
+
+@contextlib.contextmanager
+def _quiet_root_logger() -> Iterator[None]:
+    """ONNX Runtime's quantizer warns on the root logger that the model was not pre-processed.
+    We skip pre-processing on purpose (it renames and fuses nodes, breaking per-layer plans)."""
+    root = logging.getLogger()
+    level = root.level
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.setLevel(level)
+
+
+def _session(path: pathlib.Path, options: Any) -> Any:
+    return _ort().InferenceSession(
+        str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(_DISABLED_OPTIMIZERS)
+    )
 
 
 def _sha(*parts: str) -> str:
@@ -181,36 +206,37 @@ class OnnxRuntimeBackend(Backend):
         o = plan.options
         staged = path.with_suffix(".static.tmp")
         current = source
-        try:
-            if static:
-                quantize_static(
-                    current,
-                    staged,
-                    None,
-                    activation_type=types[o.activation_type],
-                    weight_type=types[o.weight_type],
-                    per_channel=o.per_channel,
-                    reduce_range=o.reduce_range,
-                    nodes_to_quantize=static,
-                    calibration_cache_path=calibration.path,
-                    calibrate_method=getattr(CalibrationMethod, _CALIBRATION_METHODS[calibration.method]),
-                )
-                current = staged
-            out = path.with_suffix(".tmp")
-            if dynamic:
-                quantize_dynamic(
-                    current,
-                    out,
-                    per_channel=o.per_channel,
-                    reduce_range=o.reduce_range,
-                    weight_type=types[o.weight_type],
-                    nodes_to_quantize=dynamic,
-                )
-            else:
-                out.write_bytes(pathlib.Path(current).read_bytes())
-            out.replace(path)
-        finally:
-            staged.unlink(missing_ok=True)
+        with _quiet_root_logger():
+            try:
+                if static:
+                    quantize_static(
+                        current,
+                        staged,
+                        None,
+                        activation_type=types[o.activation_type],
+                        weight_type=types[o.weight_type],
+                        per_channel=o.per_channel,
+                        reduce_range=o.reduce_range,
+                        nodes_to_quantize=static,
+                        calibration_cache_path=calibration.path,
+                        calibrate_method=getattr(CalibrationMethod, _CALIBRATION_METHODS[calibration.method]),
+                    )
+                    current = staged
+                out = path.with_suffix(".tmp")
+                if dynamic:
+                    quantize_dynamic(
+                        current,
+                        out,
+                        per_channel=o.per_channel,
+                        reduce_range=o.reduce_range,
+                        weight_type=types[o.weight_type],
+                        nodes_to_quantize=dynamic,
+                    )
+                else:
+                    out.write_bytes(pathlib.Path(current).read_bytes())
+                out.replace(path)
+            finally:
+                staged.unlink(missing_ok=True)
         return Artifact(path, key, time.perf_counter() - start, cached=False)
 
     # -- run ---------------------------------------------------------------------------------
@@ -228,12 +254,11 @@ class OnnxRuntimeBackend(Backend):
         return so
 
     def load(self, artifact: Artifact, threads: int, shared_process: bool = True) -> Runner:
-        ort = _ort()
         if threads < 1:
             raise QbenchError(f"`threads` must be at least 1, but got {threads}")
         so = self._session_options(threads, shared_process)
         try:
-            session = ort.InferenceSession(str(artifact.path), so, providers=["CPUExecutionProvider"])
+            session = _session(artifact.path, so)
         except Exception as exc:  # ORT raises its own exception types for unreadable graphs
             raise QbenchError(f"onnxruntime cannot load {artifact.path.name}: {str(exc).splitlines()[0]}") from exc
         settings = {
@@ -242,13 +267,15 @@ class OnnxRuntimeBackend(Backend):
             "allow_spinning": not shared_process,
             "graph_optimization_level": "all",
             "provider": "CPUExecutionProvider",
+            "disabled_optimizers": list(_DISABLED_OPTIMIZERS),
         }
         return OnnxRuntimeRunner(session, settings)
 
     def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
         import onnx
 
-        report = artifact.path.with_suffix(".realized.json")
+        # What runs depends on the session's optimizers as well as on the artifact.
+        report = artifact.path.with_suffix(f".realized-{_sha(*_DISABLED_OPTIMIZERS)[:8]}.json")
         if report.exists():
             return json.loads(report.read_text())
         ort = _ort()
@@ -259,7 +286,7 @@ class OnnxRuntimeBackend(Backend):
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
         so.optimized_model_filepath = str(optimized)
         try:
-            ort.InferenceSession(str(artifact.path), so, providers=["CPUExecutionProvider"])
+            _session(artifact.path, so)
             kernels = {
                 node.name: node.op_type for node in onnx.load(str(optimized), load_external_data=False).graph.node
             }

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -62,6 +63,7 @@ class Candidate:
     load_s: float | None = None
     first_inference_ms: float | None = None
     rss_delta_mb: float | None = None
+    peak_rss_mb: float | None = None
     samples_ns: np.ndarray | None = None
     accuracy: float | None = None
     runner_settings: dict[str, Any] | None = None
@@ -122,7 +124,7 @@ def run_bench(
         ready = [c for c in candidates if c.error is None]
         feeds = next(evaluation_data.batches(batch))
         progress(f"time {len(ready)} plans interleaved")
-        runs = {c.plan.content_hash: _timed_call(c.runner, feeds) for c in ready}
+        runs = {c.plan.content_hash: timed_call(c.runner, feeds) for c in ready}
         if runs:
             measured = measure_interleaved(runs, settings.protocol)
             for c in ready:
@@ -162,7 +164,9 @@ def _calibrate(
     return calibrations
 
 
-def _timed_call(runner: Runner, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
+def timed_call(runner: Runner, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
+    """What one latency sample times: an inference and, for asynchronous devices, its completion."""
+
     def call() -> None:
         runner.run(feeds)
         runner.synchronize()
@@ -189,19 +193,33 @@ def _prepare(
         c.runner = backend.load(c.artifact, threads, shared_process=True)
         c.load_s = time.perf_counter() - start
         c.runner_settings = dict(c.runner.settings)
-        feeds = [f for f in data.batches(fixed_batch or EVAL_BATCH, keep_tail=fixed_batch is None)]
         start = time.perf_counter()
-        first = c.runner.run(feeds[0])
+        c.runner.run(next(data.batches(fixed_batch or EVAL_BATCH)))
         c.runner.synchronize()
         c.first_inference_ms = (time.perf_counter() - start) * 1e3
         c.rss_delta_mb = (process.memory_info().rss - rss_before) / 2**20
-        outputs = [first[0]] + [c.runner.run(f)[0] for f in feeds[1:]]
-        c.outputs = np.concatenate(outputs)
+        c.peak_rss_mb = _peak_rss_mb()
+        c.outputs = evaluation_outputs(c.runner, data, fixed_batch)
     except Exception as exc:  # one plan's failure must not stop the others
         c.fail(exc)
         if c.runner is not None:
             c.runner.close()
             c.runner = None
+
+
+def evaluation_outputs(runner: Runner, data: Dataset, fixed_batch: int | None) -> np.ndarray:
+    """The first model output for every sample of ``data``, in order (samples on axis 0)."""
+    feeds = data.batches(fixed_batch or EVAL_BATCH, keep_tail=fixed_batch is None)
+    return np.concatenate([runner.run(feed)[0] for feed in feeds])
+
+
+def _peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024 if sys.platform != "darwin" else kib / 2**20  # macOS reports bytes
 
 
 def _score_accuracy(candidates: list[Candidate], metric: Metric, data: Dataset) -> None:
@@ -283,6 +301,7 @@ def _record(
                 load_s=c.load_s,
                 first_inference_ms=c.first_inference_ms,
                 rss_delta_mb=c.rss_delta_mb,
+                peak_rss_mb=c.peak_rss_mb,
                 artifact_bytes=c.artifact.size_bytes,
                 realized=backend.realized_precisions(c.artifact, c.plan, model),
             )

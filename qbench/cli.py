@@ -53,34 +53,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    sub.add_parser("backends", parents=[common], help="list backends, whether each is usable here, and the machine")
-
-    layers = sub.add_parser("layers", parents=[common], help="list a model's quantizable layers and their precisions")
-    layers.add_argument("model", nargs="?", help="ONNX file (default: the built-in demo)")
-    layers.add_argument("--backend", default="onnxruntime")
-
-    bench = sub.add_parser("bench", parents=[common], help="benchmark precision recipes of a model")
-    bench.add_argument("model", nargs="?", help="ONNX file (default: the built-in digits demo)")
-    bench.add_argument("--data", help=".npz evaluation data: one array per model input, optional 'labels'")
-    bench.add_argument(
-        "--calib-data", help=".npz calibration data (default: the first 20%% of --data, at most 256 samples)"
+    data_args = argparse.ArgumentParser(add_help=False)
+    data_args.add_argument("model", nargs="?", help="ONNX file (default: the built-in digits demo)")
+    data_args.add_argument("--data", help=".npz evaluation data: one array per model input, optional 'labels'")
+    data_args.add_argument(
+        "--calib-data", help=".npz calibration data (default: the first 20%% of --data, at most 256)"
     )
-    bench.add_argument(
-        "--recipe",
-        default="fp32,int8",
-        help="comma-separated recipes: fp32, int8, int8-dynamic, or plan .json files (default: fp32,int8)",
-    )
-    bench.add_argument("--backend", default="onnxruntime")
-    bench.add_argument(
+    data_args.add_argument("--backend", default="onnxruntime")
+    data_args.add_argument(
         "--metric",
         help="top1, cosine, sqnr, top1-agreement or module:function "
         "(default: top1 with labels, else cosine against fp32)",
     )
-    bench.add_argument("--threads", type=_positive_int, help="intra-op threads (default: physical cores)")
-    bench.add_argument("--batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
-    bench.add_argument(
+    data_args.add_argument("--threads", type=_positive_int, help="intra-op threads (default: physical cores)")
+    data_args.add_argument(
         "--shape",
         type=_shape,
         action="append",
@@ -88,10 +75,47 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=D1,D2,…",
         help="fix an input's dynamic dimensions (repeatable)",
     )
+
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("backends", parents=[common], help="list backends, whether each is usable here, and the machine")
+
+    layers = sub.add_parser("layers", parents=[common], help="list a model's quantizable layers and their precisions")
+    layers.add_argument("model", nargs="?", help="ONNX file (default: the built-in demo)")
+    layers.add_argument("--backend", default="onnxruntime")
+
+    bench = sub.add_parser("bench", parents=[common, data_args], help="benchmark precision recipes of a model")
+    bench.add_argument(
+        "--recipe",
+        default="fp32,int8",
+        help="comma-separated recipes: fp32, int8, int8-dynamic, or plan .json files (default: fp32,int8)",
+    )
+    bench.add_argument("--batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
     bench.add_argument("--min-seconds", type=float, help="minimum sampling time per plan (default: 2)")
     bench.add_argument(
         "--quick", action="store_true", help="short protocol for smoke tests (rows are marked by their protocol)"
     )
+
+    sub.add_parser("sensitivity", parents=[common, data_args], help="per-layer accuracy cost and latency of int8")
+
+    tune = sub.add_parser(
+        "tune",
+        parents=[common, data_args],
+        help="search per-layer precision for the lowest latency within an accuracy budget",
+    )
+    tune.add_argument("--max-drop", type=_fraction, default=0.01, help="accuracy budget: 0.01 or 1%% (default: 1%%)")
+    tune.add_argument("--trials", type=_positive_int, default=40, help="trials in the study in total (default: 40)")
+    tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
+    tune.add_argument("--patience", type=int, default=20, help="stop after N trials without a better plan (0: never)")
+    tune.add_argument("--pareto", action="store_true", help="multi-objective search for the latency/accuracy front")
+    tune.add_argument("--holdout", type=float, default=0.4, help="share of --data kept for the final selection (0.4)")
+    tune.add_argument(
+        "--storage",
+        help="Optuna storage URL (default: sqlite file in the results dir; "
+        "postgresql://… to share one study between workers)",
+    )
+    tune.add_argument("--study", help="study name (default: derived from model, data, backend, machine and budget)")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--quick", action="store_true", help="short final-selection protocol (smoke tests)")
 
     board = sub.add_parser("leaderboard", parents=[common], help="print the leaderboard tables")
     board.add_argument("--model", help="only models whose name contains this")
@@ -145,16 +169,10 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    from backends import get_backend
-    from qbench.bench import BenchSettings, run_bench
+def _model_data_metric(args: argparse.Namespace):
+    """The model, calibration and evaluation data and metric that bench, tune and sensitivity share."""
     from qbench.data import load_npz, split_for_calibration
-    from qbench.machine import current_machine
-    from qbench.measure import QUICK_PROTOCOL, Protocol
     from qbench.metrics import get_metric
-    from qbench.plan import recipe_plan
-    from qbench.progress import step_printer
-    from qbench.tables import latest_per_plan, ranked, write_tables
     from qbench.zoo import DEMO
 
     if args.model is None and args.data is None:
@@ -162,11 +180,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.data is None:
         raise QbenchError("--data is required for your own model: an .npz with one array per model input (see README)")
     model = _load_model(args.model, args.shape)
-    backend = get_backend(args.backend)
-    recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
-    if not recipes:
-        raise QbenchError("--recipe is empty; pass e.g. --recipe fp32,int8")
-    plans = [recipe_plan(r, ((layer.name, layer.op_type) for layer in model.layers)) for r in recipes]
     evaluation = load_npz(args.data, model)
     if args.calib_data:
         calibration = load_npz(args.calib_data, model)
@@ -178,11 +191,28 @@ def cmd_bench(args: argparse.Namespace) -> int:
             args.data,
             len(evaluation),
         )
-    metric = get_metric(args.metric, evaluation.labels is not None)
+    return model, calibration, evaluation, get_metric(args.metric, evaluation.labels is not None)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from backends import get_backend
+    from qbench.bench import BenchSettings, run_bench
+    from qbench.machine import current_machine
+    from qbench.measure import QUICK_PROTOCOL, Protocol
+    from qbench.plan import recipe_plan
+    from qbench.progress import step_printer
+    from qbench.tables import latest_per_plan, ranked, write_tables
+
+    recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
+    if not recipes:
+        raise QbenchError("--recipe is empty; pass e.g. --recipe fp32,int8")
+    backend = get_backend(args.backend)
+    model, calibration, evaluation, metric = _model_data_metric(args)
+    plans = [recipe_plan(r, ((layer.name, layer.op_type) for layer in model.layers)) for r in recipes]
     protocol = QUICK_PROTOCOL if args.quick else Protocol()
     if args.min_seconds is not None:
-        from dataclasses import replace
-
         protocol = replace(
             protocol, min_seconds=args.min_seconds, max_seconds=max(protocol.max_seconds, args.min_seconds * 4)
         )
@@ -215,6 +245,147 @@ def cmd_bench(args: argparse.Namespace) -> int:
     finally:
         board.close()
     return 1 if all(r["status"] == "failed" for r in rows[1:]) and len(rows) > 1 else 0
+
+
+def _fraction(text: str) -> float:
+    """``0.01`` or ``1%``."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction such as 0.01 or a percentage such as 1%, got {text!r}"
+        ) from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (0.01) or 0% and 100% (1%), got {text!r}")
+    return value
+
+
+def cmd_sensitivity(args: argparse.Namespace) -> int:
+    from backends import get_backend
+    from qbench.machine import current_machine
+    from qbench.plan import PlanOptions
+    from qbench.progress import step_printer
+    from search import PlanEvaluator, analyze_sensitivity, build_space
+
+    backend = get_backend(args.backend)
+    model, calibration, evaluation, metric = _model_data_metric(args)
+    machine = current_machine()
+    evaluator = PlanEvaluator(
+        backend=backend,
+        model=model,
+        calibration_data=calibration,
+        evaluation_data=evaluation,
+        metric=metric,
+        machine=machine,
+        threads=args.threads or machine.physical_cores,
+        workdir=args.results_dir / "cache",
+    )
+    try:
+        space = build_space(model, backend.precisions, PlanOptions())
+        report = analyze_sensitivity(evaluator, space, "int8", step_printer(args.quiet))
+    finally:
+        evaluator.close()
+    import pandas as pd
+
+    print(
+        f"{model.name} on {backend.name}, metric {metric.name} on {len(evaluator.quick_data)} samples: "
+        f"fp32 {report.fp32_ms:.3f} ms; int8 everywhere {report.uniform_ms:.3f} ms, drop {report.uniform_drop:+.4f}"
+    )
+    print(
+        pd.DataFrame(
+            [
+                {
+                    "group": g.group,
+                    "layers": len(g.layers),
+                    "drop if only this is int8": round(g.drop_alone, 4),
+                    "recovered if only this is fp32": round(g.recovered, 4),
+                    "ms added if only this is fp32": round(g.revert_cost_ms, 4),
+                }
+                for g in report.groups
+            ]
+        ).to_string(index=False)
+    )
+    return 0
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from backends import get_backend
+    from qbench.machine import current_machine
+    from qbench.measure import QUICK_PROTOCOL
+    from qbench.progress import bar, step_printer
+    from qbench.tables import latest_per_plan, ranked, write_tables
+    from search import StudySettings, split_holdout, tune
+    from search._study import feasible_trials, finished_count
+    from search._tune import FINAL_PROTOCOL
+
+    backend = get_backend(args.backend)
+    model, calibration, evaluation, metric = _model_data_metric(args)
+    tuning, holdout = split_holdout(evaluation, args.holdout)
+    settings = StudySettings(
+        max_drop=args.max_drop,
+        n_trials=args.trials,
+        timeout=args.timeout,
+        patience=args.patience or None,
+        pareto=args.pareto,
+        seed=args.seed,
+    )
+    machine = current_machine()
+    storage = args.storage or f"sqlite:///{(args.results_dir / 'tuning.db').resolve()}"
+    args.results_dir.mkdir(parents=True, exist_ok=True)
+    board = _open_board(args)
+    progress_bar = bar(settings.n_trials, "trials", args.quiet)
+
+    def on_trial(study, _trial) -> None:
+        progress_bar.n = finished_count(study)
+        best = feasible_trials(study)
+        progress_bar.set_postfix_str(f"best feasible {best[0].values[0]:.3f} ms" if best else "no feasible plan yet")
+        progress_bar.refresh()
+
+    try:
+        result = tune(
+            model=model,
+            calibration_data=calibration,
+            tuning_data=tuning,
+            holdout_data=holdout,
+            metric=metric,
+            backend=backend,
+            machine=machine,
+            threads=args.threads or machine.physical_cores,
+            settings=settings,
+            storage_url=storage,
+            study_name=args.study,
+            board=board,
+            results_dir=args.results_dir,
+            final_protocol=QUICK_PROTOCOL if args.quick else FINAL_PROTOCOL,
+            progress=step_printer(args.quiet),
+            on_trial=on_trial,
+        )
+        progress_bar.close()
+        frame = board.frame()
+        write_tables(frame, args.results_dir)
+    finally:
+        progress_bar.close()
+        board.close()
+    print(f"study {result.study_name}: {result.trials_finished} trials finished (storage {storage})")
+    print(f"\nPareto front (tuning data, {len(tuning)} samples):")
+    print(result.front.to_string(index=False) if not result.front.empty else "  (no timed trial)")
+    mine = frame[frame.run_id == result.baseline["run_id"]]
+    print(
+        f"\nfinal selection on {len(holdout)} held-out samples, budget: drop <= {settings.max_drop:g} ({metric.name}):"
+    )
+    print(ranked(latest_per_plan(mine)).to_string(index=False))
+    for note in result.notes:
+        print(f"note: {note}")
+    if result.winner is None:
+        print("\nresult: keep fp32 — no plan within the budget is measurably faster")
+        return 0
+    w = result.winner
+    print(
+        f"\nwinner {w['plan_name']}: {w['median_ms']:.3f} ms, {w['speedup']:.2f}× vs fp32 "
+        f"(95% CI {w['speedup_ci_low']:.2f}–{w['speedup_ci_high']:.2f}), drop {w['accuracy_drop']:+.4f}; "
+        f"plan and model in {result.output_dir}"
+    )
+    return 0
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
@@ -258,6 +429,8 @@ COMMANDS = {
     "backends": cmd_backends,
     "layers": cmd_layers,
     "bench": cmd_bench,
+    "sensitivity": cmd_sensitivity,
+    "tune": cmd_tune,
     "leaderboard": cmd_leaderboard,
     "report": cmd_report,
 }
@@ -270,8 +443,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
-    for noisy in ("onnxruntime", "root"):
-        logging.getLogger(noisy).setLevel(logging.ERROR if not args.verbose else logging.DEBUG)
+    for noisy in ("onnxruntime", "root", "optuna"):  # their INFO lines would drown the progress output
+        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
         return COMMANDS[args.command](args)
     except QbenchError as exc:

@@ -7,6 +7,7 @@ import pathlib
 import zipfile
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -31,7 +32,7 @@ class Dataset:
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
 
-    @property
+    @cached_property
     def content_hash(self) -> str:
         digest = hashlib.sha256()
         for name in sorted(self.inputs):

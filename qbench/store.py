@@ -82,7 +82,8 @@ results = sa.Table(
     sa.Column("build_s", sa.Float),
     sa.Column("load_s", sa.Float),
     sa.Column("first_inference_ms", sa.Float),
-    sa.Column("rss_delta_mb", sa.Float),
+    sa.Column("rss_delta_mb", sa.Float),  # resident memory this plan's load + first inference added
+    sa.Column("peak_rss_mb", sa.Float),  # the process's peak RSS right after that (cumulative)
     sa.Column("artifact_bytes", sa.BigInteger),
     sa.Column("realized", sa.Text),  # JSON: layer -> precision that actually ran
 )

@@ -84,7 +84,7 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def _markdown(table: pd.DataFrame) -> str:
+def markdown_table(table: pd.DataFrame) -> str:
     cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, row in table.iterrows():
@@ -123,7 +123,7 @@ def write_tables(frame: pd.DataFrame, results_dir: pathlib.Path) -> list[pathlib
             csv_parts = []
             for _, group in per_model.groupby("_group", sort=False):
                 table = ranked(group)
-                md += [f"## {group_title(group.iloc[0])}", "", _markdown(table), ""]
+                md += [f"## {group_title(group.iloc[0])}", "", markdown_table(table), ""]
                 csv_parts.append(table.assign(group=group_title(group.iloc[0])))
             (out_dir / f"{stem}.md").write_text("\n".join(md))
             pd.concat(csv_parts).to_csv(out_dir / f"{stem}.csv", index=False)

@@ -1,0 +1,100 @@
+"""The search space: one categorical choice per group of layers that must switch together."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from qbench.model import OnnxModel
+from qbench.plan import PlanOptions, PrecisionPlan
+
+# Ops where several producers meet; with shared quantizers their inputs must agree in precision.
+_JOIN_OPS = frozenset({"Add", "Sum", "Concat"})
+
+
+@dataclass(frozen=True)
+class LayerGroup:
+    """Layers that take one precision together; the choice is named after the first layer."""
+
+    layers: tuple[str, ...]
+    choices: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.layers[0]
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    groups: tuple[LayerGroup, ...]
+    options: PlanOptions
+
+    def plan(self, assignment: Mapping[str, str], name: str) -> PrecisionPlan:
+        """The plan for ``{group name: precision}``; unnamed groups stay fp32."""
+        layers = {layer: assignment.get(g.name, "fp32") for g in self.groups for layer in g.layers}
+        return PrecisionPlan(layers, self.options, name)
+
+    def uniform(self, precision: str) -> dict[str, str]:
+        """Every group that offers ``precision`` takes it; the others stay fp32."""
+        return {g.name: precision if precision in g.choices else "fp32" for g in self.groups}
+
+    def assignment_of(self, plan: PrecisionPlan) -> dict[str, str]:
+        return {g.name: plan.precision(g.name) for g in self.groups}
+
+    @property
+    def size(self) -> int:
+        total = 1
+        for group in self.groups:
+            total *= len(group.choices)
+        return total
+
+
+def residual_groups(model: OnnxModel, layers: Sequence[str]) -> list[tuple[str, ...]]:
+    """Group layers whose outputs meet in an Add/Sum/Concat (directly, or through activations),
+    for backends that share one quantizer across such a join."""
+    producer_of = {out: node for node in model.proto.graph.node for out in node.output}
+    layer_set = set(layers)
+    parent = {layer: layer for layer in layers}
+
+    def find(x: str) -> str:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    def source_layer(tensor: str) -> str | None:
+        node = producer_of.get(tensor)
+        while node is not None and node.name not in layer_set and node.op_type in ("Relu", "Clip", "Identity"):
+            node = producer_of.get(node.input[0])
+        return node.name if node is not None and node.name in layer_set else None
+
+    for node in model.proto.graph.node:
+        if node.op_type in _JOIN_OPS:
+            sources = [s for s in (source_layer(t) for t in node.input) if s]
+            for other in sources[1:]:
+                parent[find(other)] = find(sources[0])
+    grouped: dict[str, list[str]] = {}
+    for layer in layers:
+        grouped.setdefault(find(layer), []).append(layer)
+    return [tuple(members) for members in grouped.values()]
+
+
+def build_space(
+    model: OnnxModel,
+    precisions_of: callable,
+    options: PlanOptions,
+    allowed: Iterable[str] = ("fp32", "int8"),
+    group_residuals: bool = False,
+) -> SearchSpace:
+    """One choice per layer (or per residual group), limited to ``allowed`` precisions the
+    backend offers for every member; a group with a single choice is left out of the search."""
+    allowed = tuple(allowed)
+    by_name = {layer.name: layer for layer in model.layers}
+    names = list(by_name)
+    partition = residual_groups(model, names) if group_residuals else [(n,) for n in names]
+    groups = []
+    for members in partition:
+        offered = [p for p in allowed if all(p in precisions_of(by_name[m]) for m in members)]
+        if len(offered) > 1:
+            groups.append(LayerGroup(members, tuple(offered)))
+    return SearchSpace(tuple(groups), options)

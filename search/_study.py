@@ -1,0 +1,260 @@
+"""The Optuna study: one categorical per layer group, latency as the objective, the accuracy
+budget as a real Optuna constraint (``Trial.set_constraint``), seeded with fp32, uniform int8
+and the sensitivity ladder.
+
+Storage is any Optuna RDB URL (a SQLite file by default, PostgreSQL for several workers):
+trials are written as they finish, so a killed run resumes where it stopped, and workers on
+identical machines share one study through Optuna's own distributed mode. Heartbeats turn the
+trials of a killed worker into failures instead of leaving them running forever.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from qbench.errors import QbenchError
+from qbench.plan import PrecisionPlan
+from search._evaluator import PlanEvaluator
+from search._sensitivity import SensitivityReport
+from search._space import SearchSpace
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
+HEARTBEAT_SECONDS = 10
+GRACE_SECONDS = 30
+BUDGET_CONSTRAINT = "accuracy_drop_over_budget"
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    max_drop: float
+    n_trials: int = 40
+    timeout: float | None = None
+    patience: int | None = 20  # stop after this many finished trials without a better feasible one
+    pareto: bool = False  # multi-objective (latency, drop) instead of latency under the budget
+    ladder: int = 8  # seed "keep the k most sensitive groups in float" for k = 1..ladder
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_drop < 1:
+            raise QbenchError(f"`max_drop` must be between 0 and 1 (e.g. 0.01 or 1%), but got {self.max_drop}")
+        if self.n_trials < 1:
+            raise QbenchError(f"`trials` must be at least 1, but got {self.n_trials}")
+        if self.timeout is not None and self.timeout <= 0:
+            raise QbenchError(f"`timeout` must be a positive number of seconds, but got {self.timeout}")
+
+
+def violation(trial: FrozenTrial) -> float:
+    """How far the trial's accuracy drop exceeds the budget (<= 0: feasible; unscored: 1)."""
+    return max(trial.constraints.values()) if trial.constraints else 1.0
+
+
+def _rdb_storage(storage_url: str) -> optuna.storages.RDBStorage:
+    """Open (creating its tables if needed) an RDB storage with heartbeats. Workers that start
+    together on an empty database race to create the tables; the loser retries and finds them."""
+    import sqlalchemy as sa
+
+    for attempt in range(5):
+        try:
+            with warnings.catch_warnings():  # heartbeats are "experimental" but stable since Optuna 2.x
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    storage_url,
+                    heartbeat_interval=HEARTBEAT_SECONDS,
+                    grace_period=GRACE_SECONDS,
+                    engine_kwargs={"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else None,
+                )
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+            if attempt == 4:
+                raise
+            time.sleep(0.2 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
+def open_study(storage_url: str, study_name: str, settings: StudySettings) -> optuna.Study:
+    try:
+        storage = _rdb_storage(storage_url)
+    except Exception as exc:  # SQLAlchemy and driver errors all mean "cannot use this URL"
+        raise QbenchError(f"cannot open study storage {storage_url!r}: {str(exc).splitlines()[0]}") from exc
+    # The sampler reads each trial's constraint (set with Trial.set_constraint) to tell feasible
+    # from infeasible trials, so the budget shapes where it searches, not only what we keep.
+    sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=8, multivariate=True)
+    directions = ["minimize", "minimize"] if settings.pareto else ["minimize"]
+    try:
+        study = optuna.create_study(
+            storage=storage, sampler=sampler, study_name=study_name, directions=directions, load_if_exists=True
+        )
+    except ValueError as exc:  # e.g. an existing study with other directions
+        raise QbenchError(
+            f"study {study_name!r} in {storage_url} cannot be reused: {exc}; pass another --study"
+        ) from exc
+    return study
+
+
+def seed_study(study: optuna.Study, space: SearchSpace, report: SensitivityReport | None, ladder: int) -> None:
+    """Enqueue fp32, uniform int8 and the ladder; ``skip_if_exists`` keeps a resumed or shared
+    study from running a seed twice."""
+    seeds = [space.uniform("fp32"), space.uniform("int8")]
+    if report is not None:
+        order = report.ordered_groups()
+        for k in range(1, min(ladder, len(order) - 1) + 1):
+            seeds.append({**space.uniform("int8"), **{name: "fp32" for name in order[:k]}})
+    for params in seeds:
+        study.enqueue_trial(params, skip_if_exists=True)
+
+
+def finished_count(study: optuna.Study) -> int:
+    return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """Completed, timed trials within the budget, fastest first."""
+    trials = [
+        t
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+        if violation(t) <= 0 and t.user_attrs.get("timed")
+    ]
+    return sorted(trials, key=lambda t: t.values[0])
+
+
+def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
+    """Timed trials no other timed trial beats on both latency and full-set accuracy drop."""
+    timed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("timed")]
+    front = []
+    for t in timed:
+        lat, drop = t.values[0], t.user_attrs["drop"]
+        dominated = any(
+            o.values[0] <= lat and o.user_attrs["drop"] <= drop and (o.values[0] < lat or o.user_attrs["drop"] < drop)
+            for o in timed
+        )
+        if not dominated:
+            front.append(t)
+    return sorted(front, key=lambda t: t.values[0])
+
+
+def trial_plan(trial: FrozenTrial) -> PrecisionPlan:
+    return PrecisionPlan.from_json(trial.user_attrs["plan"], f"trial {trial.number}")
+
+
+class _Objective:
+    def __init__(self, evaluator: PlanEvaluator, space: SearchSpace, settings: StudySettings, reference_ms: float):
+        self.evaluator, self.space, self.settings, self.reference_ms = evaluator, space, settings, reference_ms
+        # The quick subset is noisier than the full set; only reject on it with a clear margin.
+        self.quick_margin = max(settings.max_drop, 3.0 / len(evaluator.quick_data))
+
+    def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        study = trial.study
+        # Count only running trials numbered below this one: when two workers start trials at
+        # once, exactly the lower-numbered one goes ahead, so the total lands on n_trials.
+        running = study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+        ahead = sum(1 for t in running if t.number < trial.number)
+        if finished_count(study) + ahead >= self.settings.n_trials:
+            study.stop()
+            raise optuna.TrialPruned("the study's trial budget is used up")
+        assignment = {g.name: trial.suggest_categorical(g.name, g.choices) for g in self.space.groups}
+        earlier = self._measured(study, trial)
+        if earlier is not None:  # samplers repeat plans in small spaces; reuse, don't re-measure
+            return self._reuse(trial, earlier)
+        plan = self.evaluator.resolve(self.space.plan(assignment, f"trial-{trial.number}"))
+        trial.set_user_attr("plan", plan.to_json())
+        trial.set_user_attr("low_precision_layers", len(plan.layers))
+        try:
+            return self._score(trial, plan)
+        except Exception as exc:
+            trial.set_user_attr(
+                "error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+            )
+            raise
+
+    @staticmethod
+    def _measured(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
+        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+            if t.params == trial.params and "plan" in t.user_attrs and "reused_from" not in t.user_attrs:
+                return t
+        return None
+
+    def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial) -> float | tuple[float, float]:
+        for key, value in earlier.user_attrs.items():
+            trial.set_user_attr(key, value)
+        trial.set_user_attr("reused_from", earlier.number)
+        trial.set_constraint(BUDGET_CONSTRAINT, violation(earlier))
+        return tuple(earlier.values) if self.settings.pareto else earlier.values[0]
+
+    def _result(self, latency: float, drop: float) -> float | tuple[float, float]:
+        return (latency, drop) if self.settings.pareto else latency
+
+    def _score(self, trial: optuna.Trial, plan: PrecisionPlan) -> float | tuple[float, float]:
+        budget = self.settings.max_drop
+        started = time.perf_counter()
+        runner = self.evaluator.load(plan)
+        try:
+            quick = self.evaluator.accuracy_drop(runner, quick=True)
+            trial.set_user_attr("quick_drop", quick)
+            if quick > budget + self.quick_margin:
+                trial.set_constraint(BUDGET_CONSTRAINT, quick - budget)
+                trial.set_user_attr("timed", False)
+                return self._result(self.reference_ms, quick)
+            drop = self.evaluator.accuracy_drop(runner, quick=False)
+            trial.set_user_attr("drop", drop)
+            trial.set_constraint(BUDGET_CONSTRAINT, drop - budget)
+            if drop > budget and not self.settings.pareto:
+                trial.set_user_attr("timed", False)
+                return self._result(self.reference_ms, drop)
+            timing = self.evaluator.time_against_baseline({"c": runner}, self.reference_ms)["c"]
+        finally:
+            runner.close()
+        trial.set_user_attr("timed", True)
+        trial.set_user_attr("speedup", timing.speedup)
+        trial.set_user_attr("speedup_ci", [timing.speedup_ci_low, timing.speedup_ci_high])
+        trial.set_user_attr("seconds", time.perf_counter() - started)
+        return self._result(timing.latency_ms, drop)
+
+
+def run_study(
+    study: optuna.Study,
+    evaluator: PlanEvaluator,
+    space: SearchSpace,
+    settings: StudySettings,
+    on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
+) -> None:
+    """Run trials until the study has ``n_trials`` finished ones, the timeout passes, or
+    ``patience`` finished trials bring no better feasible latency."""
+    if "fp32_reference_ms" not in study.user_attrs:  # the first worker fixes the latency scale
+        study.set_user_attr("fp32_reference_ms", evaluator.measure_baseline_ms())
+        study.set_user_attr("space", json.dumps([list(g.layers) for g in space.groups]))
+    reference_ms = study.user_attrs["fp32_reference_ms"]
+
+    def patience(study: optuna.Study, trial: FrozenTrial) -> None:
+        if on_trial is not None:
+            on_trial(study, trial)
+        if settings.patience is None:
+            return
+        finished = sorted(study.get_trials(deepcopy=False, states=FINISHED), key=lambda t: t.number)
+        best_at, best = None, float("inf")
+        for index, t in enumerate(finished):
+            if t.state == TrialState.COMPLETE and t.user_attrs.get("timed") and violation(t) <= 0:
+                if t.values[0] < best * 0.99:  # a 1 % gain counts as progress; less is timing noise
+                    best, best_at = t.values[0], index
+        if best_at is not None and len(finished) - 1 - best_at >= settings.patience:
+            log.info("no better feasible plan in %d trials; stopping", settings.patience)
+            study.stop()
+
+    remaining = settings.n_trials - finished_count(study)
+    if remaining <= 0:
+        return
+    study.optimize(
+        _Objective(evaluator, space, settings, reference_ms),
+        n_trials=remaining,
+        timeout=settings.timeout,
+        catch=(Exception,),
+        callbacks=[patience],
+    )

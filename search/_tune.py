@@ -1,0 +1,233 @@
+"""``qbench tune``: sensitivity, the study, and a final selection measured on held-out data."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pathlib
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from qbench.bench import BenchSettings, run_bench
+from qbench.data import Dataset
+from qbench.errors import QbenchError
+from qbench.machine import Machine
+from qbench.measure import Protocol
+from qbench.metrics import Metric
+from qbench.model import OnnxModel
+from qbench.plan import PlanOptions, PrecisionPlan
+from qbench.store import Leaderboard
+from qbench.tables import markdown_table
+from search._evaluator import PlanEvaluator
+from search._sensitivity import SensitivityReport, analyze_sensitivity
+from search._space import build_space
+from search._study import StudySettings, feasible_trials, open_study, pareto_front, run_study, seed_study, trial_plan
+
+if TYPE_CHECKING:
+    from backends import Backend
+
+log = logging.getLogger(__name__)
+
+FINAL_PROTOCOL = Protocol(warmup_count=10, warmup_seconds=0.5, min_count=100, min_seconds=3.0, max_seconds=60.0)
+MAX_FRONT_ROWS = 4
+
+
+@dataclass
+class TuneResult:
+    winner: dict[str, Any] | None  # the leaderboard row of the chosen plan (None: nothing beats fp32)
+    baseline: dict[str, Any]
+    rows: list[dict[str, Any]]
+    front: pd.DataFrame
+    sensitivity: SensitivityReport | None
+    study_name: str
+    trials_finished: int
+    notes: list[str] = field(default_factory=list)
+    output_dir: pathlib.Path | None = None
+
+
+def default_study_name(
+    model: OnnxModel, backend: Backend, machine: Machine, metric: Metric, settings: StudySettings, tuning_data: Dataset
+) -> str:
+    key = "|".join(
+        [
+            model.content_hash,
+            backend.name,
+            machine.fingerprint_hash,
+            metric.name,
+            tuning_data.content_hash,
+            f"{settings.max_drop:g}",
+            "pareto" if settings.pareto else "latency",
+        ]
+    )
+    return f"{model.name}-{backend.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
+
+
+def split_holdout(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
+    """Tune on the first part, select on the held-out rest (a prefix split keeps samples apart)."""
+    if not 0 < fraction < 1:
+        raise QbenchError(f"`holdout` must be a fraction between 0 and 1, but got {fraction}")
+    cut = int(round(len(data) * (1 - fraction)))
+    if cut < 1 or cut >= len(data):
+        raise QbenchError(f"{data.source}: {len(data)} samples are too few to hold out {fraction:.0%}")
+    return data.take(0, cut), data.take(cut, len(data))
+
+
+def tune(
+    *,
+    model: OnnxModel,
+    calibration_data: Dataset,
+    tuning_data: Dataset,
+    holdout_data: Dataset,
+    metric: Metric,
+    backend: Backend,
+    machine: Machine,
+    threads: int,
+    settings: StudySettings,
+    storage_url: str,
+    study_name: str | None,
+    board: Leaderboard,
+    results_dir: pathlib.Path,
+    options: PlanOptions | None = None,
+    final_protocol: Protocol = FINAL_PROTOCOL,
+    progress: Callable[[str], None] = lambda _msg: None,
+    on_trial: Callable | None = None,
+) -> TuneResult:
+    workdir = results_dir / "cache"
+    availability = backend.probe()
+    if not availability.available:
+        raise QbenchError(f"backend {backend.name!r} is not usable here: {availability.reason}")
+    space = build_space(model, backend.precisions, options or PlanOptions())
+    if not space.groups:
+        raise QbenchError(f"{model.name} has no layer that {backend.name} can run in int8; nothing to tune")
+    study_name = study_name or default_study_name(model, backend, machine, metric, settings, tuning_data)
+    progress(f"study {study_name}: {len(space.groups)} layer groups, {space.size} plans in the space")
+    evaluator = PlanEvaluator(
+        backend=backend,
+        model=model,
+        calibration_data=calibration_data,
+        evaluation_data=tuning_data,
+        metric=metric,
+        machine=machine,
+        threads=threads,
+        workdir=workdir,
+    )
+    try:
+        report = analyze_sensitivity(evaluator, space, "int8", progress)
+        study = open_study(storage_url, study_name, settings)
+        seed_study(study, space, report, settings.ladder)
+        progress(f"search: up to {settings.n_trials} trials; uniform int8 drop {report.uniform_drop:+.4f} (quick set)")
+        run_study(study, evaluator, space, settings, on_trial)
+    finally:
+        evaluator.close()
+    feasible = feasible_trials(study)
+    front = pareto_front(study)
+    finalists: list[PrecisionPlan] = []
+    for trial in [*feasible, *front]:
+        plan = trial_plan(trial)
+        if plan.content_hash not in {p.content_hash for p in finalists} and plan.layers:
+            finalists.append(PrecisionPlan(plan.layers, plan.options, f"tuned-t{trial.number}"))
+        if len(finalists) >= MAX_FRONT_ROWS:
+            break
+    notes = []
+    if not feasible:
+        notes.append(
+            f"no plan with low-precision layers met the budget (max drop {settings.max_drop:g}) on the tuning data"
+        )
+    progress(f"final selection: {len(finalists)} plans against fp32 on {len(holdout_data)} held-out samples")
+    rows = run_bench(
+        model=model,
+        calibration_data=calibration_data,
+        evaluation_data=holdout_data,
+        metric=metric,
+        plans=finalists,
+        backend=backend,
+        machine=machine,
+        board=board,
+        workdir=workdir,
+        progress=progress,
+        settings=BenchSettings(threads=threads, protocol=final_protocol, kind="tune"),
+    )
+    baseline, candidates = rows[0], rows[1:]
+    within = [r for r in candidates if r["status"] == "ok" and r["accuracy_drop"] <= settings.max_drop]
+    within.sort(key=lambda r: r["median_ms"])
+    winner = within[0] if within else None
+    if winner is not None and winner["speedup_ci_high"] < 1.0:
+        notes.append(
+            f"the best plan within the budget ({winner['plan_name']}) is slower than fp32 "
+            f"({winner['speedup']:.2f}×); keep fp32"
+        )
+        winner = None
+    elif winner is not None and winner["speedup_ci_low"] <= 1.0:
+        notes.append(
+            f"{winner['plan_name']} is not measurably faster than fp32 "
+            f"(speedup {winner['speedup']:.2f}×, 95% CI {winner['speedup_ci_low']:.2f}–{winner['speedup_ci_high']:.2f})"
+        )
+    if winner is not None:
+        for other in within[1:]:
+            if other["speedup_ci_high"] >= winner["speedup_ci_low"]:
+                notes.append(
+                    f"{winner['plan_name']} and {other['plan_name']} are indistinguishable in latency "
+                    f"({winner['speedup']:.2f}× vs {other['speedup']:.2f}×, overlapping 95% intervals)"
+                )
+    rejected = [r for r in candidates if r["status"] == "ok" and r["accuracy_drop"] > settings.max_drop]
+    for r in rejected:
+        notes.append(
+            f"{r['plan_name']} met the budget while tuning but dropped {r['accuracy_drop']:+.4f} on held-out data"
+        )
+    result = TuneResult(
+        winner,
+        baseline,
+        rows,
+        _front_table(front),
+        report,
+        study_name,
+        len([t for t in study.trials if t.state.is_finished()]),
+        notes,
+    )
+    result.output_dir = _write_outputs(result, model, backend, workdir, results_dir, calibration_data, machine)
+    return result
+
+
+def _front_table(front) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "trial": t.number,
+                "latency ms": round(t.values[0], 4),
+                "speedup": round(t.user_attrs.get("speedup", float("nan")), 3),
+                "accuracy drop": round(t.user_attrs["drop"], 4),
+                "low-precision layers": t.user_attrs.get("low_precision_layers"),
+            }
+            for t in front
+        ]
+    )
+
+
+def _write_outputs(
+    result: TuneResult,
+    model: OnnxModel,
+    backend: Backend,
+    workdir: pathlib.Path,
+    results_dir: pathlib.Path,
+    calibration_data: Dataset,
+    machine: Machine,
+) -> pathlib.Path:
+    out = results_dir / "tuned" / f"{model.name}-{model.content_hash[:8]}-{backend.name}"
+    out.mkdir(parents=True, exist_ok=True)
+    result.front.to_csv(out / "pareto.csv", index=False)
+    (out / "pareto.md").write_text(f"# Pareto front of {result.study_name}\n\n{markdown_table(result.front)}\n")
+    if result.winner is not None:
+        plan = PrecisionPlan.from_json(result.winner["plan"])
+        (out / "plan.json").write_text(plan.to_json())
+        calibration = (
+            backend.calibrate(model, calibration_data, plan.options.calibration, workdir)
+            if plan.layers_in("int8")
+            else None
+        )
+        artifact = backend.build(model, plan, calibration, workdir)
+        shutil.copyfile(artifact.path, out / f"model{artifact.path.suffix}")
+    return out

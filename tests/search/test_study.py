@@ -1,0 +1,231 @@
+"""The search logic against a fake evaluator whose latency and accuracy are known exactly.
+
+A fake is right here: these tests check what the study does with measurements (constraints,
+seeding, stopping, resuming, sharing), not the measurements. Real runtimes are exercised by
+tests/search/test_tune.py and the backend conformance suite.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from qbench.errors import QbenchError
+from qbench.plan import PlanOptions
+from search import StudySettings, feasible_trials, open_study, run_study, seed_study
+from search._evaluator import Timing
+from search._sensitivity import GroupSensitivity, SensitivityReport
+from search._space import LayerGroup, SearchSpace
+from search._study import violation
+
+# layer: (fp32 ms, int8 ms, accuracy drop when int8)
+COSTS = {
+    "a": (1.0, 0.4, 0.000),
+    "b": (1.0, 0.4, 0.008),  # the one layer that must stay in float under a 0.5 % budget
+    "c": (1.0, 0.5, 0.001),
+    "d": (0.5, 0.3, 0.001),
+    "e": (0.2, 0.25, 0.000),  # int8 makes this one slower, as happens on CPUs
+    "f": (0.5, 0.2, 0.002),
+}
+SPACE = SearchSpace(tuple(LayerGroup((name,), ("fp32", "int8")) for name in COSTS), PlanOptions())
+
+
+class FakeRunner:
+    def __init__(self, plan):
+        self.plan = plan
+
+    def close(self):
+        pass
+
+
+class FakeEvaluator:
+    def __init__(self, fail_layer: str | None = None, delay: float = 0.0):
+        self.quick_data = list(range(1000))
+        self.timed_plans = []
+        self.fail_layer, self.delay = fail_layer, delay
+
+    def resolve(self, plan):
+        return plan
+
+    def load(self, plan):
+        if self.fail_layer and plan.precision(self.fail_layer) == "int8":
+            raise RuntimeError(f"backend cannot build {self.fail_layer} in int8")
+        time.sleep(self.delay)
+        return FakeRunner(plan)
+
+    def accuracy_drop(self, runner, quick):
+        return sum(drop for name, (_, _, drop) in COSTS.items() if runner.plan.precision(name) == "int8")
+
+    @staticmethod
+    def latency(plan):
+        return sum(i8 if plan.precision(name) == "int8" else fp for name, (fp, i8, _) in COSTS.items())
+
+    def measure_baseline_ms(self):
+        return sum(fp for fp, _, _ in COSTS.values())
+
+    def time_against_baseline(self, runners, reference_ms):
+        self.timed_plans += [r.plan for r in runners.values()]
+        return {
+            k: Timing(self.latency(r.plan), reference_ms / self.latency(r.plan), 0.0, 0.0) for k, r in runners.items()
+        }
+
+
+def best_possible(budget: float) -> float:
+    from itertools import product
+
+    best = float("inf")
+    for choice in product(("fp32", "int8"), repeat=len(COSTS)):
+        plan = SPACE.plan(dict(zip(COSTS, choice, strict=True)), "x")
+        if FakeEvaluator().accuracy_drop(FakeRunner(plan), False) <= budget:
+            best = min(best, FakeEvaluator.latency(plan))
+    return best
+
+
+def _study(tmp_path, settings, name="s"):
+    return open_study(f"sqlite:///{tmp_path}/study.db", name, settings)
+
+
+def test_finds_the_fastest_plan_within_the_budget(tmp_path):
+    settings = StudySettings(max_drop=0.005, n_trials=40, patience=None)
+    study = _study(tmp_path, settings)
+    seed_study(study, SPACE, None, settings.ladder)
+    evaluator = FakeEvaluator()
+    run_study(study, evaluator, SPACE, settings)
+    best = feasible_trials(study)[0]
+    assert best.values[0] == pytest.approx(best_possible(0.005))
+    assert all(violation(t) <= 0 for t in feasible_trials(study))
+    # a candidate over the budget is never timed
+    assert all(evaluator.accuracy_drop(FakeRunner(p), False) <= 0.005 for p in evaluator.timed_plans)
+    assert len(evaluator.timed_plans) < settings.n_trials
+
+
+def test_seeds_run_first_in_order(tmp_path):
+    settings = StudySettings(max_drop=0.005, n_trials=5, patience=None, ladder=2)
+    report = SensitivityReport(
+        "int8",
+        4.2,
+        2.0,
+        0.012,
+        tuple(GroupSensitivity(name, (name,), 0.0, 0.0, 0.0) for name in ["b", "f", "a", "c", "d", "e"]),
+    )
+    study = _study(tmp_path, settings)
+    seed_study(study, SPACE, report, settings.ladder)
+    seed_study(study, SPACE, report, settings.ladder)  # a second worker seeding changes nothing
+    run_study(study, FakeEvaluator(), SPACE, settings)
+    params = [t.params for t in sorted(study.trials, key=lambda t: t.number)]
+    assert params[0] == SPACE.uniform("fp32")
+    assert params[1] == SPACE.uniform("int8")
+    assert params[2] == {**SPACE.uniform("int8"), "b": "fp32"}
+    assert params[3] == {**SPACE.uniform("int8"), "b": "fp32", "f": "fp32"}
+
+
+def test_resume_keeps_finished_trials_and_counts_the_total(tmp_path):
+    first = StudySettings(max_drop=0.005, n_trials=8, patience=None)
+    study = _study(tmp_path, first)
+    seed_study(study, SPACE, None, 0)
+    run_study(study, FakeEvaluator(), SPACE, first)
+    before = {t.number: (t.params, t.values) for t in study.trials if t.state == TrialState.COMPLETE}
+    assert len(before) == 8
+    again = StudySettings(max_drop=0.005, n_trials=14, patience=None)
+    resumed = _study(tmp_path, again)  # a new process would open it the same way
+    seed_study(resumed, SPACE, None, 0)
+    run_study(resumed, FakeEvaluator(), SPACE, again)
+    after = {t.number: (t.params, t.values) for t in resumed.trials if t.state == TrialState.COMPLETE}
+    assert len(after) == 14
+    assert all(after[n] == before[n] for n in before)
+
+
+def test_crashing_trials_are_recorded_and_the_study_goes_on(tmp_path):
+    settings = StudySettings(max_drop=0.005, n_trials=10, patience=None)
+    study = _study(tmp_path, settings)
+    seed_study(study, SPACE, None, 0)
+    run_study(study, FakeEvaluator(fail_layer="c"), SPACE, settings)
+    failed = [t for t in study.trials if t.state == TrialState.FAIL]
+    assert failed and all("cannot build c in int8" in t.user_attrs["error"] for t in failed)
+    assert len([t for t in study.trials if t.state.is_finished()]) == 10
+    assert feasible_trials(study)
+
+
+def test_patience_stops_a_study_that_stopped_improving(tmp_path):
+    settings = StudySettings(max_drop=0.005, n_trials=200, patience=5)
+    study = _study(tmp_path, settings)
+    seed_study(study, SPACE, None, 0)
+    run_study(study, FakeEvaluator(), SPACE, settings)
+    assert len(study.trials) < 200
+
+
+def test_pareto_mode_times_over_budget_plans_for_the_front(tmp_path):
+    from search import pareto_front
+
+    settings = StudySettings(max_drop=0.005, n_trials=20, patience=None, pareto=True)
+    study = _study(tmp_path, settings)
+    seed_study(study, SPACE, None, 0)
+    run_study(study, FakeEvaluator(), SPACE, settings)
+    front = pareto_front(study)
+    drops = [t.user_attrs["drop"] for t in front]
+    latencies = [t.values[0] for t in front]
+    assert latencies == sorted(latencies) and drops == sorted(drops, reverse=True)
+    # over-budget plans are timed too (up to the quick-reject margin), so the front can cross it
+    assert any(t.user_attrs.get("timed") and t.user_attrs["drop"] > 0.005 for t in study.trials)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        ({"max_drop": 1.5}, "max_drop"),
+        ({"max_drop": 0.01, "n_trials": 0}, "trials"),
+        ({"max_drop": 0.01, "timeout": -1}, "timeout"),
+    ],
+)
+def test_settings_validation(kwargs, message):
+    with pytest.raises(QbenchError, match=message):
+        StudySettings(**kwargs)
+
+
+def test_unreachable_storage_is_a_clear_error():
+    with pytest.raises(QbenchError, match="cannot open study storage"):
+        open_study("postgresql://qbench@127.0.0.1:1/none", "s", StudySettings(max_drop=0.01))
+
+
+def _worker(url: str, name: str, n_trials: int) -> None:
+    settings = StudySettings(max_drop=0.005, n_trials=n_trials, patience=None)
+    study = open_study(url, name, settings)
+    seed_study(study, SPACE, None, 0)
+    run_study(study, FakeEvaluator(delay=0.02), SPACE, settings)
+
+
+def test_two_workers_share_one_postgres_study(postgres_url):
+    n_trials = 24
+    context = multiprocessing.get_context("spawn")
+    workers = [context.Process(target=_worker, args=(postgres_url, "shared", n_trials)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+        assert w.exitcode == 0
+    study = optuna.load_study(study_name="shared", storage=postgres_url)
+    finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]
+    assert len(finished) == n_trials
+    assert not [t for t in study.trials if t.state == TrialState.RUNNING]
+    assert len({t.number for t in study.trials}) == len(study.trials)
+    assert {t.number for t in finished} == set(range(len(study.trials))) - {
+        t.number
+        for t in study.trials
+        if t.state == TrialState.PRUNED  # workers stopping at the budget
+    }
+
+
+def test_a_repeated_plan_reuses_the_earlier_measurement(tmp_path):
+    settings = StudySettings(max_drop=0.005, n_trials=3, patience=None)
+    study = _study(tmp_path, settings)
+    for _ in range(3):
+        study.enqueue_trial(SPACE.uniform("fp32"))  # what a sampler repeat or a seeding race produces
+    evaluator = FakeEvaluator()
+    run_study(study, evaluator, SPACE, settings)
+    first, *repeats = sorted(study.trials, key=lambda t: t.number)
+    assert len(evaluator.timed_plans) == 1
+    assert all(t.user_attrs["reused_from"] == first.number and t.values == first.values for t in repeats)
