@@ -29,8 +29,8 @@ from search._space import SearchSpace
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
-HEARTBEAT_SECONDS = 10
-GRACE_SECONDS = 30
+HEARTBEAT_SECONDS = 2
+GRACE_SECONDS = 6  # a killed worker's trial is failed (and counted) this soon after
 BUDGET_CONSTRAINT = "accuracy_drop_over_budget"
 
 
