@@ -95,11 +95,20 @@ def build_parser() -> argparse.ArgumentParser:
         "--quick", action="store_true", help="short protocol for smoke tests (rows are marked by their protocol)"
     )
 
-    sub.add_parser("sensitivity", parents=[common, data_args], help="per-layer accuracy cost and latency of int8")
+    quick_args = argparse.ArgumentParser(add_help=False)
+    quick_args.add_argument(
+        "--quick-samples",
+        type=_positive_int,
+        default=512,
+        help="samples for the quick accuracy check of each candidate (default: 512)",
+    )
+    sub.add_parser(
+        "sensitivity", parents=[common, data_args, quick_args], help="per-layer accuracy cost and latency of int8"
+    )
 
     tune = sub.add_parser(
         "tune",
-        parents=[common, data_args],
+        parents=[common, data_args, quick_args],
         help="search per-layer precision for the lowest latency within an accuracy budget",
     )
     tune.add_argument("--max-drop", type=_fraction, default=0.01, help="accuracy budget: 0.01 or 1%% (default: 1%%)")
@@ -261,6 +270,8 @@ def _fraction(text: str) -> float:
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
+    import pandas as pd
+
     from backends import get_backend
     from qbench.machine import current_machine
     from qbench.plan import PlanOptions
@@ -279,14 +290,13 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         machine=machine,
         threads=args.threads or machine.physical_cores,
         workdir=args.results_dir / "cache",
+        quick_samples=args.quick_samples,
     )
     try:
         space = build_space(model, backend.precisions, PlanOptions())
         report = analyze_sensitivity(evaluator, space, "int8", step_printer(args.quiet))
     finally:
         evaluator.close()
-    import pandas as pd
-
     print(
         f"{model.name} on {backend.name}, metric {metric.name} on {len(evaluator.quick_data)} samples: "
         f"fp32 {report.fp32_ms:.3f} ms; int8 everywhere {report.uniform_ms:.3f} ms, drop {report.uniform_drop:+.4f}"
@@ -359,6 +369,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             final_protocol=QUICK_PROTOCOL if args.quick else FINAL_PROTOCOL,
             progress=step_printer(args.quiet),
             on_trial=on_trial,
+            quick_samples=args.quick_samples,
         )
         progress_bar.close()
         frame = board.frame()

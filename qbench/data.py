@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import pathlib
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -15,6 +16,7 @@ from qbench.errors import QbenchError
 from qbench.model import OnnxModel
 
 LABELS_KEY = "labels"
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,14 @@ def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, sour
         if labels.ndim == 0 or len(labels) != n:
             got = "a scalar" if labels.ndim == 0 else f"{len(labels)}"
             raise QbenchError(f"{source}: '{LABELS_KEY}' has {got} entries, but the inputs hold {n} samples")
-    return Dataset(inputs, labels, source)
+    data = Dataset(inputs, labels, source)
+    if batch is not None and n % batch:
+        # A fixed batch dimension cannot take a short last batch; score the same samples everywhere.
+        log.warning(
+            "%s: using %d of %d samples, a multiple of the model's fixed batch size %d", source, n - n % batch, n, batch
+        )
+        data = data.take(0, n - n % batch)
+    return data
 
 
 def split_for_calibration(data: Dataset, fraction: float = 0.2, most: int = 256) -> tuple[Dataset, Dataset]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import pathlib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -12,10 +13,12 @@ from google.protobuf.message import DecodeError
 
 from qbench.errors import QbenchError
 
+log = logging.getLogger(__name__)
+
 # Ops whose weights and activations a precision plan can lower; the unit of a plan is one node.
 QUANTIZABLE_OPS = frozenset({"Conv", "ConvTranspose", "MatMul", "Gemm"})
-# QDQ with per-channel weights needs opset 13; ONNX Runtime reads models down to opset 7, but
-# older graphs are rare and the quantizer upgrades them badly, so we ask the user to convert.
+# QDQ with per-channel weights needs opset 13. Older models (PaddleOCR exports are opset 11/12)
+# are upgraded on load with ONNX's version converter, which is exact for them.
 MIN_OPSET = 13
 
 _ONNX_TO_NUMPY = {
@@ -83,10 +86,7 @@ class OnnxModel:
             raise QbenchError(f"{path} is not an ONNX model: it holds no graph nodes")
         opset = _default_opset(proto)
         if opset < MIN_OPSET:
-            raise QbenchError(
-                f"{path} uses ONNX opset {opset}, but qbench needs opset {MIN_OPSET} or newer; convert it "
-                f"with onnx.version_converter.convert_version(model, {MIN_OPSET})"
-            )
+            proto = _upgrade_opset(proto, opset, path)
         newest = onnx.defs.onnx_opset_version()
         if opset > newest:
             raise QbenchError(
@@ -132,6 +132,20 @@ class OnnxModel:
     def save(self, path: pathlib.Path) -> None:
         """Write the named graph (the form every backend and the calibrator read)."""
         onnx.save_model(self.proto, str(path))
+
+
+def _upgrade_opset(proto: onnx.ModelProto, opset: int, path: pathlib.Path) -> onnx.ModelProto:
+    from onnx import version_converter
+
+    try:
+        upgraded = version_converter.convert_version(proto, MIN_OPSET)
+    except Exception as exc:  # the converter raises bare RuntimeErrors naming the op it cannot adapt
+        raise QbenchError(
+            f"{path} uses ONNX opset {opset} and could not be upgraded to {MIN_OPSET} "
+            f"({str(exc).strip().splitlines()[0]}); re-export it with opset {MIN_OPSET} or newer"
+        ) from exc
+    log.info("%s: upgraded ONNX opset %d to %d for QDQ quantization", path.name, opset, MIN_OPSET)
+    return upgraded
 
 
 def _default_opset(proto: onnx.ModelProto) -> int:

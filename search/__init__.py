@@ -1,6 +1,7 @@
 """The auto-tuner: search space, sensitivity analysis, the Optuna study and final selection."""
 
 from search._evaluator import PlanEvaluator, Timing
+from search._greedy import greedy_accuracy_control
 from search._sensitivity import GroupSensitivity, SensitivityReport, analyze_sensitivity
 from search._space import LayerGroup, SearchSpace, build_space, residual_groups
 from search._study import StudySettings, feasible_trials, open_study, pareto_front, run_study, seed_study
@@ -19,6 +20,7 @@ __all__ = [
     "build_space",
     "default_study_name",
     "feasible_trials",
+    "greedy_accuracy_control",
     "open_study",
     "pareto_front",
     "residual_groups",

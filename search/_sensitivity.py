@@ -16,8 +16,13 @@ import pathlib
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
+from qbench.plan import PrecisionPlan
 from search._evaluator import PlanEvaluator
 from search._space import SearchSpace
+
+TIMING_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,14 @@ def _cache_path(evaluator: PlanEvaluator, space: SearchSpace, precision: str) ->
     return evaluator.workdir / "sensitivity" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
 
 
+def _quick_drop(evaluator: PlanEvaluator, plan: PrecisionPlan) -> float:
+    runner = evaluator.load(evaluator.resolve(plan))
+    try:
+        return evaluator.accuracy_drop(runner, quick=True)
+    finally:
+        runner.close()
+
+
 def analyze_sensitivity(
     evaluator: PlanEvaluator,
     space: SearchSpace,
@@ -81,32 +94,40 @@ def analyze_sensitivity(
         return SensitivityReport.from_json(path.read_text())
     groups = [g for g in space.groups if precision in g.choices]
     uniform = space.uniform(precision)
-    runners = {}
+    reverted = {g.name: space.plan({**uniform, g.name: "fp32"}, "without") for g in groups}
+    progress(f"sensitivity: {precision} everywhere")
+    uniform_plan = space.plan(uniform, precision)
+    uniform_drop = _quick_drop(evaluator, uniform_plan)
     drops_alone, drops_without = {}, {}
-    try:
-        progress(f"sensitivity: {precision} everywhere")
-        runners["uniform"] = evaluator.load(evaluator.resolve(space.plan(uniform, precision)))
-        uniform_drop = evaluator.accuracy_drop(runners["uniform"], quick=True)
-        for i, group in enumerate(groups, start=1):
-            progress(f"sensitivity: group {i}/{len(groups)} {group.name}")
-            alone = evaluator.load(evaluator.resolve(space.plan({group.name: precision}, "alone")))
-            try:
-                drops_alone[group.name] = evaluator.accuracy_drop(alone, quick=True)
-            finally:
-                alone.close()
-            without = evaluator.load(evaluator.resolve(space.plan({**uniform, group.name: "fp32"}, "without")))
-            runners[group.name] = without
-            drops_without[group.name] = evaluator.accuracy_drop(without, quick=True)
-        progress(f"sensitivity: timing {len(runners)} plans interleaved with fp32")
-        fp32_ms = evaluator.measure_baseline_ms()
-        timings = evaluator.time_against_baseline(runners, fp32_ms)
-    finally:
-        for runner in runners.values():
-            runner.close()
+    for i, group in enumerate(groups, start=1):
+        progress(f"sensitivity: group {i}/{len(groups)} {group.name}")
+        drops_alone[group.name] = _quick_drop(evaluator, space.plan({group.name: precision}, "alone"))
+        drops_without[group.name] = _quick_drop(evaluator, reverted[group.name])
+    fp32_ms = evaluator.measure_baseline_ms()
+    revert_cost, uniform_ms = {}, []
+    # Timed in chunks of freshly loaded sessions so memory stays bounded on models with many
+    # layers (52 sessions of a 51-layer OCR model at once ran out of 24 GiB). Uniform low
+    # precision is in every chunk, so each revert cost compares plans timed side by side.
+    names = [g.name for g in groups]
+    for start in range(0, len(names), TIMING_CHUNK):
+        chunk = names[start : start + TIMING_CHUNK]
+        progress(f"sensitivity: timing groups {start + 1}-{start + len(chunk)} of {len(names)} interleaved with fp32")
+        plans = {"uniform": uniform_plan, **{name: reverted[name] for name in chunk}}
+        runners = {}
+        try:
+            for key, plan in plans.items():
+                runners[key] = evaluator.load(evaluator.resolve(plan))
+            timings = evaluator.time_against_baseline(runners, fp32_ms)
+        finally:
+            for runner in runners.values():
+                runner.close()
+        uniform_ms.append(timings["uniform"].latency_ms)
+        for name in chunk:
+            revert_cost[name] = timings[name].latency_ms - timings["uniform"].latency_ms
     report = SensitivityReport(
         precision=precision,
         fp32_ms=fp32_ms,
-        uniform_ms=timings["uniform"].latency_ms,
+        uniform_ms=float(np.median(uniform_ms)),
         uniform_drop=uniform_drop,
         groups=tuple(
             sorted(
@@ -116,7 +137,7 @@ def analyze_sensitivity(
                         layers=g.layers,
                         drop_alone=drops_alone[g.name],
                         recovered=uniform_drop - drops_without[g.name],
-                        revert_cost_ms=timings[g.name].latency_ms - timings["uniform"].latency_ms,
+                        revert_cost_ms=revert_cost[g.name],
                     )
                     for g in groups
                 ),

@@ -150,3 +150,9 @@ def test_console_script_exits_2_without_traceback(tmp_path):
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "model file not found" in proc.stderr
+
+
+def test_sensitivity_prints_every_layer(tmp_path, capsys):
+    assert main(["sensitivity", "--quick-samples", "64", "--results-dir", str(tmp_path), "-q"]) == 0
+    out = capsys.readouterr().out
+    assert "int8 everywhere" in out and all(name in out for name in _layer_names())

@@ -51,3 +51,10 @@ def test_split_for_calibration_is_disjoint(demo_evaluation):
     calib, rest = split_for_calibration(demo_evaluation)
     assert len(calib) + len(rest) == len(demo_evaluation)
     assert np.array_equal(calib.inputs["image"], demo_evaluation.inputs["image"][: len(calib)])
+
+
+def test_fixed_batch_models_score_whole_batches_only(demo_model):
+    fixed = demo_model.with_shapes({"image": (4, 1, 8, 8)})
+    data = dataset_from_arrays({"image": np.zeros((10, 1, 8, 8), np.float32), "labels": np.arange(10)}, fixed, "x")
+    assert len(data) == 8 and len(data.labels) == 8
+    assert [len(f["image"]) for f in data.batches(4, keep_tail=False)] == [4, 4]

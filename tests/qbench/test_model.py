@@ -42,12 +42,35 @@ def test_non_onnx_file_is_a_clear_error(tmp_path):
         OnnxModel.load(bogus)
 
 
-def test_old_opset_is_rejected_with_a_fix(tmp_path, mlp_files):
+def test_old_opsets_are_upgraded_on_load(tmp_path, mlp_files):
+    import numpy as np
+    import onnxruntime as ort
+
+    proto = onnx.load(str(mlp_files[0]))
+    proto.opset_import[0].version = 11
+    path = tmp_path / "old.onnx"
+    onnx.save_model(proto, str(path))
+    model = OnnxModel.load(path)
+    assert model.opset == 13 and model.layer_names() == OnnxModel.load(mlp_files[0]).layer_names()
+    upgraded = tmp_path / "upgraded.onnx"
+    model.save(upgraded)
+    x = {"x": np.random.default_rng(0).standard_normal((2, 16, 256)).astype(np.float32)}
+    run = lambda p: ort.InferenceSession(str(p), providers=["CPUExecutionProvider"]).run(None, x)[0]  # noqa: E731
+    np.testing.assert_array_equal(run(path), run(upgraded))
+
+
+def test_an_opset_that_cannot_be_upgraded_is_a_clear_error(tmp_path, mlp_files, monkeypatch):
+    from onnx import version_converter
+
+    def refuse(*_args):
+        raise RuntimeError("No adapter for op Foo")
+
+    monkeypatch.setattr(version_converter, "convert_version", refuse)
     proto = onnx.load(str(mlp_files[0]))
     proto.opset_import[0].version = 9
     path = tmp_path / "old.onnx"
     onnx.save_model(proto, str(path))
-    with pytest.raises(QbenchError, match="opset 9.*version_converter"):
+    with pytest.raises(QbenchError, match="opset 9 and could not be upgraded.*No adapter for op Foo"):
         OnnxModel.load(path)
 
 

@@ -229,3 +229,31 @@ def test_a_repeated_plan_reuses_the_earlier_measurement(tmp_path):
     first, *repeats = sorted(study.trials, key=lambda t: t.number)
     assert len(evaluator.timed_plans) == 1
     assert all(t.user_attrs["reused_from"] == first.number and t.values == first.values for t in repeats)
+
+
+def test_greedy_reverts_the_most_sensitive_groups_until_the_budget_holds():
+    from search import greedy_accuracy_control
+
+    order = ["f", "b", "c", "a", "d", "e"]  # a ranking that puts the harmful layer second
+    report = SensitivityReport("int8", 4.2, 2.0, 0.012, tuple(GroupSensitivity(n, (n,), 0, 0, 0) for n in order))
+    plan, drop = greedy_accuracy_control(FakeEvaluator(), SPACE, report, max_drop=0.005)
+    assert plan.precision("f") == "fp32" and plan.precision("b") == "fp32"  # reverted f, then b: 0.012 -> 0.002
+    assert all(plan.precision(n) == "int8" for n in "acde")
+    assert drop == pytest.approx(0.002)
+
+
+def test_finalists_include_plans_with_a_safety_margin(tmp_path):
+    from search import pareto_front
+    from search._tune import MAX_FINALISTS, _finalists
+
+    settings = StudySettings(max_drop=0.005, n_trials=30, patience=None)
+    study = _study(tmp_path, settings)
+    seed_study(study, SPACE, None, 0)
+    run_study(study, FakeEvaluator(), SPACE, settings)
+    feasible = feasible_trials(study)
+    chosen = _finalists(feasible, pareto_front(study), 0.005)
+    drops = [trial.user_attrs["drop"] for trial, _ in chosen]
+    assert chosen[0][0].number == feasible[0].number  # the fastest feasible plan comes first
+    assert min(drops) <= 0.0  # and a plan that lost nothing is among the candidates
+    assert len(chosen) <= MAX_FINALISTS
+    assert len({plan.content_hash for _, plan in chosen}) == len(chosen)

@@ -20,13 +20,32 @@ BUDGET = 0.015  # above what 864 held-out samples resolve; 0.3 % is not (see REA
 
 
 def _tune_cmd(results, study="demo") -> list[str]:
-    return [sys.executable, "-m", "qbench.cli", "tune", "--trials", str(TRIALS), "--max-drop", f"{BUDGET * 100}%",
-            "--patience", "0", "--quick", "--study", study, "--results-dir", str(results), "-q"]
+    return [
+        sys.executable,
+        "-m",
+        "qbench.cli",
+        "tune",
+        "--trials",
+        str(TRIALS),
+        "--max-drop",
+        f"{BUDGET * 100}%",
+        "--patience",
+        "0",
+        "--quick",
+        "--study",
+        study,
+        "--results-dir",
+        str(results),
+        "-q",
+    ]
 
 
 def _finished(study: optuna.Study) -> dict[int, tuple]:
-    return {t.number: (t.state, tuple(t.values or ())) for t in study.get_trials(deepcopy=False)
-            if t.state in (TrialState.COMPLETE, TrialState.FAIL)}
+    return {
+        t.number: (t.state, tuple(t.values or ()))
+        for t in study.get_trials(deepcopy=False)
+        if t.state in (TrialState.COMPLETE, TrialState.FAIL)
+    }
 
 
 @pytest.fixture(scope="module")

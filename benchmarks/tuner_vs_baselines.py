@@ -1,0 +1,211 @@
+"""qbench tune against fp32, uniform int8 and a greedy accuracy-control baseline, at one budget.
+
+For each model: fp32, uniform int8, the greedy NNCF-style baseline (revert the most sensitive
+layers to float until the budget holds) and the plan ``qbench tune`` returns are timed
+interleaved in one process and scored on test data that neither method saw:
+
+    evaluation data = tuning (study + greedy) | selection (tune's final pick) | test (this table)
+
+Models: the built-in digits demo (top-1 against labels) and PP-OCRv4 text recognition shipped in
+the ``rapidocr-onnxruntime`` wheel, fed text lines this script renders, scored by agreement of
+the decoded sequence with fp32's. Needs ``pip install pillow`` and
+``pip install --no-deps rapidocr-onnxruntime`` (only the wheel's ONNX files are used).
+
+    python benchmarks/tuner_vs_baselines.py [--trials 30] [--models digits-cnn,ppocr-rec]
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import pathlib
+import tempfile
+import time
+
+import numpy as np
+import pandas as pd
+
+from backends import get_backend
+from qbench.bench import BenchSettings, run_bench
+from qbench.data import Dataset, load_npz
+from qbench.machine import current_machine
+from qbench.metrics import Metric, get_metric
+from qbench.model import OnnxModel
+from qbench.plan import PlanOptions, PrecisionPlan
+from qbench.store import Leaderboard
+from qbench.zoo import DEMO
+from search import PlanEvaluator, StudySettings, analyze_sensitivity, build_space, greedy_accuracy_control, tune
+from search._tune import FINAL_PROTOCOL
+
+
+def split3(data: Dataset, tuning: float, selection: float) -> tuple[Dataset, Dataset, Dataset]:
+    a, b = int(len(data) * tuning), int(len(data) * (tuning + selection))
+    return data.take(0, a), data.take(a, b), data.take(b, len(data))
+
+
+def digits_setup():
+    model = OnnxModel.load(DEMO.model)
+    model.name = DEMO.name
+    return model, load_npz(DEMO.calibration, model), load_npz(DEMO.evaluation, model), get_metric("top1", True), 512
+
+
+def _ctc_decode(logits: np.ndarray) -> list[tuple[int, ...]]:
+    best = logits.argmax(axis=-1)
+    decoded = []
+    for row in best:
+        keep = np.concatenate([[True], row[1:] != row[:-1]]) & (row != 0)  # collapse repeats, drop blank 0
+        decoded.append(tuple(row[keep].tolist()))
+    return decoded
+
+
+def ctc_sequence_agreement(outputs: np.ndarray, _labels, reference: np.ndarray) -> float:
+    return float(np.mean([a == b for a, b in zip(_ctc_decode(outputs), _ctc_decode(reference), strict=True)]))
+
+
+def render_text_lines(count: int, seed: int) -> np.ndarray:
+    """Dark text on light paper, preprocessed like PP-OCR's recognizer (height 48, width 320)."""
+    from PIL import Image, ImageDraw, ImageFont
+
+    rng = np.random.default_rng(seed)
+    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.,:/ "
+    images = np.zeros((count, 3, 48, 320), np.float32)
+    for i in range(count):
+        text = "".join(rng.choice(list(alphabet), size=rng.integers(4, 16))).strip() or "qbench"
+        font = ImageFont.load_default(size=int(rng.integers(24, 38)))
+        left, top, right, bottom = font.getbbox(text)
+        canvas = Image.new("L", (right + 16, bottom + 12), color=int(rng.integers(200, 256)))
+        ImageDraw.Draw(canvas).text((8 - left, 6 - top), text, fill=int(rng.integers(0, 70)), font=font)
+        width = min(320, max(16, int(round(canvas.width * 48 / canvas.height))))
+        line = np.asarray(canvas.resize((width, 48)), np.float32) / 255.0
+        line = line + rng.normal(0, 0.03, line.shape)  # scanner noise
+        images[i, :, :, :width] = (np.clip(line, 0, 1) - 0.5) / 0.5
+    return images
+
+
+def ppocr_setup():
+    spec = importlib.util.find_spec("rapidocr_onnxruntime")
+    if spec is None:
+        raise SystemExit("ppocr-rec needs: pip install --no-deps rapidocr-onnxruntime")
+    model = OnnxModel.load(pathlib.Path(spec.origin).parent / "models" / "ch_PP-OCRv4_rec_infer.onnx")
+    model.name = "ppocr-v4-rec"
+    from qbench.data import dataset_from_arrays
+
+    calibration = dataset_from_arrays({"x": render_text_lines(64, seed=1)}, model, "rendered-calibration")
+    evaluation = dataset_from_arrays({"x": render_text_lines(400, seed=2)}, model, "rendered-evaluation")
+    metric = Metric("ctc-agreement", ctc_sequence_agreement, needs_labels=False, needs_reference=True)
+    return model, calibration, evaluation, metric, 64
+
+
+SETUPS = {"digits-cnn": (digits_setup, 0.005), "ppocr-rec": (ppocr_setup, 0.02)}
+
+
+def compare(name: str, trials: int, threads: int, workdir: pathlib.Path) -> None:
+    setup, budget = SETUPS[name]
+    model, calibration, evaluation, metric, quick = setup()
+    tuning, selection, test = split3(evaluation, 0.5, 0.2)
+    backend, machine = get_backend("onnxruntime"), current_machine()
+    board = Leaderboard(f"sqlite:///{workdir / 'leaderboard.db'}")
+    print(
+        f"\n== {model.name}: {len(model.layers)} layers, budget: {metric.name} drop <= {budget:g}; "
+        f"tuning {len(tuning)} / selection {len(selection)} / test {len(test)} samples",
+        flush=True,
+    )
+
+    started = time.perf_counter()
+    evaluator = PlanEvaluator(
+        backend=backend,
+        model=model,
+        calibration_data=calibration,
+        evaluation_data=tuning,
+        metric=metric,
+        machine=machine,
+        threads=threads,
+        workdir=workdir / "cache",
+        quick_samples=quick,
+    )
+    space = build_space(model, backend.precisions, PlanOptions())
+    report = analyze_sensitivity(evaluator, space)
+    sensitivity_s = time.perf_counter() - started
+    started = time.perf_counter()
+    greedy, greedy_drop = greedy_accuracy_control(evaluator, space, report, budget)
+    greedy_s = time.perf_counter() - started
+    evaluator.close()
+    print(
+        f"sensitivity {sensitivity_s:.0f} s (uniform int8 drop on the quick subset {report.uniform_drop:+.4f}); "
+        f"greedy {greedy_s:.0f} s: {len(greedy.layers)} of {len(space.groups)} layers int8, tuning drop "
+        f"{greedy_drop:+.4f}",
+        flush=True,
+    )
+
+    started = time.perf_counter()
+    result = tune(
+        model=model,
+        calibration_data=calibration,
+        tuning_data=tuning,
+        holdout_data=selection,
+        metric=metric,
+        backend=backend,
+        machine=machine,
+        threads=threads,
+        board=board,
+        results_dir=workdir,
+        settings=StudySettings(max_drop=budget, n_trials=trials, patience=None),
+        storage_url=f"sqlite:///{workdir / 'tuning.db'}",
+        study_name=f"bench-{name}",
+        quick_samples=quick,
+    )
+    tune_s = time.perf_counter() - started
+    print(
+        f"tune {tune_s:.0f} s for {result.trials_finished} trials ({result.trials_finished / tune_s * 60:.1f} "
+        f"trials/min incl. sensitivity (cached) and final selection); notes: {result.notes or 'none'}",
+        flush=True,
+    )
+
+    int8 = PrecisionPlan.uniform(model.layer_names(), "int8", "uniform-int8")
+    plans = [int8, PrecisionPlan(greedy.layers, greedy.options, "greedy")]
+    if result.winner is not None:
+        tuned = PrecisionPlan.from_json(result.winner["plan"])
+        plans.append(PrecisionPlan(tuned.layers, tuned.options, "qbench-tune"))
+    rows = run_bench(
+        model=model,
+        calibration_data=calibration,
+        evaluation_data=test,
+        metric=metric,
+        plans=plans,
+        backend=backend,
+        machine=machine,
+        board=board,
+        workdir=workdir / "cache",
+        settings=BenchSettings(threads=threads, protocol=FINAL_PROTOCOL),
+    )
+    board.close()
+    table = pd.DataFrame([{
+        "plan": r["plan_name"],
+        "median ms": round(r["median_ms"], 3),
+        "speedup vs fp32 (95% CI)": f"{r['speedup']:.3f}× ({r['speedup_ci_low']:.3f}–{r['speedup_ci_high']:.3f})",
+        "test drop": round(r["accuracy_drop"], 4),
+        "within budget": "yes" if r["accuracy_drop"] <= budget else "NO",
+        "int8 layers": f"{sum(p == 'int8' for p in r['realized'].values())}/{len(model.layers)}",
+    } for r in rows if r["status"] == "ok"])
+    print(table.sort_values("median ms").to_string(index=False))
+    for r in rows:
+        if r["status"] != "ok":
+            print(f"{r['plan_name']} failed: {r['error']}")
+    if result.winner is None:
+        print("qbench tune kept fp32 (no plan within the budget was measurably faster on the selection data)")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=30)
+    parser.add_argument("--models", default="digits-cnn,ppocr-rec")
+    parser.add_argument("--threads", type=int, default=current_machine().physical_cores)
+    args = parser.parse_args()
+    print(f"machine: {current_machine().describe()}")
+    for name in args.models.split(","):
+        with tempfile.TemporaryDirectory(prefix=f"qbench-{name}-") as tmp:
+            compare(name, args.trials, args.threads, pathlib.Path(tmp))
+
+
+if __name__ == "__main__":
+    main()
