@@ -324,9 +324,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from qbench.measure import QUICK_PROTOCOL
     from qbench.progress import bar, step_printer
     from qbench.tables import latest_per_plan, ranked, write_tables
-    from search import StudySettings, split_holdout, tune
-    from search._study import feasible_trials, finished_count
-    from search._tune import FINAL_PROTOCOL
+    from search import FINAL_PROTOCOL, StudySettings, feasible_trials, finished_count, split_holdout, tune
 
     backend = get_backend(args.backend)
     model, calibration, evaluation, metric = _model_data_metric(args)
@@ -371,7 +369,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
             on_trial=on_trial,
             quick_samples=args.quick_samples,
         )
-        progress_bar.close()
         frame = board.frame()
         write_tables(frame, args.results_dir)
     finally:

@@ -4,10 +4,20 @@ from search._evaluator import PlanEvaluator, Timing
 from search._greedy import greedy_accuracy_control
 from search._sensitivity import GroupSensitivity, SensitivityReport, analyze_sensitivity
 from search._space import LayerGroup, SearchSpace, build_space, residual_groups
-from search._study import StudySettings, feasible_trials, open_study, pareto_front, run_study, seed_study
-from search._tune import TuneResult, default_study_name, split_holdout, tune
+from search._study import (
+    StudySettings,
+    feasible_trials,
+    finished_count,
+    open_study,
+    pareto_front,
+    run_study,
+    seed_study,
+)
+from search._tune import FINAL_PROTOCOL, TuneResult, default_study_name, split_holdout, tune
 
 __all__ = [
+    "FINAL_PROTOCOL",
+    "finished_count",
     "GroupSensitivity",
     "LayerGroup",
     "PlanEvaluator",
