@@ -42,6 +42,6 @@ def leaderboard(url: str | None = None, results_dir: str = "results"):
 
     board = Leaderboard(url or default_url(pathlib.Path(results_dir)))
     try:
-        return board.frame()
+        return board.frame(samples=True)
     finally:
         board.close()

@@ -410,7 +410,7 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         print("the leaderboard is empty: run `qbench bench` first")
         return 0
     if args.csv:
-        frame.drop(columns=["samples_ns"]).to_csv(sys.stdout, index=False)
+        frame.to_csv(sys.stdout, index=False)
         return 0
     latest = latest_per_plan(frame)
     for _, group in latest.groupby("_group", sort=False):

@@ -191,10 +191,12 @@ class Leaderboard:
         with self.engine.begin() as conn:
             return int(conn.execute(results.insert().values(**values)).inserted_primary_key[0])
 
-    def frame(self, where: Iterable[sa.ColumnElement[bool]] = ()) -> pd.DataFrame:
-        """All result rows (newest last) joined with the machine's CPU model, as a DataFrame."""
+    def frame(self, where: Iterable[sa.ColumnElement[bool]] = (), samples: bool = False) -> pd.DataFrame:
+        """Result rows (newest last) with the machine's CPU model, as a DataFrame. The raw
+        samples (``samples_ns``, bytes) are loaded only when asked for: tables never need them."""
+        columns = [c for c in results.columns if samples or c.name != "samples_ns"]
         query = (
-            sa.select(results, machines.c.fingerprint)
+            sa.select(*columns, machines.c.fingerprint)
             .join(machines, machines.c.machine_hash == results.c.machine_hash)
             .where(*where)
             .order_by(results.c.id)
@@ -202,7 +204,7 @@ class Leaderboard:
         with self.engine.connect() as conn:
             frame = pd.DataFrame(conn.execute(query).mappings().all())
         if frame.empty:
-            return pd.DataFrame(columns=[*RESULT_COLUMNS, "id", "cpu_model"])
+            return pd.DataFrame(columns=[c.name for c in columns] + ["cpu_model"])
         frame["cpu_model"] = frame.pop("fingerprint").map(lambda f: json.loads(f).get("cpu_model", ""))
         return frame
 

@@ -37,7 +37,7 @@ def _layer_names():
 def _rows(results) -> pd.DataFrame:
     board = Leaderboard(default_url(results))
     try:
-        return board.frame()
+        return board.frame(samples=True)
     finally:
         board.close()
 
