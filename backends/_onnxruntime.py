@@ -15,7 +15,7 @@ import numpy as np
 
 from backends._base import Artifact, Availability, Backend, Calibration, Runner
 from qbench.data import Dataset, fixed_batch_size
-from qbench.errors import QbenchError
+from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
 from qbench.plan import PrecisionPlan
@@ -260,7 +260,7 @@ class OnnxRuntimeBackend(Backend):
         try:
             session = _session(artifact.path, so)
         except Exception as exc:  # ORT raises its own exception types for unreadable graphs
-            raise QbenchError(f"onnxruntime cannot load {artifact.path.name}: {str(exc).splitlines()[0]}") from exc
+            raise QbenchError(f"onnxruntime cannot load {artifact.path.name}: {first_line(exc)}") from exc
         settings = {
             "threads": threads,
             "inter_op_threads": 1,

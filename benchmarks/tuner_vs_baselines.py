@@ -179,14 +179,22 @@ def compare(name: str, trials: int, threads: int, workdir: pathlib.Path) -> None
         settings=BenchSettings(threads=threads, protocol=FINAL_PROTOCOL),
     )
     board.close()
-    table = pd.DataFrame([{
-        "plan": r["plan_name"],
-        "median ms": round(r["median_ms"], 3),
-        "speedup vs fp32 (95% CI)": f"{r['speedup']:.3f}× ({r['speedup_ci_low']:.3f}–{r['speedup_ci_high']:.3f})",
-        "test drop": round(r["accuracy_drop"], 4),
-        "within budget": "yes" if r["accuracy_drop"] <= budget else "NO",
-        "int8 layers": f"{sum(p == 'int8' for p in r['realized'].values())}/{len(model.layers)}",
-    } for r in rows if r["status"] == "ok"])
+    table = pd.DataFrame(
+        [
+            {
+                "plan": r["plan_name"],
+                "median ms": round(r["median_ms"], 3),
+                "speedup vs fp32 (95% CI)": (
+                    f"{r['speedup']:.3f}× ({r['speedup_ci_low']:.3f}–{r['speedup_ci_high']:.3f})"
+                ),
+                "test drop": round(r["accuracy_drop"], 4),
+                "within budget": "yes" if r["accuracy_drop"] <= budget else "NO",
+                "int8 layers": f"{sum(p == 'int8' for p in r['realized'].values())}/{len(model.layers)}",
+            }
+            for r in rows
+            if r["status"] == "ok"
+        ]
+    )
     print(table.sort_values("median ms").to_string(index=False))
     for r in rows:
         if r["status"] != "ok":

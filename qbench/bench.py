@@ -22,7 +22,7 @@ import psutil
 
 from qbench import __version__
 from qbench.data import Dataset, fixed_batch_size
-from qbench.errors import QbenchError
+from qbench.errors import QbenchError, describe
 from qbench.machine import Machine
 from qbench.measure import LatencyStats, Protocol, measure_interleaved, speedup
 from qbench.metrics import Metric
@@ -70,7 +70,7 @@ class Candidate:
     error: str | None = None
 
     def fail(self, exc: BaseException) -> None:
-        self.error = f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
+        self.error = describe(exc)
         log.warning("plan %s failed: %s", self.plan.name, self.error)
         log.debug("plan %s failed", self.plan.name, exc_info=exc)
 
@@ -276,15 +276,14 @@ def _record(
             "threads": settings.threads,
             "batch_size": batch,
             "protocol": settings.protocol.as_dict(),
+            "backend_settings": c.runner_settings,
         }
         if c.error is not None or c.samples_ns is None:
             row.update(status="failed", error=c.error or "not measured")
-            row.update(backend_settings=c.runner_settings)
         else:
             stats = LatencyStats.from_samples(c.samples_ns, settings.protocol.noisy_cv)
             row.update(
                 status="ok",
-                backend_settings=c.runner_settings,
                 n_samples=stats.n,
                 median_ms=stats.median_ms,
                 ci_low_ms=stats.ci_low_ms,

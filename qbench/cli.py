@@ -212,6 +212,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from qbench.measure import QUICK_PROTOCOL, Protocol
     from qbench.plan import recipe_plan
     from qbench.progress import step_printer
+    from qbench.store import safe_url
     from qbench.tables import latest_per_plan, ranked, write_tables
 
     recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
@@ -250,7 +251,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         print(ranked(latest_per_plan(mine)).to_string(index=False))
         written = write_tables(frame, args.results_dir)
-        print(f"recorded {len(rows)} rows in {board.url.split('@')[-1]}; tables: {written[0].parent}")
+        print(f"recorded {len(rows)} rows in {safe_url(board.url)}; tables: {written[0].parent}")
     finally:
         board.close()
     return 1 if all(r["status"] == "failed" for r in rows[1:]) and len(rows) > 1 else 0

@@ -7,3 +7,16 @@ class QbenchError(Exception):
     The CLI prints it as one line and exits with status 2; anything else keeps its traceback.
     The message names what is wrong and how to fix it.
     """
+
+
+def first_line(exc: BaseException) -> str:
+    """The first line of an exception's message, or "" when it has none (runtimes' messages
+    often run to many lines of context)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else ""
+
+
+def describe(exc: BaseException) -> str:
+    """``Type: first line``, for recording a failure in a row or a trial."""
+    message = first_line(exc)
+    return f"{type(exc).__name__}: {message}" if message else type(exc).__name__

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import onnx
 from google.protobuf.message import DecodeError
 
-from qbench.errors import QbenchError
+from qbench.errors import QbenchError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ def _upgrade_opset(proto: onnx.ModelProto, opset: int, path: pathlib.Path) -> on
     except Exception as exc:  # the converter raises bare RuntimeErrors naming the op it cannot adapt
         raise QbenchError(
             f"{path} uses ONNX opset {opset} and could not be upgraded to {MIN_OPSET} "
-            f"({str(exc).strip().splitlines()[0]}); re-export it with opset {MIN_OPSET} or newer"
+            f"({first_line(exc)}); re-export it with opset {MIN_OPSET} or newer"
         ) from exc
     log.info("%s: upgraded ONNX opset %d to %d for QDQ quantization", path.name, opset, MIN_OPSET)
     return upgraded

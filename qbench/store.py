@@ -18,7 +18,7 @@ import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
-from qbench.errors import QbenchError
+from qbench.errors import QbenchError, first_line
 
 SCHEMA_VERSION = 1
 
@@ -124,21 +124,21 @@ class Leaderboard:
             ) from exc
         except ModuleNotFoundError as exc:
             raise QbenchError(
-                f"leaderboard URL {_safe(url)} needs the Python driver {exc.name!r}; "
+                f"leaderboard URL {safe_url(url)} needs the Python driver {exc.name!r}; "
                 "install it (for PostgreSQL: pip install 'qbench[postgres]')"
             ) from exc
         except sa.exc.DBAPIError as exc:
-            reason = str(exc.orig).strip().splitlines()[0] if exc.orig else str(exc)
-            raise QbenchError(f"cannot open leaderboard database {_safe(url)}: {reason}") from exc
+            reason = first_line(exc.orig if exc.orig is not None else exc)
+            raise QbenchError(f"cannot open leaderboard database {safe_url(url)}: {reason}") from exc
         except OSError as exc:
-            raise QbenchError(f"cannot create the leaderboard database {_safe(url)}: {exc}") from exc
+            raise QbenchError(f"cannot create the leaderboard database {safe_url(url)}: {exc}") from exc
 
     def _prepare(self, conn: Connection) -> None:
         inspector = sa.inspect(conn)
         if not inspector.has_table(schema_info.name):
             if inspector.has_table(results.name):
                 raise QbenchError(
-                    f"{_safe(self.url)} has a results table but no qbench schema version: "
+                    f"{safe_url(self.url)} has a results table but no qbench schema version: "
                     "it is not a qbench leaderboard"
                 )
             _meta.create_all(conn)
@@ -149,7 +149,7 @@ class Leaderboard:
         )
         if version > SCHEMA_VERSION:
             raise QbenchError(
-                f"leaderboard {_safe(self.url)} has schema v{version}, newer than this qbench understands "
+                f"leaderboard {safe_url(self.url)} has schema v{version}, newer than this qbench understands "
                 f"(v{SCHEMA_VERSION}); upgrade qbench"
             )
         while version < SCHEMA_VERSION:
@@ -227,7 +227,7 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
-def _safe(url: str) -> str:
+def safe_url(url: str) -> str:
     """The URL with any password hidden, for messages."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)

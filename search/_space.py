@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from qbench.model import OnnxModel
+from qbench.model import Layer, OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan
 
 # Ops where several producers meet; with shared quantizers their inputs must agree in precision.
@@ -81,7 +81,7 @@ def residual_groups(model: OnnxModel, layers: Sequence[str]) -> list[tuple[str, 
 
 def build_space(
     model: OnnxModel,
-    precisions_of: callable,
+    precisions_of: Callable[[Layer], Sequence[str]],
     options: PlanOptions,
     allowed: Iterable[str] = ("fp32", "int8"),
     group_residuals: bool = False,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from qbench.errors import QbenchError
+from qbench.errors import QbenchError, describe, first_line
 from qbench.plan import PrecisionPlan
 from search._evaluator import PlanEvaluator
 from search._sensitivity import SensitivityReport
@@ -84,7 +84,7 @@ def open_study(storage_url: str, study_name: str, settings: StudySettings) -> op
     try:
         storage = _rdb_storage(storage_url)
     except Exception as exc:  # SQLAlchemy and driver errors all mean "cannot use this URL"
-        raise QbenchError(f"cannot open study storage {storage_url!r}: {str(exc).splitlines()[0]}") from exc
+        raise QbenchError(f"cannot open study storage {storage_url!r}: {first_line(exc)}") from exc
     # The sampler reads each trial's constraint (set with Trial.set_constraint) to tell feasible
     # from infeasible trials, so the budget shapes where it searches, not only what we keep.
     sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=8, multivariate=True)
@@ -170,9 +170,7 @@ class _Objective:
         try:
             return self._score(trial, plan)
         except Exception as exc:
-            trial.set_user_attr(
-                "error", f"{type(exc).__name__}: {str(exc).strip().splitlines()[0] if str(exc).strip() else ''}"
-            )
+            trial.set_user_attr("error", describe(exc))
             raise
 
     @staticmethod

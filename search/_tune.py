@@ -127,10 +127,7 @@ def tune(
         evaluator.close()
     feasible = feasible_trials(study)
     front = pareto_front(study)
-    finalists = [
-        PrecisionPlan(t_plan.layers, t_plan.options, f"tuned-t{t.number}")
-        for t, t_plan in _finalists(feasible, front, settings.max_drop)
-    ]
+    finalists = _finalists(feasible, front, settings.max_drop)
     notes = []
     if not finalists:
         notes.append(
@@ -191,7 +188,7 @@ def tune(
     return result
 
 
-def _finalists(feasible: list, front: list, max_drop: float) -> list[tuple]:
+def _finalists(feasible: list, front: list, max_drop: float) -> list[PrecisionPlan]:
     """Candidates for the held-out check: the fastest feasible plans, and the fastest ones that
     met the budget with a margin (half of it, and no drop at all). Plans at the edge of the
     budget on the tuning data often miss it on held-out data; the safer ones give the final
@@ -206,7 +203,7 @@ def _finalists(feasible: list, front: list, max_drop: float) -> list[tuple]:
         plan = trial_plan(trial)
         if plan.layers and plan.content_hash not in seen:
             seen.add(plan.content_hash)
-            chosen.append((trial, plan))
+            chosen.append(PrecisionPlan(plan.layers, plan.options, f"tuned-t{trial.number}"))
     return chosen[:MAX_FINALISTS]
 
 
