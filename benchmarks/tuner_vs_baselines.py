@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import numpy as np
+import optuna
 import pandas as pd
 
 from backends import get_backend
@@ -96,7 +97,7 @@ def ppocr_setup():
     return model, calibration, evaluation, metric, 64
 
 
-SETUPS = {"digits-cnn": (digits_setup, 0.005), "ppocr-rec": (ppocr_setup, 0.02)}
+SETUPS = {"digits-cnn": (digits_setup, 0.01), "ppocr-rec": (ppocr_setup, 0.02)}
 
 
 def compare(name: str, trials: int, threads: int, workdir: pathlib.Path) -> None:
@@ -209,6 +210,7 @@ def main() -> None:
     parser.add_argument("--models", default="digits-cnn,ppocr-rec")
     parser.add_argument("--threads", type=int, default=current_machine().physical_cores)
     args = parser.parse_args()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial otherwise
     print(f"machine: {current_machine().describe()}")
     for name in args.models.split(","):
         with tempfile.TemporaryDirectory(prefix=f"qbench-{name}-") as tmp:

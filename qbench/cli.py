@@ -320,6 +320,8 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    import optuna
+
     from backends import get_backend
     from qbench.machine import current_machine
     from qbench.measure import QUICK_PROTOCOL
@@ -327,6 +329,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from qbench.tables import latest_per_plan, ranked, write_tables
     from search import FINAL_PROTOCOL, StudySettings, feasible_trials, finished_count, split_holdout, tune
 
+    # Optuna sets its own logger to INFO when first used, overriding main(); one line per trial
+    # would drown the progress bar.
+    optuna.logging.set_verbosity(logging.DEBUG if args.verbose else logging.WARNING)
     backend = get_backend(args.backend)
     model, calibration, evaluation, metric = _model_data_metric(args)
     tuning, holdout = split_holdout(evaluation, args.holdout)
