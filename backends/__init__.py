@@ -6,15 +6,17 @@ group; it is checked when first looked up.
 
 from __future__ import annotations
 
+import inspect
 from importlib import metadata
 
 from backends._base import Artifact, Availability, Backend, Calibration, Runner
 from backends._onnxruntime import OnnxRuntimeBackend
+from backends._openvino import OpenVinoBackend
 from qbench.errors import QbenchError
 
 __all__ = ["Artifact", "Availability", "Backend", "Calibration", "Runner", "all_backends", "get_backend"]
 
-_BUILTIN: dict[str, type[Backend]] = {OnnxRuntimeBackend.name: OnnxRuntimeBackend}
+_BUILTIN: dict[str, type[Backend]] = {cls.name: cls for cls in (OnnxRuntimeBackend, OpenVinoBackend)}
 ENTRY_POINT_GROUP = "qbench.backends"
 
 
@@ -39,9 +41,15 @@ def all_backends() -> list[Backend]:
 
 
 def get_backend(name: str) -> Backend:
+    """The backend called ``name``; ``openvino:GPU`` names OpenVINO on its GPU device."""
     registry = _registry()
-    if name not in registry:
+    base, _, device = name.partition(":")
+    if base not in registry:
         raise QbenchError(
-            f"unknown backend {name!r}: choose one of {', '.join(registry)} (`qbench backends` lists them)"
+            f"unknown backend {base!r}: choose one of {', '.join(registry)} (`qbench backends` lists them)"
         )
-    return registry[name]()
+    if not device:
+        return registry[base]()
+    if "device" not in inspect.signature(registry[base]).parameters:
+        raise QbenchError(f"backend {base!r} has no devices to choose from; use --backend {base}")
+    return registry[base](device=device)

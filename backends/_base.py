@@ -34,10 +34,12 @@ class Artifact:
     key: str
     build_seconds: float
     cached: bool
+    #: Files that belong to ``path`` (an OpenVINO IR's weights ``.bin``), counted in its size.
+    companions: tuple[pathlib.Path, ...] = ()
 
     @property
     def size_bytes(self) -> int:
-        return self.path.stat().st_size
+        return sum(p.stat().st_size for p in (self.path, *self.companions))
 
 
 class Runner(abc.ABC):
@@ -106,11 +108,22 @@ class Backend(abc.ABC):
     def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
         """What each quantizable layer actually runs in once the runtime has optimized it."""
 
+    def option_choices(self) -> dict[str, tuple[str, ...]]:
+        """Values this backend accepts here for the plan options only some backends have
+        (``quantizer``, ``inference_precision``); the tuner searches those with several."""
+        return {"quantizer": ("qdq",)}
+
     def check_plan(self, plan: PrecisionPlan, model: OnnxModel) -> None:
-        """Raise a QbenchError naming the first layer whose precision this backend cannot run."""
+        """Raise a QbenchError naming the first layer (or option) this backend cannot run."""
         from qbench.errors import QbenchError
         from qbench.plan import check_plan_layers
 
+        choices = self.option_choices()
+        for option in ("quantizer", "inference_precision"):
+            value = getattr(plan.options, option)
+            if value is not None and value not in choices.get(option, ()):
+                offered = f"; it offers {', '.join(choices[option])}" if choices.get(option) else ""
+                raise QbenchError(f"backend {self.name!r} cannot honour plan option {option}={value!r}{offered}")
         check_plan_layers(plan, model.layer_names())
         by_name = {layer.name: layer for layer in model.layers}
         for name, precision in plan.layers.items():

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
 import logging
 import pathlib
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
+from backends import _qdq as qdq
 from backends._base import Artifact, Availability, Backend, Calibration, Runner
-from qbench.data import Dataset, fixed_batch_size
+from qbench.data import Dataset
 from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
@@ -36,8 +35,6 @@ _INT8_KERNELS = frozenset(
         "MatMulNBits",
     }
 )
-_CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
-_CALIBRATION_BATCH = 32
 # ONNX Runtime's WeightBiasQuantization pass quantizes the float weights of a layer whose input
 # and output tensors are quantized (because its neighbours are int8), so a layer the plan keeps
 # in fp32 would silently run in int8 (seen on the demo: 3 of 7 fp32 layers). Plans must mean
@@ -53,27 +50,10 @@ def _ort():
     return onnxruntime
 
 
-@contextlib.contextmanager
-def _quiet_root_logger() -> Iterator[None]:
-    """ONNX Runtime's quantizer warns on the root logger that the model was not pre-processed.
-    We skip pre-processing on purpose (it renames and fuses nodes, breaking per-layer plans)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        root.setLevel(level)
-
-
 def _session(path: pathlib.Path, options: Any) -> Any:
     return _ort().InferenceSession(
         str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=list(_DISABLED_OPTIMIZERS)
     )
-
-
-def _sha(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
 class OnnxRuntimeRunner(Runner):
@@ -126,117 +106,50 @@ class OnnxRuntimeBackend(Backend):
         changes = {k: v for k, v in defaults.items() if getattr(o, k) is None}
         return plan.with_options(**changes) if changes else plan
 
-    # -- calibration -------------------------------------------------------------------------
-
-    def _named_model_path(self, model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path:
-        path = workdir / "models" / f"{model.name}-{model.content_hash}.onnx"
-        if not path.exists():
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp")
-            model.save(tmp)
-            tmp.replace(path)
-        return path
-
     def calibrate(self, model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:
-        from onnxruntime.quantization import (
-            CalibrationDataReader,
-            CalibrationMethod,
-            create_calibrator,
-            save_tensors_data,
-        )
-
-        if method not in _CALIBRATION_METHODS:
-            raise QbenchError(f"calibration method must be one of {list(_CALIBRATION_METHODS)}, but got {method!r}")
-        path = workdir / "calibration" / f"{model.content_hash}-{data.content_hash}-{method}.json"
-        if path.exists():
-            return Calibration(path, method, len(data), 0.0, {"cached": True})
-        path.parent.mkdir(parents=True, exist_ok=True)
-        batch = fixed_batch_size(model) or _CALIBRATION_BATCH
-
-        class Reader(CalibrationDataReader):
-            def __init__(self) -> None:
-                self._feeds: Iterator[dict[str, np.ndarray]] = data.batches(
-                    batch, keep_tail=fixed_batch_size(model) is None
-                )
-
-            def get_next(self) -> dict[str, np.ndarray] | None:
-                return next(self._feeds, None)
-
-        start = time.perf_counter()
-        augmented = path.with_suffix(".augmented.onnx")
-        try:
-            calibrator = create_calibrator(
-                self._named_model_path(model, workdir),
-                None,  # every float tensor: any later plan can pick any layer
-                augmented_model_path=str(augmented),
-                calibrate_method=getattr(CalibrationMethod, _CALIBRATION_METHODS[method]),
-                extra_options={"execution_providers": ["CPUExecutionProvider"]},
-            )
-            calibrator.collect_data(Reader())
-            tmp = path.with_suffix(".tmp")
-            save_tensors_data(calibrator.compute_data(), tmp)
-            tmp.replace(path)
-        finally:
-            augmented.unlink(missing_ok=True)
-            augmented.with_suffix(".onnx.data").unlink(missing_ok=True)
-        return Calibration(path, method, len(data), time.perf_counter() - start, {"cached": False})
+        return qdq.calibrate(model, data, method, workdir)
 
     # -- build -------------------------------------------------------------------------------
 
     def build(
         self, model: OnnxModel, plan: PrecisionPlan, calibration: Calibration | None, workdir: pathlib.Path
     ) -> Artifact:
-        from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_dynamic, quantize_static
+        from onnxruntime.quantization import QuantType, quantize_dynamic
 
         self.check_plan(plan, model)
-        source = self._named_model_path(model, workdir)
         static, dynamic = plan.layers_in("int8"), plan.layers_in("int8-dynamic")
-        if static and calibration is None:
-            raise ValueError("a plan with static int8 layers needs a calibration")
-        if static and plan.options.calibration != calibration.method:
-            raise ValueError(f"plan wants {plan.options.calibration} calibration, got {calibration.method}")
+        if static:
+            qdq.check_calibration(plan, calibration)
         calib_key = calibration.path.name if (static and calibration) else "-"
-        key = _sha(model.content_hash, plan.content_hash, calib_key, self.name, _ort().__version__)
+        key = qdq.sha(model.content_hash, plan.content_hash, calib_key, self.name, _ort().__version__)
         path = workdir / "artifacts" / self.name / f"{model.name}-{key}.onnx"
         if path.exists():
             return Artifact(path, key, 0.0, cached=True)
         path.parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()
-        types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
-        o = plan.options
         staged = path.with_suffix(".static.tmp")
-        current = source
-        with _quiet_root_logger():
-            try:
-                if static:
-                    quantize_static(
-                        current,
-                        staged,
-                        None,
-                        activation_type=types[o.activation_type],
-                        weight_type=types[o.weight_type],
-                        per_channel=o.per_channel,
-                        reduce_range=o.reduce_range,
-                        nodes_to_quantize=static,
-                        calibration_cache_path=calibration.path,
-                        calibrate_method=getattr(CalibrationMethod, _CALIBRATION_METHODS[calibration.method]),
-                    )
-                    current = staged
-                out = path.with_suffix(".tmp")
-                if dynamic:
+        out = path.with_suffix(".tmp")
+        current = qdq.named_model_path(model, workdir)
+        try:
+            if static:
+                qdq.write_qdq_graph(model, plan, calibration, workdir, staged)
+                current = staged
+            if dynamic:
+                types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+                with qdq.quiet_root_logger():
                     quantize_dynamic(
                         current,
                         out,
-                        per_channel=o.per_channel,
-                        reduce_range=o.reduce_range,
-                        weight_type=types[o.weight_type],
+                        per_channel=plan.options.per_channel,
+                        reduce_range=plan.options.reduce_range,
+                        weight_type=types[plan.options.weight_type],
                         nodes_to_quantize=dynamic,
                     )
-                else:
-                    out.write_bytes(pathlib.Path(current).read_bytes())
-                out.replace(path)
-            finally:
-                staged.unlink(missing_ok=True)
+            else:
+                out.write_bytes(current.read_bytes())
+            out.replace(path)
+        finally:
+            staged.unlink(missing_ok=True)
         return Artifact(path, key, time.perf_counter() - start, cached=False)
 
     # -- run ---------------------------------------------------------------------------------
@@ -275,7 +188,7 @@ class OnnxRuntimeBackend(Backend):
         import onnx
 
         # What runs depends on the session's optimizers as well as on the artifact.
-        report = artifact.path.with_suffix(f".realized-{_sha(*_DISABLED_OPTIMIZERS)[:8]}.json")
+        report = artifact.path.with_suffix(f".realized-{qdq.sha(*_DISABLED_OPTIMIZERS)[:8]}.json")
         if report.exists():
             return json.loads(report.read_text())
         ort = _ort()

@@ -403,7 +403,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from qbench.tables import group_title, latest_per_plan, ranked
+    from qbench.tables import ACROSS_BACKENDS_NOTE, across_backends, across_title, group_title, latest_per_plan, ranked
 
     board = _open_board(args)
     try:
@@ -423,6 +423,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         first = group.iloc[0]
         print(f"\n{first.model_name} ({first.model_hash}) on machine {first.machine_hash} · {group_title(first)}")
         print(ranked(group).to_string(index=False))
+    for first, table in across_backends(latest):
+        print(f"\n{first.model_name} ({first.model_hash}) on machine {first.machine_hash} · {across_title(first)}")
+        print(table.to_string(index=False))
+        print(ACROSS_BACKENDS_NOTE)
     return 0
 
 

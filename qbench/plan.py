@@ -17,6 +17,8 @@ FLOAT_PRECISIONS = frozenset({"fp32", "fp16", "bf16"})
 PLAN_FORMAT_VERSION = 1
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("int8", "uint8")
+QUANTIZERS = ("qdq", "nncf")
+INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 
 
 @dataclass(frozen=True)
@@ -28,6 +30,10 @@ class PlanOptions:
     per_channel: bool | None = None
     reduce_range: bool | None = None
     calibration: str = "minmax"
+    #: Who writes the int8 graph: "qdq" (ONNX Runtime's quantizer, every backend) or "nncf" (OpenVINO).
+    quantizer: str | None = None
+    #: Precision float layers compute in where the runtime has a global hint (OpenVINO CPU: f32, bf16).
+    inference_precision: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("activation_type", "weight_type"):
@@ -38,13 +44,15 @@ class PlanOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise QbenchError(f"plan option `{name}` must be true or false, but got {value!r}")
-        if self.calibration not in CALIBRATION_METHODS:
-            raise QbenchError(
-                f"plan option `calibration` must be one of {CALIBRATION_METHODS}, but got {self.calibration!r}"
-            )
-
-    def unresolved(self) -> list[str]:
-        return [f.name for f in fields(self) if getattr(self, f.name) is None]
+        for name, allowed in (
+            ("calibration", CALIBRATION_METHODS),
+            ("quantizer", (None, *QUANTIZERS)),
+            ("inference_precision", (None, *INFERENCE_PRECISIONS)),
+        ):
+            value = getattr(self, name)
+            if value not in allowed:
+                choices = tuple(a for a in allowed if a is not None)
+                raise QbenchError(f"plan option `{name}` must be one of {choices}, but got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -128,6 +136,8 @@ class PrecisionPlan:
     def content_hash(self) -> str:
         payload = self.to_dict()
         del payload["name"]
+        # Unset options are left out, so adding an option does not change existing plans' hashes.
+        payload["options"] = {k: v for k, v in payload["options"].items() if v is not None}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -1,7 +1,8 @@
 """Leaderboard tables generated from the store: Markdown and CSV per machine and model.
 
 Only comparable rows are ranked together: same machine, backend and version, threads, batch
-size, protocol, data and metric. Each such group is its own ranked section, best first.
+size, protocol, data and metric. Each such group is its own ranked section, best first; rows
+that differ only in backend are also set side by side, fastest first.
 """
 
 from __future__ import annotations
@@ -84,6 +85,48 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+# Rows of different backends compare when everything else that shapes the numbers is equal.
+ACROSS_BACKENDS = [key for key in COMPARABLE if key not in ("backend", "backend_version")]
+ACROSS_BACKENDS_NOTE = (
+    "Each backend's rows come from its own run: absolute times drift 5–25 % between processes on a "
+    "shared machine, so read `vs fastest` as approximate; speedups vs fp32 are timed interleaved within each run."
+)
+
+
+def across_backends(latest: pd.DataFrame) -> list[tuple[pd.Series, pd.DataFrame]]:
+    """For each set of rows that differ only in backend (two backends or more), the measured
+    plans of all backends, fastest first: ``(first row, display table)`` pairs."""
+    ok = latest[latest.status == "ok"]
+    if ok.empty:
+        return []
+    out = []
+    for _, rows in ok.groupby(ok[ACROSS_BACKENDS].astype(str).agg("|".join, axis=1), sort=False):
+        if rows.backend.nunique() < 2:
+            continue
+        rows = rows.sort_values("median_ms")
+        fastest = rows.median_ms.iloc[0]
+        table = pd.DataFrame(
+            {
+                "backend": rows.backend + " " + rows.backend_version.astype(str),
+                "plan": rows.plan_name,
+                "median ms": rows.median_ms.map(lambda v: f"{v:.3f}"),
+                "vs fastest": (rows.median_ms / fastest).map(lambda v: f"{v:.2f}×"),
+                "speedup vs own fp32": rows.speedup.map(lambda v: _fmt(v, ".2f") + "×" if pd.notna(v) else ""),
+                rows.metric.iloc[0] or "accuracy": rows.accuracy.map(lambda v: _fmt(v, ".4f")),
+                "low-precision layers": rows.realized.map(_realized_summary),
+            }
+        )
+        out.append((rows.iloc[0], table))
+    return out
+
+
+def across_title(r: pd.Series) -> str:
+    return (
+        f"across backends · {r.threads} threads · batch {r.batch_size} · metric {r.metric} · "
+        f"data {str(r.data_hash)[:8]}"
+    )
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     cols = list(table.columns)
     lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
@@ -120,6 +163,8 @@ def write_tables(frame: pd.DataFrame, results_dir: pathlib.Path) -> list[pathlib
                 "sections are not comparable.",
                 "",
             ]
+            for first, table in across_backends(per_model):
+                md += [f"## {across_title(first)}", "", ACROSS_BACKENDS_NOTE, "", markdown_table(table), ""]
             csv_parts = []
             for _, group in per_model.groupby("_group", sort=False):
                 table = ranked(group)

@@ -136,7 +136,8 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
             o.values[0] <= lat and o.user_attrs["drop"] <= drop and (o.values[0] < lat or o.user_attrs["drop"] < drop)
             for o in timed
         )
-        if not dominated:
+        repeat = any(trial_plan(t).content_hash == trial_plan(f).content_hash for f in front)  # reused measurement
+        if not dominated and not repeat:
             front.append(t)
     return sorted(front, key=lambda t: t.values[0])
 

@@ -244,5 +244,6 @@ def _write_outputs(
             else None
         )
         artifact = backend.build(model, plan, calibration, workdir)
-        shutil.copyfile(artifact.path, out / f"model{artifact.path.suffix}")
+        for part in (artifact.path, *artifact.companions):  # an OpenVINO IR is .xml + .bin
+            shutil.copyfile(part, out / f"model{part.suffix}")
     return out
