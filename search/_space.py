@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from qbench.model import Layer, OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan
@@ -24,15 +24,28 @@ class LayerGroup:
         return self.layers[0]
 
 
+# Optuna parameters for plan-wide options are named "option:<field>", apart from layer names.
+OPTION_PREFIX = "option:"
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     groups: tuple[LayerGroup, ...]
     options: PlanOptions
+    #: Plan-wide options searched too, as ``(field, values)``; the first value is the default.
+    option_choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
 
     def plan(self, assignment: Mapping[str, str], name: str) -> PrecisionPlan:
-        """The plan for ``{group name: precision}``; unnamed groups stay fp32."""
+        """The plan for ``{group name: precision}``; unnamed groups stay fp32, unnamed options
+        take their first value."""
         layers = {layer: assignment.get(g.name, "fp32") for g in self.groups for layer in g.layers}
-        return PrecisionPlan(layers, self.options, name)
+        chosen = {field: assignment.get(OPTION_PREFIX + field, values[0]) for field, values in self.option_choices}
+        return PrecisionPlan(layers, replace(self.options, **chosen), name)
+
+    def parameters(self) -> list[tuple[str, tuple[str, ...]]]:
+        """Every choice the search makes, as ``(Optuna parameter name, values)``."""
+        options = [(OPTION_PREFIX + field, values) for field, values in self.option_choices]
+        return [(g.name, g.choices) for g in self.groups] + options
 
     def uniform(self, precision: str) -> dict[str, str]:
         """Every group that offers ``precision`` takes it; the others stay fp32."""
@@ -44,8 +57,8 @@ class SearchSpace:
     @property
     def size(self) -> int:
         total = 1
-        for group in self.groups:
-            total *= len(group.choices)
+        for _, values in self.parameters():
+            total *= len(values)
         return total
 
 
@@ -85,9 +98,11 @@ def build_space(
     options: PlanOptions,
     allowed: Iterable[str] = ("fp32", "int8"),
     group_residuals: bool = False,
+    option_choices: Mapping[str, Sequence[str]] | None = None,
 ) -> SearchSpace:
     """One choice per layer (or per residual group), limited to ``allowed`` precisions the
-    backend offers for every member; a group with a single choice is left out of the search."""
+    backend offers for every member, plus one per plan-wide option in ``option_choices`` that
+    ``options`` leaves unset; a choice with a single value is left out of the search."""
     allowed = tuple(allowed)
     by_name = {layer.name: layer for layer in model.layers}
     names = list(by_name)
@@ -97,4 +112,9 @@ def build_space(
         offered = [p for p in allowed if all(p in precisions_of(by_name[m]) for m in members)]
         if len(offered) > 1:
             groups.append(LayerGroup(members, tuple(offered)))
-    return SearchSpace(tuple(groups), options)
+    searched = tuple(
+        (field, tuple(values))
+        for field, values in (option_choices or {}).items()
+        if len(values) > 1 and getattr(options, field) is None
+    )
+    return SearchSpace(tuple(groups), options, searched)

@@ -161,7 +161,7 @@ class _Objective:
         if finished_count(study) + ahead >= self.settings.n_trials:
             study.stop()
             raise optuna.TrialPruned("the study's trial budget is used up")
-        assignment = {g.name: trial.suggest_categorical(g.name, g.choices) for g in self.space.groups}
+        assignment = {name: trial.suggest_categorical(name, values) for name, values in self.space.parameters()}
         earlier = self._measured(study, trial)
         if earlier is not None:  # samplers repeat plans in small spaces; reuse, don't re-measure
             return self._reuse(trial, earlier)

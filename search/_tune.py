@@ -34,6 +34,8 @@ log = logging.getLogger(__name__)
 
 FINAL_PROTOCOL = Protocol(warmup_count=10, warmup_seconds=0.5, min_count=100, min_seconds=3.0, max_seconds=60.0)
 MAX_FINALISTS = 5
+# Plan-wide options the tuner tries when the backend offers several values (OpenVINO: f32, bf16).
+SEARCHED_OPTIONS = ("inference_precision",)
 
 
 @dataclass
@@ -101,7 +103,8 @@ def tune(
     availability = backend.probe()
     if not availability.available:
         raise QbenchError(f"backend {backend.name!r} is not usable here: {availability.reason}")
-    space = build_space(model, backend.precisions, options or PlanOptions())
+    searched = {k: v for k, v in backend.option_choices().items() if k in SEARCHED_OPTIONS}
+    space = build_space(model, backend.precisions, options or PlanOptions(), option_choices=searched)
     if not space.groups:
         raise QbenchError(f"{model.name} has no layer that {backend.name} can run in int8; nothing to tune")
     study_name = study_name or default_study_name(model, backend, machine, metric, settings, tuning_data)
@@ -127,7 +130,7 @@ def tune(
         evaluator.close()
     feasible = feasible_trials(study)
     front = pareto_front(study)
-    finalists = _finalists(feasible, front, settings.max_drop)
+    finalists = _finalists(feasible, front, settings.max_drop, evaluator.resolve(PrecisionPlan(name="fp32")))
     notes = []
     if not finalists:
         notes.append(
@@ -188,7 +191,7 @@ def tune(
     return result
 
 
-def _finalists(feasible: list, front: list, max_drop: float) -> list[PrecisionPlan]:
+def _finalists(feasible: list, front: list, max_drop: float, baseline: PrecisionPlan) -> list[PrecisionPlan]:
     """Candidates for the held-out check: the fastest feasible plans, and the fastest ones that
     met the budget with a margin (half of it, and no drop at all). Plans at the edge of the
     budget on the tuning data often miss it on held-out data; the safer ones give the final
@@ -198,10 +201,10 @@ def _finalists(feasible: list, front: list, max_drop: float) -> list[PrecisionPl
         safer = [t for t in feasible if t.user_attrs["drop"] <= margin]
         picks += safer[:1]
     picks += front
-    chosen, seen = [], set()
+    chosen, seen = [], {baseline.content_hash}  # the final selection times fp32 anyway
     for trial in picks:
         plan = trial_plan(trial)
-        if plan.layers and plan.content_hash not in seen:
+        if plan.content_hash not in seen:
             seen.add(plan.content_hash)
             chosen.append(PrecisionPlan(plan.layers, plan.options, f"tuned-t{trial.number}"))
     return chosen[:MAX_FINALISTS]

@@ -20,7 +20,7 @@ from search import StudySettings, feasible_trials, open_study, run_study, seed_s
 from search._evaluator import Timing
 from search._sensitivity import GroupSensitivity, SensitivityReport
 from search._space import LayerGroup, SearchSpace
-from search._study import violation
+from search._study import trial_plan, violation
 
 # layer: (fp32 ms, int8 ms, accuracy drop when int8)
 COSTS = {
@@ -31,6 +31,7 @@ COSTS = {
     "e": (0.2, 0.25, 0.000),  # int8 makes this one slower, as happens on CPUs
     "f": (0.5, 0.2, 0.002),
 }
+BF16_DROP, BF16_SPEED = 0.0005, 0.6  # a plan-wide option: float layers faster, a little less accurate
 SPACE = SearchSpace(tuple(LayerGroup((name,), ("fp32", "int8")) for name in COSTS), PlanOptions())
 
 
@@ -58,11 +59,13 @@ class FakeEvaluator:
         return FakeRunner(plan)
 
     def accuracy_drop(self, runner, quick):
-        return sum(drop for name, (_, _, drop) in COSTS.items() if runner.plan.precision(name) == "int8")
+        bf16 = BF16_DROP if runner.plan.options.inference_precision == "bf16" else 0.0
+        return bf16 + sum(drop for name, (_, _, drop) in COSTS.items() if runner.plan.precision(name) == "int8")
 
     @staticmethod
     def latency(plan):
-        return sum(i8 if plan.precision(name) == "int8" else fp for name, (fp, i8, _) in COSTS.items())
+        float_scale = BF16_SPEED if plan.options.inference_precision == "bf16" else 1.0
+        return sum(i8 if plan.precision(name) == "int8" else fp * float_scale for name, (fp, i8, _) in COSTS.items())
 
     def measure_baseline_ms(self):
         return sum(fp for fp, _, _ in COSTS.values())
@@ -251,10 +254,22 @@ def test_finalists_include_plans_with_a_safety_margin(tmp_path):
     seed_study(study, SPACE, None, 0)
     run_study(study, FakeEvaluator(), SPACE, settings)
     feasible = feasible_trials(study)
-    chosen = _finalists(feasible, pareto_front(study), 0.005)
+    chosen = _finalists(feasible, pareto_front(study), 0.005, SPACE.plan({}, "fp32"))
     by_number = {t.number: t for t in study.trials}
     drops = [by_number[int(plan.name.removeprefix("tuned-t"))].user_attrs["drop"] for plan in chosen]
     assert chosen[0].name == f"tuned-t{feasible[0].number}"  # the fastest feasible plan comes first
     assert min(drops) <= 0.0  # and a plan that lost nothing is among the candidates
     assert len(chosen) <= MAX_FINALISTS
     assert len({plan.content_hash for plan in chosen}) == len(chosen)
+
+
+def test_plan_wide_options_are_searched_beside_the_layers(tmp_path):
+    space = SearchSpace(SPACE.groups, PlanOptions(), (("inference_precision", ("f32", "bf16")),))
+    assert space.size == 2 * SPACE.size
+    assert space.plan({}, "default").options.inference_precision == "f32"  # the first value
+    settings = StudySettings(max_drop=0.005, n_trials=40, patience=None)
+    study = _study(tmp_path, settings)
+    seed_study(study, space, None, 0)
+    run_study(study, FakeEvaluator(), space, settings)
+    # Any plan with a float layer is faster in bf16 and still feasible: the best one uses it.
+    assert trial_plan(feasible_trials(study)[0]).options.inference_precision == "bf16"
