@@ -12,11 +12,12 @@ from importlib import metadata
 from backends._base import Artifact, Availability, Backend, Calibration, Runner
 from backends._onnxruntime import OnnxRuntimeBackend
 from backends._openvino import OpenVinoBackend
+from backends._tensorrt import TensorRtBackend
 from qbench.errors import QbenchError
 
 __all__ = ["Artifact", "Availability", "Backend", "Calibration", "Runner", "all_backends", "get_backend"]
 
-_BUILTIN: dict[str, type[Backend]] = {cls.name: cls for cls in (OnnxRuntimeBackend, OpenVinoBackend)}
+_BUILTIN: dict[str, type[Backend]] = {cls.name: cls for cls in (OnnxRuntimeBackend, OpenVinoBackend, TensorRtBackend)}
 ENTRY_POINT_GROUP = "qbench.backends"
 
 

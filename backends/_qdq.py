@@ -107,11 +107,13 @@ def write_qdq_graph(
     workdir: pathlib.Path,
     out: pathlib.Path,
     symmetric_activations: bool = False,
+    quantize_bias: bool = True,
 ) -> None:
     """Write the plan's static int8 layers as QuantizeLinear/DequantizeLinear pairs into ``out``.
 
     ``symmetric_activations`` pins activation zero points to 0, which signed-int8 runtimes
-    (OpenVINO, TensorRT) need to stay on their fast kernels.
+    (OpenVINO, TensorRT) need to stay on their fast kernels; ``quantize_bias=False`` leaves
+    biases in float (TensorRT rejects int32 bias quantization).
     """
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
 
@@ -119,6 +121,7 @@ def write_qdq_graph(
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     o = plan.options
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric_activations else {}
+    extra["QuantizeBias"] = quantize_bias
     with quiet_root_logger():
         quantize_static(
             named_model_path(model, workdir),

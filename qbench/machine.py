@@ -39,7 +39,17 @@ ISA_FLAGS = (
     "bf16",
     "sve",
 )
-RUNTIME_PACKAGES = ("onnxruntime", "onnx", "numpy", "openvino", "nncf", "tensorrt", "tensorrt_rtx", "optuna")
+RUNTIME_PACKAGES = (
+    "onnxruntime",
+    "onnx",
+    "numpy",
+    "openvino",
+    "nncf",
+    "tensorrt",
+    "tensorrt-rtx-cu12",
+    "cuda-python",
+    "optuna",
+)
 
 
 @dataclass(frozen=True)
@@ -124,12 +134,13 @@ def _cpu_info() -> tuple[str, tuple[str, ...]]:
 
 
 def _gpus() -> tuple[str, ...]:
-    """NVIDIA GPUs with driver version, via nvidia-smi when it exists (no CUDA import)."""
+    """NVIDIA GPUs with driver version, memory and maximum SM clock, via nvidia-smi when it
+    exists (no CUDA import)."""
     if shutil.which("nvidia-smi") is None:
         return ()
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total", "--format=csv,noheader"],
+            ["nvidia-smi", "--query-gpu=name,driver_version,memory.total,clocks.max.sm", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=10,

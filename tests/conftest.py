@@ -57,6 +57,62 @@ def write_mlp_model(path: pathlib.Path, hidden: int = 256, tokens: int = 16, see
     return path
 
 
+def write_transformer_model(path: pathlib.Path, hidden: int = 64, tokens: int = 16, seed: int = 0) -> pathlib.Path:
+    """One pre-norm transformer block (single-head attention + feed-forward), written with the
+    ONNX helper API: LayerNormalization, six weight MatMuls, two activation MatMuls, Softmax."""
+    rng = np.random.default_rng(seed)
+
+    def weight(name: str, rows: int, cols: int) -> TensorProto:
+        return numpy_helper.from_array((rng.standard_normal((rows, cols)) / np.sqrt(rows)).astype(np.float32), name)
+
+    inits = [weight(n, hidden, hidden) for n in ("wq", "wk", "wv", "wo")]
+    inits += [weight("w_up", hidden, 4 * hidden), weight("w_down", 4 * hidden, hidden)]
+    inits += [
+        numpy_helper.from_array(np.ones(hidden, np.float32), "ln_scale"),
+        numpy_helper.from_array(np.zeros(hidden, np.float32), "ln_bias"),
+        numpy_helper.from_array(np.array(1 / np.sqrt(hidden), np.float32), "inv_sqrt_d"),
+    ]
+    nodes = [
+        helper.make_node("LayerNormalization", ["x", "ln_scale", "ln_bias"], ["n"], name="ln", axis=-1),
+        helper.make_node("MatMul", ["n", "wq"], ["q"], name="attn/q"),
+        helper.make_node("MatMul", ["n", "wk"], ["k"], name="attn/k"),
+        helper.make_node("MatMul", ["n", "wv"], ["v"], name="attn/v"),
+        helper.make_node("Transpose", ["k"], ["kt"], name="attn/kt", perm=[0, 2, 1]),
+        helper.make_node("MatMul", ["q", "kt"], ["s"], name="attn/scores"),
+        helper.make_node("Mul", ["s", "inv_sqrt_d"], ["s2"], name="attn/scale"),
+        helper.make_node("Softmax", ["s2"], ["p"], name="attn/softmax", axis=-1),
+        helper.make_node("MatMul", ["p", "v"], ["c"], name="attn/context"),
+        helper.make_node("MatMul", ["c", "wo"], ["o"], name="attn/out"),
+        helper.make_node("Add", ["o", "x"], ["r"], name="attn/residual"),
+        helper.make_node("MatMul", ["r", "w_up"], ["u"], name="ffn/up"),
+        helper.make_node("Relu", ["u"], ["a"], name="ffn/relu"),
+        helper.make_node("MatMul", ["a", "w_down"], ["d"], name="ffn/down"),
+        helper.make_node("Add", ["d", "r"], ["y"], name="ffn/residual"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "transformer_block",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", tokens, hidden])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", tokens, hidden])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 8
+    onnx.checker.check_model(model)
+    onnx.save_model(model, str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def transformer_files(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
+    """The transformer block and 64 samples of real-valued data for it."""
+    folder = tmp_path_factory.mktemp("transformer")
+    model_path = write_transformer_model(folder / "transformer.onnx")
+    rng = np.random.default_rng(2)
+    np.savez(folder / "transformer.npz", x=rng.standard_normal((64, 16, 64)).astype(np.float32))
+    return model_path, folder / "transformer.npz"
+
+
 @pytest.fixture(scope="session")
 def mlp_files(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
     """The MLP model and 64 samples of real-valued data for it."""
