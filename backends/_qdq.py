@@ -13,6 +13,7 @@ import logging
 import pathlib
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import numpy as np
 
@@ -136,3 +137,84 @@ def write_qdq_graph(
             calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration.method]),
             extra_options=extra,
         )
+
+
+# float8 E4M3 (FN: finite, no infinities) has its largest magnitude at 448; int8 at 127.
+_FP8_MAX, _INT8_MAX = 448.0, 127.0
+_FP8_OPSET = 19  # the first opset whose QuantizeLinear/DequantizeLinear take float8
+
+
+def _fp8_tensor(array: np.ndarray, name: str) -> Any:
+    import ml_dtypes
+    from onnx import TensorProto, helper
+
+    fp8 = np.clip(array, -_FP8_MAX, _FP8_MAX).astype(ml_dtypes.float8_e4m3fn)  # outside the range: NaN
+    return helper.make_tensor(name, TensorProto.FLOAT8E4M3FN, fp8.shape, fp8.view(np.uint8).tobytes(), raw=True)
+
+
+def requantize_to_fp8(
+    proto: Any, fp8_layers: set[str], int8_layers: set[str], float_weights: dict[str, np.ndarray]
+) -> Any:
+    """Turn the int8 Q/DQ pairs of ``fp8_layers`` into float8 E4M3 ones, in place.
+
+    The int8 writer laid out every pair (symmetric, so zero points are 0). A pair belongs to the
+    layers that read it, or, when no layer reads it, to the layer whose output it quantizes. An
+    fp8 pair keeps its place with its scale rescaled from the int8 range (127) to the fp8 range
+    (448) and float8 zero points; weights are quantized again from their float values
+    (``float_weights``, by name), not from the int8 ones. A tensor read by both an int8 and an
+    fp8 layer cannot be both: that is an error naming it.
+    """
+    import onnx
+    from onnx import numpy_helper, version_converter
+
+    if proto.opset_import[0].version < _FP8_OPSET:
+        proto.CopyFrom(version_converter.convert_version(proto, _FP8_OPSET))
+    graph = proto.graph
+    inits = {t.name: t for t in graph.initializer}
+    producer = {out: n for n in graph.node for out in n.output}
+    readers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            readers.setdefault(name, []).append(node)
+
+    def wants_fp8(group: list[Any], source: str) -> bool:
+        users = {r.name for dq in group for r in readers.get(dq.output[0], [])}
+        if users & fp8_layers and users & int8_layers:
+            raise QbenchError(
+                f"tensor {source!r} feeds fp8 layer {sorted(users & fp8_layers)[0]!r} and int8 layer "
+                f"{sorted(users & int8_layers)[0]!r}; give both the same precision"
+            )
+        if users & (fp8_layers | int8_layers):
+            return bool(users & fp8_layers)
+        origin = producer.get(source)
+        return origin is not None and origin.name in fp8_layers
+
+    def rescale(nodes: list[Any], dq: Any) -> np.ndarray:
+        scale = numpy_helper.to_array(inits[dq.input[1]]) * (_INT8_MAX / _FP8_MAX)
+        scale_name, zero_name = f"{dq.input[1]}/fp8", f"{dq.input[2]}/fp8"
+        if scale_name not in inits:
+            inits[scale_name] = numpy_helper.from_array(scale.astype(np.float32), scale_name)
+            inits[zero_name] = _fp8_tensor(np.zeros(scale.shape), zero_name)
+            graph.initializer.extend([inits[scale_name], inits[zero_name]])
+        for node in nodes:
+            node.input[1], node.input[2] = scale_name, zero_name
+        return scale
+
+    for q in [n for n in graph.node if n.op_type == "QuantizeLinear"]:  # activations
+        group = [r for r in readers.get(q.output[0], []) if r.op_type == "DequantizeLinear"]
+        if group and wants_fp8(group, q.input[0]):
+            rescale([q, *group], group[0])
+    for dq in [n for n in graph.node if n.op_type == "DequantizeLinear" and n.input[0] in inits]:  # weights
+        if not wants_fp8([dq], dq.input[0]):
+            continue
+        scale = rescale([dq], dq)
+        weight = float_weights[dq.input[0].removesuffix("_quantized")]
+        shape = [1] * weight.ndim
+        if scale.ndim:  # per channel, along the DQ's axis
+            shape[next((a.i for a in dq.attribute if a.name == "axis"), 1)] = scale.size
+        fp8_name = f"{dq.input[0]}/fp8"
+        graph.initializer.append(_fp8_tensor(weight / scale.reshape(shape), fp8_name))
+        dq.input[0] = fp8_name
+    del graph.value_info[:]  # recorded int8 types of the Q outputs are stale; runtimes infer them again
+    onnx.checker.check_model(proto)
+    return proto

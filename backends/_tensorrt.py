@@ -71,7 +71,7 @@ def _gpu_name(machine: Machine) -> str:
 
 
 class TensorRtBackend(Backend):
-    """NVIDIA TensorRT (or TensorRT-RTX): fp32, fp16, bf16 and int8 per layer, strongly typed."""
+    """NVIDIA TensorRT (or TensorRT-RTX): fp32, fp16, bf16, int8 and fp8 per layer, strongly typed."""
 
     name = "tensorrt"
 
@@ -91,7 +91,7 @@ class TensorRtBackend(Backend):
         return Availability(True, "ready", version, machine.gpus[0])
 
     def precisions(self, layer: Layer) -> tuple[str, ...]:
-        return ("fp32", "fp16", "bf16", "int8")
+        return ("fp32", "fp16", "bf16", "int8", "fp8")
 
     def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
         # TensorRT's explicit quantization is symmetric and signed; per-channel weights cost
@@ -110,9 +110,16 @@ class TensorRtBackend(Backend):
     ) -> pathlib.Path:
         """The plan's TensorRT flavour as ONNX: Q/DQ around int8 layers, Casts around fp16/bf16."""
         self.check_plan(plan, model)
-        if plan.layers_in("int8"):
-            qdq.write_qdq_graph(model, plan, calibration, workdir, out, symmetric_activations=True, quantize_bias=False)
+        if plan.layers_in("int8", "fp8"):
+            # fp8 layers are laid out as int8 first, then their Q/DQ pairs become float8 ones.
+            as_int8 = PrecisionPlan({k: "int8" for k in plan.layers_in("int8", "fp8")}, plan.options, plan.name)
+            qdq.write_qdq_graph(
+                model, as_int8, calibration, workdir, out, symmetric_activations=True, quantize_bias=False
+            )
             graph = onnx.load(str(out))
+            if plan.layers_in("fp8"):
+                weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.proto.graph.initializer}
+                qdq.requantize_to_fp8(graph, set(plan.layers_in("fp8")), set(plan.layers_in("int8")), weights)
         else:
             graph = model.proto
         casts = {layer: p for layer, p in plan.layers.items() if p in ("fp16", "bf16")}
@@ -124,7 +131,7 @@ class TensorRtBackend(Backend):
     ) -> Artifact:
         trt = tensorrt_module()
         self.check_plan(plan, model)
-        static = plan.layers_in("int8")
+        static = plan.layers_in("int8", "fp8")
         if static:
             qdq.check_calibration(plan, calibration)
         gpu = _gpu_name(current_machine())

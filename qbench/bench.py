@@ -156,7 +156,7 @@ def _calibrate(
     workdir: pathlib.Path,
     progress: Progress,
 ) -> dict[str, Calibration]:
-    methods = {c.plan.options.calibration for c in candidates if c.plan.layers_in("int8")}
+    methods = {c.plan.options.calibration for c in candidates if c.plan.needs_calibration}
     calibrations = {}
     for method in sorted(methods):
         progress(f"calibrate ({method}, {len(data)} samples)")

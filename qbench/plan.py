@@ -14,6 +14,7 @@ from qbench.errors import QbenchError
 
 PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic", "fp8", "int4-weight")
 FLOAT_PRECISIONS = frozenset({"fp32", "fp16", "bf16"})
+CALIBRATED_PRECISIONS = ("int8", "fp8")
 PLAN_FORMAT_VERSION = 1
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("int8", "uint8")
@@ -91,8 +92,9 @@ class PrecisionPlan:
         return [layer for layer, p in self.layers.items() if p in precisions]
 
     @property
-    def is_float(self) -> bool:
-        return all(p in FLOAT_PRECISIONS for p in self.layers.values())
+    def needs_calibration(self) -> bool:
+        """Whether any layer is statically quantized (int8 or fp8: activation ranges needed)."""
+        return bool(self.layers_in(*CALIBRATED_PRECISIONS))
 
     def with_options(self, **changes: Any) -> PrecisionPlan:
         return replace(self, options=replace(self.options, **changes))

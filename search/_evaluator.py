@@ -87,7 +87,7 @@ class PlanEvaluator:
 
     def load(self, plan: PrecisionPlan):
         """Build and load a resolved plan; the caller closes the runner."""
-        calibration = self.calibration(plan.options.calibration) if plan.layers_in("int8") else None
+        calibration = self.calibration(plan.options.calibration) if plan.needs_calibration else None
         artifact = self.backend.build(self.model, plan, calibration, self.workdir)
         return self.backend.load(artifact, self.threads, shared_process=True)
 

@@ -243,7 +243,7 @@ def _write_outputs(
         (out / "plan.json").write_text(plan.to_json())
         calibration = (
             backend.calibrate(model, calibration_data, plan.options.calibration, workdir)
-            if plan.layers_in("int8")
+            if plan.needs_calibration
             else None
         )
         artifact = backend.build(model, plan, calibration, workdir)
