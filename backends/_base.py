@@ -55,6 +55,11 @@ class Runner(abc.ABC):
     def synchronize(self) -> None:  # noqa: B027 - a no-op is right for synchronous runtimes
         """Wait for queued device work; CPU runtimes return at once."""
 
+    def timing_notes(self) -> dict[str, Any]:
+        """What the runtime saw of the runs so far beyond wall time (device time, host enqueue
+        time); stored with the result's settings. CPU runtimes have nothing to add."""
+        return {}
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release the session; the runner is unusable afterwards."""

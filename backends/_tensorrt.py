@@ -324,6 +324,14 @@ class TensorRtRunner(Runner):
         self.gpu_ms.append(float(_check(cuda.cudaEventElapsedTime(*self._events))))
         return [results[name] for name in self._outputs]
 
+    def timing_notes(self) -> dict[str, Any]:
+        if not self.gpu_ms:
+            return {}
+        gpu, enqueue = float(np.median(self.gpu_ms)), float(np.median(self.enqueue_ms))
+        # When the host takes nearly as long to enqueue as the GPU to execute, the GPU waits on
+        # Python: the wall time then measures the host, and CUDA graphs or batching would help.
+        return {"gpu_ms_median": gpu, "enqueue_ms_median": enqueue, "enqueue_bound": enqueue > 0.8 * gpu}
+
     def close(self) -> None:
         for pointer, _ in self._device.values():
             self._cuda.cudaFree(pointer)

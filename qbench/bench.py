@@ -129,6 +129,7 @@ def run_bench(
             measured = measure_interleaved(runs, settings.protocol)
             for c in ready:
                 c.samples_ns = measured[c.plan.content_hash]
+                c.runner_settings.update(c.runner.timing_notes())
     finally:
         for c in candidates:
             if c.runner is not None:

@@ -154,9 +154,11 @@ def test_engine_runs_and_reports_realized_precision(tensorrt, demo_model, demo_c
     runner = tensorrt.load(artifact, threads=1)
     try:
         logits = np.concatenate([runner.run(feed)[0] for feed in demo_evaluation.batches(64)])
+        notes = runner.timing_notes()
     finally:
         runner.close()
     assert np.mean(logits.argmax(1) == demo_evaluation.labels) > 0.9
+    assert notes["gpu_ms_median"] > 0 and notes["enqueue_ms_median"] > 0  # CUDA events and host time
     realized = tensorrt.realized_precisions(artifact, plan, demo_model)
     assert {n for n, p in realized.items() if p == "int8"} == set(names[::2])
 
