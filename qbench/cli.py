@@ -14,6 +14,7 @@ from qbench.errors import QbenchError
 
 log = logging.getLogger("qbench")
 EXIT_USER_ERROR = 2
+EXIT_REGRESSION = 3
 
 
 def _shape(text: str) -> tuple[str, tuple[int, ...]]:
@@ -130,7 +131,18 @@ def build_parser() -> argparse.ArgumentParser:
     board.add_argument("--model", help="only models whose name contains this")
     board.add_argument("--csv", action="store_true", help="print every stored row as CSV instead")
 
-    sub.add_parser("report", parents=[common], help="regenerate the Markdown and CSV tables under the results dir")
+    report = sub.add_parser(
+        "report", parents=[common], help="regenerate the tables under the results dir and list regressions"
+    )
+    report.add_argument(
+        "--threshold", type=_fraction, default=0.10, help="latency change that counts: 0.1 or 10%% (default: 10%%)"
+    )
+    report.add_argument(
+        "--accuracy-tolerance", type=_fraction, default=0.005, help="accuracy change that counts (default: 0.5%%)"
+    )
+    report.add_argument(
+        "--fail-on-regression", action="store_true", help=f"exit with status {EXIT_REGRESSION} if anything regressed"
+    )
     return parser
 
 
@@ -431,16 +443,26 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from qbench.tables import write_tables
+    from qbench.regressions import find_changes
+    from qbench.tables import markdown_table, write_tables
 
     board = _open_board(args)
     try:
-        written = write_tables(board.frame(), args.results_dir)
+        frame = board.frame(samples=True)
     finally:
         board.close()
-    for path in written:
+    written = write_tables(frame.drop(columns=["samples_ns"]), args.results_dir)
+    changes = find_changes(frame, args.threshold, args.accuracy_tolerance)
+    lines = ["# Changes against the previous run of each job", ""]
+    lines.append(markdown_table(changes) if not changes.empty else "No significant change.")
+    (args.results_dir / "regressions.md").write_text("\n".join(lines) + "\n")
+    for path in [*written, args.results_dir / "regressions.md"]:
         print(path)
-    return 0
+    regressed = changes[changes.regression] if not changes.empty else changes
+    if not changes.empty:
+        print(f"\n{len(changes)} change(s), {len(regressed)} regression(s):")
+        print(changes.to_string(index=False))
+    return EXIT_REGRESSION if args.fail_on_regression and not regressed.empty else 0
 
 
 COMMANDS = {

@@ -1,0 +1,92 @@
+"""Regressions: the newest run of each job against the run before it.
+
+A job is everything that makes two rows comparable except the backend version (a new runtime
+version is exactly what a nightly run should catch): machine, model, backend, plan, threads,
+batch, protocol, data, metric, kind. Latency counts as changed when the medians differ by more
+than a threshold *and* a two-sided Mann–Whitney test on the raw samples says the difference is
+not noise; accuracy when it moves by more than a tolerance.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from qbench.store import samples_from_bytes
+
+JOB = ["machine_hash", "model_hash", "backend", "plan_hash", "threads", "batch_size", "protocol", "data_hash"]
+JOB += ["metric", "kind"]
+ALPHA = 0.01
+
+
+def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p-value of the Mann–Whitney U test (normal approximation with tie correction;
+    latency samples number in the hundreds, where the approximation is tight)."""
+    n1, n2 = len(a), len(b)
+    values = np.concatenate([a, b])
+    order = values.argsort(kind="mergesort")
+    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(values))
+    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)  # average ranks, 1-based
+    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2.0
+    n = n1 + n2
+    ties = float(np.sum(counts.astype(float) ** 3 - counts))
+    sigma = math.sqrt(n1 * n2 / 12.0 * ((n + 1) - ties / (n * (n - 1))))
+    if sigma == 0:
+        return 1.0
+    z = (abs(u - n1 * n2 / 2.0) - 0.5) / sigma  # continuity correction
+    return min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2.0)))
+
+
+def find_changes(
+    frame: pd.DataFrame, threshold: float = 0.10, accuracy_tolerance: float = 0.005, alpha: float = ALPHA
+) -> pd.DataFrame:
+    """One row per job whose newest run changed against the previous one: latency (both past
+    ``threshold`` and significant) or accuracy (past ``accuracy_tolerance``). ``frame`` needs
+    the raw samples (``Leaderboard.frame(samples=True)``). ``regression`` marks the bad ones."""
+    ok = frame[frame.status == "ok"].sort_values("id")
+    changes = []
+    for _, runs in ok.groupby(ok[JOB].astype(str).agg("|".join, axis=1), sort=False):
+        if len(runs) < 2:
+            continue
+        before, after = runs.iloc[-2], runs.iloc[-1]
+        base = {
+            "model": after.model_name,
+            "backend": f"{after.backend} {before.backend_version} → {after.backend_version}",
+            "plan": after.plan_name,
+            "threads": after.threads,
+            "before_run": before.run_id,
+            "after_run": after.run_id,
+        }
+        ratio = after.median_ms / before.median_ms - 1.0
+        if abs(ratio) > threshold:
+            p = mann_whitney_p(samples_from_bytes(before.samples_ns), samples_from_bytes(after.samples_ns))
+            if p < alpha:
+                changes.append(
+                    {
+                        **base,
+                        "what": "latency",
+                        "before": f"{before.median_ms:.3f} ms",
+                        "after": f"{after.median_ms:.3f} ms",
+                        "change": f"{ratio:+.1%}",
+                        "p": p,
+                        "regression": ratio > 0,
+                    }
+                )
+        if pd.notna(after.accuracy) and pd.notna(before.accuracy):
+            moved = after.accuracy - before.accuracy
+            if abs(moved) > accuracy_tolerance:
+                changes.append(
+                    {
+                        **base,
+                        "what": f"accuracy ({after.metric})",
+                        "before": f"{before.accuracy:.4f}",
+                        "after": f"{after.accuracy:.4f}",
+                        "change": f"{moved:+.4f}",
+                        "p": float("nan"),
+                        "regression": moved < 0,
+                    }
+                )
+    return pd.DataFrame(changes)
