@@ -32,7 +32,6 @@ _WEIGHTED_OPS = frozenset(
 # Executed-graph node types that compute a quantizable layer (the CPU plugin's names).
 _COMPUTE_TYPES = frozenset({"Convolution", "FullyConnected", "MatMul", "Deconvolution", "GroupConvolution"})
 _RUNTIME_PRECISIONS = {"i8": "int8", "u8": "int8", "f32": "fp32", "bf16": "bf16", "f16": "fp16"}
-_HINT_TYPES = {"f32": "f32", "bf16": "bf16", "f16": "f16"}
 _RT_INFO = "qbench_inference_precision"  # stored in the IR so load() needs only the artifact
 
 
@@ -242,7 +241,7 @@ class OpenVinoBackend(Backend):
             "PERFORMANCE_HINT": "LATENCY",
             "NUM_STREAMS": "1",
             "INFERENCE_NUM_THREADS": str(threads),
-            "INFERENCE_PRECISION_HINT": _HINT_TYPES[hint],
+            "INFERENCE_PRECISION_HINT": hint,
         }
         try:
             compiled = core.compile_model(ov_model, self.device, config)
