@@ -266,7 +266,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"recorded {len(rows)} rows in {safe_url(board.url)}; tables: {written[0].parent}")
     finally:
         board.close()
-    return 1 if all(r["status"] == "failed" for r in rows[1:]) and len(rows) > 1 else 0
+    failed = [r["status"] == "failed" for r in rows]
+    if failed[0] or (len(rows) > 1 and all(failed[1:])):  # nothing to compare against, or nothing measured
+        print(f"qbench: {sum(failed)} of {len(rows)} plans failed; the status column says why", file=sys.stderr)
+        return 1
+    return 0
 
 
 def _fraction(text: str) -> float:

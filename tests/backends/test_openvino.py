@@ -110,7 +110,7 @@ def test_an_op_openvino_cannot_read_is_a_clear_error_and_a_recorded_failure(open
     np.savez(tmp_path / "data.npz", x=np.ones((4, 8), np.float32))
     results = tmp_path / "results"
     args = ["bench", str(path), "--data", str(tmp_path / "data.npz"), "--backend", "openvino", "--quick", "-q"]
-    main([*args, "--results-dir", str(results), "--recipe", "fp32"])
+    assert main([*args, "--results-dir", str(results), "--recipe", "fp32"]) == 1  # recorded, and not a success
     board = Leaderboard(default_url(results))
     rows = board.frame()
     board.close()
