@@ -106,9 +106,15 @@ class TensorRtBackend(Backend):
     # -- graph and engine --------------------------------------------------------------------
 
     def write_graph(
-        self, model: OnnxModel, plan: PrecisionPlan, calibration: Calibration | None, out: pathlib.Path, workdir
+        self,
+        model: OnnxModel,
+        plan: PrecisionPlan,
+        calibration: Calibration | None,
+        out: pathlib.Path,
+        workdir: pathlib.Path,
     ) -> pathlib.Path:
-        """The plan's TensorRT flavour as ONNX: Q/DQ around int8 layers, Casts around fp16/bf16."""
+        """The plan's TensorRT flavour as ONNX: Q/DQ pairs around int8 and fp8 layers, Casts
+        around fp16/bf16 ones; written to ``out``."""
         self.check_plan(plan, model)
         if plan.layers_in("int8", "fp8"):
             # fp8 layers are laid out as int8 first, then their Q/DQ pairs become float8 ones.
