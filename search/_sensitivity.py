@@ -67,7 +67,8 @@ def _cache_path(evaluator: PlanEvaluator, space: SearchSpace, precision: str) ->
             availability.version,
             evaluator.machine.fingerprint_hash,
             evaluator.threads,
-            space.plan({}, "-").content_hash,
+            # Resolved, so a space that names the backend's default options keys like one that leaves them unset.
+            evaluator.resolve(space.plan({}, "-")).content_hash,
             [g.layers for g in space.groups],
             precision,
         ]
