@@ -103,24 +103,26 @@ def write_transformer_model(path: pathlib.Path, hidden: int = 64, tokens: int = 
     return path
 
 
+def _model_and_data(
+    folder: pathlib.Path, name: str, write, hidden: int, seed: int
+) -> tuple[pathlib.Path, pathlib.Path]:
+    """``write``'s model and 64 samples of real-valued input ``x`` (16 tokens of ``hidden``)."""
+    model_path = write(folder / f"{name}.onnx", hidden=hidden)
+    rng = np.random.default_rng(seed)
+    np.savez(folder / f"{name}.npz", x=rng.standard_normal((64, 16, hidden)).astype(np.float32))
+    return model_path, folder / f"{name}.npz"
+
+
 @pytest.fixture(scope="session")
 def transformer_files(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
-    """The transformer block and 64 samples of real-valued data for it."""
-    folder = tmp_path_factory.mktemp("transformer")
-    model_path = write_transformer_model(folder / "transformer.onnx")
-    rng = np.random.default_rng(2)
-    np.savez(folder / "transformer.npz", x=rng.standard_normal((64, 16, 64)).astype(np.float32))
-    return model_path, folder / "transformer.npz"
+    """The transformer block and 64 samples of data for it."""
+    return _model_and_data(tmp_path_factory.mktemp("transformer"), "transformer", write_transformer_model, 64, 2)
 
 
 @pytest.fixture(scope="session")
 def mlp_files(tmp_path_factory) -> tuple[pathlib.Path, pathlib.Path]:
-    """The MLP model and 64 samples of real-valued data for it."""
-    folder = tmp_path_factory.mktemp("mlp")
-    model_path = write_mlp_model(folder / "mlp.onnx")
-    rng = np.random.default_rng(1)
-    np.savez(folder / "mlp.npz", x=rng.standard_normal((64, 16, 256)).astype(np.float32))
-    return model_path, folder / "mlp.npz"
+    """The MLP model and 64 samples of data for it."""
+    return _model_and_data(tmp_path_factory.mktemp("mlp"), "mlp", write_mlp_model, 256, 1)
 
 
 def _postgres_bin() -> pathlib.Path | None:
