@@ -43,9 +43,9 @@ def bare_loop(session, feeds, count: int) -> np.ndarray:
 def harness_vs_bare(threads: int, blocks: int, per_block: int, workdir: pathlib.Path) -> list[tuple[str, float, float]]:
     backend = get_backend("onnxruntime")
     machine = current_machine()
-    model = OnnxModel.load(DEMO.model)
-    calibration = backend.calibrate(model, load_npz(DEMO.calibration, model), "minmax", workdir)
-    feeds = {"image": load_npz(DEMO.evaluation, model).inputs["image"][:1]}
+    model = OnnxModel.load(DEMO.files().model)
+    calibration = backend.calibrate(model, load_npz(DEMO.files().calibration, model), "minmax", workdir)
+    feeds = {"image": load_npz(DEMO.files().evaluation, model).inputs["image"][:1]}
     protocol = Protocol(warmup_count=10, warmup_seconds=0.2, min_count=per_block, min_seconds=0.0)
     rows = []
     for recipe in ("fp32", "int8"):

@@ -78,11 +78,11 @@ def main() -> None:
         raise SystemExit(f"openvino unavailable: {availability.reason}")
     print(f"machine: {current_machine().describe()}\nopenvino {availability.version}, threads {args.threads}")
     machine = current_machine()
-    model = OnnxModel.load(DEMO.model)
-    feeds = {"image": load_npz(DEMO.evaluation, model).inputs["image"][:1]}
+    model = OnnxModel.load(DEMO.files().model)
+    feeds = {"image": load_npz(DEMO.files().evaluation, model).inputs["image"][:1]}
     with tempfile.TemporaryDirectory(prefix="qbench-ov-") as tmp:
         workdir = pathlib.Path(tmp)
-        calibration = backend.calibrate(model, load_npz(DEMO.calibration, model), "minmax", workdir)
+        calibration = backend.calibrate(model, load_npz(DEMO.files().calibration, model), "minmax", workdir)
         plans = {"fp32": PrecisionPlan(), "int8": PrecisionPlan.uniform(model.layer_names(), "int8")}
         artifacts = {
             name: backend.build(model, backend.resolve_plan(plan, machine), calibration, workdir)

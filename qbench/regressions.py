@@ -2,7 +2,9 @@
 
 A job is everything that makes two rows comparable except the backend version (a new runtime
 version is exactly what a nightly run should catch): machine, model, backend, plan, threads,
-batch, protocol, data, metric, kind. Latency counts as changed when the medians differ by more
+batch, protocol, data, metric, kind. Rows of a suite job are compared by the job's name, plan
+and machine instead: whatever changed in its configuration between nights (threads, a model
+file, the data) is what the comparison is meant to catch. Latency counts as changed when the medians differ by more
 than a threshold *and* a two-sided Mann–Whitney test on the raw samples says the difference is
 not noise; accuracy when it moves by more than a tolerance.
 """
@@ -18,6 +20,7 @@ from qbench.store import samples_from_bytes
 
 JOB = ["machine_hash", "model_hash", "backend", "plan_hash", "threads", "batch_size", "protocol", "data_hash"]
 JOB += ["metric", "kind"]
+SUITE_JOB = ["machine_hash", "job", "plan_name", "kind"]
 ALPHA = 0.01
 
 
@@ -48,7 +51,7 @@ def find_changes(
     the raw samples (``Leaderboard.frame(samples=True)``). ``regression`` marks the bad ones."""
     ok = frame[frame.status == "ok"].sort_values("id")
     changes = []
-    for _, runs in ok.groupby(ok[JOB].astype(str).agg("|".join, axis=1), sort=False):
+    for _, runs in ok.groupby(_job_keys(ok), sort=False):
         if len(runs) < 2:
             continue
         before, after = runs.iloc[-2], runs.iloc[-1]
@@ -56,7 +59,8 @@ def find_changes(
             "model": after.model_name,
             "backend": f"{after.backend} {before.backend_version} → {after.backend_version}",
             "plan": after.plan_name,
-            "threads": after.threads,
+            "job": after.job if pd.notna(after.job) else "",
+            "threads": f"{before.threads} → {after.threads}" if before.threads != after.threads else after.threads,
             "before_run": before.run_id,
             "after_run": after.run_id,
         }
@@ -90,3 +94,11 @@ def find_changes(
                     }
                 )
     return pd.DataFrame(changes)
+
+
+def _job_keys(frame: pd.DataFrame) -> pd.Series:
+    if frame.empty:
+        return pd.Series([], dtype=str)
+    adhoc = frame[JOB].map(str).agg("|".join, axis=1)
+    suite = frame[SUITE_JOB].map(str).agg("|".join, axis=1)
+    return suite.where(frame.job.notna(), adhoc)

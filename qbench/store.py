@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from qbench.errors import QbenchError, first_line
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _meta = sa.MetaData()
 
@@ -50,6 +50,9 @@ results = sa.Table(
     sa.Column("error", sa.Text),
     sa.Column("machine_hash", sa.String(32), sa.ForeignKey("machines.machine_hash"), nullable=False, index=True),
     sa.Column("qbench_version", sa.String(32), nullable=False),
+    sa.Column("code_version", sa.String(48)),  # version + hash of the sources that measured it (v2)
+    sa.Column("job", sa.String(200), index=True),  # "suite:job/backend" for suite runs (v2)
+    sa.Column("job_hash", sa.String(32)),  # hash of that job's full configuration (v2)
     sa.Column("model_name", sa.String(200), nullable=False),
     sa.Column("model_hash", sa.String(32), nullable=False, index=True),
     sa.Column("data_hash", sa.String(32)),
@@ -88,8 +91,16 @@ results = sa.Table(
     sa.Column("realized", sa.Text),  # JSON: layer -> precision that actually ran
 )
 
+
+
+def _add_job_columns(conn: Connection) -> None:
+    for column in ("code_version VARCHAR(48)", "job VARCHAR(200)", "job_hash VARCHAR(32)"):
+        conn.execute(sa.text(f"ALTER TABLE results ADD COLUMN {column}"))
+    conn.execute(sa.text("CREATE INDEX ix_results_job ON results (job)"))
+
+
 # Migrations from version N to N+1, applied in order inside one transaction each.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_job_columns}
 
 RESULT_COLUMNS = tuple(c.name for c in results.columns if c.name != "id")
 JSON_COLUMNS = ("plan", "backend_settings", "protocol", "realized")

@@ -16,17 +16,17 @@ from qbench.zoo import DEMO
 
 @pytest.fixture(scope="session")
 def demo_model() -> OnnxModel:
-    return OnnxModel.load(DEMO.model)
+    return OnnxModel.load(DEMO.files().model)
 
 
 @pytest.fixture(scope="session")
 def demo_calibration(demo_model):
-    return load_npz(DEMO.calibration, demo_model)
+    return load_npz(DEMO.files().calibration, demo_model)
 
 
 @pytest.fixture(scope="session")
 def demo_evaluation(demo_model):
-    return load_npz(DEMO.evaluation, demo_model)
+    return load_npz(DEMO.files().evaluation, demo_model)
 
 
 def write_mlp_model(path: pathlib.Path, hidden: int = 256, tokens: int = 16, seed: int = 0) -> pathlib.Path:

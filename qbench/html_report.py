@@ -1,0 +1,164 @@
+"""One self-contained HTML page of results: per machine and model, the latency/accuracy Pareto
+chart, backends side by side, the history of each job over nights, and the regressions.
+
+Charts are drawn with matplotlib and inlined as SVG, so the page needs nothing but itself.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import html
+import io
+import pathlib
+
+import matplotlib
+import pandas as pd
+from matplotlib.figure import Figure
+
+from qbench.tables import ACROSS_BACKENDS_NOTE, across_backends, across_title, group_title, latest_per_plan, ranked
+
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
+STYLE = """
+body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; padding: 0 1rem; }
+h1 { margin-bottom: 0.2rem; } h2 { border-bottom: 2px solid #ddd; padding-bottom: 0.2rem; margin-top: 2.5rem; }
+h3 { margin-top: 1.8rem; } .meta { color: #666; }
+table { border-collapse: collapse; margin: 0.6rem 0 1rem; font-size: 13px; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f4f4f4; }
+td:first-child, th:first-child { text-align: left; }
+.regression { background: #fdecea; } .improvement { background: #e9f7ef; }
+.ok { color: #1b7f3b; } .bad { color: #b3261e; font-weight: 600; }
+.charts { display: flex; flex-wrap: wrap; gap: 1rem; } .charts svg { max-width: 100%; height: auto; }
+.note { color: #555; font-size: 13px; }
+"""
+
+
+def _svg(figure: Figure) -> str:
+    buffer = io.StringIO()
+    with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": "qbench"}):
+        figure.savefig(buffer, format="svg", bbox_inches="tight")
+    text = buffer.getvalue()
+    return text[text.index("<svg") :]  # drop the XML prolog and doctype: inline SVG needs neither
+
+
+def _pareto_chart(latest: pd.DataFrame, title: str) -> str:
+    """Latency (x) against accuracy drop (y) of every measured plan, one colour per backend; the
+    line joins each backend's Pareto-optimal plans (nothing both faster and more accurate)."""
+    figure = Figure(figsize=(6.4, 4.2))
+    ax = figure.subplots()
+    for color, (backend, rows) in zip(PALETTE, latest.groupby("backend", sort=True), strict=False):
+        rows = rows.sort_values("median_ms")
+        drop = rows.accuracy_drop.fillna(0.0) * 100
+        ax.scatter(rows.median_ms, drop, color=color, label=backend, zorder=3)
+        for plan, ms, d in zip(rows.plan_name, rows.median_ms, drop, strict=True):
+            ax.annotate(plan[:18], (ms, d), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        front, best = [], float("inf")
+        for ms, d in zip(rows.median_ms, drop, strict=True):
+            if d < best:
+                front.append((ms, d))
+                best = d
+        ax.step(*zip(*front, strict=True), where="post", color=color, alpha=0.5)
+    ax.axhline(0, color="#999", linewidth=0.8)
+    ax.set_xlabel("median latency (ms), lower is better")
+    ax.set_ylabel("accuracy drop vs fp32 (points of %)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _svg(figure)
+
+
+def _history_chart(history: pd.DataFrame, title: str) -> str | None:
+    """Median latency of each (backend, plan, threads) over the runs, oldest first."""
+    series = history.groupby(["backend", "plan_name", "threads"], sort=True)
+    if not any(len(rows) > 1 for _, rows in series):
+        return None
+    figure = Figure(figsize=(6.4, 4.2))
+    ax = figure.subplots()
+    for color, ((backend, plan, threads), rows) in zip(PALETTE * 4, series, strict=False):
+        rows = rows.sort_values("created_at")
+        ax.errorbar(
+            pd.to_datetime(rows.created_at),
+            rows.median_ms,
+            yerr=[rows.median_ms - rows.ci_low_ms, rows.ci_high_ms - rows.median_ms],
+            marker="o",
+            markersize=4,
+            capsize=2,
+            color=color,
+            label=f"{backend} · {plan[:18]}",
+        )
+    ax.set_ylabel("median latency (ms) with 95% CI")
+    ax.set_title(title, fontsize=10)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    figure.autofmt_xdate()
+    return _svg(figure)
+
+
+def _table(frame: pd.DataFrame, row_classes: list[str] | None = None) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    body = []
+    for i, (_, row) in enumerate(frame.iterrows()):
+        cls = f' class="{row_classes[i]}"' if row_classes and row_classes[i] else ""
+        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(str(v))}</td>" for v in row) + "</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _regressions(changes: pd.DataFrame) -> str:
+    if changes.empty:
+        return '<p class="ok">No significant change against the previous run of any job.</p>'
+    shown = changes.drop(columns=[c for c in ("before_run", "after_run") if c in changes.columns])
+    classes = ["regression" if r else "improvement" for r in changes.regression]
+    regressed = int(changes.regression.sum())
+    lead = f'<p class="bad">{regressed} regression(s)</p>' if regressed else '<p class="ok">No regression.</p>'
+    return lead + _table(shown.assign(p=shown.p.map(lambda p: "" if pd.isna(p) else f"{p:.1e}")), classes)
+
+
+def render(frame: pd.DataFrame, changes: pd.DataFrame) -> str:
+    """The page for ``frame`` (leaderboard rows) and ``changes`` (from ``find_changes``)."""
+    frame = frame.drop(columns=[c for c in ("samples_ns",) if c in frame.columns])
+    now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        "<meta name='viewport' content='width=device-width, initial-scale=1'>",
+        f"<title>qbench report</title><style>{STYLE}</style></head><body>",
+        "<h1>qbench results</h1>",
+        f"<p class='meta'>Generated {now} by <code>qbench report</code> from {len(frame)} leaderboard rows.</p>",
+        "<h2>Regressions</h2>",
+        _regressions(changes),
+    ]
+    if frame.empty:
+        parts.append("<p>The leaderboard is empty: run <code>qbench bench</code> or <code>qbench nightly</code>.</p>")
+    latest = latest_per_plan(frame)
+    for machine_hash, per_machine in latest.groupby("machine_hash", sort=True):
+        parts.append(f"<h2>Machine {html.escape(str(machine_hash))}</h2>")
+        parts.append(f"<p class='meta'>{html.escape(str(per_machine.cpu_model.iloc[0]))}</p>")
+        for model_name, per_model in per_machine.groupby("model_name", sort=True):
+            ok = per_model[per_model.status == "ok"]
+            parts.append(f"<h3>{html.escape(str(model_name))}</h3>")
+            history = frame[
+                (frame.machine_hash == machine_hash) & (frame.model_name == model_name) & (frame.status == "ok")
+            ]
+            charts = []
+            if not ok.empty:
+                metric = ok.metric.iloc[0]
+                charts.append(_pareto_chart(ok, f"{model_name}: latency vs accuracy drop ({metric}), latest runs"))
+            trend = _history_chart(history, f"{model_name}: latency over runs")
+            if trend:
+                charts.append(trend)
+            if charts:
+                parts.append("<div class='charts'>" + "".join(charts) + "</div>")
+            for first, table in across_backends(per_model):
+                parts.append(f"<h4>Backends side by side · {html.escape(across_title(first))}</h4>")
+                parts.append(_table(table) + f"<p class='note'>{html.escape(ACROSS_BACKENDS_NOTE)}</p>")
+            for _, group in per_model.groupby("_group", sort=False):
+                parts.append(f"<h4>{html.escape(group_title(group.iloc[0]))}</h4>")
+                table = ranked(group)
+                classes = ["" if status == "ok" else "regression" for status in table.status]
+                parts.append(_table(table, classes))
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def write_html_report(frame: pd.DataFrame, changes: pd.DataFrame, results_dir: pathlib.Path) -> list[pathlib.Path]:
+    path = results_dir / "report.html"
+    path.write_text(render(frame, changes), encoding="utf-8")
+    return [path]

@@ -1,0 +1,187 @@
+"""``qbench nightly SUITE``: run every job of a suite, each in its own worker process.
+
+A worker is ``qbench bench`` for one model on one backend; it records its own rows. A worker
+that crashes, hangs past the suite's timeout or stops on an error records nothing, so this
+process records one failed row for it with the reason, and goes on with the next job. Jobs
+already measured with this exact code on this machine (same configuration hash, an ``ok`` row)
+are skipped unless ``force``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import pandas as pd
+import sqlalchemy as sa
+
+from qbench import __version__
+from qbench.codeversion import code_version
+from qbench.machine import Machine
+from qbench.store import Leaderboard, results, safe_url
+from qbench.suite import Suite, SuiteJob
+
+log = logging.getLogger(__name__)
+OUTPUT_TAIL = 2000  # characters of a failed worker's output kept in its row
+
+
+@dataclass
+class JobOutcome:
+    job: SuiteJob
+    status: str  # ok | failed | skipped | unavailable
+    seconds: float = 0.0
+    detail: str = ""
+
+
+def run_suite(
+    suite: Suite,
+    board: Leaderboard,
+    machine: Machine,
+    available: Callable[[str], str | None],
+    results_dir: os.PathLike,
+    force: bool = False,
+    on_job: Callable[[SuiteJob, str], None] = lambda _job, _state: None,
+) -> list[JobOutcome]:
+    """Run the suite's jobs in order; ``available(backend)`` is None or why it is not usable."""
+    board.record_machine(machine.to_dict())
+    log_dir = os.path.join(results_dir, "nightly-logs", suite.name)
+    os.makedirs(log_dir, exist_ok=True)
+    outcomes = []
+    for job in suite.jobs:
+        threads = job.threads or machine.physical_cores
+        config = job.config_hash(threads)
+        reason = available(job.backend)
+        if reason:
+            outcomes.append(JobOutcome(job, "unavailable", detail=reason))
+        elif not force and _already_measured(board, machine, config):
+            outcomes.append(JobOutcome(job, "skipped", detail="measured before with this code on this machine"))
+        else:
+            on_job(job, "running")
+            log_file = os.path.join(log_dir, job.job_id.split(":", 1)[1].replace("/", "__") + ".log")
+            outcomes.append(_run_worker(job, threads, config, suite.timeout_s, board, machine, results_dir, log_file))
+        on_job(job, outcomes[-1].status)
+    return outcomes
+
+
+def _already_measured(board: Leaderboard, machine: Machine, config: str) -> bool:
+    query = sa.select(sa.func.count()).where(
+        results.c.job_hash == config,
+        results.c.machine_hash == machine.fingerprint_hash,
+        results.c.code_version == code_version(),
+        results.c.status == "ok",
+    )
+    with board.engine.connect() as conn:
+        return conn.execute(query).scalar_one() > 0
+
+
+def _rows_of(board: Leaderboard, config: str) -> int:
+    with board.engine.connect() as conn:
+        return conn.execute(sa.select(sa.func.count()).where(results.c.job_hash == config)).scalar_one()
+
+
+def _run_worker(
+    job: SuiteJob,
+    threads: int,
+    config: str,
+    timeout_s: float,
+    board: Leaderboard,
+    machine: Machine,
+    results_dir: os.PathLike,
+    log_file: str,
+) -> JobOutcome:
+    command = [sys.executable, "-m", "qbench.cli", "bench", *job.bench_args(threads), "--quiet"]
+    command += ["--results-dir", os.fspath(results_dir), "--db", board.url, "--job", job.job_id, "--job-hash", config]
+    rows_before = _rows_of(board, config)
+    start = time.perf_counter()
+    with open(log_file, "w+", encoding="utf-8", errors="replace") as output:
+        output.write("$ " + " ".join(command).replace(board.url, safe_url(board.url)) + "\n")
+        output.flush()
+        # Its own session, so a timeout kills the worker and anything it started.
+        worker = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            code = worker.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            os.killpg(worker.pid, signal.SIGKILL)
+            worker.wait()
+            code = None
+        output.seek(0)
+        tail = output.read()[-OUTPUT_TAIL:]
+    seconds = time.perf_counter() - start
+    recorded = _rows_of(board, config) - rows_before
+    if code == 0:
+        return JobOutcome(job, "ok", seconds, f"{recorded} rows")
+    if code is None:
+        reason = f"timed out after {timeout_s:g} s (suite timeout_s); the worker was killed"
+    elif code < 0:
+        reason = f"worker crashed with {signal.Signals(-code).name}"
+    else:
+        reason = f"worker exited with status {code}"
+    last_line = _last_error_line(tail)
+    if recorded:  # the worker recorded its rows, failed plans among them (bench exits 1)
+        return JobOutcome(job, "failed", seconds, f"{recorded} rows; {last_line or reason}")
+    error = reason + (f": {last_line}" if last_line else "") + f" (log: {log_file})"
+    _record_failure(board, machine, job, threads, config, error)
+    return JobOutcome(job, "failed", seconds, error)
+
+
+def _last_error_line(output: str) -> str:
+    lines = [line.strip() for line in output.splitlines() if line.strip() and not line.startswith("$ ")]
+    for line in reversed(lines):
+        if line.startswith("qbench:") or "Error" in line or "error" in line:
+            return line.removeprefix("qbench: error: ")
+    return lines[-1] if lines else ""
+
+
+def _record_failure(board: Leaderboard, machine: Machine, job: SuiteJob, threads: int, config: str, error: str):
+    """One failed row for a job whose worker recorded nothing, so the failure is on the board."""
+    model_path = job.model if os.path.isfile(job.model) else None
+    board.insert(
+        {
+            "run_id": uuid.uuid4().hex,
+            "kind": "bench",
+            "status": "failed",
+            "error": error,
+            "machine_hash": machine.fingerprint_hash,
+            "qbench_version": __version__,
+            "code_version": code_version(),
+            "job": job.job_id,
+            "job_hash": config,
+            "model_name": os.path.basename(job.model).removesuffix(".onnx"),
+            "model_hash": _sha(model_path) if model_path else "-",
+            "metric": job.metric,
+            "plan_name": ",".join(job.recipes),
+            "plan_hash": "-",
+            "plan": "{}",
+            "backend": job.backend,
+            "threads": threads,
+            "batch_size": job.batch,
+        }
+    )
+
+
+def _sha(path: str) -> str:
+    import hashlib
+
+    with open(path, "rb") as handle:
+        return hashlib.sha256(handle.read()).hexdigest()[:16]
+
+
+def summary(outcomes: list[JobOutcome]) -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            {
+                "job": o.job.job_id.split(":", 1)[1],
+                "status": o.status,
+                "seconds": round(o.seconds, 1),
+                "detail": o.detail if len(o.detail) < 160 else o.detail[:157] + "…",
+            }
+            for o in outcomes
+        ]
+    )

@@ -1,0 +1,212 @@
+"""Benchmark suites: a TOML file naming models, data, metrics, backends, recipes, threads and
+the protocol, expanded into one job per (entry, backend).
+
+    [suite]                 # optional: name (default: the file's stem), timeout_s,
+                            # regression_threshold, accuracy_tolerance
+    [defaults]              # any job key, applied to every [[job]]
+    backends = ["onnxruntime", "openvino", "tensorrt"]
+    recipes = ["fp32", "int8"]
+
+    [[job]]
+    model = "digits-cnn"    # a zoo name or an .onnx path (relative to the suite file)
+
+Job keys: model, name, data, calib_data, metric, backends, recipes, threads, batch, protocol
+("standard" or "quick"), min_seconds, shape (input name -> dims). Paths are relative to the
+suite file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import tomllib
+from dataclasses import dataclass, field
+from typing import Any
+
+from qbench.errors import QbenchError
+
+SUITE_KEYS = {"name": str, "timeout_s": (int, float), "regression_threshold": float, "accuracy_tolerance": float}
+JOB_KEYS: dict[str, type | tuple[type, ...]] = {
+    "model": str,
+    "name": str,
+    "data": str,
+    "calib_data": str,
+    "metric": str,
+    "backends": list,
+    "recipes": list,
+    "threads": int,
+    "batch": int,
+    "protocol": str,
+    "min_seconds": (int, float),
+    "shape": dict,
+}
+PROTOCOLS = ("standard", "quick")
+PATH_KEYS = ("data", "calib_data")
+
+
+@dataclass(frozen=True)
+class SuiteJob:
+    """One worker run: one model on one backend with its recipes."""
+
+    suite: str
+    name: str
+    backend: str
+    model: str
+    recipes: tuple[str, ...] = ("fp32", "int8")
+    data: str | None = None
+    calib_data: str | None = None
+    metric: str | None = None
+    threads: int | None = None
+    batch: int = 1
+    protocol: str = "standard"
+    min_seconds: float | None = None
+    shape: tuple[tuple[str, tuple[int, ...]], ...] = ()
+
+    @property
+    def job_id(self) -> str:
+        """How the leaderboard names this job across nights: ``suite:name/backend``."""
+        return f"{self.suite}:{self.name}/{self.backend}"
+
+    def config_hash(self, threads: int) -> str:
+        """Everything that defines the measurement, files included by content: a rerun with an
+        identical hash (same code, same machine) measures nothing new."""
+        config = {k: v for k, v in self.__dict__.items() if k != "threads"}
+        config["threads"] = threads
+        config["files"] = {
+            spec: _file_hash(spec) for spec in (self.model, self.data, self.calib_data, *self.recipes) if spec
+        }
+        return hashlib.sha256(json.dumps(config, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+    def bench_args(self, threads: int) -> list[str]:
+        """The ``qbench bench`` arguments that run this job."""
+        args = [self.model, "--backend", self.backend, "--recipe", ",".join(self.recipes), "--threads", str(threads)]
+        args += ["--batch", str(self.batch)]
+        for flag, value in (("--data", self.data), ("--calib-data", self.calib_data), ("--metric", self.metric)):
+            if value:
+                args += [flag, value]
+        if self.protocol == "quick":
+            args.append("--quick")
+        if self.min_seconds is not None:
+            args += ["--min-seconds", str(self.min_seconds)]
+        for name, dims in self.shape:
+            args += ["--shape", f"{name}={','.join(map(str, dims))}"]
+        return args
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    path: pathlib.Path
+    jobs: tuple[SuiteJob, ...]
+    timeout_s: float = 1800.0
+    regression_threshold: float = 0.10
+    accuracy_tolerance: float = 0.005
+    overrides: dict[str, Any] = field(default_factory=dict)
+
+
+def _file_hash(spec: str) -> str | None:
+    path = pathlib.Path(spec)
+    if not path.is_file():
+        return None  # a zoo name or a built-in recipe: its identity is its name
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``--set threads=1``: a job key and a TOML value (bare words are strings)."""
+    key, sep, raw = text.partition("=")
+    if not sep or key.strip() not in JOB_KEYS:
+        raise QbenchError(f"--set wants KEY=VALUE with KEY one of {', '.join(JOB_KEYS)}, but got {text!r}")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key.strip(), value
+
+
+def load_suite(path: str | pathlib.Path, overrides: dict[str, Any] | None = None) -> Suite:
+    path = pathlib.Path(path)
+    if not path.is_file():
+        raise QbenchError(f"suite file not found: {path} (pass a .toml file such as suites/nightly.toml)")
+    try:
+        document = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise QbenchError(f"{path} is not valid TOML: {exc}") from exc
+    unknown = set(document) - {"suite", "defaults", "job"}
+    if unknown:
+        raise QbenchError(f"{path}: unknown table(s) {sorted(unknown)}; a suite has [suite], [defaults] and [[job]]")
+    header = _checked(document.get("suite", {}), SUITE_KEYS, f"{path} [suite]")
+    defaults = _checked(document.get("defaults", {}), JOB_KEYS, f"{path} [defaults]")
+    entries = document.get("job", [])
+    if not isinstance(entries, list) or not entries:
+        raise QbenchError(f"{path} lists no jobs: add at least one [[job]] with a model")
+    name = header.get("name", path.stem)
+    jobs = []
+    for number, entry in enumerate(entries, start=1):
+        where = f"{path} job {number}"
+        settings = {**defaults, **_checked(entry, JOB_KEYS, where), **(overrides or {})}
+        _checked(settings, JOB_KEYS, f"{where} (with --set)")
+        jobs += _expand(name, settings, path.parent, where)
+    ids = [job.job_id for job in jobs]
+    duplicates = sorted({i for i in ids if ids.count(i) > 1})
+    if duplicates:
+        raise QbenchError(f"{path}: job names repeat ({', '.join(duplicates)}); give each [[job]] a distinct name")
+    return Suite(
+        name=name,
+        path=path,
+        jobs=tuple(jobs),
+        timeout_s=float(header.get("timeout_s", 1800.0)),
+        regression_threshold=float(header.get("regression_threshold", 0.10)),
+        accuracy_tolerance=float(header.get("accuracy_tolerance", 0.005)),
+        overrides=dict(overrides or {}),
+    )
+
+
+def _checked(table: Any, keys: dict[str, Any], where: str) -> dict[str, Any]:
+    if not isinstance(table, dict):
+        raise QbenchError(f"{where} must be a table of keys, not {type(table).__name__}")
+    for key, value in table.items():
+        if key not in keys:
+            raise QbenchError(f"{where}: unknown key {key!r}; known keys: {', '.join(keys)}")
+        if not isinstance(value, keys[key]) or isinstance(value, bool):
+            raise QbenchError(f"{where}: {key} = {value!r} has the wrong type")
+    return dict(table)
+
+
+def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str) -> list[SuiteJob]:
+    from qbench.zoo import lookup
+
+    if "model" not in settings:
+        raise QbenchError(f"{where} has no model: set model = a zoo name or an .onnx path")
+    model = settings["model"]
+    if lookup(model) is None:
+        model = str(base / model)
+    protocol = settings.get("protocol", "standard")
+    if protocol not in PROTOCOLS:
+        raise QbenchError(f"{where}: protocol = {protocol!r}; use one of {', '.join(PROTOCOLS)}")
+    for key in ("threads", "batch"):
+        if key in settings and settings[key] < 1:
+            raise QbenchError(f"{where}: {key} must be at least 1, got {settings[key]}")
+    recipes = tuple(_relative(r, base) if r.endswith(".json") else r for r in settings.get("recipes", ["fp32", "int8"]))
+    backends = settings.get("backends", ["onnxruntime"])
+    if not backends or not all(isinstance(b, str) for b in backends):
+        raise QbenchError(f"{where}: backends must be a non-empty list of backend names")
+    shape = tuple((k, tuple(int(d) for d in v)) for k, v in sorted(settings.get("shape", {}).items()))
+    common = {
+        "suite": suite,
+        "name": settings.get("name", pathlib.Path(settings["model"]).stem),
+        "model": model,
+        "recipes": recipes,
+        "metric": settings.get("metric"),
+        "threads": settings.get("threads"),
+        "batch": settings.get("batch", 1),
+        "protocol": protocol,
+        "min_seconds": settings.get("min_seconds"),
+        "shape": shape,
+        **{key: _relative(settings[key], base) for key in PATH_KEYS if key in settings},
+    }
+    return [SuiteJob(backend=backend, **common) for backend in backends]
+
+
+def _relative(spec: str, base: pathlib.Path) -> str:
+    return str(base / spec)
