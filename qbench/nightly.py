@@ -116,7 +116,7 @@ def _run_worker(
     seconds = time.perf_counter() - start
     recorded = _rows_of(board, config) - rows_before
     if code == 0:
-        return JobOutcome(job, "ok", seconds, f"{recorded} rows")
+        return JobOutcome(job, "ok", seconds, f"{recorded} row(s)")
     if code is None:
         reason = f"timed out after {timeout_s:g} s (suite timeout_s); the worker was killed"
     elif code < 0:
@@ -125,7 +125,7 @@ def _run_worker(
         reason = f"worker exited with status {code}"
     last_line = _last_error_line(tail)
     if recorded:  # the worker recorded its rows, failed plans among them (bench exits 1)
-        return JobOutcome(job, "failed", seconds, f"{recorded} rows; {last_line or reason}")
+        return JobOutcome(job, "failed", seconds, f"{recorded} row(s); {last_line or reason}")
     error = reason + (f": {last_line}" if last_line else "") + f" (log: {log_file})"
     _record_failure(board, machine, job, threads, config, error)
     return JobOutcome(job, "failed", seconds, error)
@@ -180,7 +180,7 @@ def summary(outcomes: list[JobOutcome]) -> pd.DataFrame:
                 "job": o.job.job_id.split(":", 1)[1],
                 "status": o.status,
                 "seconds": round(o.seconds, 1),
-                "detail": o.detail if len(o.detail) < 160 else o.detail[:157] + "…",
+                "detail": o.detail if len(o.detail) < 110 else o.detail[:107] + "…",
             }
             for o in outcomes
         ]

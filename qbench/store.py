@@ -21,6 +21,7 @@ from sqlalchemy.engine import Connection, Engine
 from qbench.errors import QbenchError, first_line
 
 SCHEMA_VERSION = 2
+SCHEMA_LOCK_KEY = 0x71BE7C  # PostgreSQL advisory lock held while creating or migrating the schema
 
 _meta = sa.MetaData()
 
@@ -145,6 +146,10 @@ class Leaderboard:
             raise QbenchError(f"cannot create the leaderboard database {safe_url(url)}: {exc}") from exc
 
     def _prepare(self, conn: Connection) -> None:
+        if conn.dialect.name == "postgresql":
+            # Machines of a farm may open a fresh database at once: one creates or migrates the
+            # schema while the others wait (the lock ends with this transaction).
+            conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
         inspector = sa.inspect(conn)
         if not inspector.has_table(schema_info.name):
             if inspector.has_table(results.name):
@@ -176,18 +181,21 @@ class Leaderboard:
             )
 
     def record_machine(self, fingerprint: Mapping[str, Any]) -> None:
-        with self.engine.begin() as conn:
-            exists = conn.execute(
-                sa.select(machines.c.machine_hash).where(machines.c.machine_hash == fingerprint["hash"])
-            ).first()
-            if not exists:
-                conn.execute(
-                    machines.insert().values(
-                        machine_hash=fingerprint["hash"],
-                        fingerprint=json.dumps(fingerprint, sort_keys=True),
-                        first_seen=_now(),
+        try:
+            with self.engine.begin() as conn:
+                exists = conn.execute(
+                    sa.select(machines.c.machine_hash).where(machines.c.machine_hash == fingerprint["hash"])
+                ).first()
+                if not exists:
+                    conn.execute(
+                        machines.insert().values(
+                            machine_hash=fingerprint["hash"],
+                            fingerprint=json.dumps(fingerprint, sort_keys=True),
+                            first_seen=_now(),
+                        )
                     )
-                )
+        except sa.exc.IntegrityError:
+            pass  # another process of the farm recorded the same machine first
 
     def insert(self, row: Mapping[str, Any]) -> int:
         """Insert one result row in its own transaction and return its id."""

@@ -35,11 +35,11 @@ def latest_per_plan(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def _group_keys(frame: pd.DataFrame) -> pd.Series:
-    return frame[COMPARABLE].astype(str).agg("|".join, axis=1)
+    return frame[COMPARABLE].map(str).agg("|".join, axis=1)
 
 
 def _realized_summary(realized: str | None) -> str:
-    if not realized:
+    if not isinstance(realized, str) or not realized:  # failed rows have none
         return ""
     counts = json.loads(realized)
     low = sum(1 for p in counts.values() if p not in ("fp32", "removed"))
@@ -74,7 +74,7 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
                     if ok and pd.notna(r.speedup)
                     else ""
                 ),
-                r.metric or "accuracy": _fmt(r.accuracy, ".4f"),
+                r.metric if isinstance(r.metric, str) else "accuracy": _fmt(r.accuracy, ".4f"),
                 "drop": _fmt(r.accuracy_drop, "+.4f"),
                 "low-precision layers": _realized_summary(r.realized),
                 "MB": _fmt(r.artifact_bytes / 1e6 if pd.notna(r.artifact_bytes) else None, ".2f"),
@@ -100,7 +100,7 @@ def across_backends(latest: pd.DataFrame) -> list[tuple[pd.Series, pd.DataFrame]
     if ok.empty:
         return []
     out = []
-    for _, rows in ok.groupby(ok[ACROSS_BACKENDS].astype(str).agg("|".join, axis=1), sort=False):
+    for _, rows in ok.groupby(ok[ACROSS_BACKENDS].map(str).agg("|".join, axis=1), sort=False):
         if rows.backend.nunique() < 2:
             continue
         rows = rows.sort_values("median_ms")
