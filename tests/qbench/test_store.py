@@ -95,3 +95,32 @@ def test_foreign_database_is_not_taken_over(tmp_path):
         conn.execute(sa.text("CREATE TABLE results (x INTEGER)"))
     with pytest.raises(QbenchError, match="not a qbench leaderboard"):
         Leaderboard(url)
+
+
+def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
+    """A v1 database (before suite jobs) gains the code_version/job columns; its rows survive."""
+    import sqlalchemy as sa
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    board = Leaderboard(url)
+    with board.engine.begin() as conn:
+        conn.execute(sa.text("DROP INDEX ix_results_job"))
+        for column in ("code_version", "job", "job_hash"):
+            conn.execute(sa.text(f"ALTER TABLE results DROP COLUMN {column}"))
+        conn.execute(schema_info.update().values(value="1"))
+        conn.execute(sa.text("INSERT INTO machines VALUES ('m1', '{}', '2026-01-01')"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO results (run_id, created_at, kind, status, machine_hash, qbench_version, model_name,"
+                " model_hash, plan_name, plan_hash, plan, backend) VALUES ('r', '2026-01-01', 'bench', 'ok', 'm1',"
+                " '0.1.0', 'old', 'h', 'fp32', 'p', '{}', 'onnxruntime')"
+            )
+        )
+    board.close()
+    migrated = Leaderboard(url)
+    try:
+        assert migrated.schema_version == SCHEMA_VERSION == 2
+        frame = migrated.frame()
+        assert list(frame.model_name) == ["old"] and frame.job.isna().all()
+    finally:
+        migrated.close()
