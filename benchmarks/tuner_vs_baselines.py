@@ -6,10 +6,8 @@ interleaved in one process and scored on test data that neither method saw:
 
     evaluation data = tuning (study + greedy) | selection (tune's final pick) | test (this table)
 
-Models: the built-in digits demo (top-1 against labels) and PP-OCRv4 text recognition shipped in
-the ``rapidocr-onnxruntime`` wheel, fed text lines this script renders, scored by agreement of
-the decoded sequence with fp32's. Needs ``pip install pillow`` and
-``pip install --no-deps rapidocr-onnxruntime`` (only the wheel's ONNX files are used).
+Models: the zoo's digits demo (top-1 against labels) and PP-OCRv4 text recognition (character
+accuracy on lines qbench renders; needs `qbench zoo install`).
 
     python benchmarks/tuner_vs_baselines.py [--trials 30] [--models digits-cnn,ppocr-rec]
 """
@@ -17,12 +15,10 @@ the decoded sequence with fp32's. Needs ``pip install pillow`` and
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import pathlib
 import tempfile
 import time
 
-import numpy as np
 import optuna
 import pandas as pd
 
@@ -30,11 +26,11 @@ from backends import get_backend
 from qbench.bench import BenchSettings, run_bench
 from qbench.data import Dataset, load_npz
 from qbench.machine import current_machine
-from qbench.metrics import Metric, get_metric
+from qbench.metrics import get_metric
 from qbench.model import OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan
 from qbench.store import Leaderboard
-from qbench.zoo import DEMO
+from qbench.zoo import ZOO
 from search import PlanEvaluator, StudySettings, analyze_sensitivity, build_space, greedy_accuracy_control, tune
 from search._tune import FINAL_PROTOCOL
 
@@ -44,60 +40,21 @@ def split3(data: Dataset, tuning: float, selection: float) -> tuple[Dataset, Dat
     return data.take(0, a), data.take(a, b), data.take(b, len(data))
 
 
-def digits_setup():
-    model = OnnxModel.load(DEMO.files().model)
-    model.name = DEMO.name
-    return model, load_npz(DEMO.files().calibration, model), load_npz(DEMO.files().evaluation, model), get_metric("top1", True), 512
+def zoo_setup(name: str, quick_samples: int):
+    entry = ZOO[name]
+    if entry.missing():
+        raise SystemExit(f"{name} {entry.missing()}")
+    files = entry.files()
+    model = OnnxModel.load(files.model)
+    model.name = name
+    calibration, evaluation = load_npz(files.calibration, model), load_npz(files.evaluation, model)
+    return model, calibration, evaluation, get_metric(entry.metric, True), quick_samples
 
 
-def _ctc_decode(logits: np.ndarray) -> list[tuple[int, ...]]:
-    best = logits.argmax(axis=-1)
-    decoded = []
-    for row in best:
-        keep = np.concatenate([[True], row[1:] != row[:-1]]) & (row != 0)  # collapse repeats, drop blank 0
-        decoded.append(tuple(row[keep].tolist()))
-    return decoded
-
-
-def ctc_sequence_agreement(outputs: np.ndarray, _labels, reference: np.ndarray) -> float:
-    return float(np.mean([a == b for a, b in zip(_ctc_decode(outputs), _ctc_decode(reference), strict=True)]))
-
-
-def render_text_lines(count: int, seed: int) -> np.ndarray:
-    """Dark text on light paper, preprocessed like PP-OCR's recognizer (height 48, width 320)."""
-    from PIL import Image, ImageDraw, ImageFont
-
-    rng = np.random.default_rng(seed)
-    alphabet = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-.,:/ "
-    images = np.zeros((count, 3, 48, 320), np.float32)
-    for i in range(count):
-        text = "".join(rng.choice(list(alphabet), size=rng.integers(4, 16))).strip() or "qbench"
-        font = ImageFont.load_default(size=int(rng.integers(24, 38)))
-        left, top, right, bottom = font.getbbox(text)
-        canvas = Image.new("L", (right + 16, bottom + 12), color=int(rng.integers(200, 256)))
-        ImageDraw.Draw(canvas).text((8 - left, 6 - top), text, fill=int(rng.integers(0, 70)), font=font)
-        width = min(320, max(16, int(round(canvas.width * 48 / canvas.height))))
-        line = np.asarray(canvas.resize((width, 48)), np.float32) / 255.0
-        line = line + rng.normal(0, 0.03, line.shape)  # scanner noise
-        images[i, :, :, :width] = (np.clip(line, 0, 1) - 0.5) / 0.5
-    return images
-
-
-def ppocr_setup():
-    spec = importlib.util.find_spec("rapidocr_onnxruntime")
-    if spec is None:
-        raise SystemExit("ppocr-rec needs: pip install --no-deps rapidocr-onnxruntime")
-    model = OnnxModel.load(pathlib.Path(spec.origin).parent / "models" / "ch_PP-OCRv4_rec_infer.onnx")
-    model.name = "ppocr-v4-rec"
-    from qbench.data import dataset_from_arrays
-
-    calibration = dataset_from_arrays({"x": render_text_lines(64, seed=1)}, model, "rendered-calibration")
-    evaluation = dataset_from_arrays({"x": render_text_lines(400, seed=2)}, model, "rendered-evaluation")
-    metric = Metric("ctc-agreement", ctc_sequence_agreement, needs_labels=False, needs_reference=True)
-    return model, calibration, evaluation, metric, 64
-
-
-SETUPS = {"digits-cnn": (digits_setup, 0.01), "ppocr-rec": (ppocr_setup, 0.02)}
+SETUPS = {
+    "digits-cnn": (lambda: zoo_setup("digits-cnn", 512), 0.01),
+    "ppocr-rec": (lambda: zoo_setup("ppocr-rec", 64), 0.02),
+}
 
 
 def compare(name: str, trials: int, threads: int, workdir: pathlib.Path) -> None:

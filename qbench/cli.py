@@ -594,7 +594,8 @@ def cmd_nightly(args: argparse.Namespace) -> int:
         board.close()
     table = summary(outcomes)
     counts = table.status.value_counts().to_dict()
-    print(f"suite {suite.name} ({suite.path}) on machine {machine.fingerprint_hash} in {time.perf_counter() - start:.0f} s")
+    wall = time.perf_counter() - start
+    print(f"suite {suite.name} ({suite.path}) on machine {machine.fingerprint_hash} in {wall:.0f} s")
     print(table.to_string(index=False))
     print(", ".join(f"{n} {state}" for state, n in counts.items()) + f"; leaderboard {safe_url(board.url)}")
     print(f"report: {args.results_dir / 'report.html'}")

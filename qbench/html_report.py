@@ -67,13 +67,14 @@ def _pareto_chart(latest: pd.DataFrame, title: str) -> str:
 
 
 def _history_chart(history: pd.DataFrame, title: str) -> str | None:
-    """Median latency of each (backend, plan, threads) over the runs, oldest first."""
-    series = history.groupby(["backend", "plan_name", "threads"], sort=True)
+    """Median latency of each (backend, plan) over the runs, oldest first: a change of threads
+    or runtime version shows as a step in its line."""
+    series = history.groupby(["backend", "plan_name"], sort=True)
     if not any(len(rows) > 1 for _, rows in series):
         return None
     figure = Figure(figsize=(6.4, 4.2))
     ax = figure.subplots()
-    for color, ((backend, plan, threads), rows) in zip(PALETTE * 4, series, strict=False):
+    for color, ((backend, plan), rows) in zip(PALETTE * 4, series, strict=False):
         rows = rows.sort_values("created_at")
         ax.errorbar(
             pd.to_datetime(rows.created_at),

@@ -93,7 +93,6 @@ results = sa.Table(
 )
 
 
-
 def _add_job_columns(conn: Connection) -> None:
     for column in ("code_version VARCHAR(48)", "job VARCHAR(200)", "job_hash VARCHAR(32)"):
         conn.execute(sa.text(f"ALTER TABLE results ADD COLUMN {column}"))

@@ -303,15 +303,19 @@ def build_graph(weights: dict[str, np.ndarray], seq_len: int = SEQ_LEN) -> onnx.
         return g.op("Add", [out, g.const(f"{prefix}.bias", weights[f"{prefix}.bias"])], f"{name}/bias")
 
     def layer_norm(x: str, prefix: str, name: str) -> str:
-        scale, bias = g.const(f"{prefix}.weight", weights[f"{prefix}.weight"]), g.const(
-            f"{prefix}.bias", weights[f"{prefix}.bias"]
+        scale, bias = (
+            g.const(f"{prefix}.weight", weights[f"{prefix}.weight"]),
+            g.const(f"{prefix}.bias", weights[f"{prefix}.bias"]),
         )
         return g.op("LayerNormalization", [x, scale, bias], name, axis=-1, epsilon=1e-12)
 
     # Embeddings: word + position + token type 0 (single sentences), then LayerNorm.
-    words = g.op("Gather", [g.const("embeddings.word", weights["embeddings.word_embeddings.weight"]), "input_ids"], "embed/words")
+    words = g.op(
+        "Gather", [g.const("embeddings.word", weights["embeddings.word_embeddings.weight"]), "input_ids"], "embed/words"
+    )
     position_and_type = (
-        weights["embeddings.position_embeddings.weight"][:seq_len] + weights["embeddings.token_type_embeddings.weight"][0]
+        weights["embeddings.position_embeddings.weight"][:seq_len]
+        + weights["embeddings.token_type_embeddings.weight"][0]
     )
     x = g.op("Add", [words, g.const("embeddings.position_and_type", position_and_type)], "embed/add")
     x = layer_norm(x, "embeddings.LayerNorm", "embed/norm")
@@ -342,18 +346,35 @@ def build_graph(weights: dict[str, np.ndarray], seq_len: int = SEQ_LEN) -> onnx.
         context = g.op("Transpose", [context], f"{n}/attention/merge", perm=[0, 2, 1, 3])
         context = g.op("Reshape", [context, merge_heads], f"{n}/attention/merged")
         attended = linear(context, f"{p}.attention.output.dense", f"{n}/attention/output")
-        x = layer_norm(g.op("Add", [attended, x], f"{n}/attention/residual"), f"{p}.attention.output.LayerNorm", f"{n}/attention/norm")
+        x = layer_norm(
+            g.op("Add", [attended, x], f"{n}/attention/residual"),
+            f"{p}.attention.output.LayerNorm",
+            f"{n}/attention/norm",
+        )
         up = linear(x, f"{p}.intermediate.dense", f"{n}/ffn/up")
         # Exact GELU, as BERT uses: x * (1 + erf(x / sqrt 2)) / 2
-        erf = g.op("Erf", [g.op("Mul", [up, g.const("inv_sqrt2", np.array(1 / np.sqrt(2), np.float32))], f"{n}/ffn/gelu/scale")], f"{n}/ffn/gelu/erf")
+        erf = g.op(
+            "Erf",
+            [g.op("Mul", [up, g.const("inv_sqrt2", np.array(1 / np.sqrt(2), np.float32))], f"{n}/ffn/gelu/scale")],
+            f"{n}/ffn/gelu/erf",
+        )
         gate = g.op("Add", [erf, "one"], f"{n}/ffn/gelu/plus_one")
-        gelu = g.op("Mul", [g.op("Mul", [up, gate], f"{n}/ffn/gelu/product"), g.const("half", np.array(0.5, np.float32))], f"{n}/ffn/gelu")
+        gelu = g.op(
+            "Mul",
+            [g.op("Mul", [up, gate], f"{n}/ffn/gelu/product"), g.const("half", np.array(0.5, np.float32))],
+            f"{n}/ffn/gelu",
+        )
         down = linear(gelu, f"{p}.output.dense", f"{n}/ffn/down")
         x = layer_norm(g.op("Add", [down, x], f"{n}/ffn/residual"), f"{p}.output.LayerNorm", f"{n}/ffn/norm")
 
     # Mean over real tokens, then unit length (sentence-transformers' Pooling + Normalize).
     token_mask = g.op("Unsqueeze", ["mask/float", g.const("axis_2", np.array([2], np.int64))], "pool/mask")
-    summed = g.op("ReduceSum", [g.op("Mul", [x, token_mask], "pool/masked"), g.const("axis_1", np.array([1], np.int64))], "pool/sum", keepdims=0)
+    summed = g.op(
+        "ReduceSum",
+        [g.op("Mul", [x, token_mask], "pool/masked"), g.const("axis_1", np.array([1], np.int64))],
+        "pool/sum",
+        keepdims=0,
+    )
     counts = g.op("ReduceSum", [token_mask, "axis_1"], "pool/count", keepdims=0)
     counts = g.op("Max", [counts, g.const("tiny", np.array(1e-9, np.float32))], "pool/count_clamped")
     mean = g.op("Div", [summed, counts], "pool/mean")
@@ -379,7 +400,12 @@ def build_graph(weights: dict[str, np.ndarray], seq_len: int = SEQ_LEN) -> onnx.
 def intent_dataset() -> tuple[list[str], np.ndarray]:
     """The evaluation sentences, interleaved across intents, and their intent indices."""
     names = sorted(INTENTS)
-    rows = [(sentence, names.index(intent)) for i in range(12) for intent in names for sentence in INTENTS[intent][i : i + 1]]
+    rows = [
+        (sentence, names.index(intent))
+        for i in range(12)
+        for intent in names
+        for sentence in INTENTS[intent][i : i + 1]
+    ]
     return [s for s, _ in rows], np.array([label for _, label in rows], np.int64)
 
 

@@ -124,7 +124,9 @@ def recognition_characters(proto: onnx.ModelProto) -> str:
 
 
 def export_recognition(target: pathlib.Path) -> None:
-    proto = _export_model(_rapidocr_models() / "ch_PP-OCRv4_rec_infer.onnx", target / "model.onnx", REC_HEIGHT, REC_WIDTH)
+    proto = _export_model(
+        _rapidocr_models() / "ch_PP-OCRv4_rec_infer.onnx", target / "model.onnx", REC_HEIGHT, REC_WIDTH
+    )
     characters = recognition_characters(proto)
     images, labels = render_lines(64, seed=1, characters=characters)
     np.savez_compressed(target / "calib.npz", x=images)

