@@ -79,7 +79,8 @@ def _history_chart(history: pd.DataFrame, title: str) -> str | None:
         ax.errorbar(
             pd.to_datetime(rows.created_at),
             rows.median_ms,
-            yerr=[rows.median_ms - rows.ci_low_ms, rows.ci_high_ms - rows.median_ms],
+            # clipped: rows written by other tools may carry an interval that misses the median
+            yerr=[(rows.median_ms - rows.ci_low_ms).clip(lower=0), (rows.ci_high_ms - rows.median_ms).clip(lower=0)],
             marker="o",
             markersize=4,
             capsize=2,
