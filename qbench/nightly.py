@@ -26,7 +26,7 @@ from qbench import __version__
 from qbench.codeversion import code_version
 from qbench.machine import Machine
 from qbench.store import Leaderboard, results, safe_url
-from qbench.suite import Suite, SuiteJob
+from qbench.suite import Suite, SuiteJob, file_hash
 
 log = logging.getLogger(__name__)
 OUTPUT_TAIL = 2000  # characters of a failed worker's output kept in its row
@@ -141,7 +141,6 @@ def _last_error_line(output: str) -> str:
 
 def _record_failure(board: Leaderboard, machine: Machine, job: SuiteJob, threads: int, config: str, error: str):
     """One failed row for a job whose worker recorded nothing, so the failure is on the board."""
-    model_path = job.model if os.path.isfile(job.model) else None
     board.insert(
         {
             "run_id": uuid.uuid4().hex,
@@ -154,7 +153,7 @@ def _record_failure(board: Leaderboard, machine: Machine, job: SuiteJob, threads
             "job": job.job_id,
             "job_hash": config,
             "model_name": os.path.basename(job.model).removesuffix(".onnx"),
-            "model_hash": _sha(model_path) if model_path else "-",
+            "model_hash": file_hash(job.model) or "-",
             "metric": job.metric,
             "plan_name": ",".join(job.recipes),
             "plan_hash": "-",
@@ -164,13 +163,6 @@ def _record_failure(board: Leaderboard, machine: Machine, job: SuiteJob, threads
             "batch_size": job.batch,
         }
     )
-
-
-def _sha(path: str) -> str:
-    import hashlib
-
-    with open(path, "rb") as handle:
-        return hashlib.sha256(handle.read()).hexdigest()[:16]
 
 
 def summary(outcomes: list[JobOutcome]) -> pd.DataFrame:

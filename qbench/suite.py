@@ -74,7 +74,7 @@ class SuiteJob:
         config = {k: v for k, v in self.__dict__.items() if k != "threads"}
         config["threads"] = threads
         config["files"] = {
-            spec: _file_hash(spec) for spec in (self.model, self.data, self.calib_data, *self.recipes) if spec
+            spec: file_hash(spec) for spec in (self.model, self.data, self.calib_data, *self.recipes) if spec
         }
         return hashlib.sha256(json.dumps(config, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
@@ -105,10 +105,12 @@ class Suite:
     overrides: dict[str, Any] = field(default_factory=dict)
 
 
-def _file_hash(spec: str) -> str | None:
+def file_hash(spec: str) -> str | None:
+    """The first 16 hex digits of the file's SHA-256 (as OnnxModel.content_hash), or None when
+    ``spec`` is no file: a zoo name or a built-in recipe, whose identity is its name."""
     path = pathlib.Path(spec)
     if not path.is_file():
-        return None  # a zoo name or a built-in recipe: its identity is its name
+        return None
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 

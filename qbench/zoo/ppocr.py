@@ -59,14 +59,14 @@ def _phrase(rng: np.random.Generator) -> str:
 
 
 def _render_line(text: str, rng: np.random.Generator):
-    """Dark text on light paper with a margin, as a Pillow greyscale image, and the text box."""
+    """Dark text on light paper with a margin, as a Pillow greyscale image."""
     from PIL import Image, ImageDraw, ImageFont
 
     font = ImageFont.load_default(size=int(rng.integers(22, 34)))
     left, top, right, bottom = font.getbbox(text)
     canvas = Image.new("L", (right - left + 16, bottom - top + 12), color=int(rng.integers(200, 256)))
     ImageDraw.Draw(canvas).text((8 - left, 6 - top), text, fill=int(rng.integers(0, 70)), font=font)
-    return canvas, (8, 6, 8 + right - left, 6 + bottom - top)
+    return canvas
 
 
 def _to_network(pixels: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -84,7 +84,7 @@ def render_lines(count: int, seed: int, characters: str) -> tuple[np.ndarray, np
     labels = np.full((count, MAX_LABEL), -1, np.int64)
     for i in range(count):
         text = _phrase(rng)
-        canvas, _ = _render_line(text, rng)
+        canvas = _render_line(text, rng)
         width = min(REC_WIDTH, max(16, round(canvas.width * REC_HEIGHT / canvas.height)))
         images[i, :, :, :width] = _to_network(np.asarray(canvas.resize((width, REC_HEIGHT)), np.float64), rng)
         labels[i, : len(text)] = [index[c] for c in text[:MAX_LABEL]]
