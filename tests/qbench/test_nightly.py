@@ -110,6 +110,7 @@ def test_rerun_is_skipped_unchanged_is_quiet_and_fewer_threads_regress(first_nig
     only_good = ["--results-dir", str(results), "-q"]
     good_suite = suite.replace("suite.toml", "good.toml")
     text = open(suite).read().split("[[job]]")[0] + '[[job]]\nmodel = "digits-cnn"\n'
+    text = text.replace("timeout_s = 20", "timeout_s = 300")  # a 1-thread run needs more than the hang test's 20 s
     with open(good_suite, "w") as handle:
         handle.write(text)
     rows_before = len(_rows(results))
