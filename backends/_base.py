@@ -113,10 +113,12 @@ class Backend(abc.ABC):
     def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
         """What each quantizable layer actually runs in once the runtime has optimized it."""
 
-    def option_choices(self) -> dict[str, tuple[str, ...]]:
-        """Values this backend accepts here for the plan options only some backends have
-        (``quantizer``, ``inference_precision``); the tuner searches those with several."""
-        return {"quantizer": ("qdq",)}
+    def option_choices(self) -> dict[str, tuple[Any, ...]]:
+        """Values this backend accepts here for plan-wide options: ``quantizer`` and
+        ``inference_precision`` (only these values are honoured) and the int8 scheme
+        (``activation_type``, ``per_channel``, …: the values worth trying on this backend).
+        The tuner searches every option with several values, except the native quantizer."""
+        return {"quantizer": ("qdq", "native")}
 
     def check_plan(self, plan: PrecisionPlan, model: OnnxModel) -> None:
         """Raise a QbenchError naming the first layer (or option) this backend cannot run."""
@@ -124,12 +126,17 @@ class Backend(abc.ABC):
         from qbench.plan import check_plan_layers
 
         choices = self.option_choices()
-        for option in ("quantizer", "inference_precision"):
+        for option in ("quantizer", "inference_precision", "preset"):
             value = getattr(plan.options, option)
             if value is not None and value not in choices.get(option, ()):
                 offered = f"; it offers {', '.join(choices[option])}" if choices.get(option) else ""
                 raise QbenchError(f"backend {self.name!r} cannot honour plan option {option}={value!r}{offered}")
         check_plan_layers(plan, model.layer_names())
+        if plan.is_native and len(plan.layers_in("int8")) != len(model.layers):
+            raise QbenchError(
+                f"plan {plan.name!r}: quantizer=native quantizes the whole model, so every layer must be int8; "
+                "use quantizer qdq for a per-layer plan"
+            )
         by_name = {layer.name: layer for layer in model.layers}
         for name, precision in plan.layers.items():
             offered = self.precisions(by_name[name])

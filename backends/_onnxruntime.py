@@ -13,7 +13,7 @@ import numpy as np
 
 from backends import _qdq as qdq
 from backends._base import Artifact, Availability, Backend, Calibration, Runner
-from qbench.data import Dataset
+from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
@@ -68,12 +68,24 @@ class OnnxRuntimeRunner(Runner):
         self._session = None
 
 
+def native_int8_options(machine_is_x86: bool) -> dict[str, Any]:
+    """What ``native-int8`` passes to ``quantize_static``: ORT's defaults (QDQ, per-tensor,
+    MinMax, no reduce_range) except the activation type, which ORT's docs pick per CPU: on
+    x86-64 U8S8 (its AVX2/AVX-512 kernels multiply u8 x s8; S8S8 ran 0.75x fp32 on the
+    mobilenet-blocks fixture on AMD EPYC Zen 3 against 1.14x for U8S8), elsewhere S8S8."""
+    from onnxruntime.quantization import QuantType
+
+    return {"activation_type": QuantType.QUInt8 if machine_is_x86 else QuantType.QInt8, "weight_type": QuantType.QInt8}
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime's CPU execution provider.
 
-    Plans become QDQ graphs through ONNX Runtime's own quantizer (``quantize_static`` with
-    ``nodes_to_quantize``), built from activation ranges calibrated once per (model, data,
-    method); MatMul/Gemm layers marked ``int8-dynamic`` then go through ``quantize_dynamic``.
+    Plans become QDQ graphs through ONNX Runtime's own quantizer run on the whole pre-processed
+    model with the plan's float layers excluded (see ``_qdq``), built from activation ranges
+    calibrated once per (model, data, method); MatMul/Gemm layers marked ``int8-dynamic`` then
+    go through ``quantize_dynamic``. ``native-int8`` is ``quant_pre_process`` plus
+    ``quantize_static`` on the whole model with ORT's own calibration and defaults.
     """
 
     name = "onnxruntime"
@@ -93,7 +105,17 @@ class OnnxRuntimeBackend(Backend):
             return ("fp32", "int8", "int8-dynamic")
         return ("fp32", "int8")
 
+    def option_choices(self) -> dict[str, tuple[Any, ...]]:
+        return {
+            "quantizer": ("qdq", "native"),
+            "activation_type": ("uint8", "int8"),
+            "per_channel": (False, True),
+            "reduce_range": (False, True),
+        }
+
     def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
+        if plan.is_native:  # the native quantizer takes no options from the plan
+            return plan
         # ONNX Runtime's CPU guidance: x86 wants unsigned activations and signed weights (its
         # int8 kernels multiply u8 x s8); without VNNI the 16-bit intermediate sums can
         # saturate, which reduce_range (7-bit weights) avoids. ARM prefers signed/signed.
@@ -107,7 +129,9 @@ class OnnxRuntimeBackend(Backend):
         return plan.with_options(**changes) if changes else plan
 
     def calibrate(self, model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:
-        return qdq.calibrate(model, data, method, workdir)
+        calibration = qdq.calibrate(model, data, method, workdir)
+        calibration.details["dataset"] = data  # native-int8 runs ORT's own calibration on the samples
+        return calibration
 
     # -- build -------------------------------------------------------------------------------
 
@@ -121,6 +145,8 @@ class OnnxRuntimeBackend(Backend):
         if static:
             qdq.check_calibration(plan, calibration)
         calib_key = calibration.path.name if (static and calibration) else "-"
+        if plan.is_native:
+            calib_key += f"-x86={self._x86()}"
         key = qdq.sha(model.content_hash, plan.content_hash, calib_key, self.name, _ort().__version__)
         path = workdir / "artifacts" / self.name / f"{model.name}-{key}.onnx"
         if path.exists():
@@ -131,7 +157,10 @@ class OnnxRuntimeBackend(Backend):
         out = path.with_suffix(".tmp")
         current = qdq.named_model_path(model, workdir)
         try:
-            if static:
+            if plan.is_native:
+                self._write_native(model, calibration, workdir, staged)
+                current = staged
+            elif static:
                 qdq.write_qdq_graph(model, plan, calibration, workdir, staged)
                 current = staged
             if dynamic:
@@ -151,6 +180,31 @@ class OnnxRuntimeBackend(Backend):
         finally:
             staged.unlink(missing_ok=True)
         return Artifact(path, key, time.perf_counter() - start, cached=False)
+
+    @staticmethod
+    def _x86() -> bool:
+        from qbench.machine import current_machine
+
+        return current_machine().is_x86
+
+    def _write_native(
+        self, model: OnnxModel, calibration: Calibration, workdir: pathlib.Path, out: pathlib.Path
+    ) -> None:
+        """ORT's one-line recipe: pre-process, then ``quantize_static`` on the whole model with
+        its own calibration over the calibration samples (one at a time, as a reader yields them)."""
+        from onnxruntime.quantization import CalibrationDataReader, quantize_static
+
+        data: Dataset = calibration.details["dataset"]
+
+        class Reader(CalibrationDataReader):
+            def __init__(self) -> None:
+                self._feeds = data.batches(fixed_batch_size(model) or 1, keep_tail=fixed_batch_size(model) is None)
+
+            def get_next(self) -> dict[str, np.ndarray] | None:
+                return next(self._feeds, None)
+
+        with qdq.quiet_root_logger():
+            quantize_static(qdq.prepared_model_path(model, workdir), out, Reader(), **native_int8_options(self._x86()))
 
     # -- run ---------------------------------------------------------------------------------
 

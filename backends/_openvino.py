@@ -22,7 +22,7 @@ from qbench.data import Dataset
 from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
-from qbench.plan import PrecisionPlan
+from qbench.plan import NNCF_PRESETS, PrecisionPlan
 
 # OpenVINO operations that carry a quantizable layer's weights, as convert_model names them:
 # ONNX Conv "/x/Conv" becomes Convolution "/x/Conv/WithoutBiases" plus an Add named "/x/Conv".
@@ -104,10 +104,11 @@ class OpenVinoRunner(Runner):
 class OpenVinoBackend(Backend):
     """OpenVINO on ``device`` (``CPU`` unless the backend is named ``openvino:GPU`` or similar).
 
-    Plans become QDQ graphs through the same quantizer ONNX Runtime uses, with symmetric signed
-    activations (OpenVINO's int8 kernels want zero points of 0), or, with the plan option
-    ``quantizer: nncf``, go through ``nncf.quantize`` with the plan's fp32 layers as the
-    ignored scope. Compiled with the latency hint, one stream and a fixed thread count.
+    Plans go through ``nncf.quantize`` with the plan's float layers as the ignored scope (the
+    default: NNCF places the quantizers around them and knows pre-VNNI CPUs), or, with the plan
+    option ``quantizer: qdq``, become QDQ graphs through the quantizer ONNX Runtime uses.
+    ``native-int8`` is ``nncf.quantize`` on the whole model with NNCF's defaults. Compiled with
+    the latency hint, one stream and a fixed thread count.
     """
 
     name = "openvino"
@@ -140,23 +141,30 @@ class OpenVinoBackend(Backend):
     def precisions(self, layer: Layer) -> tuple[str, ...]:
         return ("fp32", "int8")
 
-    def option_choices(self) -> dict[str, tuple[str, ...]]:
+    def option_choices(self) -> dict[str, tuple[Any, ...]]:
         hints = ("f32", "bf16") if self.device == "CPU" and _cpu_has_bf16() else ("f32",)
-        return {"quantizer": ("qdq", "nncf"), "inference_precision": hints}
+        return {"quantizer": ("nncf", "qdq", "native"), "inference_precision": hints, "preset": NNCF_PRESETS}
 
     def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
-        # Symmetric signed int8 everywhere: measured on the demo, asymmetric signed activations
-        # ran 1.2x *slower* than fp32 while symmetric ones ran 3.9x faster. Float layers stay
-        # f32 unless the plan asks for bf16: OpenVINO's own default on AMX/AVX-512-BF16 CPUs
-        # is bf16, which would make "fp32" layers silently lose precision.
-        defaults = {
-            "activation_type": "int8",
-            "weight_type": "int8",
-            "per_channel": True,
-            "reduce_range": False,
-            "quantizer": "qdq",
-            "inference_precision": "f32",
-        }
+        # NNCF by default: on an AVX2 CPU without VNNI (AMD EPYC Zen 3) the QDQ route with
+        # symmetric signed activations lost 11 points of top-1 on a MobileNet-style model where
+        # NNCF lost none. Float layers stay f32 unless the plan asks for bf16: OpenVINO's own
+        # default on AMX/AVX-512-BF16 CPUs is bf16, which would make "fp32" layers lose precision.
+        if plan.is_native:
+            return plan if plan.options.inference_precision else plan.with_options(inference_precision="f32")
+        defaults: dict[str, Any] = {"quantizer": "nncf", "inference_precision": "f32"}
+        if (plan.options.quantizer or "nncf") == "qdq":
+            # The QDQ route: symmetric signed int8 ran 3.9x fp32 on the demo on an AMX Xeon where
+            # asymmetric signed activations ran 1.2x *slower*; without VNNI, unsigned asymmetric
+            # activations keep accuracy (OpenVINO's own pre-VNNI choice) at some speed.
+            vnni = machine.has_vnni
+            defaults.update(
+                activation_type="int8" if vnni else "uint8",
+                activation_symmetric=vnni,
+                weight_type="int8",
+                per_channel=True,
+                reduce_range=False,
+            )
         o = plan.options
         changes = {k: v for k, v in defaults.items() if getattr(o, k) is None}
         return plan.with_options(**changes) if changes else plan
@@ -187,12 +195,12 @@ class OpenVinoBackend(Backend):
         staged = path.with_suffix(".qdq.onnx")
         try:
             if static and plan.options.quantizer == "qdq":
-                qdq.write_qdq_graph(model, plan, calibration, workdir, staged, symmetric_activations=True)
+                qdq.write_qdq_graph(model, plan, calibration, workdir, staged)
                 source = staged
             else:
                 source = qdq.named_model_path(model, workdir)
             ov_model = self._convert(source)
-            if static and plan.options.quantizer == "nncf":
+            if static and plan.options.quantizer in ("nncf", "native"):
                 ov_model = self._nncf_quantize(ov_model, model, plan, calibration)
             ov_model.set_rt_info(plan.options.inference_precision, _RT_INFO)
             # compress_to_fp16 defaults to True; fp32 layers must keep fp32 weights.
@@ -219,14 +227,19 @@ class OpenVinoBackend(Backend):
         except ImportError as exc:
             raise QbenchError("plan option quantizer=nncf needs NNCF: pip install 'qbench[openvino]'") from exc
         data: Dataset = calibration.details["dataset"]
+        dataset = nncf.Dataset(list(data.batches(1)))
+        if plan.is_native:  # NNCF's one-line default: whole model, its own subset size and preset
+            return nncf.quantize(ov_model, dataset)
         float_layers = [layer for layer in model.layer_names() if plan.precision(layer) != "int8"]
         # NNCF's ignored scope takes OpenVINO operation names, not the ONNX node names of the plan.
         ignored = [name for layer in float_layers for name in _ov_names(ov_model, layer)]
+        extra = {"preset": getattr(nncf.QuantizationPreset, plan.options.preset.upper())} if plan.options.preset else {}
         return nncf.quantize(
             ov_model,
-            nncf.Dataset(list(data.batches(1))),
+            dataset,
             subset_size=len(data),
             ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+            **extra,
         )
 
     # -- run ---------------------------------------------------------------------------------
@@ -282,7 +295,3 @@ class OpenVinoBackend(Backend):
                 realized[layer] = _RUNTIME_PRECISIONS.get(precision, precision)
         report.write_text(json.dumps(realized, indent=1))
         return realized
-
-
-def _is_part_of(ov_name: str, layer: str) -> bool:
-    return ov_name == layer or ov_name.startswith(f"{layer}/")

@@ -1,8 +1,14 @@
 """Explicit quantization shared by every backend: calibrate once, write a plan's QDQ graph.
 
-ONNX Runtime's quantizer does the work (``quantize_static`` with ``nodes_to_quantize``);
-ONNX Runtime runs the graph as it is, OpenVINO compiles it, TensorRT parses it. Activation
-ranges cover every float tensor, so one calibration serves any plan on any backend.
+A plan is written by *exclusion*: ONNX Runtime's own whole-model quantizer (``quantize_static``)
+runs on the pre-processed model with the plan's non-int8 layers, and the ops that touch them,
+in ``nodes_to_exclude``. Every op between two int8 layers (activations, Add, Concat, pooling,
+Resize) then gets the quantizer's own treatment, so a uniform int8 plan is exactly the
+runtime's native int8 graph. Quantizing only the listed layers instead (``nodes_to_quantize``)
+leaves a float ``Clip`` between two Q/DQ pairs after every int8 conv, which the runtime cannot
+fuse: measured 0.71x vs 1.15x on the mobilenet-blocks fixture (AMD EPYC, AVX2, 2 threads).
+Activation ranges cover every float tensor of the pre-processed model, so one calibration
+serves any plan on any backend.
 """
 
 from __future__ import annotations
@@ -12,7 +18,7 @@ import hashlib
 import logging
 import pathlib
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -23,6 +29,7 @@ from qbench.errors import QbenchError
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
 
+log = logging.getLogger(__name__)
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 _CALIBRATION_BATCH = 32
 
@@ -55,13 +62,72 @@ def named_model_path(model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def prepared_model_path(model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path:
+    """The named model after ONNX Runtime's ``quant_pre_process`` (shape inference, Conv+BN
+    folding, constant folding), the step ORT's docs put before ``quantize_static``. On PP-OCR rec
+    it halves the Q/DQ pairs (586 -> 349) and turns int8 from 1.00x into 1.17x (AMD EPYC, AVX2).
+    Layer names survive it (checked on every zoo model); if one does not, the named model is used.
+    Symbolic shape inference fails on some graphs (Resize without roi, PP-OCR det); it is then
+    skipped, as ORT's own error message advises."""
+    import onnx
+    import onnxruntime
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    source = named_model_path(model, workdir)
+    path = source.with_name(f"{source.stem}-prepared-ort{onnxruntime.__version__}.onnx")
+    if path.exists():
+        return path
+    tmp = path.with_suffix(".tmp")
+    with quiet_root_logger():
+        onnxruntime.set_default_logger_severity(3)  # "removing unused initializer" warnings, one per tensor
+        try:
+            quant_pre_process(str(source), str(tmp))
+        except Exception as exc:  # SymbolicShapeInference raises a bare Exception
+            log.debug("symbolic shape inference failed (%s); pre-processing without it", exc)
+            quant_pre_process(str(source), str(tmp), skip_symbolic_shape=True)
+    kept = {node.name for node in onnx.load(str(tmp), load_external_data=False).graph.node}
+    lost = [name for name in model.layer_names() if name not in kept]
+    if lost:
+        log.warning("pre-processing renamed layer %r; quantizing the model as it is", lost[0])
+        tmp.unlink()
+        return source
+    tmp.replace(path)
+    return path
+
+
+def float_neighbours(graph: Any, float_layers: Iterable[str], layers: Iterable[str]) -> set[str]:
+    """Non-layer nodes that must stay float because they touch a float layer: those fed
+    (directly or through other such nodes) by a float layer, and those whose every consumer is
+    a float layer or such a node. An op between two int8 layers is left to the quantizer."""
+    floats, layer_set = set(float_layers), set(layers)
+    producer = {out: node.name for node in graph.node for out in node.output}
+    consumers: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node.name)
+    others = [node for node in graph.node if node.name not in layer_set]
+    changed = True
+    while changed:
+        changed = False
+        for node in others:
+            if node.name in floats:
+                continue
+            fed_by_float = any(producer.get(name) in floats for name in node.input if name)
+            readers = [reader for out in node.output for reader in consumers.get(out, [])]
+            feeds_only_float = bool(readers) and all(reader in floats for reader in readers)
+            if fed_by_float or feeds_only_float:
+                floats.add(node.name)
+                changed = True
+    return floats - layer_set
+
+
 def calibrate(model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:
     """Activation ranges of every float tensor, cached per (model, data, method)."""
     from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, create_calibrator, save_tensors_data
 
     if method not in CALIBRATION_METHODS:
         raise QbenchError(f"calibration method must be one of {list(CALIBRATION_METHODS)}, but got {method!r}")
-    path = workdir / "calibration" / f"{model.content_hash}-{data.content_hash}-{method}.json"
+    path = workdir / "calibration" / f"{model.content_hash}-{data.content_hash}-{method}-prepared.json"
     if path.exists():
         return Calibration(path, method, len(data), 0.0, {"cached": True})
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -78,7 +144,7 @@ def calibrate(model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Pat
     augmented = path.with_suffix(".augmented.onnx")
     try:
         calibrator = create_calibrator(
-            named_model_path(model, workdir),
+            prepared_model_path(model, workdir),
             None,  # every float tensor: any later plan can pick any layer
             augmented_model_path=str(augmented),
             calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
@@ -109,30 +175,40 @@ def write_qdq_graph(
     out: pathlib.Path,
     symmetric_activations: bool = False,
     quantize_bias: bool = True,
+    op_types: Iterable[str] | None = None,
 ) -> None:
-    """Write the plan's static int8 layers as QuantizeLinear/DequantizeLinear pairs into ``out``.
+    """Write the plan's static int8 layers into ``out`` by exclusion (see the module docstring).
 
-    ``symmetric_activations`` pins activation zero points to 0, which signed-int8 runtimes
-    (OpenVINO, TensorRT) need to stay on their fast kernels; ``quantize_bias=False`` leaves
-    biases in float (TensorRT rejects int32 bias quantization).
+    ``symmetric_activations`` pins activation zero points to 0 (TensorRT needs it; the plan
+    option ``activation_symmetric`` asks for it elsewhere); ``quantize_bias=False`` leaves biases
+    in float (TensorRT rejects int32 bias quantization); ``op_types`` limits which op types the
+    quantizer may touch (default: all it knows).
     """
+    import onnx
     from onnxruntime.quantization import CalibrationMethod, QuantType, quantize_static
 
     check_calibration(plan, calibration)
     types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
     o = plan.options
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric_activations else {}
+    symmetric = symmetric_activations or bool(o.activation_symmetric)
+    extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {}
     extra["QuantizeBias"] = quantize_bias
+    source = prepared_model_path(model, workdir)
+    graph = onnx.load(str(source), load_external_data=False).graph
+    layers = model.layer_names()
+    float_layers = [layer for layer in layers if plan.precision(layer) != "int8"]
+    excluded = [*float_layers, *sorted(float_neighbours(graph, float_layers, layers))]
     with quiet_root_logger():
         quantize_static(
-            named_model_path(model, workdir),
+            source,
             out,
             None,
             activation_type=types[o.activation_type],
             weight_type=types[o.weight_type],
             per_channel=o.per_channel,
             reduce_range=o.reduce_range,
-            nodes_to_quantize=plan.layers_in("int8"),
+            nodes_to_exclude=excluded,
+            op_types_to_quantize=list(op_types) if op_types is not None else None,
             calibration_cache_path=calibration.path,
             calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration.method]),
             extra_options=extra,

@@ -34,6 +34,20 @@ from qbench.plan import PrecisionPlan
 _MODULES = ("tensorrt", "tensorrt_rtx")  # full TensorRT first; the RTX edition builds without a GPU
 WORKSPACE_BYTES = 1 << 30
 OPTIMIZATION_LEVEL = 3  # TensorRT's default; recorded with the engine
+# Ops the Q/DQ writer may quantize for TensorRT. Its fusion rules want Q/DQ on the inputs of
+# int8 compute layers, on residual Adds whose branches are int8 (so Conv+Add fuses) and on the
+# ops it runs in int8 around them (pooling, Concat); activations fuse into the layer before them.
+TENSORRT_QDQ_OPS = (
+    "Conv",
+    "ConvTranspose",
+    "MatMul",
+    "Gemm",
+    "Add",
+    "MaxPool",
+    "AveragePool",
+    "GlobalAveragePool",
+    "Concat",
+)
 MAX_BATCH = 64  # the evaluation batch (qbench.bench.EVAL_BATCH) must fit the profile
 _INSTALL = "pip install 'qbench[tensorrt]'"
 
@@ -93,6 +107,9 @@ class TensorRtBackend(Backend):
     def precisions(self, layer: Layer) -> tuple[str, ...]:
         return ("fp32", "fp16", "bf16", "int8", "fp8")
 
+    def option_choices(self) -> dict[str, tuple[Any, ...]]:
+        return {"quantizer": ("qdq",)}  # since TensorRT 10 the Q/DQ graph is the way to int8
+
     def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
         # TensorRT's explicit quantization is symmetric and signed; per-channel weights cost
         # nothing on its kernels.
@@ -120,11 +137,19 @@ class TensorRtBackend(Backend):
             # fp8 layers are laid out as int8 first, then their Q/DQ pairs become float8 ones.
             as_int8 = PrecisionPlan({k: "int8" for k in plan.layers_in("int8", "fp8")}, plan.options, plan.name)
             qdq.write_qdq_graph(
-                model, as_int8, calibration, workdir, out, symmetric_activations=True, quantize_bias=False
+                model,
+                as_int8,
+                calibration,
+                workdir,
+                out,
+                symmetric_activations=True,
+                quantize_bias=False,
+                op_types=TENSORRT_QDQ_OPS,
             )
             graph = onnx.load(str(out))
             if plan.layers_in("fp8"):
-                weights = {t.name: onnx.numpy_helper.to_array(t) for t in model.proto.graph.initializer}
+                prepared = onnx.load(str(qdq.prepared_model_path(model, workdir)))
+                weights = {t.name: onnx.numpy_helper.to_array(t) for t in prepared.graph.initializer}
                 qdq.requantize_to_fp8(graph, set(plan.layers_in("fp8")), set(plan.layers_in("int8")), weights)
         else:
             graph = model.proto

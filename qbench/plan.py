@@ -18,7 +18,11 @@ CALIBRATED_PRECISIONS = ("int8", "fp8")
 PLAN_FORMAT_VERSION = 1
 CALIBRATION_METHODS = ("minmax", "entropy", "percentile")
 INT8_TYPES = ("int8", "uint8")
-QUANTIZERS = ("qdq", "nncf")
+#: "qdq": qbench's per-layer QDQ graph (ONNX Runtime's quantizer, by exclusion); "nncf": NNCF with
+#: the plan's float layers ignored (OpenVINO); "native": the runtime's own one-line whole-model
+#: quantization with its documented defaults (the floor every plan is measured against).
+QUANTIZERS = ("qdq", "nncf", "native")
+NNCF_PRESETS = ("performance", "mixed")
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 
 
@@ -30,18 +34,22 @@ class PlanOptions:
     weight_type: str | None = None
     per_channel: bool | None = None
     reduce_range: bool | None = None
+    #: Activation zero points pinned to 0 (QDQ writer); signed-int8 runtimes may need it.
+    activation_symmetric: bool | None = None
     calibration: str = "minmax"
     #: Who writes the int8 graph: "qdq" (ONNX Runtime's quantizer, every backend) or "nncf" (OpenVINO).
     quantizer: str | None = None
     #: Precision float layers compute in where the runtime has a global hint (OpenVINO CPU: f32, bf16).
     inference_precision: str | None = None
+    #: NNCF's quantization preset: "performance" (symmetric) or "mixed" (asymmetric activations).
+    preset: str | None = None
 
     def __post_init__(self) -> None:
         for name in ("activation_type", "weight_type"):
             value = getattr(self, name)
             if value is not None and value not in INT8_TYPES:
                 raise QbenchError(f"plan option `{name}` must be one of {INT8_TYPES}, but got {value!r}")
-        for name in ("per_channel", "reduce_range"):
+        for name in ("per_channel", "reduce_range", "activation_symmetric"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise QbenchError(f"plan option `{name}` must be true or false, but got {value!r}")
@@ -49,6 +57,7 @@ class PlanOptions:
             ("calibration", CALIBRATION_METHODS),
             ("quantizer", (None, *QUANTIZERS)),
             ("inference_precision", (None, *INFERENCE_PRECISIONS)),
+            ("preset", (None, *NNCF_PRESETS)),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -90,6 +99,11 @@ class PrecisionPlan:
 
     def layers_in(self, *precisions: str) -> list[str]:
         return [layer for layer, p in self.layers.items() if p in precisions]
+
+    @property
+    def is_native(self) -> bool:
+        """Whether the runtime's own whole-model quantizer builds this plan (recipe native-int8)."""
+        return self.options.quantizer == "native"
 
     @property
     def needs_calibration(self) -> bool:
@@ -143,7 +157,7 @@ class PrecisionPlan:
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-BUILTIN_RECIPES = ("fp32", "int8", "int8-dynamic")
+BUILTIN_RECIPES = ("fp32", "int8", "native-int8", "int8-dynamic")
 
 
 def recipe_plan(recipe: str, layers: Iterable[tuple[str, str]]) -> PrecisionPlan:
@@ -153,6 +167,10 @@ def recipe_plan(recipe: str, layers: Iterable[tuple[str, str]]) -> PrecisionPlan
         return PrecisionPlan({}, name="fp32")
     if recipe == "int8":
         return PrecisionPlan.uniform((name for name, _ in layers), "int8", "int8")
+    if recipe == "native-int8":
+        return PrecisionPlan.uniform(
+            (name for name, _ in layers), "int8", "native-int8", PlanOptions(quantizer="native")
+        )
     if recipe == "int8-dynamic":
         matmuls = (name for name, op in layers if op in ("MatMul", "Gemm"))
         return PrecisionPlan.uniform(matmuls, "int8-dynamic", "int8-dynamic")

@@ -102,6 +102,18 @@ def _export_ppocr_rec(target: pathlib.Path) -> None:
     ppocr.export_recognition(target)
 
 
+def _export_mobilenet(target: pathlib.Path) -> None:
+    from qbench.zoo import blocks
+
+    blocks.export_mobilenet(target)
+
+
+def _export_yolo(target: pathlib.Path) -> None:
+    from qbench.zoo import blocks
+
+    blocks.export_yolo(target)
+
+
 DEMO = ZooModel(
     name="digits-cnn",
     description="ResNet-shaped CNN trained on scikit-learn's 8x8 digits (upsampled to 96x96 in-graph)",
@@ -139,6 +151,20 @@ ZOO = {
             export=_export_ppocr_rec,
             package="rapidocr-onnxruntime",
             module="rapidocr_onnxruntime",
+        ),
+        ZooModel(
+            name="mobilenet-blocks",
+            description="MobileNetV2-style inverted residuals (depthwise conv, Clip(0,6), residual Add, "
+            "global pool, Gemm), random weights; top-1 agreement with fp32 on smooth random images",
+            metric="top1-agreement",
+            export=_export_mobilenet,
+        ),
+        ZooModel(
+            name="yolo-blocks",
+            description="YOLO-style CSP neck (SiLU as Sigmoid*Mul, Split/Concat, Resize), random weights; "
+            "cosine to fp32 on smooth random images",
+            metric="cosine",
+            export=_export_yolo,
         ),
     )
 }
