@@ -14,6 +14,7 @@ from qbench.data import Dataset
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
 from qbench.plan import PrecisionPlan
+from qbench.profile import OpTime
 
 
 @dataclass(frozen=True)
@@ -112,6 +113,13 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
         """What each quantizable layer actually runs in once the runtime has optimized it."""
+
+    def profile(self, artifact: Artifact, threads: int, feeds: Mapping[str, np.ndarray], runs: int) -> list[OpTime]:
+        """Per-node kernel time, averaged over ``runs`` warm inferences of ``feeds`` on a fresh
+        session opened for profiling only (never the one being timed)."""
+        from qbench.errors import QbenchError
+
+        raise QbenchError(f"backend {self.name!r} has no per-op profiler in qbench yet")
 
     def option_choices(self) -> dict[str, tuple[Any, ...]]:
         """Values this backend accepts here for plan-wide options: ``quantizer`` and

@@ -18,6 +18,7 @@ from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
 from qbench.plan import PrecisionPlan
+from qbench.profile import OpTime, sandwiched
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,48 @@ _INT8_KERNELS = frozenset(
 # in fp32 would silently run in int8 (seen on the demo: 3 of 7 fp32 layers). Plans must mean
 # what they say, so every session we open disables it. Unknown names are ignored by older ORT.
 _DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
+
+
+PROFILE_WARMUP = 5
+_QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
+
+
+def _ort_precision(op_type: str) -> str:
+    if op_type in _INT8_KERNELS or op_type.startswith("QLinear"):
+        return "int8"
+    if op_type in _QDQ_OPS:
+        return "q/dq"
+    return "reorder" if op_type in ("ReorderInput", "ReorderOutput") else "fp32"
+
+
+def _ort_op_times(graph: Any, totals: dict[str, list], runs: int) -> list[OpTime]:
+    """OpTimes from summed kernel microseconds, flagged with the optimized graph's structure."""
+    producer = {out: node.name for node in graph.node for out in node.output}
+    children: dict[str, list[str]] = {}
+    for node in graph.node:
+        for name in node.input:
+            if name in producer:
+                children.setdefault(producer[name], []).append(node.name)
+    qdq_nodes = {node.name for node in graph.node if node.op_type in _QDQ_OPS}
+    structure = [
+        (n.name, _ort_precision(n.op_type), [producer[i] for i in n.input if i in producer], children.get(n.name, []))
+        for n in graph.node
+    ]
+    between = sandwiched(structure, qdq_nodes)
+    parents = {name: ps for name, _, ps, _ in structure}
+    op_types = {node.name: node.op_type for node in graph.node}
+    ops = []
+    for node, (op_type, micros) in totals.items():
+        if node in between:
+            flag = "float between Q/DQ"
+        elif op_type in ("ReorderInput", "ReorderOutput"):
+            flag = "layout reorder"
+        elif op_type == "QuantizeLinear" and any(op_types.get(p) == "DequantizeLinear" for p in parents.get(node, [])):
+            flag = "requantize"
+        else:
+            flag = ""
+        ops.append(OpTime(node, op_type, _ort_precision(op_type), micros / runs / 1e3, op_type, flag))
+    return ops
 
 
 def _ort():
@@ -237,6 +280,33 @@ class OnnxRuntimeBackend(Backend):
             "disabled_optimizers": list(_DISABLED_OPTIMIZERS),
         }
         return OnnxRuntimeRunner(session, settings)
+
+    def profile(self, artifact: Artifact, threads: int, feeds: Mapping[str, np.ndarray], runs: int) -> list[OpTime]:
+        """ORT's profiler: the ``*_kernel_time`` events of the warm runs, per node, with the
+        session's optimized graph (saved alongside) to find float ops between Q/DQ pairs."""
+        import tempfile
+
+        import onnx
+
+        with tempfile.TemporaryDirectory(prefix="qbench-profile-") as tmp:
+            so = self._session_options(threads, shared_process=True)
+            so.enable_profiling = True
+            so.profile_file_prefix = str(pathlib.Path(tmp) / "ort")
+            so.optimized_model_filepath = str(pathlib.Path(tmp) / "optimized.onnx")
+            session = _session(artifact.path, so)
+            for _ in range(PROFILE_WARMUP):
+                session.run(None, dict(feeds))
+            for _ in range(runs):
+                session.run(None, dict(feeds))
+            events = json.loads(pathlib.Path(session.end_profiling()).read_text())
+            graph = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
+        warm_from = sorted(e["ts"] for e in events if e.get("name") == "model_run")[PROFILE_WARMUP]
+        totals: dict[str, list] = {}
+        for e in events:
+            if e.get("cat") == "Node" and e["name"].endswith("_kernel_time") and e["ts"] >= warm_from:
+                node = e["name"].removesuffix("_kernel_time")
+                totals.setdefault(node, [e["args"].get("op_name", "?"), 0])[1] += e["dur"]
+        return _ort_op_times(graph, totals, runs)
 
     def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
         import onnx

@@ -23,6 +23,7 @@ from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
 from qbench.plan import NNCF_PRESETS, PrecisionPlan
+from qbench.profile import OpTime, sandwiched
 
 # OpenVINO operations that carry a quantizable layer's weights, as convert_model names them:
 # ONNX Conv "/x/Conv" becomes Convolution "/x/Conv/WithoutBiases" plus an Add named "/x/Conv".
@@ -71,6 +72,26 @@ def _ov_names(ov_model: Any, layer: str) -> list[str]:
         for op in ov_model.get_ops()
         if op.get_type_name() in _WEIGHTED_OPS and _is_part_of(op.get_friendly_name(), layer)
     ]
+
+
+def _exec_precision(node_type: str, exec_type: str) -> str:
+    """Precision from an exec type such as ``brgconv_avx2_I8`` or ``jit_avx2_FP32``."""
+    if node_type == "Reorder":
+        return "reorder"
+    suffix = exec_type.rsplit("_", 1)[-1].lower()
+    return {"i8": "int8", "u8": "int8", "fp32": "fp32", "f32": "fp32", "bf16": "bf16", "fp16": "fp16"}.get(
+        suffix, "fp32"
+    )
+
+
+def _runtime_structure(runtime_model: Any) -> dict[str, tuple[list[str], list[str]]]:
+    """Executed node name -> (parent names, child names) in the compiled graph."""
+    structure = {}
+    for op in runtime_model.get_ordered_ops():
+        parents = [i.get_source_output().get_node().get_friendly_name() for i in op.inputs()]
+        children = [t.get_node().get_friendly_name() for out in op.outputs() for t in out.get_target_inputs()]
+        structure[op.get_friendly_name()] = (parents, children)
+    return structure
 
 
 class OpenVinoRunner(Runner):
@@ -244,7 +265,9 @@ class OpenVinoBackend(Backend):
 
     # -- run ---------------------------------------------------------------------------------
 
-    def load(self, artifact: Artifact, threads: int, shared_process: bool = True) -> Runner:
+    def load(
+        self, artifact: Artifact, threads: int, shared_process: bool = True, extra_config: dict | None = None
+    ) -> Runner:
         if threads < 1:
             raise QbenchError(f"`threads` must be at least 1, but got {threads}")
         core = _core()
@@ -255,6 +278,7 @@ class OpenVinoBackend(Backend):
             "NUM_STREAMS": "1",
             "INFERENCE_NUM_THREADS": str(threads),
             "INFERENCE_PRECISION_HINT": hint,
+            **(extra_config or {}),
         }
         try:
             compiled = core.compile_model(ov_model, self.device, config)
@@ -264,8 +288,42 @@ class OpenVinoBackend(Backend):
             ) from exc
         # What the compiled model reports, not what was asked: the values that shaped the latency.
         names = [*config, "ENABLE_CPU_PINNING"] if self.device == "CPU" else list(config)
+        names = [name for name in names if name not in (extra_config or {})]
         settings = {"device": self.device, **{k: _property_text(compiled.get_property(k)) for k in names}}
         return OpenVinoRunner(compiled, settings)
+
+    def profile(self, artifact: Artifact, threads: int, feeds: Mapping[str, np.ndarray], runs: int) -> list[OpTime]:
+        """OpenVINO's performance counters (``PERF_COUNT``), summed over warm runs per executed
+        node; its exec type names the kernel and precision (``brgconv_avx2_I8``)."""
+        runner = self.load(artifact, threads, extra_config={"PERF_COUNT": True})
+        try:
+            for _ in range(5):
+                runner.run(feeds)
+            totals: dict[str, list] = {}
+            for _ in range(runs):
+                runner.run(feeds)
+                for info in runner._request.get_profiling_info():
+                    if info.status == info.Status.EXECUTED:
+                        entry = totals.setdefault(info.node_name, [info.node_type, info.exec_type, 0.0])
+                        entry[2] += info.real_time.total_seconds() * 1e3
+            structure = _runtime_structure(runner._compiled.get_runtime_model())
+        finally:
+            runner.close()
+        precision = {node: _exec_precision(node_type, exec_type) for node, (node_type, exec_type, _) in totals.items()}
+        graph = [(n, precision.get(n, "fp32"), parents, children) for n, (parents, children) in structure.items()]
+        between = sandwiched(graph, {n for n, p in precision.items() if p == "int8"})
+        ops = []
+        for node, (node_type, exec_type, ms) in totals.items():
+            if node in between:
+                flag = "float between int8 ops"
+            elif node_type == "Reorder":
+                flag = "layout reorder"
+            elif node_type == "FakeQuantize":  # not fused into a neighbour: a quantize pass of its own
+                flag = "standalone quantize"
+            else:
+                flag = ""
+            ops.append(OpTime(node, node_type, precision[node], ms / runs, exec_type, flag))
+        return ops
 
     def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
         report = artifact.path.with_suffix(f".realized-{self.device}.json")

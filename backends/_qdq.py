@@ -234,7 +234,8 @@ def requantize_to_fp8(
     """Turn the int8 Q/DQ pairs of ``fp8_layers`` into float8 E4M3 ones, in place.
 
     The int8 writer laid out every pair (symmetric, so zero points are 0). A pair belongs to the
-    layers that read it, or, when no layer reads it, to the layer whose output it quantizes. An
+    layers that read it (directly or through ops that have no pair of their own, such as a
+    pooling), or, when no layer does, to the layers whose output it quantizes. An
     fp8 pair keeps its place with its scale rescaled from the int8 range (127) to the fp8 range
     (448) and float8 zero points; weights are quantized again from their float values
     (``float_weights``, by name), not from the int8 ones. A tensor read by both an int8 and an
@@ -253,17 +254,39 @@ def requantize_to_fp8(
         for name in node.input:
             readers.setdefault(name, []).append(node)
 
+    def nearest_layers(tensor: str, downstream: bool, across_pairs: bool = False) -> set[str]:
+        """The plan layers reached from ``tensor`` through other ops (Add, pooling, …), up to the
+        next Q/DQ pair in that direction unless ``across_pairs``."""
+        found, seen, todo = set(), set(), [tensor]
+        while todo:
+            name = todo.pop()
+            if name in seen:
+                continue
+            seen.add(name)
+            nodes = readers.get(name, []) if downstream else [producer[name]] if name in producer else []
+            for node in nodes:
+                if node.name in fp8_layers | int8_layers:
+                    found.add(node.name)
+                elif across_pairs or node.op_type != ("QuantizeLinear" if downstream else "DequantizeLinear"):
+                    todo += list(node.output) if downstream else [i for i in node.input if i and i not in inits]
+        return found
+
     def wants_fp8(group: list[Any], source: str) -> bool:
-        users = {r.name for dq in group for r in readers.get(dq.output[0], [])}
-        if users & fp8_layers and users & int8_layers:
-            raise QbenchError(
-                f"tensor {source!r} feeds fp8 layer {sorted(users & fp8_layers)[0]!r} and int8 layer "
-                f"{sorted(users & int8_layers)[0]!r}; give both the same precision"
-            )
-        if users & (fp8_layers | int8_layers):
-            return bool(users & fp8_layers)
-        origin = producer.get(source)
-        return origin is not None and origin.name in fp8_layers
+        # The layers this pair feeds decide; else those it quantizes the output of; a pair with
+        # neither next to it (an Add's output pair) looks past the neighbouring pairs.
+        for across_pairs in (False, True):
+            users = set().union(*(nearest_layers(dq.output[0], True, across_pairs) for dq in group))
+            if users & fp8_layers and users & int8_layers and not across_pairs:
+                raise QbenchError(
+                    f"tensor {source!r} feeds fp8 layer {sorted(users & fp8_layers)[0]!r} and int8 layer "
+                    f"{sorted(users & int8_layers)[0]!r}; give both the same precision"
+                )
+            if users:
+                return bool(users & fp8_layers) and not users & int8_layers
+            origins = nearest_layers(source, False, across_pairs)
+            if origins:
+                return origins <= fp8_layers
+        return False
 
     def rescale(nodes: list[Any], dq: Any) -> np.ndarray:
         scale = numpy_helper.to_array(inits[dq.input[1]]) * (_INT8_MAX / _FP8_MAX)

@@ -29,6 +29,7 @@ from qbench.measure import LatencyStats, Protocol, measure_interleaved, speedup
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
+from qbench.profile import PROFILE_RUNS, Profile
 from qbench.store import Leaderboard, samples_to_bytes
 
 if TYPE_CHECKING:
@@ -47,6 +48,7 @@ class BenchSettings:
     kind: str = "bench"
     job: str | None = None  # the suite job this run belongs to, if any
     job_hash: str | None = None
+    profile: bool = False  # take a per-op profile of every measured plan, after timing
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -70,6 +72,7 @@ class Candidate:
     samples_ns: np.ndarray | None = None
     accuracy: float | None = None
     runner_settings: dict[str, Any] | None = None
+    profile: Profile | None = None
     error: str | None = None
 
     def fail(self, exc: BaseException) -> None:
@@ -137,6 +140,10 @@ def run_bench(
         for c in candidates:
             if c.runner is not None:
                 c.runner.close()
+    if settings.profile and runs:
+        for c in ready:
+            progress(f"profile {c.plan.name}")
+            c.profile = take_profile(backend, c.artifact, c.plan.name, settings.threads, feeds)
     return _record(
         candidates,
         model,
@@ -150,6 +157,50 @@ def run_bench(
         batch,
         board,
     )
+
+
+def profile_plans(
+    *,
+    model: OnnxModel,
+    calibration_data: Dataset,
+    evaluation_data: Dataset,
+    plans: Sequence[PrecisionPlan],
+    backend: Backend,
+    machine: Machine,
+    threads: int,
+    workdir: pathlib.Path,
+    progress: Progress = lambda _msg: None,
+) -> list[Profile]:
+    """Per-op profiles of ``plans`` (the fp32 baseline first), each built as ``bench`` would
+    build it and profiled on its own fresh session; no latency is timed."""
+    availability = backend.probe()
+    if not availability.available:
+        raise QbenchError(f"backend {backend.name!r} is not usable here: {availability.reason}")
+    resolved = [backend.resolve_plan(p, machine) for p in with_baseline(plans)]
+    for plan in resolved:
+        backend.check_plan(plan, model)
+    candidates = [Candidate(plan) for plan in resolved]
+    calibrations = _calibrate(backend, model, calibration_data, candidates, workdir, progress)
+    feeds = next(evaluation_data.batches(fixed_batch_size(model) or 1))
+    profiles = []
+    for plan in resolved:
+        progress(f"build and profile {plan.name}")
+        artifact = backend.build(model, plan, calibrations.get(plan.options.calibration), workdir)
+        ops = backend.profile(artifact, threads, feeds, PROFILE_RUNS)
+        profiles.append(Profile(plan.name, backend.name, PROFILE_RUNS, tuple(ops)))
+    return profiles
+
+
+def take_profile(
+    backend: Backend, artifact: Artifact, plan_name: str, threads: int, feeds: dict[str, np.ndarray]
+) -> Profile | None:
+    """A per-op profile on a fresh session; a backend without a profiler gives None (logged)."""
+    try:
+        ops = backend.profile(artifact, threads, feeds, PROFILE_RUNS)
+    except QbenchError as exc:
+        log.warning("no profile of %s: %s", plan_name, exc)
+        return None
+    return Profile(plan_name, backend.name, PROFILE_RUNS, tuple(ops))
 
 
 def _calibrate(
@@ -310,6 +361,7 @@ def _record(
                 peak_rss_mb=c.peak_rss_mb,
                 artifact_bytes=c.artifact.size_bytes,
                 realized=backend.realized_precisions(c.artifact, c.plan, model),
+                profile=c.profile.to_json() if c.profile is not None else None,
             )
             if baseline.samples_ns is not None and baseline.error is None:
                 ratio = speedup(baseline.samples_ns, c.samples_ns)

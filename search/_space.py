@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
+from typing import Any
 
 from qbench.model import Layer, OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan
@@ -33,7 +34,7 @@ class SearchSpace:
     groups: tuple[LayerGroup, ...]
     options: PlanOptions
     #: Plan-wide options searched too, as ``(field, values)``; the first value is the default.
-    option_choices: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    option_choices: tuple[tuple[str, tuple[Any, ...]], ...] = ()
 
     def plan(self, assignment: Mapping[str, str], name: str) -> PrecisionPlan:
         """The plan for ``{group name: precision}``; unnamed groups stay fp32, unnamed options
@@ -42,7 +43,7 @@ class SearchSpace:
         chosen = {field: assignment.get(OPTION_PREFIX + field, values[0]) for field, values in self.option_choices}
         return PrecisionPlan(layers, replace(self.options, **chosen), name)
 
-    def parameters(self) -> list[tuple[str, tuple[str, ...]]]:
+    def parameters(self) -> list[tuple[str, tuple[Any, ...]]]:
         """Every choice the search makes, as ``(Optuna parameter name, values)``."""
         options = [(OPTION_PREFIX + field, values) for field, values in self.option_choices]
         return [(g.name, g.choices) for g in self.groups] + options
@@ -98,7 +99,7 @@ def build_space(
     options: PlanOptions,
     allowed: Iterable[str] = ("fp32", "int8"),
     group_residuals: bool = False,
-    option_choices: Mapping[str, Sequence[str]] | None = None,
+    option_choices: Mapping[str, Sequence[Any]] | None = None,
 ) -> SearchSpace:
     """One choice per layer (or per residual group), limited to ``allowed`` precisions the
     backend offers for every member, plus one per plan-wide option in ``option_choices`` that

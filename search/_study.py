@@ -24,7 +24,7 @@ from qbench.errors import QbenchError, describe, first_line
 from qbench.plan import PrecisionPlan
 from search._evaluator import PlanEvaluator
 from search._sensitivity import SensitivityReport
-from search._space import SearchSpace
+from search._space import OPTION_PREFIX, SearchSpace
 
 log = logging.getLogger(__name__)
 
@@ -101,9 +101,12 @@ def open_study(storage_url: str, study_name: str, settings: StudySettings) -> op
 
 
 def seed_study(study: optuna.Study, space: SearchSpace, report: SensitivityReport | None, ladder: int) -> None:
-    """Enqueue fp32, uniform int8 and the ladder; ``skip_if_exists`` keeps a resumed or shared
-    study from running a seed twice."""
+    """Enqueue fp32, uniform int8 in each int8 scheme (every searched option's other values,
+    one at a time), and the ladder; ``skip_if_exists`` keeps a resumed or shared study from
+    running a seed twice."""
     seeds = [space.uniform("fp32"), space.uniform("int8")]
+    for field, values in space.option_choices:
+        seeds += [{**space.uniform("int8"), OPTION_PREFIX + field: value} for value in values[1:]]
     if report is not None:
         order = report.ordered_groups()
         for k in range(1, min(ladder, len(order) - 1) + 1):

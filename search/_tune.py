@@ -19,7 +19,7 @@ from qbench.machine import Machine
 from qbench.measure import Protocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
-from qbench.plan import PlanOptions, PrecisionPlan
+from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
 from qbench.store import Leaderboard
 from qbench.tables import markdown_table
 from search._evaluator import PlanEvaluator
@@ -34,8 +34,25 @@ log = logging.getLogger(__name__)
 
 FINAL_PROTOCOL = Protocol(warmup_count=10, warmup_seconds=0.5, min_count=100, min_seconds=3.0, max_seconds=60.0)
 MAX_FINALISTS = 5
-# Plan-wide options the tuner tries when the backend offers several values (OpenVINO: f32, bf16).
-SEARCHED_OPTIONS = ("inference_precision",)
+# Plan-wide options the tuner searches with the layers when the backend offers several values:
+# the int8 scheme (ORT: activation type, per-channel, reduce_range; OpenVINO: NNCF or QDQ and
+# NNCF's preset) and OpenVINO's float precision (f32, bf16).
+SEARCHED_OPTIONS = ("quantizer", "preset", "activation_type", "per_channel", "reduce_range", "inference_precision")
+
+
+def searched_options(backend: Backend, machine: Machine, model: OnnxModel) -> dict[str, tuple]:
+    """The options to search, each with this machine's default first (the value the plan
+    resolves to when the search leaves it unset). The native quantizer is a baseline, not a
+    choice: it takes no per-layer plan."""
+    resolved = backend.resolve_plan(PrecisionPlan.uniform(model.layer_names(), "int8"), machine).options
+    searched = {}
+    for option, values in backend.option_choices().items():
+        values = tuple(v for v in values if not (option == "quantizer" and v == "native"))
+        if option not in SEARCHED_OPTIONS or len(values) < 2:
+            continue
+        default = getattr(resolved, option)
+        searched[option] = tuple(sorted(values, key=lambda v: v != default))
+    return searched
 
 
 @dataclass
@@ -96,6 +113,7 @@ def tune(
     options: PlanOptions | None = None,
     quick_samples: int = 512,
     final_protocol: Protocol = FINAL_PROTOCOL,
+    profile: bool = False,
     progress: Callable[[str], None] = lambda _msg: None,
     on_trial: Callable | None = None,
 ) -> TuneResult:
@@ -103,7 +121,7 @@ def tune(
     availability = backend.probe()
     if not availability.available:
         raise QbenchError(f"backend {backend.name!r} is not usable here: {availability.reason}")
-    searched = {k: v for k, v in backend.option_choices().items() if k in SEARCHED_OPTIONS}
+    searched = searched_options(backend, machine, model)
     space = build_space(model, backend.precisions, options or PlanOptions(), option_choices=searched)
     if not space.groups:
         raise QbenchError(f"{model.name} has no layer that {backend.name} can run in int8; nothing to tune")
@@ -131,6 +149,7 @@ def tune(
     feasible = feasible_trials(study)
     front = pareto_front(study)
     finalists = _finalists(feasible, front, settings.max_drop, evaluator.resolve(PrecisionPlan(name="fp32")))
+    native = _native_plan(backend, model)
     notes = []
     if not finalists:
         notes.append(
@@ -142,18 +161,36 @@ def tune(
         calibration_data=calibration_data,
         evaluation_data=holdout_data,
         metric=metric,
-        plans=finalists,
+        plans=finalists + ([native] if native else []),
         backend=backend,
         machine=machine,
         board=board,
         workdir=workdir,
         progress=progress,
-        settings=BenchSettings(threads=threads, protocol=final_protocol, kind="tune"),
+        settings=BenchSettings(threads=threads, protocol=final_protocol, kind="tune", profile=profile),
     )
     baseline, candidates = rows[0], rows[1:]
+    native_row = next((r for r in candidates if native and r["plan_hash"] == native.content_hash), None)
     within = [r for r in candidates if r["status"] == "ok" and r["accuracy_drop"] <= settings.max_drop]
     within.sort(key=lambda r: r["median_ms"])
     winner = within[0] if within else None
+    if winner is not None and winner is native_row:
+        # The floor: a tuned plan slower than the runtime's own int8 within the budget is never returned.
+        notes.append(
+            "native-int8 met the budget on held-out data and was faster than every tuned plan; "
+            "returning it (the tuner's space did not beat the runtime's own quantization here)"
+        )
+    elif native_row is not None and native_row["status"] == "ok":
+        word = "within" if native_row["accuracy_drop"] <= settings.max_drop else "outside"
+        against = (
+            f"{winner['plan_name']} vs native-int8: {native_row['median_ms'] / winner['median_ms']:.2f}× "
+            if winner is not None
+            else "native-int8: "
+        )
+        notes.append(
+            f"{against}(native {native_row['speedup']:.2f}× fp32, drop {native_row['accuracy_drop']:+.4f}, "
+            f"{word} the budget)"
+        )
     if winner is not None and winner["speedup_ci_high"] < 1.0:
         notes.append(
             f"the best plan within the budget ({winner['plan_name']}) is slower than fp32 "
@@ -208,6 +245,13 @@ def _finalists(feasible: list, front: list, max_drop: float, baseline: Precision
             seen.add(plan.content_hash)
             chosen.append(PrecisionPlan(plan.layers, plan.options, f"tuned-t{trial.number}"))
     return chosen[:MAX_FINALISTS]
+
+
+def _native_plan(backend: Backend, model: OnnxModel) -> PrecisionPlan | None:
+    """The runtime's own whole-model int8 (recipe native-int8), where the backend has one."""
+    if "native" not in backend.option_choices().get("quantizer", ()):
+        return None
+    return recipe_plan("native-int8", ((layer.name, layer.op_type) for layer in model.layers))
 
 
 def _front_table(front) -> pd.DataFrame:

@@ -118,17 +118,18 @@ def test_an_op_openvino_cannot_read_is_a_clear_error_and_a_recorded_failure(open
 
 
 def test_openvino_rows_sit_beside_onnx_runtime_rows(tmp_path):
+    """The default recipes (fp32, int8 and the runtime's own native-int8) on both CPU backends."""
     for backend in ("onnxruntime", "openvino"):
         assert main(["bench", "--backend", backend, "--quick", "-q", "--results-dir", str(tmp_path)]) == 0
     board = Leaderboard(default_url(tmp_path))
     rows = board.frame()
     board.close()
     assert set(zip(rows.backend, rows.plan_name, strict=True)) == {
-        (b, p) for b in ("onnxruntime", "openvino") for p in ("fp32", "int8")
+        (b, p) for b in ("onnxruntime", "openvino") for p in ("fp32", "int8", "native-int8")
     }
     assert rows.model_hash.nunique() == 1 and rows.machine_hash.nunique() == 1 and set(rows.status) == {"ok"}
     ov_int8 = rows[(rows.backend == "openvino") & (rows.plan_name == "int8")].iloc[0]
     assert set(json.loads(ov_int8.realized).values()) == {"int8"}
     table = next(tmp_path.glob("*/digits-cnn-*.md")).read_text()
     across = table.split("## across backends")[1].split("\n## ")[0]
-    assert across.count("| openvino") == 2 and across.count("| onnxruntime") == 2
+    assert across.count("| openvino") == 3 and across.count("| onnxruntime") == 3

@@ -98,14 +98,15 @@ def test_foreign_database_is_not_taken_over(tmp_path):
 
 
 def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
-    """A v1 database (before suite jobs) gains the code_version/job columns; its rows survive."""
+    """A v1 database (before suite jobs and profiles) gains the code_version/job and profile
+    columns; its rows survive."""
     import sqlalchemy as sa
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     board = Leaderboard(url)
     with board.engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ix_results_job"))
-        for column in ("code_version", "job", "job_hash"):
+        for column in ("code_version", "job", "job_hash", "profile"):
             conn.execute(sa.text(f"ALTER TABLE results DROP COLUMN {column}"))
         conn.execute(schema_info.update().values(value="1"))
         conn.execute(sa.text("INSERT INTO machines VALUES ('m1', '{}', '2026-01-01')"))
@@ -119,8 +120,8 @@ def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
     board.close()
     migrated = Leaderboard(url)
     try:
-        assert migrated.schema_version == SCHEMA_VERSION == 2
+        assert migrated.schema_version == SCHEMA_VERSION == 3
         frame = migrated.frame()
-        assert list(frame.model_name) == ["old"] and frame.job.isna().all()
+        assert list(frame.model_name) == ["old"] and frame.job.isna().all() and frame.profile.isna().all()
     finally:
         migrated.close()
