@@ -104,13 +104,16 @@ def seed_study(study: optuna.Study, space: SearchSpace, report: SensitivityRepor
     """Enqueue fp32, uniform int8 in each int8 scheme (every searched option's other values,
     one at a time), and the ladder; ``skip_if_exists`` keeps a resumed or shared study from
     running a seed twice."""
-    seeds = [space.uniform("fp32"), space.uniform("int8")]
+    # Options left out of an enqueued trial would be sampled at random: pin them to the defaults.
+    defaults = {OPTION_PREFIX + field: values[0] for field, values in space.option_choices}
+    int8 = {**space.uniform("int8"), **defaults}
+    seeds = [{**space.uniform("fp32"), **defaults}, int8]
     for field, values in space.option_choices:
-        seeds += [{**space.uniform("int8"), OPTION_PREFIX + field: value} for value in values[1:]]
+        seeds += [{**int8, OPTION_PREFIX + field: value} for value in values[1:]]
     if report is not None:
         order = report.ordered_groups()
         for k in range(1, min(ladder, len(order) - 1) + 1):
-            seeds.append({**space.uniform("int8"), **{name: "fp32" for name in order[:k]}})
+            seeds.append({**int8, **{name: "fp32" for name in order[:k]}})
     for params in seeds:
         study.enqueue_trial(params, skip_if_exists=True)
 

@@ -209,7 +209,9 @@ def tune(
                     f"{winner['plan_name']} and {other['plan_name']} are indistinguishable in latency "
                     f"({winner['speedup']:.2f}× vs {other['speedup']:.2f}×, overlapping 95% intervals)"
                 )
-    rejected = [r for r in candidates if r["status"] == "ok" and r["accuracy_drop"] > settings.max_drop]
+    rejected = [
+        r for r in candidates if r["status"] == "ok" and r["accuracy_drop"] > settings.max_drop and r is not native_row
+    ]
     for r in rejected:
         notes.append(
             f"{r['plan_name']} met the budget while tuning but dropped {r['accuracy_drop']:+.4f} on held-out data"

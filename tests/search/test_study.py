@@ -273,3 +273,22 @@ def test_plan_wide_options_are_searched_beside_the_layers(tmp_path):
     run_study(study, FakeEvaluator(), space, settings)
     # Any plan with a float layer is faster in bf16 and still feasible: the best one uses it.
     assert trial_plan(feasible_trials(study)[0]).options.inference_precision == "bf16"
+
+
+def test_each_int8_scheme_is_seeded_with_the_defaults_pinned(tmp_path):
+    """Uniform int8 is seeded once per scheme: the defaults (the first values), then each other
+    value of each searched option alone; no seeded option is left to the sampler's chance."""
+    options = (("activation_type", ("uint8", "int8")), ("per_channel", (False, True)))
+    space = SearchSpace(SPACE.groups, PlanOptions(), options)
+    settings = StudySettings(max_drop=0.005, n_trials=4, patience=None)
+    study = _study(tmp_path, settings)
+    seed_study(study, space, None, 0)
+    run_study(study, FakeEvaluator(), space, settings)
+    queued = [t.params for t in sorted(study.trials, key=lambda t: t.number)]
+    defaults = {"option:activation_type": "uint8", "option:per_channel": False}
+    assert queued == [
+        {**space.uniform("fp32"), **defaults},
+        {**space.uniform("int8"), **defaults},
+        {**space.uniform("int8"), **defaults, "option:activation_type": "int8"},
+        {**space.uniform("int8"), **defaults, "option:per_channel": True},
+    ]
