@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import logging
+import os
 import pathlib
 import time
 from collections.abc import Iterable, Iterator
@@ -77,7 +78,7 @@ def prepared_model_path(model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path
     path = source.with_name(f"{source.stem}-prepared-ort{onnxruntime.__version__}.onnx")
     if path.exists():
         return path
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # suite workers of a farm may prepare it at once
     with quiet_root_logger():
         onnxruntime.set_default_logger_severity(3)  # "removing unused initializer" warnings, one per tensor
         try:
