@@ -18,6 +18,7 @@ import hashlib
 import logging
 import os
 import pathlib
+import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from typing import Any
@@ -78,8 +79,11 @@ def prepared_model_path(model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path
     path = source.with_name(f"{source.stem}-prepared-ort{onnxruntime.__version__}.onnx")
     if path.exists():
         return path
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")  # suite workers of a farm may prepare it at once
-    with quiet_root_logger():
+    source = source.resolve()
+    tmp = path.resolve().with_suffix(f".{os.getpid()}.tmp")  # suite workers of a farm may prepare it at once
+    # When symbolic shape inference fails, ORT saves its partial model to the current directory
+    # (sym_shape_infer_temp.onnx and a <uuid>.data file): keep that out of the user's directory.
+    with quiet_root_logger(), tempfile.TemporaryDirectory(prefix="qbench-prep-") as scratch, contextlib.chdir(scratch):
         onnxruntime.set_default_logger_severity(3)  # "removing unused initializer" warnings, one per tensor
         try:
             quant_pre_process(str(source), str(tmp))
