@@ -18,7 +18,7 @@ from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
 from qbench.plan import PrecisionPlan
-from qbench.profile import OpTime, sandwiched
+from qbench.profile import PROFILE_WARMUP, OpTime, sandwiched
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,6 @@ _INT8_KERNELS = frozenset(
 _DISABLED_OPTIMIZERS = ("WeightBiasQuantization",)
 
 
-PROFILE_WARMUP = 5
 _QDQ_OPS = frozenset({"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"})
 
 

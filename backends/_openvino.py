@@ -23,7 +23,7 @@ from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
 from qbench.plan import NNCF_PRESETS, PrecisionPlan
-from qbench.profile import OpTime, sandwiched
+from qbench.profile import PROFILE_WARMUP, OpTime, sandwiched
 
 # OpenVINO operations that carry a quantizable layer's weights, as convert_model names them:
 # ONNX Conv "/x/Conv" becomes Convolution "/x/Conv/WithoutBiases" plus an Add named "/x/Conv".
@@ -297,7 +297,7 @@ class OpenVinoBackend(Backend):
         node; its exec type names the kernel and precision (``brgconv_avx2_I8``)."""
         runner = self.load(artifact, threads, extra_config={"PERF_COUNT": True})
         try:
-            for _ in range(5):
+            for _ in range(PROFILE_WARMUP):
                 runner.run(feeds)
             totals: dict[str, list] = {}
             for _ in range(runs):

@@ -186,21 +186,28 @@ def profile_plans(
     for plan in resolved:
         progress(f"build and profile {plan.name}")
         artifact = backend.build(model, plan, calibrations.get(plan.options.calibration), workdir)
-        ops = backend.profile(artifact, threads, feeds, PROFILE_RUNS)
-        profiles.append(Profile(plan.name, backend.name, PROFILE_RUNS, tuple(ops)))
+        profiles.append(_profile(backend, artifact, plan.name, threads, feeds))
     return profiles
+
+
+def _profile(
+    backend: Backend, artifact: Artifact, plan_name: str, threads: int, feeds: dict[str, np.ndarray]
+) -> Profile:
+    """A per-op profile of ``artifact`` on a fresh session of its own."""
+    return Profile(
+        plan_name, backend.name, PROFILE_RUNS, tuple(backend.profile(artifact, threads, feeds, PROFILE_RUNS))
+    )
 
 
 def take_profile(
     backend: Backend, artifact: Artifact, plan_name: str, threads: int, feeds: dict[str, np.ndarray]
 ) -> Profile | None:
-    """A per-op profile on a fresh session; a backend without a profiler gives None (logged)."""
+    """``bench --profile``'s profile: a backend without a profiler gives None (logged), not a failed plan."""
     try:
-        ops = backend.profile(artifact, threads, feeds, PROFILE_RUNS)
+        return _profile(backend, artifact, plan_name, threads, feeds)
     except QbenchError as exc:
         log.warning("no profile of %s: %s", plan_name, exc)
         return None
-    return Profile(plan_name, backend.name, PROFILE_RUNS, tuple(ops))
 
 
 def _calibrate(

@@ -16,6 +16,7 @@ import matplotlib
 import pandas as pd
 from matplotlib.figure import Figure
 
+from qbench.profile import display_table, flag_summary
 from qbench.tables import ACROSS_BACKENDS_NOTE, across_backends, across_title, group_title, latest_per_plan, ranked
 
 PROFILE_ROWS = 8  # op-type rows of the best plan's profile shown per model
@@ -125,10 +126,8 @@ def _best_plan_profile(ok: pd.DataFrame) -> str | None:
         return None
     best = profiled.iloc[0]
     data = json.loads(best.profile)
-    table = pd.DataFrame(data["by_op_type"]).head(PROFILE_ROWS)
-    table["ms"] = table.ms.round(4)
-    table["share"] = (table.share * 100).round(1).astype(str) + " %"
-    flags = ", ".join(f"{n} × {flag}" for flag, n in sorted(data["flag_counts"].items())) or "none"
+    table = display_table(pd.DataFrame(data["by_op_type"]), PROFILE_ROWS)
+    flags = flag_summary(data["flag_counts"]) or "none"
     title = f"Where the time goes: {best.plan_name} on {best.backend} ({data['total_ms']:.3f} ms of kernel time)"
     return (
         f"<h4>{html.escape(title)}</h4>"

@@ -17,6 +17,7 @@ import pandas as pd
 
 PROFILE_FORMAT_VERSION = 1
 PROFILE_RUNS = 50
+PROFILE_WARMUP = 5  # runs before the profiled ones: first-run allocations and caches stay out
 TOP_NODES = 25  # nodes kept per stored profile (the flagged ones are always kept)
 
 
@@ -103,16 +104,26 @@ def compare(plan: Profile, fp32: Profile) -> pd.DataFrame:
     return table.loc[order].reset_index(drop=True)
 
 
+def display_table(by_op_type: pd.DataFrame, top: int) -> pd.DataFrame:
+    """The ``top`` rows of an op-type table for people: ms rounded, share in percent."""
+    table = by_op_type.head(top).copy()
+    table["ms"] = table.ms.round(4)
+    table["share"] = (table.share * 100).round(1).astype(str) + " %"
+    return table
+
+
+def flag_summary(counts: dict[str, int]) -> str:
+    """``"2 × layout reorder, 13 × requantize"``, or an empty string."""
+    return ", ".join(f"{n} × {flag}" for flag, n in sorted(counts.items()))
+
+
 def render(profile: Profile, fp32: Profile | None = None, top: int = 12) -> str:
     """The profile as text for the terminal: totals, op-type table, flags and plan vs fp32."""
     lines = [f"{profile.plan_name} on {profile.backend}: {profile.total_ms:.3f} ms of kernel time per inference"]
-    table = profile.by_op_type().head(top).copy()
-    table["share"] = (table.share * 100).round(1).astype(str) + " %"
-    table["ms"] = table.ms.round(4)
-    lines.append(table.to_string(index=False))
+    lines.append(display_table(profile.by_op_type(), top).to_string(index=False))
     counts = _flag_counts(profile.ops)
     if counts:
-        lines.append("flags: " + ", ".join(f"{n} × {flag}" for flag, n in sorted(counts.items())))
+        lines.append("flags: " + flag_summary(counts))
         for op in profile.flagged()[:5]:
             lines.append(f"  {op.flag}: {op.node} ({op.op_type}, {op.precision}) {op.ms:.4f} ms")
     else:

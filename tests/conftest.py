@@ -14,6 +14,15 @@ from qbench.model import OnnxModel
 from qbench.zoo import DEMO
 
 
+@pytest.fixture(scope="module")
+def zoo_cache(tmp_path_factory):
+    """A scratch zoo cache for one test module: its exports are a first use, not a cache from earlier."""
+    mp = pytest.MonkeyPatch()
+    mp.setenv("QBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
+    yield
+    mp.undo()
+
+
 @pytest.fixture(scope="session")
 def demo_model() -> OnnxModel:
     return OnnxModel.load(DEMO.files().model)

@@ -18,14 +18,6 @@ from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
 from qbench.zoo import ZOO
 
 
-@pytest.fixture(scope="module")
-def fixture_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("QBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
-
-
 def _zoo(name: str):
     files = ZOO[name].files()
     model = OnnxModel.load(files.model)
@@ -33,7 +25,7 @@ def _zoo(name: str):
 
 
 @pytest.fixture(scope="module")
-def mobilenet(fixture_cache):
+def mobilenet(zoo_cache):
     return _zoo("mobilenet-blocks")
 
 
@@ -102,7 +94,7 @@ def test_native_int8_takes_the_whole_model_only(mobilenet, workdir):
         get_backend("onnxruntime").check_plan(partial, model)
 
 
-def test_yolo_block_int8_keeps_fidelity_on_both_cpu_backends(fixture_cache, workdir):
+def test_yolo_block_int8_keeps_fidelity_on_both_cpu_backends(zoo_cache, workdir):
     model, calibration, evaluation = _zoo("yolo-blocks")
     layers = [(layer.name, layer.op_type) for layer in model.layers]
     reference = None

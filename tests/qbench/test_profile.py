@@ -12,13 +12,7 @@ from qbench.cli import main
 from qbench.profile import OpTime, Profile, compare, profile_from_json, sandwiched
 from qbench.store import Leaderboard, default_url
 
-
-@pytest.fixture(scope="module", autouse=True)
-def fixture_cache(tmp_path_factory):
-    mp = pytest.MonkeyPatch()
-    mp.setenv("QBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("zoo_cache")  # the block fixtures export into a scratch cache
 
 
 def _profile(name: str, *ops: OpTime) -> Profile:

@@ -12,14 +12,7 @@ from qbench.cli import main
 from qbench.metrics import get_metric
 from qbench.zoo import ZOO, lookup
 
-
-@pytest.fixture(scope="module", autouse=True)
-def zoo_cache(tmp_path_factory):
-    """Export into a scratch cache: the test sees a first use, not a cache from earlier."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("QBENCH_CACHE", str(tmp_path_factory.mktemp("cache")))
-    yield
-    mp.undo()
+pytestmark = pytest.mark.usefixtures("zoo_cache")  # export into a scratch cache, not an earlier one
 
 
 def _needs(entry_name: str):
