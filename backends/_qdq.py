@@ -42,15 +42,18 @@ def sha(*parts: str) -> str:
 
 @contextlib.contextmanager
 def quiet_root_logger() -> Iterator[None]:
-    """ONNX Runtime's quantizer warns on the root logger that the model was not pre-processed.
-    We skip pre-processing on purpose (it renames and fuses nodes, breaking per-layer plans)."""
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)
+    """ONNX Runtime's quantization tools log on the root logger (warnings that a model was not
+    pre-processed) and, when pre-processing fails, a full traceback at ERROR before raising; we
+    handle both (fallback, or a failed plan with the reason), so keep them off the terminal."""
+    loggers = [logging.getLogger(), logging.getLogger("onnxruntime.quantization")]
+    levels = [logger.level for logger in loggers]
+    loggers[0].setLevel(logging.ERROR)
+    loggers[1].setLevel(logging.CRITICAL)
     try:
         yield
     finally:
-        root.setLevel(level)
+        for logger, level in zip(loggers, levels, strict=True):
+            logger.setLevel(level)
 
 
 def named_model_path(model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path:

@@ -114,8 +114,8 @@ def compare(name: str, trials: int, threads: int, workdir: pathlib.Path) -> None
     )
     tune_s = time.perf_counter() - started
     print(
-        f"tune {tune_s:.0f} s for {result.trials_finished} trials ({result.trials_finished / tune_s * 60:.1f} "
-        f"trials/min incl. sensitivity (cached) and final selection); notes: {result.notes or 'none'}",
+        f"tune {tune_s:.0f} s for {result.trials} (incl. sensitivity (cached) and final selection); "
+        f"notes: {result.notes or 'none'}",
         flush=True,
     )
 

@@ -114,6 +114,11 @@ def run_bench(
     if fixed is not None and settings.batch_size not in (1, fixed):
         raise QbenchError(f"the model's batch size is fixed at {fixed}; drop --batch or pass --batch {fixed}")
     batch = fixed or settings.batch_size
+    if batch > len(evaluation_data):
+        raise QbenchError(
+            f"--batch {batch} is larger than the {len(evaluation_data)} evaluation samples of "
+            f"{evaluation_data.source}; pass --batch {len(evaluation_data)} or less, or more data"
+        )
     if metric.needs_labels and evaluation_data.labels is None:
         raise QbenchError(f"metric {metric.name!r} needs labels, but {evaluation_data.source} has no 'labels' array")
     candidates = [Candidate(backend.resolve_plan(p, machine)) for p in with_baseline(plans)]
@@ -124,6 +129,8 @@ def run_bench(
     calibrations = _calibrate(backend, model, calibration_data, candidates, workdir, progress)
     try:
         for c in candidates:
+            if c.error is not None:  # its calibration failed
+                continue
             progress(f"build and load {c.plan.name}")
             _prepare(c, backend, model, calibrations, evaluation_data, settings.threads, fixed, workdir)
         _score_accuracy(candidates, metric, evaluation_data)
@@ -181,6 +188,9 @@ def profile_plans(
         backend.check_plan(plan, model)
     candidates = [Candidate(plan) for plan in resolved]
     calibrations = _calibrate(backend, model, calibration_data, candidates, workdir, progress)
+    failed = next((c for c in candidates if c.error is not None), None)
+    if failed is not None:
+        raise QbenchError(f"cannot profile {failed.plan.name}: {failed.error}")
     feeds = next(evaluation_data.batches(fixed_batch_size(model) or 1))
     profiles = []
     for plan in resolved:
@@ -218,11 +228,20 @@ def _calibrate(
     workdir: pathlib.Path,
     progress: Progress,
 ) -> dict[str, Calibration]:
+    """Activation ranges per calibration method. A method that fails (an op the runtime cannot
+    run, say) fails the plans that need it, each recorded with the reason; the others go on."""
     methods = {c.plan.options.calibration for c in candidates if c.plan.needs_calibration}
     calibrations = {}
     for method in sorted(methods):
         progress(f"calibrate ({method}, {len(data)} samples)")
-        calibrations[method] = backend.calibrate(model, data, method, workdir)
+        try:
+            calibrations[method] = backend.calibrate(model, data, method, workdir)
+        except QbenchError:
+            raise
+        except Exception as exc:
+            for c in candidates:
+                if c.plan.needs_calibration and c.plan.options.calibration == method:
+                    c.fail(RuntimeError(f"calibration ({method}) failed: {describe(exc)}"))
     return calibrations
 
 
@@ -287,6 +306,8 @@ def _peak_rss_mb() -> float | None:
 def _score_accuracy(candidates: list[Candidate], metric: Metric, data: Dataset) -> None:
     baseline = candidates[0]
     reference = baseline.outputs
+    if reference is not None:
+        metric.check_labels(data.labels, reference, data.source)
     if metric.needs_reference and reference is None:
         for c in candidates[1:]:
             if c.error is None:

@@ -9,6 +9,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 from qbench import __version__
 from qbench.errors import QbenchError
@@ -18,14 +19,29 @@ EXIT_USER_ERROR = 2
 EXIT_REGRESSION = 3
 
 
+@dataclass(frozen=True)
+class JobTag:
+    """What ``qbench nightly`` hands a worker beside the bench arguments (see qbench.worker):
+    the suite job its rows belong to, and the leaderboard URL, kept out of argv."""
+
+    job: str
+    job_hash: str
+    db: str
+
+
 def _shape(text: str) -> tuple[str, tuple[int, ...]]:
     name, sep, dims = text.partition("=")
     try:
         if not sep:
             raise ValueError
-        return name, tuple(int(d) for d in dims.split(","))
+        shape = tuple(int(d) for d in dims.split(","))
+        if not name or min(shape) < 1:
+            raise ValueError
+        return name, shape
     except ValueError:
-        raise argparse.ArgumentTypeError(f"--shape wants NAME=D1,D2,… (e.g. image=1,1,8,8), but got {text!r}") from None
+        raise argparse.ArgumentTypeError(
+            f"--shape wants NAME=D1,D2,… with positive dimensions (e.g. image=1,1,8,8), but got {text!r}"
+        ) from None
 
 
 def _positive_int(text: str) -> int:
@@ -35,6 +51,41 @@ def _positive_int(text: str) -> int:
         value = 0
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}")
+    return value
+
+
+def _non_negative_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, but got {text!r}")
+    return value
+
+
+MAX_SECONDS = 24 * 3600.0  # no single setting sensibly samples or waits longer than a day
+
+
+def _seconds(text: str) -> float:
+    """A finite, positive duration (``inf`` or ``nan`` would make a loop never end)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0 and at most {MAX_SECONDS:g}, got {text!r}")
+    return value
+
+
+def _threads(text: str) -> int:
+    """Intra-op threads, bounded: a runtime asked for 100,000 threads tries to start them."""
+    value = _positive_int(text)
+    most = 4 * (os.cpu_count() or 1)
+    if value > most:
+        raise argparse.ArgumentTypeError(
+            f"{value} threads is more than 4x this machine's {os.cpu_count()} logical CPUs; use at most {most}"
+        )
     return value
 
 
@@ -68,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="top1, cosine, sqnr, top1-agreement, knn-top1, ctc-chars, mask-dice or module:function "
         "(default: the zoo model's metric; else top1 with labels, else cosine against fp32)",
     )
-    data_args.add_argument("--threads", type=_positive_int, help="intra-op threads (default: physical cores)")
+    data_args.add_argument("--threads", type=_threads, help="intra-op threads (default: physical cores)")
     data_args.add_argument(
         "--shape",
         type=_shape,
@@ -92,7 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "int8-dynamic, or plan .json files (default: fp32,int8,native-int8 where the backend has a native int8)",
     )
     bench.add_argument("--batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
-    bench.add_argument("--min-seconds", type=float, help="minimum sampling time per plan (default: 2)")
+    bench.add_argument("--min-seconds", type=_seconds, help="minimum sampling time per plan (default: 2)")
     bench.add_argument(
         "--quick", action="store_true", help="short protocol for smoke tests (rows are marked by their protocol)"
     )
@@ -107,9 +158,6 @@ def build_parser() -> argparse.ArgumentParser:
         "--recipe", default="int8", help="comma-separated recipes or plan .json files; fp32 is always profiled too"
     )
     profile.add_argument("--top", type=_positive_int, default=12, help="op-type rows to print per plan (default: 12)")
-    # Set by `qbench nightly` for its workers: the suite job the rows belong to.
-    bench.add_argument("--job", help=argparse.SUPPRESS)
-    bench.add_argument("--job-hash", help=argparse.SUPPRESS)
 
     quick_args = argparse.ArgumentParser(add_help=False)
     quick_args.add_argument(
@@ -129,8 +177,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     tune.add_argument("--max-drop", type=_fraction, default=0.01, help="accuracy budget: 0.01 or 1%% (default: 1%%)")
     tune.add_argument("--trials", type=_positive_int, default=40, help="trials in the study in total (default: 40)")
-    tune.add_argument("--timeout", type=float, help="stop starting trials after this many seconds")
-    tune.add_argument("--patience", type=int, default=20, help="stop after N trials without a better plan (0: never)")
+    tune.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
+    tune.add_argument("--patience", type=_non_negative_int, default=20, help="stop after N trials without a better plan (0: never)")
     tune.add_argument("--pareto", action="store_true", help="multi-objective search for the latency/accuracy front")
     tune.add_argument("--holdout", type=float, default=0.4, help="share of --data kept for the final selection (0.4)")
     tune.add_argument(
@@ -191,10 +239,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _open_board(args: argparse.Namespace):
+def _open_board(args: argparse.Namespace, writes: bool = True):
+    """The leaderboard; ``main`` reports rows it could not take (kept in a fallback file)."""
     from qbench.store import Leaderboard, default_url
 
-    return Leaderboard(args.db or default_url(args.results_dir))
+    board = Leaderboard(args.db or default_url(args.results_dir), fallback=args.results_dir / "unrecorded-rows.jsonl")
+    if writes:
+        board.check_writable()
+    args.board = board
+    return board
+
+
+def _check_recorded(board) -> None:
+    """A one-line error when the leaderboard refused rows mid-run (they are in the fallback file)."""
+    if board is not None and board.unrecorded:
+        raise QbenchError(
+            f"{board.unrecorded} row(s) could not be written to the leaderboard ({board.unrecorded_reason}); "
+            f"they are kept in {board.fallback}"
+        )
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
@@ -299,8 +361,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         threads=args.threads or machine.physical_cores,
         batch_size=args.batch,
         protocol=protocol,
-        job=args.job,
-        job_hash=args.job_hash,
+        job=args.job.job if args.job else None,
+        job_hash=args.job.job_hash if args.job else None,
         profile=args.profile,
     )
     board = _open_board(args)  # fail on an unreachable database before measuring anything
@@ -318,6 +380,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             workdir=args.results_dir / "cache",
             progress=step_printer(args.quiet),
         )
+        _check_recorded(board)
         frame = board.frame()
         mine = frame[frame.run_id == rows[0]["run_id"]]
         print(
@@ -442,6 +505,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from qbench.machine import current_machine
     from qbench.measure import QUICK_PROTOCOL
     from qbench.progress import bar, step_printer
+    from qbench.store import safe_url
     from qbench.tables import latest_per_plan, ranked, write_tables
     from search import FINAL_PROTOCOL, StudySettings, feasible_trials, finished_count, split_holdout, tune
 
@@ -492,12 +556,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
             on_trial=on_trial,
             quick_samples=args.quick_samples,
         )
+        _check_recorded(board)
         frame = board.frame()
         write_tables(frame, args.results_dir)
     finally:
         progress_bar.close()
         board.close()
-    print(f"study {result.study_name}: {result.trials_finished} trials finished (storage {storage})")
+    print(f"study {result.study_name}: {result.trials} (storage {safe_url(storage)})")
     print(f"\nPareto front (tuning data, {len(tuning)} samples):")
     print(result.front.to_string(index=False) if not result.front.empty else "  (no timed trial)")
     mine = frame[frame.run_id == result.baseline["run_id"]]
@@ -545,7 +610,7 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 def cmd_leaderboard(args: argparse.Namespace) -> int:
     from qbench.tables import ACROSS_BACKENDS_NOTE, across_backends, across_title, group_title, latest_per_plan, ranked
 
-    board = _open_board(args)
+    board = _open_board(args, writes=False)
     try:
         frame = board.frame()
     finally:
@@ -603,7 +668,7 @@ def _print_changes(changes) -> int:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    board = _open_board(args)
+    board = _open_board(args, writes=False)
     try:
         written, changes = _report(args.results_dir, board, args.threshold, args.accuracy_tolerance)
     finally:
@@ -685,8 +750,14 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+def main(argv: Sequence[str] | None = None, *, job: JobTag | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as exc:  # argparse printed usage and the error (2), or --help / --version (0)
+        return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
+    args.job = job
+    if job is not None:
+        args.db = job.db
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
         format="%(levelname)s %(name)s: %(message)s",
@@ -695,9 +766,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for noisy in ("onnxruntime", "root", "optuna"):  # their INFO lines would drown the progress output
         logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
     try:
-        return COMMANDS[args.command](args)
+        if args.results_dir.exists() and not args.results_dir.is_dir():
+            raise QbenchError(f"--results-dir {args.results_dir} is a file; pass a folder (it is created if missing)")
+        code = COMMANDS[args.command](args)
+        _check_recorded(getattr(args, "board", None))
+        return code
     except QbenchError as exc:
         print(f"qbench: error: {exc}", file=sys.stderr)
+        return EXIT_USER_ERROR
+    except OSError as exc:  # a read-only results folder, a full disk, a path that is a file
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"qbench: error: {exc.strerror or exc}{where} (check --results-dir and its permissions)", file=sys.stderr)
         return EXIT_USER_ERROR
     except KeyboardInterrupt:
         print("qbench: interrupted; rows already recorded are kept", file=sys.stderr)

@@ -114,6 +114,13 @@ def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, sour
                 raise QbenchError(
                     f"{source}: array {spec.name!r} is {array.dtype}, but the model input is {spec.describe()}"
                 )
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+            first = int(np.argwhere(~np.isfinite(array))[0][0])
+            raise QbenchError(
+                f"{source}: array {spec.name!r} holds {bad} NaN or infinite value(s) (first in sample {first}); "
+                "they would poison calibration ranges and scores: clean the data"
+            )
         inputs[spec.name] = np.ascontiguousarray(array)
     batch = fixed_batch_size(model)
     n = next(iter(counts.values()))
@@ -121,6 +128,8 @@ def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, sour
         raise QbenchError(f"{source}: {n} samples, but the model's fixed batch size is {batch}")
     if labels is not None:
         labels = np.asarray(labels)
+        if labels.dtype.kind in "OV":
+            raise QbenchError(f"{source}: '{LABELS_KEY}' must be a plain numeric or string array, not {labels.dtype}")
         if labels.ndim == 0 or len(labels) != n:
             got = "a scalar" if labels.ndim == 0 else f"{len(labels)}"
             raise QbenchError(f"{source}: '{LABELS_KEY}' has {got} entries, but the inputs hold {n} samples")

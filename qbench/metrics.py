@@ -29,6 +29,17 @@ class Metric:
     needs_labels: bool
     needs_reference: bool
 
+    labels_check: Callable[[np.ndarray, np.ndarray], str | None] | None = None
+
+    def check_labels(self, labels: np.ndarray | None, outputs: np.ndarray, source: str) -> None:
+        """Refuse labels this metric would silently misread (a wrong score with exit 0), given the
+        fp32 outputs; call it once, before any plan is scored."""
+        if labels is None or self.labels_check is None:
+            return
+        problem = self.labels_check(np.asarray(labels), np.asarray(outputs))
+        if problem:
+            raise QbenchError(f"{source}: 'labels' {problem} (metric {self.name})")
+
     def __call__(self, outputs: np.ndarray, labels: np.ndarray | None, reference: np.ndarray | None) -> float:
         if self.needs_labels and labels is None:
             raise QbenchError(
@@ -110,20 +121,79 @@ def _mask_dice(outputs: np.ndarray, labels: np.ndarray | None, _reference: np.nd
     return float(np.mean(2.0 * overlap / np.maximum(sizes, 1)))
 
 
+def _load_file(path: str):
+    import importlib.util
+    import pathlib
+
+    if not pathlib.Path(path).is_file():
+        raise ImportError(f"no such file: {path}")
+    spec = importlib.util.spec_from_file_location(f"qbench_user_metric_{pathlib.Path(path).stem}", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _class_indices(labels: np.ndarray, classes: int, per_sample: int | None) -> str | None:
+    """What is wrong with ``labels`` as integer class indices below ``classes`` (``per_sample``
+    of them per sample, or any number padded with negative values when None), or None."""
+    if labels.dtype.kind not in "iuf":
+        return f"are {labels.dtype} values; this metric wants integer class indices"
+    if labels.dtype.kind == "f" and not np.all(np.isfinite(labels) & (labels == np.round(labels))):
+        return "hold non-integer values; this metric wants integer class indices"
+    values = labels.reshape(len(labels), -1)
+    if per_sample is not None and values.shape[1] != per_sample:
+        return f"have shape {list(labels.shape)}; this metric wants one class index per sample, shape [{len(labels)}]"
+    if per_sample is not None and values.min(initial=0) < 0:
+        return f"hold negative values (min {values.min():g}); class indices start at 0"
+    if values.max(initial=-1) >= classes:
+        return f"go up to {values.max():g}, but the model's output has {classes} classes (0 to {classes - 1})"
+    return None
+
+
+def _top1_labels(labels: np.ndarray, outputs: np.ndarray) -> str | None:
+    return _class_indices(labels, int(np.prod(outputs.shape[1:])), per_sample=1)
+
+
+def _knn_labels(labels: np.ndarray, _outputs: np.ndarray) -> str | None:
+    if labels.dtype.kind not in "iufUSb" or labels.reshape(len(labels), -1).shape[1] != 1:
+        return f"have shape {list(labels.shape)} and type {labels.dtype}; knn-top1 wants one label per sample"
+    return None
+
+
+def _ctc_labels(labels: np.ndarray, outputs: np.ndarray) -> str | None:
+    return _class_indices(labels, outputs.shape[-1], per_sample=None)
+
+
+def _mask_labels(labels: np.ndarray, outputs: np.ndarray) -> str | None:
+    if labels.size != outputs.size:
+        return f"have shape {list(labels.shape)}, but the model's output is {list(outputs.shape)}; masks must match it"
+    if not np.all((labels == 0) | (labels == 1)):
+        return "hold values other than 0 and 1; masks are 0/1"
+    return None
+
+
 BUILTIN_METRICS = {
-    "top1": Metric("top1", _top1, needs_labels=True, needs_reference=False),
+    "top1": Metric("top1", _top1, needs_labels=True, needs_reference=False, labels_check=_top1_labels),
     "cosine": Metric("cosine", _cosine, needs_labels=False, needs_reference=True),
     "sqnr": Metric("sqnr", _sqnr, needs_labels=False, needs_reference=True),
     "top1-agreement": Metric("top1-agreement", _top1_agreement, needs_labels=False, needs_reference=True),
-    "knn-top1": Metric("knn-top1", _knn_top1, needs_labels=True, needs_reference=False),
-    "ctc-chars": Metric("ctc-chars", _ctc_chars, needs_labels=True, needs_reference=False),
-    "mask-dice": Metric("mask-dice", _mask_dice, needs_labels=True, needs_reference=False),
+    "knn-top1": Metric("knn-top1", _knn_top1, needs_labels=True, needs_reference=False, labels_check=_knn_labels),
+    "ctc-chars": Metric("ctc-chars", _ctc_chars, needs_labels=True, needs_reference=False, labels_check=_ctc_labels),
+    "mask-dice": Metric(
+        "mask-dice", _mask_dice, needs_labels=True, needs_reference=False, labels_check=_mask_labels
+    ),
 }
 
 
 def get_metric(spec: str | None, has_labels: bool) -> Metric:
-    """A built-in metric by name, a user function ``module:function``, or the default:
-    ``top1`` when the data has labels, else ``cosine`` against fp32."""
+    """A built-in metric by name, a user function, or the default: ``top1`` when the data has
+    labels, else ``cosine`` against fp32.
+
+    A user function is ``path/to/file.py:function`` (that file, loaded by path) or
+    ``module:function`` (imported from the installed packages and $PYTHONPATH). qbench runs as a
+    console script and starts its workers with ``python -P``, so the current directory is never
+    searched: the same spec finds the same code in ``bench``, ``tune`` and every nightly worker.
+    Either form runs that code, like a pytest conftest."""
     if spec is None:
         return BUILTIN_METRICS["top1" if has_labels else "cosine"]
     if spec in BUILTIN_METRICS:
@@ -132,9 +202,13 @@ def get_metric(spec: str | None, has_labels: bool) -> Metric:
         raise QbenchError(f"unknown metric {spec!r}: use one of {', '.join(BUILTIN_METRICS)} or module:function")
     module_name, _, attr = spec.partition(":")
     try:
-        fn = getattr(importlib.import_module(module_name), attr)
-    except (ImportError, AttributeError) as exc:
-        raise QbenchError(f"cannot load metric {spec!r}: {exc}") from exc
+        module = _load_file(module_name) if module_name.endswith(".py") else importlib.import_module(module_name)
+        fn = getattr(module, attr)
+    except (ImportError, AttributeError, OSError, SyntaxError) as exc:
+        raise QbenchError(
+            f"cannot load metric {spec!r}: {exc} (use path/to/file.py:function, or module:function for a module "
+            "on $PYTHONPATH or installed; the current directory is not searched)"
+        ) from exc
     if not callable(fn):
         raise QbenchError(f"metric {spec!r} is not callable; it must be fn(outputs, labels, reference) -> float")
     return Metric(spec, fn, needs_labels=False, needs_reference=False)

@@ -9,6 +9,7 @@ are skipped unless ``force``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import signal
@@ -24,6 +25,7 @@ import sqlalchemy as sa
 
 from qbench import __version__
 from qbench.codeversion import code_version
+from qbench.errors import QbenchError
 from qbench.machine import Machine
 from qbench.store import Leaderboard, results, safe_url
 from qbench.suite import Suite, SuiteJob, file_hash
@@ -51,7 +53,7 @@ def run_suite(
 ) -> list[JobOutcome]:
     """Run the suite's jobs in order; ``available(backend)`` is None or why it is not usable."""
     board.record_machine(machine.to_dict())
-    log_dir = os.path.join(results_dir, "nightly-logs", suite.name)
+    log_dir = inside(results_dir, os.path.join("nightly-logs", suite.name))
     os.makedirs(log_dir, exist_ok=True)
     outcomes = []
     for job in suite.jobs:
@@ -64,10 +66,21 @@ def run_suite(
             outcomes.append(JobOutcome(job, "skipped", detail="measured before with this code on this machine"))
         else:
             on_job(job, "running")
-            log_file = os.path.join(log_dir, job.job_id.split(":", 1)[1].replace("/", "__") + ".log")
-            outcomes.append(_run_worker(job, threads, config, suite.timeout_s, board, machine, results_dir, log_file))
+            log_file = inside(log_dir, f"{job.name}__{job.backend}.log")
+            timeout_s = job.timeout_s or suite.timeout_s
+            outcomes.append(_run_worker(job, threads, config, timeout_s, board, machine, results_dir, log_file))
         on_job(job, outcomes[-1].status)
     return outcomes
+
+
+def inside(folder: os.PathLike, relative: str) -> str:
+    """``folder/relative``, refusing any path that resolves outside ``folder`` (suite and job
+    names are validated slugs already; this guards every path built from them)."""
+    root = os.path.realpath(folder)
+    path = os.path.realpath(os.path.join(root, relative))
+    if os.path.commonpath([root, path]) != root:
+        raise QbenchError(f"{relative!r} would be written outside the results directory {root}; rename it")
+    return path
 
 
 def _already_measured(board: Leaderboard, machine: Machine, config: str) -> bool:
@@ -96,16 +109,23 @@ def _run_worker(
     results_dir: os.PathLike,
     log_file: str,
 ) -> JobOutcome:
-    command = [sys.executable, "-m", "qbench.cli", "bench", *job.bench_args(threads), "--quiet"]
-    command += ["--results-dir", os.fspath(results_dir), "--db", board.url, "--job", job.job_id, "--job-hash", config]
+    # -P: nothing is imported from the current directory. The job, with the leaderboard URL
+    # (which may hold a password), goes to stdin, never to argv where `ps` shows it.
+    command = [sys.executable, "-P", "-m", "qbench.worker"]
+    bench_args = [*job.bench_args(threads), "--quiet", "--results-dir", os.fspath(results_dir)]
+    spec = {"bench_args": bench_args, "db": board.url, "job": job.job_id, "job_hash": config}
     rows_before = _rows_of(board, config)
     start = time.perf_counter()
     with open(log_file, "w+", encoding="utf-8", errors="replace") as output:
-        output.write("$ " + " ".join(command).replace(board.url, safe_url(board.url)) + "\n")
+        output.write(f"$ qbench bench {' '.join(bench_args)}  # job {job.job_id}, leaderboard {safe_url(board.url)}\n")
         output.flush()
         # Its own session, so a timeout kills the worker and anything it started.
-        worker = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, start_new_session=True)
+        worker = subprocess.Popen(
+            command, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, text=True
+        )
         try:
+            worker.stdin.write(json.dumps(spec))
+            worker.stdin.close()
             code = worker.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(worker.pid, signal.SIGKILL)

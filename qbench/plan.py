@@ -133,19 +133,30 @@ class PrecisionPlan:
         layers = data.get("layers", {})
         if not isinstance(layers, Mapping):
             raise QbenchError(f'{source}: "layers" must map layer names to precisions')
+        if not all(isinstance(k, str) and isinstance(v, str) for k, v in layers.items()):
+            raise QbenchError(f'{source}: "layers" must map layer names to precision names (strings)')
         known = {f.name for f in fields(PlanOptions)}
         options = data.get("options", {})
+        if not isinstance(options, Mapping):
+            raise QbenchError(f'{source}: "options" must be a JSON object of plan options, e.g. {{"per_channel": true}}')
         unknown = set(options) - known
         if unknown:
             raise QbenchError(f"{source}: unknown plan option(s) {sorted(unknown)}; known options are {sorted(known)}")
-        return cls(dict(layers), PlanOptions(**options), str(data.get("name", pathlib.Path(source).stem)))
+        name = data.get("name", pathlib.Path(source).stem)
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_PLAN_NAME:
+            raise QbenchError(f'{source}: "name" must be a string of 1 to {MAX_PLAN_NAME} characters')
+        return cls(dict(layers), PlanOptions(**options), name)
 
     @classmethod
     def from_json(cls, text: str, source: str = "plan") -> PrecisionPlan:
+        if len(text) > MAX_PLAN_CHARS:
+            raise QbenchError(f"{source} holds {len(text):,} characters; a plan is at most {MAX_PLAN_CHARS:,}")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
             raise QbenchError(f"{source} is not valid JSON: {exc}") from exc
+        except RecursionError:
+            raise QbenchError(f"{source} is nested too deeply to be a qbench plan") from None
         return cls.from_dict(data, source)
 
     @property
@@ -156,6 +167,9 @@ class PrecisionPlan:
         payload["options"] = {k: v for k, v in payload["options"].items() if v is not None}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
+
+MAX_PLAN_NAME = 200  # plan names label every table row
+MAX_PLAN_CHARS = 16 * 2**20  # a plan for a 100k-layer model is a few MB
 
 BUILTIN_RECIPES = ("fp32", "int8", "native-int8", "int8-dynamic")
 
@@ -178,7 +192,13 @@ def recipe_plan(recipe: str, layers: Iterable[tuple[str, str]]) -> PrecisionPlan
     if path.suffix == ".json":
         if not path.is_file():
             raise QbenchError(f"plan file not found: {path}")
-        return PrecisionPlan.from_json(path.read_text(), str(path))
+        if path.stat().st_size > MAX_PLAN_CHARS:
+            raise QbenchError(f"{path} is {path.stat().st_size:,} bytes; a plan file is at most {MAX_PLAN_CHARS:,}")
+        try:
+            text = path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise QbenchError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save the plan as UTF-8") from None
+        return PrecisionPlan.from_json(text, str(path))
     raise QbenchError(
         f"unknown recipe {recipe!r}: use one of {', '.join(BUILTIN_RECIPES)} or a plan file ending in .json"
     )

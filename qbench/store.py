@@ -7,9 +7,13 @@ applies the migrations in order, and a newer one is refused rather than misread.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
 import json
+import logging
+import os
 import pathlib
+import tempfile
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
@@ -20,6 +24,7 @@ from sqlalchemy.engine import Connection, Engine
 
 from qbench.errors import QbenchError, first_line
 
+log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
 SCHEMA_LOCK_KEY = 0x71BE7C  # PostgreSQL advisory lock held while creating or migrating the schema
 
@@ -126,14 +131,20 @@ def samples_from_bytes(blob: bytes | None) -> np.ndarray:
 class Leaderboard:
     """A connection to the store. Opening it checks reachability and the schema version."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, fallback: pathlib.Path | None = None) -> None:
+        """``fallback``: where rows go, as JSON lines, when the database stops taking them mid-run
+        (deleted, read-only, disk full, server gone); the default is a file in the temp folder."""
         self.url = url
+        self.fallback = fallback or pathlib.Path(tempfile.gettempdir()) / "qbench-unrecorded-rows.jsonl"
+        self.unrecorded = 0
+        self._sqlite_file = pathlib.Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
         try:
-            if url.startswith("sqlite:///"):
-                pathlib.Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+            if self._sqlite_file is not None:
+                self._sqlite_file.parent.mkdir(parents=True, exist_ok=True)
             self.engine: Engine = sa.create_engine(url, future=True)
             with self.engine.begin() as conn:
                 self._prepare(conn)
+            self._identity = self._file_identity()
         except sa.exc.ArgumentError as exc:
             raise QbenchError(
                 f"leaderboard URL {url!r} is not a database URL ({exc}); use sqlite:///path.db or postgresql://…"
@@ -164,18 +175,55 @@ class Leaderboard:
             _meta.create_all(conn)
             conn.execute(schema_info.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
             return
-        version = int(
-            conn.execute(sa.select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar_one()
-        )
+        stored = conn.execute(sa.select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar()
+        try:
+            version = int(stored)
+        except (TypeError, ValueError):
+            raise QbenchError(
+                f"leaderboard {safe_url(self.url)} is damaged: its schema version is {str(stored)[:40]!r}, not a "
+                "number; restore it from a backup or point --db / --results-dir at a new one"
+            ) from None
         if version > SCHEMA_VERSION:
             raise QbenchError(
                 f"leaderboard {safe_url(self.url)} has schema v{version}, newer than this qbench understands "
                 f"(v{SCHEMA_VERSION}); upgrade qbench"
             )
+        if version < 1:
+            raise QbenchError(f"leaderboard {safe_url(self.url)} is damaged: schema version {version} does not exist")
         while version < SCHEMA_VERSION:
             MIGRATIONS[version](conn)
             version += 1
             conn.execute(schema_info.update().where(schema_info.c.key == "schema_version").values(value=str(version)))
+        for table in (machines, results):
+            have = {c["name"] for c in sa.inspect(conn).get_columns(table.name)}
+            missing = [c.name for c in table.columns if c.name not in have]
+            if missing:
+                raise QbenchError(
+                    f"leaderboard {safe_url(self.url)} is damaged: table {table.name} lacks column(s) "
+                    f"{', '.join(missing)}; restore it from a backup or point --db / --results-dir at a new one"
+                )
+
+    def _file_identity(self) -> tuple[int, int] | None:
+        """The SQLite file's (device, inode): a file deleted or replaced mid-run no longer
+        matches, and rows written through the open connection would vanish with it."""
+        if self._sqlite_file is None:
+            return None
+        try:
+            info = self._sqlite_file.stat()
+        except OSError:
+            return None
+        return info.st_dev, info.st_ino
+
+    def check_writable(self) -> None:
+        """Refuse, before anything is measured, a SQLite leaderboard this process cannot write."""
+        if self._sqlite_file is None:
+            return
+        for path in (self._sqlite_file, self._sqlite_file.parent):  # SQLite writes a journal beside the file
+            if not os.access(path, os.W_OK):
+                raise QbenchError(
+                    f"leaderboard {self._sqlite_file} is read-only ({path} is not writable); "
+                    "make it writable or pass another --results-dir / --db"
+                )
 
     @property
     def schema_version(self) -> int:
@@ -185,6 +233,7 @@ class Leaderboard:
             )
 
     def record_machine(self, fingerprint: Mapping[str, Any]) -> None:
+        self._machine = dict(fingerprint)  # kept with any row that has to go to the fallback file
         try:
             with self.engine.begin() as conn:
                 exists = conn.execute(
@@ -200,6 +249,8 @@ class Leaderboard:
                     )
         except sa.exc.IntegrityError:
             pass  # another process of the farm recorded the same machine first
+        except sa.exc.DBAPIError as exc:
+            log.warning("cannot record the machine in %s: %s", safe_url(self.url), first_line(exc.orig or exc))
 
     def insert(self, row: Mapping[str, Any]) -> int:
         """Insert one result row in its own transaction and return its id."""
@@ -211,8 +262,32 @@ class Leaderboard:
         for column in JSON_COLUMNS:
             if column in values and not isinstance(values[column], str | type(None)):
                 values[column] = json.dumps(values[column], sort_keys=True)
-        with self.engine.begin() as conn:
-            return int(conn.execute(results.insert().values(**values)).inserted_primary_key[0])
+        try:
+            if self._file_identity() != self._identity:
+                raise OSError(f"the leaderboard file {self._sqlite_file} was deleted or replaced during the run")
+            with self.engine.begin() as conn:
+                return int(conn.execute(results.insert().values(**values)).inserted_primary_key[0])
+        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:  # not a bad row: a lost database
+            self._keep(values, first_line(getattr(exc, "orig", None) or exc))
+            return -1
+
+    def _keep(self, values: dict[str, Any], reason: str) -> None:
+        """A row the database refused goes to the fallback file, so no measurement is lost."""
+        record = {k: (base64.b64encode(v).decode() if isinstance(v, bytes) else v) for k, v in values.items()}
+        record["machine_fingerprint"] = getattr(self, "_machine", None)
+        line = json.dumps(record, default=str, sort_keys=True) + "\n"
+        try:
+            self.fallback.parent.mkdir(parents=True, exist_ok=True)
+            with self.fallback.open("a", encoding="utf-8") as handle:
+                handle.write(line)
+        except OSError:  # the results folder itself is gone or read-only
+            self.fallback = pathlib.Path(tempfile.gettempdir()) / f"qbench-unrecorded-rows-{os.getpid()}.jsonl"
+            with self.fallback.open("a", encoding="utf-8") as handle:
+                handle.write(line)
+        if not self.unrecorded:
+            log.error("cannot write to leaderboard %s (%s); keeping rows in %s", safe_url(self.url), reason, self.fallback)
+        self.unrecorded += 1
+        self.unrecorded_reason = reason
 
     def frame(self, where: Iterable[sa.ColumnElement[bool]] = (), samples: bool = False) -> pd.DataFrame:
         """Result rows (newest last) with the machine's CPU model, as a DataFrame. The raw
@@ -248,6 +323,21 @@ class Leaderboard:
 
 def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
+
+
+def without_password(text: str, url: str) -> str:
+    """``text`` (an error message) with ``url``'s password replaced by ***, wherever it appears."""
+    try:
+        password = sa.engine.make_url(url).password
+    except sa.exc.ArgumentError:
+        return text
+    if not password:
+        return text
+    from urllib.parse import quote
+
+    for form in {str(password), quote(str(password), safe="")}:
+        text = text.replace(form, "***")
+    return text
 
 
 def safe_url(url: str) -> str:

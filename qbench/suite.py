@@ -11,8 +11,9 @@ the protocol, expanded into one job per (entry, backend).
     model = "digits-cnn"    # a zoo name or an .onnx path (relative to the suite file)
 
 Job keys: model, name, data, calib_data, metric, backends, recipes, threads, batch, protocol
-("standard" or "quick"), min_seconds, shape (input name -> dims). Paths are relative to the
-suite file.
+("standard" or "quick"), min_seconds, shape (input name -> dims), timeout_s. Paths are relative
+to the suite file. Suite and job names are slugs (letters, digits, ``.``, ``_``, ``-``): they
+name files under the results directory, so they can never point outside it.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import pathlib
+import re
 import tomllib
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,9 +42,22 @@ JOB_KEYS: dict[str, type | tuple[type, ...]] = {
     "protocol": str,
     "min_seconds": (int, float),
     "shape": dict,
+    "timeout_s": (int, float),
 }
 PROTOCOLS = ("standard", "quick")
 PATH_KEYS = ("data", "calib_data")
+SLUG = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+MAX_TIMEOUT_S = 7 * 24 * 3600.0
+
+
+def checked_slug(name: str, what: str) -> str:
+    """``name`` if it is a safe file-name component, else a one-line error saying what to use."""
+    if not SLUG.fullmatch(name) or ".." in name:
+        raise QbenchError(
+            f"{what} {name[:80]!r} is not a valid name: use 1-64 letters, digits, '.', '_' or '-', "
+            "starting with a letter or digit (it names files under the results directory)"
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,7 @@ class SuiteJob:
     protocol: str = "standard"
     min_seconds: float | None = None
     shape: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    timeout_s: float | None = None  # this job's worker limit (default: the suite's timeout_s)
 
     @property
     def job_id(self) -> str:
@@ -71,10 +87,12 @@ class SuiteJob:
     def config_hash(self, threads: int) -> str:
         """Everything that defines the measurement, files included by content: a rerun with an
         identical hash (same code, same machine) measures nothing new."""
-        config = {k: v for k, v in self.__dict__.items() if k != "threads"}
+        config = {k: v for k, v in self.__dict__.items() if k not in ("threads", "timeout_s")}
         config["threads"] = threads
         config["files"] = {
-            spec: file_hash(spec) for spec in (self.model, self.data, self.calib_data, *self.recipes) if spec
+            spec: file_hash(spec)
+            for spec in (self.model, self.data, self.calib_data, *self.recipes, metric_file(self.metric))
+            if spec
         }
         return hashlib.sha256(json.dumps(config, sort_keys=True, default=list).encode()).hexdigest()[:16]
 
@@ -114,6 +132,12 @@ def file_hash(spec: str) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
 
+def metric_file(metric: str | None) -> str | None:
+    """The Python file of a ``path/to/file.py:function`` metric, else None."""
+    module = (metric or "").partition(":")[0]
+    return module if module.endswith(".py") else None
+
+
 def parse_override(text: str) -> tuple[str, Any]:
     """``--set threads=1``: a job key and a TOML value (bare words are strings)."""
     key, sep, raw = text.partition("=")
@@ -142,7 +166,10 @@ def load_suite(path: str | pathlib.Path, overrides: dict[str, Any] | None = None
     entries = document.get("job", [])
     if not isinstance(entries, list) or not entries:
         raise QbenchError(f"{path} lists no jobs: add at least one [[job]] with a model")
-    name = header.get("name", path.stem)
+    name = checked_slug(header.get("name", path.stem), f"{path} [suite] name")
+    timeout_s = float(header.get("timeout_s", 1800.0))
+    if not 0 < timeout_s <= MAX_TIMEOUT_S:
+        raise QbenchError(f"{path} [suite]: timeout_s = {timeout_s:g}; use a number of seconds up to a week")
     jobs = []
     for number, entry in enumerate(entries, start=1):
         where = f"{path} job {number}"
@@ -157,7 +184,7 @@ def load_suite(path: str | pathlib.Path, overrides: dict[str, Any] | None = None
         name=name,
         path=path,
         jobs=tuple(jobs),
-        timeout_s=float(header.get("timeout_s", 1800.0)),
+        timeout_s=timeout_s,
         regression_threshold=float(header.get("regression_threshold", 0.10)),
         accuracy_tolerance=float(header.get("accuracy_tolerance", 0.005)),
         overrides=dict(overrides or {}),
@@ -189,6 +216,9 @@ def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str
     for key in ("threads", "batch"):
         if key in settings and settings[key] < 1:
             raise QbenchError(f"{where}: {key} must be at least 1, got {settings[key]}")
+    for key in ("min_seconds", "timeout_s"):
+        if key in settings and not 0 < settings[key] <= MAX_TIMEOUT_S:
+            raise QbenchError(f"{where}: {key} = {settings[key]:g}; use a positive number of seconds up to a week")
     recipes = tuple(_relative(r, base) if r.endswith(".json") else r for r in settings.get("recipes", ["fp32", "int8"]))
     backends = settings.get("backends", ["onnxruntime"])
     if not backends or not all(isinstance(b, str) for b in backends):
@@ -196,18 +226,28 @@ def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str
     shape = tuple((k, tuple(int(d) for d in v)) for k, v in sorted(settings.get("shape", {}).items()))
     common = {
         "suite": suite,
-        "name": settings.get("name", pathlib.Path(settings["model"]).stem),
+        "name": checked_slug(settings.get("name", pathlib.Path(settings["model"]).stem), f"{where}: job name"),
         "model": model,
         "recipes": recipes,
-        "metric": settings.get("metric"),
+        "metric": _metric_relative(settings.get("metric"), base),
         "threads": settings.get("threads"),
         "batch": settings.get("batch", 1),
         "protocol": protocol,
         "min_seconds": settings.get("min_seconds"),
         "shape": shape,
+        "timeout_s": settings.get("timeout_s"),
         **{key: _relative(settings[key], base) for key in PATH_KEYS if key in settings},
     }
     return [SuiteJob(backend=backend, **common) for backend in backends]
+
+
+def _metric_relative(metric: str | None, base: pathlib.Path) -> str | None:
+    """A ``file.py:function`` metric is a path relative to the suite file; a ``module:function``
+    one is imported from the installed packages and $PYTHONPATH, never the current directory."""
+    if metric_file(metric) is None:
+        return metric
+    module, _, function = metric.partition(":")
+    return f"{_relative(module, base)}:{function}"
 
 
 def _relative(spec: str, base: pathlib.Path) -> str:

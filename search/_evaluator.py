@@ -71,6 +71,7 @@ class PlanEvaluator:
         artifact = backend.build(model, self.baseline_plan, None, workdir)
         self._baseline = backend.load(artifact, threads, shared_process=True)
         self.reference = evaluation_outputs(self._baseline, evaluation_data, self.fixed_batch)
+        metric.check_labels(evaluation_data.labels, self.reference, evaluation_data.source)
         self.baseline_accuracy = self._score(self.reference, evaluation_data)
         self.baseline_quick_accuracy = self._score(self.reference[: len(self.quick_data)], self.quick_data)
 

@@ -22,6 +22,7 @@ from optuna.trial import FrozenTrial, TrialState
 
 from qbench.errors import QbenchError, describe, first_line
 from qbench.plan import PrecisionPlan
+from qbench.store import safe_url, without_password
 from search._evaluator import PlanEvaluator
 from search._sensitivity import SensitivityReport
 from search._space import OPTION_PREFIX, SearchSpace
@@ -32,6 +33,9 @@ FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 HEARTBEAT_SECONDS = 2
 GRACE_SECONDS = 6  # a killed worker's trial is failed (and counted) this soon after
 BUDGET_CONSTRAINT = "accuracy_drop_over_budget"
+SEEDED_ATTR = "seeded"
+SEED_WAIT_SECONDS = 600.0  # the creator measures fp32 and seeds right after creating the study
+POLL_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -80,30 +84,44 @@ def _rdb_storage(storage_url: str) -> optuna.storages.RDBStorage:
     raise AssertionError("unreachable")
 
 
-def open_study(storage_url: str, study_name: str, settings: StudySettings) -> optuna.Study:
+def open_study(storage_url: str, study_name: str, settings: StudySettings) -> tuple[optuna.Study, bool]:
+    """The study, and whether this call created it. Creation is atomic in the storage (a unique
+    study name), so when workers start together exactly one of them learns it is the creator."""
     try:
         storage = _rdb_storage(storage_url)
     except Exception as exc:  # SQLAlchemy and driver errors all mean "cannot use this URL"
-        raise QbenchError(f"cannot open study storage {storage_url!r}: {first_line(exc)}") from exc
+        raise QbenchError(
+            f"cannot open study storage {safe_url(storage_url)}: {without_password(first_line(exc), storage_url)}"
+        ) from None  # the chained exception would print the URL with its password
     # The sampler reads each trial's constraint (set with Trial.set_constraint) to tell feasible
     # from infeasible trials, so the budget shapes where it searches, not only what we keep.
     sampler = optuna.samplers.TPESampler(seed=settings.seed, n_startup_trials=8, multivariate=True)
     directions = ["minimize", "minimize"] if settings.pareto else ["minimize"]
     try:
-        study = optuna.create_study(
-            storage=storage, sampler=sampler, study_name=study_name, directions=directions, load_if_exists=True
-        )
-    except ValueError as exc:  # e.g. an existing study with other directions
+        return optuna.create_study(storage=storage, sampler=sampler, study_name=study_name, directions=directions), True
+    except optuna.exceptions.DuplicatedStudyError:
+        study = optuna.load_study(storage=storage, sampler=sampler, study_name=study_name)
+    if len(study.directions) != len(directions):
         raise QbenchError(
-            f"study {study_name!r} in {storage_url} cannot be reused: {exc}; pass another --study"
-        ) from exc
-    return study
+            f"study {study_name!r} in {safe_url(storage_url)} was created "
+            f"{'with' if len(study.directions) == 2 else 'without'} --pareto; pass another --study"
+        )
+    return study, False
 
 
-def seed_study(study: optuna.Study, space: SearchSpace, report: SensitivityReport | None, ladder: int) -> None:
+def seed_study(
+    study: optuna.Study, space: SearchSpace, report: SensitivityReport | None, ladder: int, creator: bool = True
+) -> None:
     """Enqueue fp32, uniform int8 in each int8 scheme (every searched option's other values,
-    one at a time), and the ladder; ``skip_if_exists`` keeps a resumed or shared study from
-    running a seed twice."""
+    one at a time), and the ladder.
+
+    Only the worker that created the study seeds it; another worker waits until the seeds are
+    in (so it neither queues them again nor samples ahead of them). A resumed study was seeded
+    already. Should the creator die before seeding, a waiting worker seeds after SEED_WAIT_SECONDS."""
+    if not creator and not _seeded_by_creator(study):
+        log.warning("the worker that created study %s has not seeded it; seeding here", study.study_name)
+    elif not creator:
+        return
     # Options left out of an enqueued trial would be sampled at random: pin them to the defaults.
     defaults = {OPTION_PREFIX + field: values[0] for field, values in space.option_choices}
     int8 = {**space.uniform("int8"), **defaults}
@@ -116,10 +134,33 @@ def seed_study(study: optuna.Study, space: SearchSpace, report: SensitivityRepor
             seeds.append({**int8, **{name: "fp32" for name in order[:k]}})
     for params in seeds:
         study.enqueue_trial(params, skip_if_exists=True)
+    study.set_user_attr(SEEDED_ATTR, True)
+
+
+def _seeded_by_creator(study: optuna.Study) -> bool:
+    deadline = time.monotonic() + SEED_WAIT_SECONDS
+    while SEEDED_ATTR not in study.user_attrs:  # read from the storage on each access
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(POLL_SECONDS)
+    return True
 
 
 def finished_count(study: optuna.Study) -> int:
+    """Trials that count against ``n_trials``: complete or failed (not those pruned because the
+    budget was used up when they started)."""
     return len(study.get_trials(deepcopy=False, states=FINISHED))
+
+
+def trial_summary(study: optuna.Study) -> str:
+    """``"12 trials: 9 plans measured, 2 repeats reused, 1 failed"``."""
+    complete = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    reused = sum(1 for t in complete if "reused_from" in t.user_attrs)
+    failed = len(study.get_trials(deepcopy=False, states=(TrialState.FAIL,)))
+    return (
+        f"{len(complete) + failed} trials: {len(complete) - reused} plans measured, "
+        f"{reused} repeats reused, {failed} failed"
+    )
 
 
 def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
@@ -182,10 +223,22 @@ class _Objective:
 
     @staticmethod
     def _measured(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
-        for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
-            if t.params == trial.params and "plan" in t.user_attrs and "reused_from" not in t.user_attrs:
-                return t
-        return None
+        """The trial that measured this plan already, if any. When another worker is measuring
+        it right now, wait for its result rather than measure the plan twice; should that trial
+        fail (a killed worker's trial fails after the heartbeat's grace period), measure it here."""
+        while True:
+            same = [
+                t
+                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+                if t.number != trial.number and t.params == trial.params and "reused_from" not in t.user_attrs
+            ]
+            done = [t for t in same if t.state == TrialState.COMPLETE and "plan" in t.user_attrs]
+            if done:
+                return done[0]
+            if not any(t.number < trial.number for t in same):  # the lower number measures; the other waits
+                return None
+            time.sleep(POLL_SECONDS)
+            optuna.storages.fail_stale_trials(study)  # a killed worker's trial, so the wait ends
 
     def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial) -> float | tuple[float, float]:
         for key, value in earlier.user_attrs.items():

@@ -25,7 +25,16 @@ from qbench.tables import markdown_table
 from search._evaluator import PlanEvaluator
 from search._sensitivity import SensitivityReport, analyze_sensitivity
 from search._space import build_space
-from search._study import StudySettings, feasible_trials, open_study, pareto_front, run_study, seed_study, trial_plan
+from search._study import (
+    StudySettings,
+    feasible_trials,
+    open_study,
+    pareto_front,
+    run_study,
+    seed_study,
+    trial_plan,
+    trial_summary,
+)
 
 if TYPE_CHECKING:
     from backends import Backend
@@ -63,7 +72,7 @@ class TuneResult:
     front: pd.DataFrame
     sensitivity: SensitivityReport | None
     study_name: str
-    trials_finished: int
+    trials: str  # what the study holds: plans measured, repeats reused, failures
     notes: list[str] = field(default_factory=list)
     output_dir: pathlib.Path | None = None
 
@@ -127,6 +136,7 @@ def tune(
         raise QbenchError(f"{model.name} has no layer that {backend.name} can run in int8; nothing to tune")
     study_name = study_name or default_study_name(model, backend, machine, metric, settings, tuning_data)
     progress(f"study {study_name}: {len(space.groups)} layer groups, {space.size} plans in the space")
+    study, created = open_study(storage_url, study_name, settings)  # an unusable storage fails before any work
     evaluator = PlanEvaluator(
         backend=backend,
         model=model,
@@ -140,8 +150,7 @@ def tune(
     )
     try:
         report = analyze_sensitivity(evaluator, space, "int8", progress)
-        study = open_study(storage_url, study_name, settings)
-        seed_study(study, space, report, settings.ladder)
+        seed_study(study, space, report, settings.ladder, creator=created)
         progress(f"search: up to {settings.n_trials} trials; uniform int8 drop {report.uniform_drop:+.4f} (quick set)")
         run_study(study, evaluator, space, settings, on_trial)
     finally:
@@ -223,7 +232,7 @@ def tune(
         _front_table(front),
         report,
         study_name,
-        len([t for t in study.trials if t.state.is_finished()]),
+        trial_summary(study),
         notes,
     )
     result.output_dir = _write_outputs(result, model, backend, workdir, results_dir, calibration_data, machine)

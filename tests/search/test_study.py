@@ -20,7 +20,7 @@ from search import StudySettings, feasible_trials, open_study, run_study, seed_s
 from search._evaluator import Timing
 from search._sensitivity import GroupSensitivity, SensitivityReport
 from search._space import LayerGroup, SearchSpace
-from search._study import trial_plan, violation
+from search._study import finished_count, trial_plan, trial_summary, violation
 
 # layer: (fp32 ms, int8 ms, accuracy drop when int8)
 COSTS = {
@@ -89,7 +89,7 @@ def best_possible(budget: float) -> float:
 
 
 def _study(tmp_path, settings, name="s"):
-    return open_study(f"sqlite:///{tmp_path}/study.db", name, settings)
+    return open_study(f"sqlite:///{tmp_path}/study.db", name, settings)[0]
 
 
 def test_finds_the_fastest_plan_within_the_budget(tmp_path):
@@ -194,11 +194,39 @@ def test_unreachable_storage_is_a_clear_error():
         open_study("postgresql://qbench@127.0.0.1:1/none", "s", StudySettings(max_drop=0.01))
 
 
-def _worker(url: str, name: str, n_trials: int) -> None:
-    settings = StudySettings(max_drop=0.005, n_trials=n_trials, patience=None)
-    study = open_study(url, name, settings)
-    seed_study(study, SPACE, None, 0)
-    run_study(study, FakeEvaluator(delay=0.02), SPACE, settings)
+LADDER_REPORT = SensitivityReport(
+    "int8", 4.2, 2.0, 0.012, tuple(GroupSensitivity(n, (n,), 0.0, 0.0, 0.0) for n in ["b", "f", "a", "c", "d", "e"])
+)
+
+
+def _worker(url: str, name: str, n_trials: int, start=None, ladder: int = 0) -> None:
+    settings = StudySettings(max_drop=0.005, n_trials=n_trials, patience=None, ladder=ladder)
+    if start is not None:
+        start.wait()  # both workers open the new study at the same moment
+    study, created = open_study(url, name, settings)
+    seed_study(study, SPACE, LADDER_REPORT if ladder else None, ladder, creator=created)
+    run_study(study, FakeEvaluator(delay=0.05), SPACE, settings)
+
+
+def test_two_workers_starting_together_seed_once_and_never_remeasure(tmp_path):
+    """Two `qbench tune` workers on one new study: 7 seeds queued once, no plan measured twice,
+    and exactly n_trials trials counted (complete or failed, never the pruned ones)."""
+    url, n_trials = f"sqlite:///{tmp_path}/shared.db", 10
+    context = multiprocessing.get_context("spawn")
+    start = context.Barrier(2)
+    workers = [context.Process(target=_worker, args=(url, "s", n_trials, start, 5)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(timeout=300)
+        assert w.exitcode == 0
+    study = optuna.load_study(study_name="s", storage=url)
+    queued = [t.system_attrs["fixed_params"] for t in study.trials if "fixed_params" in t.system_attrs]
+    assert len(queued) == 7 and all(queued.count(p) == 1 for p in queued)  # fp32, int8, ladder of 5
+    measured = [t.params for t in study.trials if t.state == TrialState.COMPLETE and "reused_from" not in t.user_attrs]
+    assert all(measured.count(p) == 1 for p in measured)
+    assert finished_count(study) == n_trials
+    assert trial_summary(study).startswith(f"{n_trials} trials: ")
 
 
 def test_two_workers_share_one_postgres_study(postgres_url):
