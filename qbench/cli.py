@@ -74,7 +74,9 @@ def _seconds(text: str) -> float:
     except ValueError:
         value = float("nan")
     if not 0 < value <= MAX_SECONDS:
-        raise argparse.ArgumentTypeError(f"expected a number of seconds above 0 and at most {MAX_SECONDS:g}, got {text!r}")
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds above 0 and at most {MAX_SECONDS:g}, got {text!r}"
+        )
     return value
 
 
@@ -178,7 +180,9 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--max-drop", type=_fraction, default=0.01, help="accuracy budget: 0.01 or 1%% (default: 1%%)")
     tune.add_argument("--trials", type=_positive_int, default=40, help="trials in the study in total (default: 40)")
     tune.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
-    tune.add_argument("--patience", type=_non_negative_int, default=20, help="stop after N trials without a better plan (0: never)")
+    tune.add_argument(
+        "--patience", type=_non_negative_int, default=20, help="stop after N trials without a better plan (0: never)"
+    )
     tune.add_argument("--pareto", action="store_true", help="multi-objective search for the latency/accuracy front")
     tune.add_argument("--holdout", type=float, default=0.4, help="share of --data kept for the final selection (0.4)")
     tune.add_argument(

@@ -179,9 +179,7 @@ BUILTIN_METRICS = {
     "top1-agreement": Metric("top1-agreement", _top1_agreement, needs_labels=False, needs_reference=True),
     "knn-top1": Metric("knn-top1", _knn_top1, needs_labels=True, needs_reference=False, labels_check=_knn_labels),
     "ctc-chars": Metric("ctc-chars", _ctc_chars, needs_labels=True, needs_reference=False, labels_check=_ctc_labels),
-    "mask-dice": Metric(
-        "mask-dice", _mask_dice, needs_labels=True, needs_reference=False, labels_check=_mask_labels
-    ),
+    "mask-dice": Metric("mask-dice", _mask_dice, needs_labels=True, needs_reference=False, labels_check=_mask_labels),
 }
 
 

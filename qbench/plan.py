@@ -138,7 +138,9 @@ class PrecisionPlan:
         known = {f.name for f in fields(PlanOptions)}
         options = data.get("options", {})
         if not isinstance(options, Mapping):
-            raise QbenchError(f'{source}: "options" must be a JSON object of plan options, e.g. {{"per_channel": true}}')
+            raise QbenchError(
+                f'{source}: "options" must be a JSON object of plan options, e.g. {{"per_channel": true}}'
+            )
         unknown = set(options) - known
         if unknown:
             raise QbenchError(f"{source}: unknown plan option(s) {sorted(unknown)}; known options are {sorted(known)}")
@@ -197,7 +199,9 @@ def recipe_plan(recipe: str, layers: Iterable[tuple[str, str]]) -> PrecisionPlan
         try:
             text = path.read_text(encoding="utf-8")
         except UnicodeDecodeError as exc:
-            raise QbenchError(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save the plan as UTF-8") from None
+            raise QbenchError(
+                f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start}); save the plan as UTF-8"
+            ) from None
         return PrecisionPlan.from_json(text, str(path))
     raise QbenchError(
         f"unknown recipe {recipe!r}: use one of {', '.join(BUILTIN_RECIPES)} or a plan file ending in .json"

@@ -285,7 +285,9 @@ class Leaderboard:
             with self.fallback.open("a", encoding="utf-8") as handle:
                 handle.write(line)
         if not self.unrecorded:
-            log.error("cannot write to leaderboard %s (%s); keeping rows in %s", safe_url(self.url), reason, self.fallback)
+            log.error(
+                "cannot write to leaderboard %s (%s); keeping rows in %s", safe_url(self.url), reason, self.fallback
+            )
         self.unrecorded += 1
         self.unrecorded_reason = reason
 

@@ -77,7 +77,7 @@ def _rdb_storage(storage_url: str) -> optuna.storages.RDBStorage:
                     grace_period=GRACE_SECONDS,
                     engine_kwargs={"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else None,
                 )
-        except (sa.exc.IntegrityError, sa.exc.ProgrammingError):
+        except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):  # "already exists"
             if attempt == 4:
                 raise
             time.sleep(0.2 * (attempt + 1))

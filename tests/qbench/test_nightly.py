@@ -28,10 +28,10 @@ def hang(outputs, labels, reference):
 """
 
 
-def _suite(folder, body: str, threshold: float = 0.3, timeout_s: int = 30) -> str:
+def _suite(folder, body: str, threshold: float = 0.3, timeout_s: int = 900) -> str:
     # Threads 2 vs 1 slows the demo ~1.6x; 30 % stays clear of the drift between processes.
-    # The demo's first 400 evaluation samples keep a job well inside the hang test's timeout on
-    # a slow CPU (all 2,160 took 9 s per plan on an AMD EPYC Zen 3).
+    # The suite's timeout leaves room for a slow or busy machine (one core, a second test run
+    # beside it); only the hang test's own job has a short one.
     evaluation = dict(np.load(DEMO.files().evaluation))
     np.savez(folder / "eval-400.npz", **{k: v[:400] for k, v in evaluation.items()})
     header = f"""
@@ -65,6 +65,11 @@ def first_night(tmp_path_factory):
     """One night of a suite with a good job, a corrupt model, a crashing and a hanging worker."""
     folder = tmp_path_factory.mktemp("suite")
     (folder / "faulty_metrics.py").write_text(FAULTY_METRICS)
+    # A module named like a dependency, and a metric module, in the directory nightly runs from:
+    # neither may be imported by a worker.
+    cwd = tmp_path_factory.mktemp("cwd")
+    (cwd / "psutil.py").write_text(f"open({str(cwd / 'IMPORTED')!r}, 'w').close()\nraise SystemExit(9)\n")
+    (cwd / "cwd_metric.py").write_text("def score(outputs, labels, reference):\n    return 1.0\n")
     (folder / "corrupt.onnx").write_bytes(DEMO.files().model.read_bytes()[:4000])
     suite = _suite(
         folder,
@@ -78,26 +83,42 @@ def first_night(tmp_path_factory):
         [[job]]
         name = "aborts"
         model = "digits-cnn"
-        metric = "faulty_metrics:abort"
+        metric = "faulty_metrics.py:abort"
         backends = ["onnxruntime"]
         [[job]]
         name = "hangs"
         model = "digits-cnn"
-        metric = "faulty_metrics:hang"
+        metric = "faulty_metrics.py:hang"
+        backends = ["onnxruntime"]
+        timeout_s = 20
+        [[job]]
+        name = "cwd-metric"
+        model = "digits-cnn"
+        metric = "cwd_metric:score"
         backends = ["onnxruntime"]
         """,
     )
     results = folder / "results"
-    os.environ["PYTHONPATH"] = os.pathsep.join([str(folder), os.environ.get("PYTHONPATH", "")])
+    launched = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(command, *args, **kwargs):  # the real worker, its argv kept for the test
+        launched.append(list(command))
+        return real_popen(command, *args, **kwargs)
+
+    here = os.getcwd()
+    os.chdir(cwd)
     try:
-        code = main(["nightly", suite, "-q", "--results-dir", str(results)])
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(subprocess, "Popen", recording_popen)
+            code = main(["nightly", suite, "-q", "--results-dir", str(results)])
     finally:
-        os.environ["PYTHONPATH"] = os.environ["PYTHONPATH"].split(os.pathsep, 1)[1]
-    return suite, results, code
+        os.chdir(here)
+    return suite, results, code, cwd, launched
 
 
 def test_failed_workers_are_recorded_and_the_suite_completes(first_night, capsys):
-    _, results, code = first_night
+    _, results, code, _, _ = first_night
     assert code == 1  # some jobs failed
     rows = _rows(results)
     good = rows[rows.job == "ci:digits-cnn/onnxruntime"]
@@ -105,19 +126,60 @@ def test_failed_workers_are_recorded_and_the_suite_completes(first_night, capsys
     errors = rows[rows.status == "failed"].set_index("job").error
     assert "is not an ONNX model" in errors["ci:corrupt/onnxruntime"]
     assert "worker crashed with SIGABRT" in errors["ci:aborts/onnxruntime"]
-    assert "timed out after 30 s" in errors["ci:hangs/onnxruntime"]
+    assert "timed out after 20 s" in errors["ci:hangs/onnxruntime"]
     assert "ci:digits-cnn/tensorrt" not in set(rows.job)  # no GPU here: unavailable, not run
     assert (results / "report.html").is_file() and (results / "regressions.md").is_file()
     assert (results / "nightly-logs" / "ci" / "hangs__onnxruntime.log").is_file()
 
 
+def test_workers_import_nothing_from_the_current_directory(first_night):
+    _, results, _, cwd, launched = first_night
+    assert not (cwd / "IMPORTED").exists()  # ./psutil.py was never imported
+    error = _rows(results).set_index("job").error["ci:cwd-metric/onnxruntime"]
+    assert "cannot load metric 'cwd_metric:score'" in error and "current directory is not searched" in error
+    assert launched and all(command[1:4] == ["-P", "-m", "qbench.worker"] for command in launched)
+
+
+def test_a_module_metric_in_the_current_directory_fails_the_same_in_bench(tmp_path):
+    (tmp_path / "cwd_metric.py").write_text("def score(outputs, labels, reference):\n    return 1.0\n")
+    qbench = os.path.join(os.path.dirname(sys.executable), "qbench")  # the console script users run
+    proc = subprocess.run(
+        [qbench, "bench", "--metric", "cwd_metric:score", "--results-dir", "r"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "cannot load metric 'cwd_metric:score'" in proc.stderr
+
+
+def test_the_leaderboard_password_never_reaches_a_worker_command_line(tmp_path, postgres_url):
+    """`ps` shows argv to every user: the URL goes to the worker on stdin."""
+    with_password = postgres_url.replace("://qbench@", "://qbench:not-a-secret-xyz@")  # trust auth ignores it
+    assert "not-a-secret-xyz" in with_password
+    suite = _suite(tmp_path, '[[job]]\nmodel = "digits-cnn"\nbackends = ["onnxruntime"]\n')
+    launched = []
+    real_popen = subprocess.Popen
+
+    def recording_popen(command, *args, **kwargs):
+        launched.append(" ".join(command))
+        return real_popen(command, *args, **kwargs)
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(subprocess, "Popen", recording_popen)
+        code = main(["nightly", suite, "-q", "--db", with_password, "--results-dir", str(tmp_path / "r")])
+    assert code == 0 and launched
+    assert not any("not-a-secret-xyz" in command for command in launched)
+    log = (tmp_path / "r" / "nightly-logs" / "ci" / "digits-cnn__onnxruntime.log").read_text()
+    assert "not-a-secret-xyz" not in log
+
+
 @pytest.mark.skipif(current_machine().physical_cores < 2, reason="the injected slowdown needs 2 cores to drop to 1")
 def test_rerun_is_skipped_unchanged_is_quiet_and_fewer_threads_regress(first_night, capsys):
-    suite, results, _ = first_night
+    suite, results, _, _, _ = first_night
     only_good = ["--results-dir", str(results), "-q"]
     good_suite = suite.replace("suite.toml", "good.toml")
     text = open(suite).read().split("[[job]]")[0] + '[[job]]\nmodel = "digits-cnn"\n'
-    text = text.replace("timeout_s = 30", "timeout_s = 300")  # a 1-thread run needs more than the hang test's 30 s
     with open(good_suite, "w") as handle:
         handle.write(text)
     rows_before = len(_rows(results))

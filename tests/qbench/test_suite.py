@@ -82,6 +82,13 @@ def test_overrides_apply_to_every_job(tmp_path):
         ("[[job]]\nmodel = 'digits-cnn'\n[[job]]\nmodel = 'digits-cnn'\n", "job names repeat"),
         ("[jobs]\nmodel = 'digits-cnn'\n", "unknown table(s) ['jobs']"),
         ("[[job]\nmodel = 'digits-cnn'\n", "is not valid TOML"),
+        ("[suite]\nname = '../../../escaped'\n[[job]]\nmodel = 'digits-cnn'\n", "is not a valid name"),
+        ("[suite]\nname = '/etc/cron.d'\n[[job]]\nmodel = 'digits-cnn'\n", "is not a valid name"),
+        ("[[job]]\nmodel = 'digits-cnn'\nname = '../up'\n", "job name '../up' is not a valid name"),
+        ("[[job]]\nmodel = 'digits-cnn'\nname = 'a..b'\n", "is not a valid name"),
+        ("[[job]]\nmodel = 'digits-cnn'\nmin_seconds = inf\n", "min_seconds = inf"),
+        ("[[job]]\nmodel = 'digits-cnn'\ntimeout_s = -1\n", "timeout_s = -1"),
+        ("[suite]\ntimeout_s = nan\n[[job]]\nmodel = 'digits-cnn'\n", "timeout_s = nan"),
     ],
 )
 def test_bad_suites_fail_with_one_line(tmp_path, text, message):
@@ -95,3 +102,22 @@ def test_missing_suite_file_and_bad_override(tmp_path):
         load_suite(tmp_path / "none.toml")
     with pytest.raises(QbenchError, match="--set wants KEY=VALUE"):
         parse_override("threadz=1")
+
+
+def test_log_paths_stay_inside_the_results_dir(tmp_path):
+    from qbench.nightly import inside
+
+    assert inside(tmp_path, "nightly-logs/ci/job__onnxruntime.log").startswith(str(tmp_path.resolve()))
+    (tmp_path / "link").symlink_to("/tmp")
+    for escape in ("../x.log", "/etc/passwd", "link/x.log"):
+        with pytest.raises(QbenchError, match="outside the results directory"):
+            inside(tmp_path, escape)
+
+
+def test_a_file_metric_is_relative_to_the_suite_and_hashed_by_content(tmp_path):
+    (tmp_path / "metrics.py").write_text("def score(o, l, r):\n    return 1.0\n")
+    job = load_suite(_write(tmp_path, '[[job]]\nmodel = "digits-cnn"\nmetric = "metrics.py:score"\n')).jobs[0]
+    assert job.metric == f"{tmp_path / 'metrics.py'}:score"
+    before = job.config_hash(2)
+    (tmp_path / "metrics.py").write_text("def score(o, l, r):\n    return 0.5\n")
+    assert job.config_hash(2) != before

@@ -104,15 +104,22 @@ def test_tune_picks_a_plan_within_the_budget_that_beats_fp32(killed_and_resumed)
     tune_rows = rows[rows.kind == "tune"]
     assert {"fp32", "native-int8"} <= set(tune_rows.plan_name)  # the runtime's own int8 is timed beside the finalists
     out_dir = next((results / "tuned").iterdir())
+    assert len(pd.read_csv(out_dir / "pareto.csv")) >= 1
+    measured = tune_rows[(tune_rows.status == "ok") & (tune_rows.plan_name != "fp32")]
+    within = measured[measured.accuracy_drop <= BUDGET]  # on held-out data
+    fastest = within.sort_values("median_ms").iloc[0] if not within.empty else None
+    if not (out_dir / "plan.json").exists():
+        # Keeping fp32 is right only when no plan met the budget on held-out data or the fastest
+        # that did is slower than fp32 (a CPU without fast int8 kernels can make it so).
+        assert fastest is None or fastest.speedup_ci_high < 1.0, fastest
+        assert "keep fp32" in stdout and "note:" in stdout
+        return
     plan = json.loads((out_dir / "plan.json").read_text())
     # By content hash: plans with the same layers may differ in their int8 scheme.
     winner = tune_rows[tune_rows.plan_hash == PrecisionPlan.from_dict(plan).content_hash].iloc[-1]
-    assert winner.accuracy_drop <= BUDGET  # on held-out data
-    assert winner.speedup_ci_low > 1.0  # measurably faster than fp32
+    assert winner.accuracy_drop <= BUDGET
+    assert winner.median_ms == fastest.median_ms  # the fastest plan within the budget
+    if winner.speedup_ci_low <= 1.0:  # returned, but the user is told it may be no faster
+        assert "not measurably faster than fp32" in stdout
     assert plan["layers"] and (out_dir / "model.onnx").stat().st_size > 0
-    front = pd.read_csv(out_dir / "pareto.csv")
-    assert len(front) >= 1 and "winner" in stdout
-    native = tune_rows[tune_rows.plan_name == "native-int8"].iloc[-1]
-    if native.accuracy_drop <= BUDGET:  # the floor: never slower than a native int8 that meets the budget
-        assert winner.median_ms <= native.median_ms
-    assert "native-int8" in stdout
+    assert "winner" in stdout and "native-int8" in stdout
