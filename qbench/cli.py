@@ -121,7 +121,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="top1, cosine, sqnr, top1-agreement, knn-top1, ctc-chars, mask-dice or module:function "
         "(default: the zoo model's metric; else top1 with labels, else cosine against fp32)",
     )
-    data_args.add_argument("--threads", type=_threads, help="intra-op threads (default: physical cores)")
+    data_args.add_argument(
+        "--threads", type=_threads, help="intra-op threads (default: the physical cores this process may use)"
+    )
     data_args.add_argument(
         "--shape",
         type=_shape,
@@ -362,7 +364,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
     machine = current_machine()
     settings = BenchSettings(
-        threads=args.threads or machine.physical_cores,
+        threads=args.threads or machine.default_threads(),
         batch_size=args.batch,
         protocol=protocol,
         job=args.job.job if args.job else None,
@@ -416,7 +418,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
     recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
     plans = [recipe_plan(r, ((layer.name, layer.op_type) for layer in model.layers)) for r in recipes]
     machine = current_machine()
-    threads = args.threads or machine.physical_cores
+    threads = args.threads or machine.default_threads()
     profiles = profile_plans(
         model=model,
         calibration_data=calibration,
@@ -472,7 +474,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         evaluation_data=evaluation,
         metric=metric,
         machine=machine,
-        threads=args.threads or machine.physical_cores,
+        threads=args.threads or machine.default_threads(),
         workdir=args.results_dir / "cache",
         quick_samples=args.quick_samples,
     )
@@ -548,7 +550,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
             metric=metric,
             backend=backend,
             machine=machine,
-            threads=args.threads or machine.physical_cores,
+            threads=args.threads or machine.default_threads(),
             settings=settings,
             storage_url=storage,
             study_name=args.study,

@@ -104,6 +104,15 @@ class Machine:
             "runtimes": dict(self.runtimes),
         }
 
+    def default_threads(self) -> int:
+        """Intra-op threads when none are asked for: the physical cores, but no more than the CPUs
+        this process may run on (taskset, a container's cpuset), where more threads only contend."""
+        try:
+            usable = len(os.sched_getaffinity(0))
+        except AttributeError:  # macOS, Windows
+            usable = self.logical_cores
+        return max(1, min(self.physical_cores, usable))
+
     def describe(self) -> str:
         isa = " ".join(self.isa) or "none detected"
         gpus = "; ".join(self.gpus) or "none"

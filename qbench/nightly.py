@@ -57,7 +57,7 @@ def run_suite(
     os.makedirs(log_dir, exist_ok=True)
     outcomes = []
     for job in suite.jobs:
-        threads = job.threads or machine.physical_cores
+        threads = job.threads or machine.default_threads()
         config = job.config_hash(threads)
         reason = available(job.backend)
         if reason:

@@ -152,7 +152,7 @@ def test_console_script_exits_2_without_traceback(tmp_path):
         [sys.executable, "-m", "qbench.cli", "bench", str(tmp_path / "missing.onnx"), "--data", "x.npz"],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr and "model file not found" in proc.stderr

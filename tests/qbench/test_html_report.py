@@ -53,7 +53,7 @@ def test_report_renders_in_headless_chromium(report, tmp_path):
         + ["--enable-logging=stderr", "--v=0", f"--screenshot={shot}", path.as_uri()],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     # Chromium logs page errors as CONSOLE lines; dbus complaints of a container are not the page's.

@@ -218,7 +218,7 @@ def test_two_workers_starting_together_seed_once_and_never_remeasure(tmp_path):
     for w in workers:
         w.start()
     for w in workers:
-        w.join(timeout=300)
+        w.join(timeout=900)
         assert w.exitcode == 0
     study = optuna.load_study(study_name="s", storage=url)
     queued = [t.system_attrs["fixed_params"] for t in study.trials if "fixed_params" in t.system_attrs]
@@ -236,7 +236,7 @@ def test_two_workers_share_one_postgres_study(postgres_url):
     for w in workers:
         w.start()
     for w in workers:
-        w.join(timeout=300)
+        w.join(timeout=900)
         assert w.exitcode == 0
     study = optuna.load_study(study_name="shared", storage=postgres_url)
     finished = [t for t in study.trials if t.state in (TrialState.COMPLETE, TrialState.FAIL)]

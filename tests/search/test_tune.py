@@ -57,7 +57,7 @@ def killed_and_resumed(tmp_path_factory):
     storage = f"sqlite:///{(results / 'tuning.db').resolve()}"
     proc = subprocess.Popen(_tune_cmd(results), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     before: dict[int, tuple] = {}
-    deadline = time.monotonic() + 300
+    deadline = time.monotonic() + 900
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(1)
         try:
@@ -70,7 +70,7 @@ def killed_and_resumed(tmp_path_factory):
     proc.kill()
     proc.wait()
     time.sleep(GRACE_SECONDS + 1)  # let the killed trial's heartbeat go stale
-    resumed = subprocess.run(_tune_cmd(results), capture_output=True, text=True, timeout=600)
+    resumed = subprocess.run(_tune_cmd(results), capture_output=True, text=True, timeout=1800)
     assert resumed.returncode == 0, resumed.stderr
     return results, storage, before, resumed.stdout
 
