@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from qbench import __version__
 from qbench.errors import QbenchError
+from qbench.suite import MAX_SECONDS
 
 log = logging.getLogger("qbench")
 EXIT_USER_ERROR = 2
@@ -44,27 +45,21 @@ def _shape(text: str) -> tuple[str, tuple[int, ...]]:
         ) from None
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, but got {text!r}")
-    return value
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, but got {text!r}")
+        return value
+
+    return parse
 
 
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = -1
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"expected 0 or a positive integer, but got {text!r}")
-    return value
-
-
-MAX_SECONDS = 24 * 3600.0  # no single setting sensibly samples or waits longer than a day
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
 
 
 def _seconds(text: str) -> float:
@@ -118,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     data_args.add_argument("--backend", default="onnxruntime")
     data_args.add_argument(
         "--metric",
-        help="top1, cosine, sqnr, top1-agreement, knn-top1, ctc-chars, mask-dice or module:function "
+        help="top1, cosine, sqnr, top1-agreement, knn-top1, ctc-chars, mask-dice, file.py:function or module:function "
         "(default: the zoo model's metric; else top1 with labels, else cosine against fp32)",
     )
     data_args.add_argument(

@@ -118,10 +118,10 @@ def seed_study(
     Only the worker that created the study seeds it; another worker waits until the seeds are
     in (so it neither queues them again nor samples ahead of them). A resumed study was seeded
     already. Should the creator die before seeding, a waiting worker seeds after SEED_WAIT_SECONDS."""
-    if not creator and not _seeded_by_creator(study):
+    if not creator:
+        if _seeded_by_creator(study):
+            return
         log.warning("the worker that created study %s has not seeded it; seeding here", study.study_name)
-    elif not creator:
-        return
     # Options left out of an enqueued trial would be sampled at random: pin them to the defaults.
     defaults = {OPTION_PREFIX + field: values[0] for field, values in space.option_choices}
     int8 = {**space.uniform("int8"), **defaults}
@@ -235,7 +235,8 @@ class _Objective:
             done = [t for t in same if t.state == TrialState.COMPLETE and "plan" in t.user_attrs]
             if done:
                 return done[0]
-            if not any(t.number < trial.number for t in same):  # the lower number measures; the other waits
+            measuring = [t for t in same if t.state == TrialState.RUNNING and t.number < trial.number]
+            if not measuring:  # of two trials of one plan, the lower number measures and the other waits
                 return None
             time.sleep(POLL_SECONDS)
             optuna.storages.fail_stale_trials(study)  # a killed worker's trial, so the wait ends

@@ -60,6 +60,17 @@ def _rows(results):
         board.close()
 
 
+def _recording_popen(launched: list[list[str]]):
+    """subprocess.Popen that starts the real worker and keeps its argv for the test."""
+    real_popen = subprocess.Popen
+
+    def popen(command, *args, **kwargs):
+        launched.append(list(command))
+        return real_popen(command, *args, **kwargs)
+
+    return popen
+
+
 @pytest.fixture(scope="module")
 def first_night(tmp_path_factory):
     """One night of a suite with a good job, a corrupt model, a crashing and a hanging worker."""
@@ -99,18 +110,12 @@ def first_night(tmp_path_factory):
         """,
     )
     results = folder / "results"
-    launched = []
-    real_popen = subprocess.Popen
-
-    def recording_popen(command, *args, **kwargs):  # the real worker, its argv kept for the test
-        launched.append(list(command))
-        return real_popen(command, *args, **kwargs)
-
+    launched: list[list[str]] = []
     here = os.getcwd()
     os.chdir(cwd)
     try:
         with pytest.MonkeyPatch.context() as patch:
-            patch.setattr(subprocess, "Popen", recording_popen)
+            patch.setattr(subprocess, "Popen", _recording_popen(launched))
             code = main(["nightly", suite, "-q", "--results-dir", str(results)])
     finally:
         os.chdir(here)
@@ -158,18 +163,12 @@ def test_the_leaderboard_password_never_reaches_a_worker_command_line(tmp_path, 
     with_password = postgres_url.replace("://qbench@", "://qbench:not-a-secret-xyz@")  # trust auth ignores it
     assert "not-a-secret-xyz" in with_password
     suite = _suite(tmp_path, '[[job]]\nmodel = "digits-cnn"\nbackends = ["onnxruntime"]\n')
-    launched = []
-    real_popen = subprocess.Popen
-
-    def recording_popen(command, *args, **kwargs):
-        launched.append(" ".join(command))
-        return real_popen(command, *args, **kwargs)
-
+    launched: list[list[str]] = []
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(subprocess, "Popen", recording_popen)
+        patch.setattr(subprocess, "Popen", _recording_popen(launched))
         code = main(["nightly", suite, "-q", "--db", with_password, "--results-dir", str(tmp_path / "r")])
     assert code == 0 and launched
-    assert not any("not-a-secret-xyz" in command for command in launched)
+    assert not any("not-a-secret-xyz" in " ".join(command) for command in launched)
     log = (tmp_path / "r" / "nightly-logs" / "ci" / "digits-cnn__onnxruntime.log").read_text()
     assert "not-a-secret-xyz" not in log
 
