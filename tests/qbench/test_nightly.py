@@ -173,6 +173,28 @@ def test_the_leaderboard_password_never_reaches_a_worker_command_line(tmp_path, 
     assert "not-a-secret-xyz" not in log
 
 
+def _two_threads_speedup(rounds: int = 40) -> float:
+    """How much faster the demo runs on 2 threads than on 1 at this moment, timed interleaved
+    in this process: on a machine busy with other work the injected slowdown is not real."""
+    import time
+
+    import onnxruntime as ort
+
+    feeds = {k: v[:1] for k, v in np.load(DEMO.files().evaluation).items() if k != "labels"}
+    sessions = []
+    for threads in (1, 2):
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = threads
+        sessions.append(ort.InferenceSession(str(DEMO.files().model), options, providers=["CPUExecutionProvider"]))
+    times: list[list[float]] = [[], []]
+    for _ in range(rounds):
+        for i, session in enumerate(sessions):
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[i].append(time.perf_counter() - start)
+    return float(np.median(times[0]) / np.median(times[1]))
+
+
 @pytest.mark.skipif(current_machine().default_threads() < 2, reason="the injected slowdown needs 2 cores to drop to 1")
 def test_rerun_is_skipped_unchanged_is_quiet_and_fewer_threads_regress(first_night, capsys):
     suite, results, _, _, _ = first_night
@@ -189,6 +211,9 @@ def test_rerun_is_skipped_unchanged_is_quiet_and_fewer_threads_regress(first_nig
     assert main(["nightly", good_suite, "--force", *only_good]) == 0  # the same job again: no regression
     assert "regression" not in capsys.readouterr().out
 
+    ratio = _two_threads_speedup()
+    if ratio < 1.45:  # the 30 % threshold, with room for the drift between worker processes
+        pytest.skip(f"2 threads run only {ratio:.2f}x faster than 1 here right now (a busy machine): no real slowdown")
     code = main(["nightly", good_suite, "--set", "threads=1", *only_good])
     out = capsys.readouterr().out
     assert code == EXIT_REGRESSION, out
