@@ -6,13 +6,16 @@ group; it is checked when first looked up.
 
 from __future__ import annotations
 
+if __name__ != "qbench.backends":  # a source checkout on sys.path makes `import backends` possible
+    raise ImportError("import qbench.backends, not backends: the folder installs as qbench.backends")
+
 import inspect
 from importlib import metadata
 
-from backends._base import Artifact, Availability, Backend, Calibration, Runner
-from backends._onnxruntime import OnnxRuntimeBackend
-from backends._openvino import OpenVinoBackend
-from backends._tensorrt import TensorRtBackend
+from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner
+from qbench.backends._onnxruntime import OnnxRuntimeBackend
+from qbench.backends._openvino import OpenVinoBackend
+from qbench.backends._tensorrt import TensorRtBackend
 from qbench.errors import QbenchError
 
 __all__ = ["Artifact", "Availability", "Backend", "Calibration", "Runner", "all_backends", "get_backend"]

@@ -11,8 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from backends import _qdq as qdq
-from backends._base import Artifact, Availability, Backend, Calibration, Runner
+from qbench.backends import _qdq as qdq
+from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine

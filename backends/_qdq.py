@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from backends._base import Calibration
+from qbench.backends._base import Calibration
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError
 from qbench.model import OnnxModel

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 import onnx
 
-from backends import _qdq as qdq
-from backends._base import Artifact, Availability, Backend, Calibration, Runner
-from backends._casts import write_cast_regions
+from qbench.backends import _qdq as qdq
+from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner
+from qbench.backends._casts import write_cast_regions
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.machine import Machine, current_machine

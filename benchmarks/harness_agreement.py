@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from backends import get_backend
+from qbench.backends import get_backend
 from qbench.bench import timed_call
 from qbench.data import load_npz
 from qbench.machine import current_machine

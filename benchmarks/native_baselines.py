@@ -22,7 +22,7 @@ import time
 
 import pandas as pd
 
-from backends import get_backend
+from qbench.backends import get_backend
 from qbench.cli import main
 from qbench.machine import current_machine
 from qbench.store import Leaderboard, default_url

@@ -25,7 +25,7 @@ import tempfile
 
 import numpy as np
 
-from backends import get_backend
+from qbench.backends import get_backend
 from qbench.bench import timed_call
 from qbench.data import load_npz
 from qbench.machine import current_machine

@@ -22,17 +22,17 @@ import time
 import optuna
 import pandas as pd
 
-from backends import get_backend
+from qbench.backends import get_backend
 from qbench.bench import BenchSettings, run_bench
 from qbench.data import Dataset, load_npz
 from qbench.machine import current_machine
 from qbench.metrics import get_metric
 from qbench.model import OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan
+from qbench.search import PlanEvaluator, StudySettings, analyze_sensitivity, build_space, greedy_accuracy_control, tune
+from qbench.search._tune import FINAL_PROTOCOL
 from qbench.store import Leaderboard
 from qbench.zoo import ZOO
-from search import PlanEvaluator, StudySettings, analyze_sensitivity, build_space, greedy_accuracy_control, tune
-from search._tune import FINAL_PROTOCOL
 
 
 def split3(data: Dataset, tuning: float, selection: float) -> tuple[Dataset, Dataset, Dataset]:

@@ -33,7 +33,7 @@ from qbench.profile import PROFILE_RUNS, Profile
 from qbench.store import Leaderboard, samples_to_bytes
 
 if TYPE_CHECKING:
-    from backends import Artifact, Backend, Calibration, Runner
+    from qbench.backends import Artifact, Backend, Calibration, Runner
 
 log = logging.getLogger(__name__)
 EVAL_BATCH = 64

@@ -261,7 +261,7 @@ def _check_recorded(board) -> None:
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
-    from backends import all_backends
+    from qbench.backends import all_backends
     from qbench.machine import current_machine
 
     machine = current_machine()
@@ -287,7 +287,7 @@ def _load_model(spec: str | None, shapes: Sequence[tuple[str, tuple[int, ...]]] 
 
 
 def cmd_layers(args: argparse.Namespace) -> int:
-    from backends import get_backend
+    from qbench.backends import get_backend
 
     model = _load_model(args.model)
     backend = get_backend(args.backend)
@@ -331,7 +331,7 @@ def _model_data_metric(args: argparse.Namespace):
 def cmd_bench(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
-    from backends import get_backend
+    from qbench.backends import get_backend
     from qbench.bench import BenchSettings, run_bench
     from qbench.machine import current_machine
     from qbench.measure import QUICK_PROTOCOL, Protocol
@@ -401,7 +401,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
-    from backends import get_backend
+    from qbench.backends import get_backend
     from qbench.bench import profile_plans
     from qbench.machine import current_machine
     from qbench.plan import recipe_plan
@@ -453,11 +453,11 @@ def _fraction(text: str) -> float:
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     import pandas as pd
 
-    from backends import get_backend
+    from qbench.backends import get_backend
     from qbench.machine import current_machine
     from qbench.plan import PlanOptions
     from qbench.progress import step_printer
-    from search import PlanEvaluator, analyze_sensitivity, build_space
+    from qbench.search import PlanEvaluator, analyze_sensitivity, build_space
 
     backend = get_backend(args.backend)
     model, calibration, evaluation, metric = _model_data_metric(args)
@@ -502,13 +502,13 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     import optuna
 
-    from backends import get_backend
+    from qbench.backends import get_backend
     from qbench.machine import current_machine
     from qbench.measure import QUICK_PROTOCOL
     from qbench.progress import bar, step_printer
+    from qbench.search import FINAL_PROTOCOL, StudySettings, feasible_trials, finished_count, split_holdout, tune
     from qbench.store import safe_url
     from qbench.tables import latest_per_plan, ranked, write_tables
-    from search import FINAL_PROTOCOL, StudySettings, feasible_trials, finished_count, split_holdout, tune
 
     # Optuna sets its own logger to INFO when first used, overriding main(); one line per trial
     # would drown the progress bar.
@@ -681,7 +681,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
-    from backends import get_backend
+    from qbench.backends import get_backend
     from qbench.machine import current_machine
     from qbench.nightly import run_suite, summary
     from qbench.progress import bar

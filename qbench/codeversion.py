@@ -1,7 +1,7 @@
 """The code version stamped on every row: the package version plus a hash of the sources.
 
 A nightly suite skips a job it has already measured with this exact code on this machine; the
-hash (of qbench, backends and search) changes with any edit, released or not.
+hash (of qbench, qbench.backends and qbench.search) changes with any edit, released or not.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import pathlib
 
 from qbench import __version__
 
-PACKAGES = ("qbench", "backends", "search")
+PACKAGES = ("qbench", "qbench.backends", "qbench.search")
 
 
 @functools.cache

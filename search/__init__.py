@@ -1,10 +1,13 @@
 """The auto-tuner: search space, sensitivity analysis, the Optuna study and final selection."""
 
-from search._evaluator import PlanEvaluator, Timing
-from search._greedy import greedy_accuracy_control
-from search._sensitivity import GroupSensitivity, SensitivityReport, analyze_sensitivity
-from search._space import LayerGroup, SearchSpace, build_space, residual_groups
-from search._study import (
+if __name__ != "qbench.search":  # a source checkout on sys.path makes `import search` possible
+    raise ImportError("import qbench.search, not search: the folder installs as qbench.search")
+
+from qbench.search._evaluator import PlanEvaluator, Timing
+from qbench.search._greedy import greedy_accuracy_control
+from qbench.search._sensitivity import GroupSensitivity, SensitivityReport, analyze_sensitivity
+from qbench.search._space import LayerGroup, SearchSpace, build_space, residual_groups
+from qbench.search._study import (
     StudySettings,
     feasible_trials,
     finished_count,
@@ -13,7 +16,7 @@ from search._study import (
     run_study,
     seed_study,
 )
-from search._tune import FINAL_PROTOCOL, TuneResult, default_study_name, split_holdout, tune
+from qbench.search._tune import FINAL_PROTOCOL, TuneResult, default_study_name, split_holdout, tune
 
 __all__ = [
     "FINAL_PROTOCOL",

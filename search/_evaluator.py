@@ -24,7 +24,7 @@ from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
 
 if TYPE_CHECKING:
-    from backends import Backend, Calibration
+    from qbench.backends import Backend, Calibration
 
 log = logging.getLogger(__name__)
 

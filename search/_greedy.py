@@ -8,9 +8,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from qbench.plan import PrecisionPlan
-from search._evaluator import PlanEvaluator
-from search._sensitivity import SensitivityReport
-from search._space import SearchSpace
+from qbench.search._evaluator import PlanEvaluator
+from qbench.search._sensitivity import SensitivityReport
+from qbench.search._space import SearchSpace
 
 
 def greedy_accuracy_control(

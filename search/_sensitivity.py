@@ -19,8 +19,8 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from qbench.plan import PrecisionPlan
-from search._evaluator import PlanEvaluator
-from search._space import SearchSpace
+from qbench.search._evaluator import PlanEvaluator
+from qbench.search._space import SearchSpace
 
 TIMING_CHUNK = 8
 

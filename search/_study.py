@@ -22,10 +22,10 @@ from optuna.trial import FrozenTrial, TrialState
 
 from qbench.errors import QbenchError, describe, first_line
 from qbench.plan import PrecisionPlan
+from qbench.search._evaluator import PlanEvaluator
+from qbench.search._sensitivity import SensitivityReport
+from qbench.search._space import OPTION_PREFIX, SearchSpace
 from qbench.store import safe_url, without_password
-from search._evaluator import PlanEvaluator
-from search._sensitivity import SensitivityReport
-from search._space import OPTION_PREFIX, SearchSpace
 
 log = logging.getLogger(__name__)
 

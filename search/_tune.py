@@ -20,12 +20,10 @@ from qbench.measure import Protocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
-from qbench.store import Leaderboard
-from qbench.tables import markdown_table
-from search._evaluator import PlanEvaluator
-from search._sensitivity import SensitivityReport, analyze_sensitivity
-from search._space import build_space
-from search._study import (
+from qbench.search._evaluator import PlanEvaluator
+from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
+from qbench.search._space import build_space
+from qbench.search._study import (
     StudySettings,
     feasible_trials,
     open_study,
@@ -35,9 +33,11 @@ from search._study import (
     trial_plan,
     trial_summary,
 )
+from qbench.store import Leaderboard
+from qbench.tables import markdown_table
 
 if TYPE_CHECKING:
-    from backends import Backend
+    from qbench.backends import Backend
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from backends import Backend, all_backends, get_backend
+from qbench.backends import Backend, all_backends, get_backend
 from qbench.data import load_npz
 from qbench.errors import QbenchError
 from qbench.machine import current_machine

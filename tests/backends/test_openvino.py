@@ -11,7 +11,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper
 
-from backends import get_backend
+from qbench.backends import get_backend
 from qbench.cli import main
 from qbench.errors import QbenchError
 from qbench.machine import current_machine

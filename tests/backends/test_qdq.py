@@ -8,8 +8,8 @@ import numpy as np
 import onnx
 import pytest
 
-from backends import _qdq as qdq
-from backends import get_backend
+from qbench.backends import _qdq as qdq
+from qbench.backends import get_backend
 from qbench.data import load_npz
 from qbench.errors import QbenchError
 from qbench.machine import current_machine

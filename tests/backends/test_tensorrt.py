@@ -12,9 +12,9 @@ import onnxruntime as ort
 import pytest
 from onnx import TensorProto, numpy_helper
 
-from backends import get_backend
-from backends._casts import write_cast_regions
-from backends._tensorrt import tensorrt_module
+from qbench.backends import get_backend
+from qbench.backends._casts import write_cast_regions
+from qbench.backends._tensorrt import tensorrt_module
 from qbench.data import load_npz
 from qbench.errors import QbenchError
 from qbench.machine import current_machine

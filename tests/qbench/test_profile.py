@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from backends import get_backend
+from qbench.backends import get_backend
 from qbench.cli import main
 from qbench.profile import OpTime, Profile, compare, profile_from_json, sandwiched
 from qbench.store import Leaderboard, default_url

@@ -16,11 +16,11 @@ from optuna.trial import TrialState
 
 from qbench.errors import QbenchError
 from qbench.plan import PlanOptions
-from search import StudySettings, feasible_trials, open_study, run_study, seed_study
-from search._evaluator import Timing
-from search._sensitivity import GroupSensitivity, SensitivityReport
-from search._space import LayerGroup, SearchSpace
-from search._study import finished_count, trial_plan, trial_summary, violation
+from qbench.search import StudySettings, feasible_trials, open_study, run_study, seed_study
+from qbench.search._evaluator import Timing
+from qbench.search._sensitivity import GroupSensitivity, SensitivityReport
+from qbench.search._space import LayerGroup, SearchSpace
+from qbench.search._study import finished_count, trial_plan, trial_summary, violation
 
 # layer: (fp32 ms, int8 ms, accuracy drop when int8)
 COSTS = {
@@ -162,7 +162,7 @@ def test_patience_stops_a_study_that_stopped_improving(tmp_path):
 
 
 def test_pareto_mode_times_over_budget_plans_for_the_front(tmp_path):
-    from search import pareto_front
+    from qbench.search import pareto_front
 
     settings = StudySettings(max_drop=0.005, n_trials=20, patience=None, pareto=True)
     study = _study(tmp_path, settings)
@@ -263,7 +263,7 @@ def test_a_repeated_plan_reuses_the_earlier_measurement(tmp_path):
 
 
 def test_greedy_reverts_the_most_sensitive_groups_until_the_budget_holds():
-    from search import greedy_accuracy_control
+    from qbench.search import greedy_accuracy_control
 
     order = ["f", "b", "c", "a", "d", "e"]  # a ranking that puts the harmful layer second
     report = SensitivityReport("int8", 4.2, 2.0, 0.012, tuple(GroupSensitivity(n, (n,), 0, 0, 0) for n in order))
@@ -274,8 +274,8 @@ def test_greedy_reverts_the_most_sensitive_groups_until_the_budget_holds():
 
 
 def test_finalists_include_plans_with_a_safety_margin(tmp_path):
-    from search import pareto_front
-    from search._tune import MAX_FINALISTS, _finalists
+    from qbench.search import pareto_front
+    from qbench.search._tune import MAX_FINALISTS, _finalists
 
     settings = StudySettings(max_drop=0.005, n_trials=30, patience=None)
     study = _study(tmp_path, settings)

@@ -13,9 +13,9 @@ import pytest
 from optuna.trial import TrialState
 
 from qbench.plan import PrecisionPlan
+from qbench.search._space import OPTION_PREFIX
+from qbench.search._study import GRACE_SECONDS, violation
 from qbench.store import Leaderboard, default_url
-from search._space import OPTION_PREFIX
-from search._study import GRACE_SECONDS, violation
 
 TRIALS = 10
 BUDGET = 0.01  # the default; uniform int8 loses about 2.5 % on the demo (its planted outlier channel)
