@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import abc
+import hashlib
+import json
 import pathlib
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
+from qbench.cache import atomic_cached
 from qbench.data import Dataset
+from qbench.errors import QbenchError
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
 from qbench.plan import PrecisionPlan
@@ -35,7 +40,8 @@ class Artifact:
     key: str
     build_seconds: float
     cached: bool
-    #: Files that belong to ``path`` (an OpenVINO IR's weights ``.bin``), counted in its size.
+    #: Files built beside ``path`` (an OpenVINO IR's weights ``.bin``, a TensorRT engine's build
+    #: settings ``.json``), counted in its size.
     companions: tuple[pathlib.Path, ...] = ()
 
     @property
@@ -77,11 +83,31 @@ class Calibration:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def content_key(*parts: str) -> str:
+    """A short, stable hash of the parts: the cache key of anything built from them."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
+
+
+def check_calibration(plan: PrecisionPlan, calibration: Calibration | None) -> None:
+    if calibration is None:
+        raise ValueError("a plan with static int8 layers needs a calibration")
+    if plan.options.calibration != calibration.method:
+        raise ValueError(f"plan wants {plan.options.calibration} calibration, got {calibration.method}")
+
+
 class Backend(abc.ABC):
     """A runtime adapter. Construction is cheap and imports nothing heavy; ``probe()`` says
-    whether the runtime can be used, and every other method may assume it can."""
+    whether the runtime can be used, and every other method may assume it can.
+
+    ``build`` and ``realized_precisions`` are template methods: the base class checks the plan,
+    keys and caches the result (see ``qbench.cache``); an adapter implements only the hooks
+    ``_build_uncached``, ``_build_key`` and ``_realize``.
+    """
 
     name: ClassVar[str]
+    #: The artifact's file suffix, and the suffixes of the files built beside it.
+    artifact_suffix: ClassVar[str] = ".onnx"
+    companion_suffixes: ClassVar[tuple[str, ...]] = ()
 
     @abc.abstractmethod
     def probe(self) -> Availability:
@@ -99,26 +125,63 @@ class Backend(abc.ABC):
     def calibrate(self, model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:
         """Compute (or load cached) activation ranges for all candidate tensors."""
 
-    @abc.abstractmethod
     def build(
         self, model: OnnxModel, plan: PrecisionPlan, calibration: Calibration | None, workdir: pathlib.Path
     ) -> Artifact:
-        """Turn the model and a resolved plan into a loadable artifact, cached by content hash."""
+        """Turn the model and a resolved plan into a loadable artifact, cached by content hash
+        (model, plan, calibration, runtime version) under ``workdir/artifacts/<backend>``."""
+        self.check_plan(plan, model)
+        if plan.needs_calibration:
+            check_calibration(plan, calibration)
+        calibration_key = calibration.path.name if plan.needs_calibration and calibration else "-"
+        family = type(self).name  # one cache for all devices of a backend: the artifact is the same
+        key = content_key(model.content_hash, plan.content_hash, calibration_key, family, *self._build_key(plan))
+        path = workdir / "artifacts" / family / f"{model.name}-{key}{self.artifact_suffix}"
+        start = time.perf_counter()
+        cached = atomic_cached(
+            path, lambda tmp: self._build_uncached(model, plan, calibration, workdir, tmp), self.companion_suffixes
+        )
+        companions = tuple(path.with_suffix(suffix) for suffix in self.companion_suffixes)
+        return Artifact(path, key, 0.0 if cached else time.perf_counter() - start, cached, companions)
+
+    @abc.abstractmethod
+    def _build_key(self, plan: PrecisionPlan) -> tuple[str, ...]:
+        """What besides the model, plan and calibration decides the artifact (runtime version)."""
+
+    @abc.abstractmethod
+    def _build_uncached(
+        self,
+        model: OnnxModel,
+        plan: PrecisionPlan,
+        calibration: Calibration | None,
+        workdir: pathlib.Path,
+        out: pathlib.Path,
+    ) -> None:
+        """Write the artifact of a checked plan to ``out`` (and its companions beside it)."""
 
     @abc.abstractmethod
     def load(self, artifact: Artifact, threads: int, shared_process: bool = True) -> Runner:
         """Open ``artifact`` with a fixed thread count. ``shared_process`` says other sessions
         live in this process, so idle worker threads must not spin."""
 
-    @abc.abstractmethod
     def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
-        """What each quantizable layer actually runs in once the runtime has optimized it."""
+        """What each quantizable layer actually runs in once the runtime has optimized it; cached
+        beside the artifact (what runs depends on the runtime's settings too: ``_realized_tag``)."""
+        report = artifact.path.with_name(f"{artifact.path.stem}.realized-{self._realized_tag()}.json")
+        atomic_cached(report, lambda tmp: tmp.write_text(json.dumps(self._realize(artifact, plan, model), indent=1)))
+        return json.loads(report.read_text())
+
+    def _realized_tag(self) -> str:
+        """What besides the artifact decides what runs (the device, the optimizers left on)."""
+        return "default"
+
+    @abc.abstractmethod
+    def _realize(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
+        """Read from the runtime what each layer of ``model`` runs in (``removed`` if fused away)."""
 
     def profile(self, artifact: Artifact, threads: int, feeds: Mapping[str, np.ndarray], runs: int) -> list[OpTime]:
         """Per-node kernel time, averaged over ``runs`` warm inferences of ``feeds`` on a fresh
         session opened for profiling only (never the one being timed)."""
-        from qbench.errors import QbenchError
-
         raise QbenchError(f"backend {self.name!r} has no per-op profiler in qbench yet")
 
     def option_choices(self) -> dict[str, tuple[Any, ...]]:
@@ -130,7 +193,6 @@ class Backend(abc.ABC):
 
     def check_plan(self, plan: PrecisionPlan, model: OnnxModel) -> None:
         """Raise a QbenchError naming the first layer (or option) this backend cannot run."""
-        from qbench.errors import QbenchError
         from qbench.plan import check_plan_layers
 
         choices = self.option_choices()

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pathlib
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
 
 from qbench.backends import _qdq as qdq
-from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner
+from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner, content_key
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
@@ -177,32 +177,27 @@ class OnnxRuntimeBackend(Backend):
 
     # -- build -------------------------------------------------------------------------------
 
-    def build(
-        self, model: OnnxModel, plan: PrecisionPlan, calibration: Calibration | None, workdir: pathlib.Path
-    ) -> Artifact:
+    def _build_key(self, plan: PrecisionPlan) -> tuple[str, ...]:
+        return (_ort().__version__, f"x86={self._x86()}" if plan.is_native else "")
+
+    def _build_uncached(
+        self,
+        model: OnnxModel,
+        plan: PrecisionPlan,
+        calibration: Calibration | None,
+        workdir: pathlib.Path,
+        out: pathlib.Path,
+    ) -> None:
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
-        self.check_plan(plan, model)
-        static, dynamic = plan.layers_in("int8"), plan.layers_in("int8-dynamic")
-        if static:
-            qdq.check_calibration(plan, calibration)
-        calib_key = calibration.path.name if (static and calibration) else "-"
-        if plan.is_native:
-            calib_key += f"-x86={self._x86()}"
-        key = qdq.sha(model.content_hash, plan.content_hash, calib_key, self.name, _ort().__version__)
-        path = workdir / "artifacts" / self.name / f"{model.name}-{key}.onnx"
-        if path.exists():
-            return Artifact(path, key, 0.0, cached=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        staged = path.with_suffix(".static.tmp")
-        out = path.with_suffix(".tmp")
+        dynamic = plan.layers_in("int8-dynamic")
+        staged = out.with_suffix(".static.onnx")
         current = qdq.named_model_path(model, workdir)
         try:
             if plan.is_native:
                 self._write_native(model, calibration, workdir, staged)
                 current = staged
-            elif static:
+            elif plan.needs_calibration:
                 qdq.write_qdq_graph(model, plan, calibration, workdir, staged)
                 current = staged
             if dynamic:
@@ -218,10 +213,8 @@ class OnnxRuntimeBackend(Backend):
                     )
             else:
                 out.write_bytes(current.read_bytes())
-            out.replace(path)
         finally:
             staged.unlink(missing_ok=True)
-        return Artifact(path, key, time.perf_counter() - start, cached=False)
 
     @staticmethod
     def _x86() -> bool:
@@ -307,15 +300,14 @@ class OnnxRuntimeBackend(Backend):
                 totals.setdefault(node, [e["args"].get("op_name", "?"), 0])[1] += e["dur"]
         return _ort_op_times(graph, totals, runs)
 
-    def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
+    def _realized_tag(self) -> str:
+        return content_key(*_DISABLED_OPTIMIZERS)[:8]  # what runs depends on the optimizers left on
+
+    def _realize(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
         import onnx
 
-        # What runs depends on the session's optimizers as well as on the artifact.
-        report = artifact.path.with_suffix(f".realized-{qdq.sha(*_DISABLED_OPTIMIZERS)[:8]}.json")
-        if report.exists():
-            return json.loads(report.read_text())
         ort = _ort()
-        optimized = artifact.path.with_suffix(".optimized.onnx")
+        optimized = artifact.path.with_suffix(f".{os.getpid()}.optimized.onnx")
         so = self._session_options(1, shared_process=True)
         # The extended level applies the QDQ fusions that decide int8 vs float; the layout
         # passes of the "all" level only rewrite float convolutions into NCHWc form.
@@ -333,5 +325,4 @@ class OnnxRuntimeBackend(Backend):
             # The dynamic (QOperator) quantizer renames the node it replaces to "<name>_quant".
             op = kernels.get(layer.name) or kernels.get(f"{layer.name}_quant")
             realized[layer.name] = "removed" if op is None else ("int8" if op in _INT8_KERNELS else "fp32")
-        report.write_text(json.dumps(realized, indent=1))
         return realized

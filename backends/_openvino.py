@@ -8,9 +8,7 @@ MatMul in int8; the plan's fp32 layers stay in float. The artifact is OpenVINO I
 from __future__ import annotations
 
 import functools
-import json
 import pathlib
-import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -133,6 +131,8 @@ class OpenVinoBackend(Backend):
     """
 
     name = "openvino"
+    artifact_suffix = ".xml"
+    companion_suffixes = (".bin",)
 
     def __init__(self, device: str = "CPU") -> None:
         self.device = device.upper()
@@ -197,23 +197,23 @@ class OpenVinoBackend(Backend):
 
     # -- build -------------------------------------------------------------------------------
 
-    def build(
-        self, model: OnnxModel, plan: PrecisionPlan, calibration: Calibration | None, workdir: pathlib.Path
-    ) -> Artifact:
+    def _build_key(self, plan: PrecisionPlan) -> tuple[str, ...]:
         import openvino
 
-        self.check_plan(plan, model)
-        static = plan.layers_in("int8")
-        if static:
-            qdq.check_calibration(plan, calibration)
-        calib_key = calibration.path.name if static else "-"
-        key = qdq.sha(model.content_hash, plan.content_hash, calib_key, "openvino", openvino.__version__)
-        path = workdir / "artifacts" / "openvino" / f"{model.name}-{key}.xml"
-        if path.exists():
-            return Artifact(path, key, 0.0, cached=True, companions=(path.with_suffix(".bin"),))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        staged = path.with_suffix(".qdq.onnx")
+        return (openvino.__version__,)
+
+    def _build_uncached(
+        self,
+        model: OnnxModel,
+        plan: PrecisionPlan,
+        calibration: Calibration | None,
+        workdir: pathlib.Path,
+        out: pathlib.Path,
+    ) -> None:
+        import openvino
+
+        static = plan.needs_calibration
+        staged = out.with_suffix(".qdq.onnx")
         try:
             if static and plan.options.quantizer == "qdq":
                 qdq.write_qdq_graph(model, plan, calibration, workdir, staged)
@@ -225,12 +225,9 @@ class OpenVinoBackend(Backend):
                 ov_model = self._nncf_quantize(ov_model, model, plan, calibration)
             ov_model.set_rt_info(plan.options.inference_precision, _RT_INFO)
             # compress_to_fp16 defaults to True; fp32 layers must keep fp32 weights.
-            openvino.save_model(ov_model, str(path.with_suffix(".tmp.xml")), compress_to_fp16=False)
-            path.with_suffix(".tmp.bin").replace(path.with_suffix(".bin"))
-            path.with_suffix(".tmp.xml").replace(path)
+            openvino.save_model(ov_model, str(out), compress_to_fp16=False)
         finally:
             staged.unlink(missing_ok=True)
-        return Artifact(path, key, time.perf_counter() - start, cached=False, companions=(path.with_suffix(".bin"),))
 
     @staticmethod
     def _convert(source: pathlib.Path) -> Any:
@@ -325,10 +322,10 @@ class OpenVinoBackend(Backend):
             ops.append(OpTime(node, node_type, precision[node], ms / runs, exec_type, flag))
         return ops
 
-    def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
-        report = artifact.path.with_suffix(f".realized-{self.device}.json")
-        if report.exists():
-            return json.loads(report.read_text())
+    def _realized_tag(self) -> str:
+        return self.device
+
+    def _realize(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
         runner = self.load(artifact, threads=1)
         try:
             executed = [
@@ -351,5 +348,4 @@ class OpenVinoBackend(Backend):
             else:
                 precision = info["runtimePrecision"].astype(str)
                 realized[layer] = _RUNTIME_PRECISIONS.get(precision, precision)
-        report.write_text(json.dumps(realized, indent=1))
         return realized

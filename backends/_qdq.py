@@ -14,9 +14,7 @@ serves any plan on any backend.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
-import os
 import pathlib
 import tempfile
 import time
@@ -25,7 +23,8 @@ from typing import Any
 
 import numpy as np
 
-from qbench.backends._base import Calibration
+from qbench.backends._base import Calibration, check_calibration
+from qbench.cache import atomic_cached
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError
 from qbench.model import OnnxModel
@@ -34,10 +33,6 @@ from qbench.plan import PrecisionPlan
 log = logging.getLogger(__name__)
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 _CALIBRATION_BATCH = 32
-
-
-def sha(*parts: str) -> str:
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
 @contextlib.contextmanager
@@ -59,11 +54,7 @@ def quiet_root_logger() -> Iterator[None]:
 def named_model_path(model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path:
     """The model with qbench's stable node names, on disk (the quantizer reads files)."""
     path = workdir / "models" / f"{model.name}-{model.content_hash}.onnx"
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        model.save(tmp)
-        tmp.replace(path)
+    atomic_cached(path, model.save)
     return path
 
 
@@ -78,28 +69,28 @@ def prepared_model_path(model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path
     import onnxruntime
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    source = named_model_path(model, workdir)
+    source = named_model_path(model, workdir).resolve()
     path = source.with_name(f"{source.stem}-prepared-ort{onnxruntime.__version__}.onnx")
-    if path.exists():
-        return path
-    source = source.resolve()
-    tmp = path.resolve().with_suffix(f".{os.getpid()}.tmp")  # suite workers of a farm may prepare it at once
-    # When symbolic shape inference fails, ORT saves its partial model to the current directory
-    # (sym_shape_infer_temp.onnx and a <uuid>.data file): keep that out of the user's directory.
-    with quiet_root_logger(), tempfile.TemporaryDirectory(prefix="qbench-prep-") as scratch, contextlib.chdir(scratch):
-        onnxruntime.set_default_logger_severity(3)  # "removing unused initializer" warnings, one per tensor
-        try:
-            quant_pre_process(str(source), str(tmp))
-        except Exception as exc:  # SymbolicShapeInference raises a bare Exception
-            log.debug("symbolic shape inference failed (%s); pre-processing without it", exc)
-            quant_pre_process(str(source), str(tmp), skip_symbolic_shape=True)
-    kept = {node.name for node in onnx.load(str(tmp), load_external_data=False).graph.node}
-    lost = [name for name in model.layer_names() if name not in kept]
-    if lost:
-        log.warning("pre-processing renamed layer %r; quantizing the model as it is", lost[0])
-        tmp.unlink()
-        return source
-    tmp.replace(path)
+
+    def prepare(out: pathlib.Path) -> None:
+        # When symbolic shape inference fails, ORT saves its partial model to the current
+        # directory (sym_shape_infer_temp.onnx and a <uuid>.data file): keep that out of the
+        # user's directory.
+        with quiet_root_logger(), tempfile.TemporaryDirectory(prefix="qbench-prep-") as scratch:
+            with contextlib.chdir(scratch):
+                onnxruntime.set_default_logger_severity(3)  # "removing unused initializer", per tensor
+                try:
+                    quant_pre_process(str(source), str(out))
+                except Exception as exc:  # SymbolicShapeInference raises a bare Exception
+                    log.debug("symbolic shape inference failed (%s); pre-processing without it", exc)
+                    quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
+        kept = {node.name for node in onnx.load(str(out), load_external_data=False).graph.node}
+        lost = [name for name in model.layer_names() if name not in kept]
+        if lost:
+            log.warning("pre-processing renamed layer %r; quantizing the model as it is", lost[0])
+            out.write_bytes(source.read_bytes())
+
+    atomic_cached(path, prepare)
     return path
 
 
@@ -136,9 +127,6 @@ def calibrate(model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Pat
     if method not in CALIBRATION_METHODS:
         raise QbenchError(f"calibration method must be one of {list(CALIBRATION_METHODS)}, but got {method!r}")
     path = workdir / "calibration" / f"{model.content_hash}-{data.content_hash}-{method}-prepared.json"
-    if path.exists():
-        return Calibration(path, method, len(data), 0.0, {"cached": True})
-    path.parent.mkdir(parents=True, exist_ok=True)
     fixed = fixed_batch_size(model)
 
     class Reader(CalibrationDataReader):
@@ -148,31 +136,25 @@ def calibrate(model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Pat
         def get_next(self) -> dict[str, np.ndarray] | None:
             return next(self._feeds, None)
 
+    def collect(out: pathlib.Path) -> None:
+        augmented = out.with_suffix(".augmented.onnx")
+        try:
+            calibrator = create_calibrator(
+                prepared_model_path(model, workdir),
+                None,  # every float tensor: any later plan can pick any layer
+                augmented_model_path=str(augmented),
+                calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+                extra_options={"execution_providers": ["CPUExecutionProvider"]},
+            )
+            calibrator.collect_data(Reader())
+            save_tensors_data(calibrator.compute_data(), out)
+        finally:
+            augmented.unlink(missing_ok=True)
+            augmented.with_suffix(".onnx.data").unlink(missing_ok=True)
+
     start = time.perf_counter()
-    augmented = path.with_suffix(".augmented.onnx")
-    try:
-        calibrator = create_calibrator(
-            prepared_model_path(model, workdir),
-            None,  # every float tensor: any later plan can pick any layer
-            augmented_model_path=str(augmented),
-            calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
-            extra_options={"execution_providers": ["CPUExecutionProvider"]},
-        )
-        calibrator.collect_data(Reader())
-        tmp = path.with_suffix(".tmp")
-        save_tensors_data(calibrator.compute_data(), tmp)
-        tmp.replace(path)
-    finally:
-        augmented.unlink(missing_ok=True)
-        augmented.with_suffix(".onnx.data").unlink(missing_ok=True)
-    return Calibration(path, method, len(data), time.perf_counter() - start, {"cached": False})
-
-
-def check_calibration(plan: PrecisionPlan, calibration: Calibration | None) -> None:
-    if calibration is None:
-        raise ValueError("a plan with static int8 layers needs a calibration")
-    if plan.options.calibration != calibration.method:
-        raise ValueError(f"plan wants {plan.options.calibration} calibration, got {calibration.method}")
+    cached = atomic_cached(path, collect)
+    return Calibration(path, method, len(data), 0.0 if cached else time.perf_counter() - start, {"cached": cached})
 
 
 def write_qdq_graph(

@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib
 import json
 import pathlib
+import tempfile
 import time
 from collections.abc import Mapping
 from typing import Any
@@ -88,6 +89,8 @@ class TensorRtBackend(Backend):
     """NVIDIA TensorRT (or TensorRT-RTX): fp32, fp16, bf16, int8 and fp8 per layer, strongly typed."""
 
     name = "tensorrt"
+    artifact_suffix = ".engine"
+    companion_suffixes = (".json",)
 
     def probe(self) -> Availability:
         try:
@@ -157,29 +160,25 @@ class TensorRtBackend(Backend):
         onnx.save(write_cast_regions(graph, casts) if casts else graph, str(out))
         return out
 
-    def build(
-        self, model: OnnxModel, plan: PrecisionPlan, calibration: Calibration | None, workdir: pathlib.Path
-    ) -> Artifact:
+    def _build_key(self, plan: PrecisionPlan) -> tuple[str, ...]:
         trt = tensorrt_module()
-        self.check_plan(plan, model)
-        static = plan.layers_in("int8", "fp8")
-        if static:
-            qdq.check_calibration(plan, calibration)
+        return (trt.__name__, trt.__version__, _gpu_name(current_machine()))
+
+    def _build_uncached(
+        self,
+        model: OnnxModel,
+        plan: PrecisionPlan,
+        calibration: Calibration | None,
+        workdir: pathlib.Path,
+        out: pathlib.Path,
+    ) -> None:
+        trt = tensorrt_module()
         gpu = _gpu_name(current_machine())
-        calib_key = calibration.path.name if static else "-"
-        key = qdq.sha(model.content_hash, plan.content_hash, calib_key, trt.__name__, trt.__version__, gpu)
-        path = workdir / "artifacts" / "tensorrt" / f"{model.name}-{key}.engine"
-        if path.exists():
-            return Artifact(path, key, 0.0, cached=True)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        start = time.perf_counter()
-        graph = self.write_graph(model, plan, calibration, path.with_suffix(".onnx"), workdir)
-        engine, settings = build_engine(trt, graph, workdir / "tensorrt-timing-cache" / f"{gpu}-{trt.__version__}")
-        tmp = path.with_suffix(".tmp")
-        tmp.write_bytes(engine)
-        path.with_suffix(".json").write_text(json.dumps({**settings, "gpu": gpu}, indent=1))
-        tmp.replace(path)
-        return Artifact(path, key, time.perf_counter() - start, cached=False)
+        with tempfile.TemporaryDirectory(prefix="qbench-trt-") as scratch:
+            graph = self.write_graph(model, plan, calibration, pathlib.Path(scratch) / "graph.onnx", workdir)
+            engine, settings = build_engine(trt, graph, workdir / "tensorrt-timing-cache" / f"{gpu}-{trt.__version__}")
+        out.write_bytes(engine)
+        out.with_suffix(".json").write_text(json.dumps({**settings, "gpu": gpu}, indent=1))
 
     # -- run (needs an NVIDIA GPU) -----------------------------------------------------------
 
@@ -191,7 +190,10 @@ class TensorRtBackend(Backend):
             raise QbenchError(f"cannot run a TensorRT engine here: {availability.reason}")
         return TensorRtRunner(tensorrt_module(), artifact.path.read_bytes())
 
-    def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
+    def _realized_tag(self) -> str:
+        return "engine"
+
+    def _realize(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
         """Per plan layer, the precision of the engine layers built from it, read with the
         engine inspector (the engine is built with detailed profiling verbosity)."""
         runner = self.load(artifact, threads=1)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import importlib.util
 import os
 import pathlib
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from qbench.cache import atomic_cached
 from qbench.errors import QbenchError
 
 _HERE = pathlib.Path(__file__).parent
@@ -64,20 +63,15 @@ class ZooModel:
             raise QbenchError(f"zoo model {self.name!r} {reason}")
         target = self.cache_dir()
         files = ZooFiles(target / "model.onnx", target / "calib.npz", target / "eval.npz")
-        if not target.is_dir():
-            target.parent.mkdir(parents=True, exist_ok=True)
-            # Export into a scratch directory and rename it into place, so that two processes
-            # exporting at once (a farm of suite workers) never see a half-written model.
-            scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{self.name}-", dir=target.parent))
-            try:
-                self.export(scratch)
-                os.replace(scratch, target)
-            except OSError:
-                if not target.is_dir():
-                    raise
-            finally:
-                shutil.rmtree(scratch, ignore_errors=True)
+        # Exported into a scratch folder and renamed into place, so that two processes exporting
+        # at once (a farm of suite workers) never see a half-written model.
+        atomic_cached(target, self._export_into)
         return files
+
+
+    def _export_into(self, folder: pathlib.Path) -> None:
+        folder.mkdir()
+        self.export(folder)
 
 
 def cache_root() -> pathlib.Path:
