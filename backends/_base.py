@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import abc
-import hashlib
 import json
 import pathlib
 import time
@@ -13,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qbench.cache import atomic_cached
+from qbench.cache import atomic_cached, content_key
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.machine import Machine
@@ -81,11 +80,6 @@ class Calibration:
     samples: int
     seconds: float
     details: dict[str, Any] = field(default_factory=dict)
-
-
-def content_key(*parts: str) -> str:
-    """A short, stable hash of the parts: the cache key of anything built from them."""
-    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
 def check_calibration(plan: PrecisionPlan, calibration: Calibration | None) -> None:

@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from qbench.backends import _qdq as qdq
-from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner, content_key
+from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner
+from qbench.cache import content_key
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine

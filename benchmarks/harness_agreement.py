@@ -21,8 +21,8 @@ import time
 import numpy as np
 
 from qbench.backends import get_backend
-from qbench.bench import timed_call
 from qbench.data import load_npz
+from qbench.harness import timed_call
 from qbench.machine import current_machine
 from qbench.measure import Protocol, measure
 from qbench.model import OnnxModel
@@ -96,7 +96,7 @@ def main() -> None:
     parser.add_argument("--invocations", type=int, default=5)
     parser.add_argument("--blocks", type=int, default=6)
     parser.add_argument("--per-block", type=int, default=200)
-    parser.add_argument("--threads", type=int, default=current_machine().physical_cores)
+    parser.add_argument("--threads", type=int, default=current_machine().default_threads())
     args = parser.parse_args()
     print(f"machine: {current_machine().describe()}")
     print(f"\n1. harness vs bare session.run loop, same session, {args.blocks} alternating blocks of {args.per_block}")

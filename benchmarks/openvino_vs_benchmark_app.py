@@ -70,7 +70,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--seconds", type=int, default=10)
-    parser.add_argument("--threads", type=int, default=current_machine().physical_cores)
+    parser.add_argument("--threads", type=int, default=current_machine().default_threads())
     args = parser.parse_args()
     backend = get_backend("openvino")
     availability = backend.probe()

@@ -25,11 +25,12 @@ import pandas as pd
 from qbench.backends import get_backend
 from qbench.bench import BenchSettings, run_bench
 from qbench.data import Dataset, load_npz
+from qbench.harness import Harness
 from qbench.machine import current_machine
 from qbench.metrics import get_metric
 from qbench.model import OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan
-from qbench.search import PlanEvaluator, StudySettings, analyze_sensitivity, build_space, greedy_accuracy_control, tune
+from qbench.search import StudySettings, analyze_sensitivity, build_space, greedy_accuracy_control, tune
 from qbench.search._tune import FINAL_PROTOCOL
 from qbench.store import Leaderboard
 from qbench.zoo import ZOO
@@ -70,7 +71,7 @@ def compare(name: str, trials: int, threads: int, workdir: pathlib.Path) -> None
     )
 
     started = time.perf_counter()
-    evaluator = PlanEvaluator(
+    harness = Harness(
         backend=backend,
         model=model,
         calibration_data=calibration,
@@ -82,12 +83,12 @@ def compare(name: str, trials: int, threads: int, workdir: pathlib.Path) -> None
         quick_samples=quick,
     )
     space = build_space(model, backend.precisions, PlanOptions())
-    report = analyze_sensitivity(evaluator, space)
+    report = analyze_sensitivity(harness, space)
     sensitivity_s = time.perf_counter() - started
     started = time.perf_counter()
-    greedy, greedy_drop = greedy_accuracy_control(evaluator, space, report, budget)
+    greedy, greedy_drop = greedy_accuracy_control(harness, space, report, budget)
     greedy_s = time.perf_counter() - started
-    evaluator.close()
+    harness.close()
     print(
         f"sensitivity {sensitivity_s:.0f} s (uniform int8 drop on the quick subset {report.uniform_drop:+.4f}); "
         f"greedy {greedy_s:.0f} s: {len(greedy.layers)} of {len(space.groups)} layers int8, tuning drop "
@@ -122,7 +123,7 @@ def compare(name: str, trials: int, threads: int, workdir: pathlib.Path) -> None
     int8 = PrecisionPlan.uniform(model.layer_names(), "int8", "uniform-int8")
     plans = [int8, PrecisionPlan(greedy.layers, greedy.options, "greedy")]
     if result.winner is not None:
-        tuned = PrecisionPlan.from_json(result.winner["plan"])
+        tuned = PrecisionPlan.from_json(result.winner.plan)
         plans.append(PrecisionPlan(tuned.layers, tuned.options, "qbench-tune"))
     rows = run_bench(
         model=model,
@@ -140,23 +141,21 @@ def compare(name: str, trials: int, threads: int, workdir: pathlib.Path) -> None
     table = pd.DataFrame(
         [
             {
-                "plan": r["plan_name"],
-                "median ms": round(r["median_ms"], 3),
-                "speedup vs fp32 (95% CI)": (
-                    f"{r['speedup']:.3f}× ({r['speedup_ci_low']:.3f}–{r['speedup_ci_high']:.3f})"
-                ),
-                "test drop": round(r["accuracy_drop"], 4),
-                "within budget": "yes" if r["accuracy_drop"] <= budget else "NO",
-                "int8 layers": f"{sum(p == 'int8' for p in r['realized'].values())}/{len(model.layers)}",
+                "plan": r.plan_name,
+                "median ms": round(r.median_ms, 3),
+                "speedup vs fp32 (95% CI)": (f"{r.speedup:.3f}× ({r.speedup_ci_low:.3f}–{r.speedup_ci_high:.3f})"),
+                "test drop": round(r.accuracy_drop, 4),
+                "within budget": "yes" if r.accuracy_drop <= budget else "NO",
+                "int8 layers": f"{sum(p == 'int8' for p in r.realized.values())}/{len(model.layers)}",
             }
             for r in rows
-            if r["status"] == "ok"
+            if r.status == "ok"
         ]
     )
     print(table.sort_values("median ms").to_string(index=False))
     for r in rows:
-        if r["status"] != "ok":
-            print(f"{r['plan_name']} failed: {r['error']}")
+        if r.status != "ok":
+            print(f"{r.plan_name} failed: {r.error}")
     if result.winner is None:
         print("qbench tune kept fp32 (no plan within the budget was measurably faster on the selection data)")
 
@@ -165,7 +164,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=30)
     parser.add_argument("--models", default="digits-cnn,ppocr-rec")
-    parser.add_argument("--threads", type=int, default=current_machine().physical_cores)
+    parser.add_argument("--threads", type=int, default=current_machine().default_threads())
     args = parser.parse_args()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # one INFO line per trial otherwise
     print(f"machine: {current_machine().describe()}")

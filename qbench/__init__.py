@@ -8,10 +8,11 @@ __version__ = "0.1.0"
 
 from qbench.data import Dataset, load_npz  # noqa: E402
 from qbench.errors import QbenchError  # noqa: E402
-from qbench.measure import LatencyStats, Protocol, Speedup, measure, measure_interleaved, speedup  # noqa: E402
+from qbench.measure import Protocol, measure, measure_interleaved  # noqa: E402
 from qbench.metrics import get_metric  # noqa: E402
 from qbench.model import OnnxModel  # noqa: E402
 from qbench.plan import PlanOptions, PrecisionPlan  # noqa: E402
+from qbench.statistics import LatencyStats, Speedup, speedup  # noqa: E402
 from qbench.store import Leaderboard  # noqa: E402
 
 __all__ = [

@@ -3,40 +3,38 @@
 All plans are measured interleaved in one process with the fp32 baseline, so each plan's
 speedup is a ratio taken under the same conditions; accuracy is measured on the very session
 that was timed. A plan that fails is recorded as failed with its error and the rest go on.
-This module drives a backend object it is given and never imports ``backends`` itself.
+Scoring and timing go through ``qbench.harness``; this module decides what to measure and
+records it.
 """
 
 from __future__ import annotations
 
 import logging
 import pathlib
-import sys
-import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import psutil
 
 from qbench import __version__
 from qbench.codeversion import code_version
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, describe
+from qbench.harness import FP32, TIMING_CHUNK, Harness, Loaded, chunks
 from qbench.machine import Machine
-from qbench.measure import LatencyStats, Protocol, measure_interleaved, speedup
+from qbench.measure import Protocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
 from qbench.profile import PROFILE_RUNS, Profile
-from qbench.store import Leaderboard, samples_to_bytes
+from qbench.store import Leaderboard, ResultRow
 
 if TYPE_CHECKING:
-    from qbench.backends import Artifact, Backend, Calibration, Runner
+    from qbench.backends import Artifact, Backend, Calibration
 
 log = logging.getLogger(__name__)
-EVAL_BATCH = 64
 Progress = Callable[[str], None]
 
 
@@ -63,17 +61,32 @@ class Candidate:
 
     plan: PrecisionPlan
     artifact: Artifact | None = None
-    runner: Runner | None = None
-    outputs: np.ndarray | None = None
     load_s: float | None = None
     first_inference_ms: float | None = None
     rss_delta_mb: float | None = None
     peak_rss_mb: float | None = None
     samples_ns: np.ndarray | None = None
+    baseline_ns: np.ndarray | None = None  # the fp32 samples interleaved with this plan's
     accuracy: float | None = None
     runner_settings: dict[str, Any] | None = None
     profile: Profile | None = None
     error: str | None = None
+    session: Loaded | None = None  # while its chunk is loaded
+
+    @property
+    def key(self) -> str:
+        return self.plan.content_hash
+
+    def loaded(self, loaded: Loaded) -> None:
+        self.artifact, self.load_s = loaded.artifact, loaded.load_s
+        self.first_inference_ms, self.rss_delta_mb = loaded.first_inference_ms, loaded.rss_delta_mb
+        self.peak_rss_mb = loaded.peak_rss_mb
+        self.runner_settings = dict(loaded.runner.settings)
+
+    def close(self) -> None:
+        if self.session is not None:
+            self.session.close()
+            self.session = None
 
     def fail(self, exc: BaseException) -> None:
         self.error = describe(exc)
@@ -92,6 +105,16 @@ def with_baseline(plans: Sequence[PrecisionPlan]) -> list[PrecisionPlan]:
     return ordered
 
 
+def _checked_candidates(backend: Backend, model: OnnxModel, machine: Machine, plans: Sequence[PrecisionPlan]):
+    availability = backend.probe()
+    if not availability.available:
+        raise QbenchError(f"backend {backend.name!r} is not usable here: {availability.reason}")
+    candidates = [Candidate(backend.resolve_plan(p, machine)) for p in with_baseline(plans)]
+    for c in candidates:  # reject bad plans before any expensive work
+        backend.check_plan(c.plan, model)
+    return availability, candidates
+
+
 def run_bench(
     *,
     model: OnnxModel,
@@ -105,50 +128,55 @@ def run_bench(
     board: Leaderboard,
     workdir: pathlib.Path,
     progress: Progress = lambda _msg: None,
-) -> list[dict[str, Any]]:
-    """Measure ``plans`` (plus the fp32 baseline) and record one leaderboard row per plan."""
-    availability = backend.probe()
-    if not availability.available:
-        raise QbenchError(f"backend {backend.name!r} is not usable here: {availability.reason}")
-    fixed = fixed_batch_size(model)
-    if fixed is not None and settings.batch_size not in (1, fixed):
-        raise QbenchError(f"the model's batch size is fixed at {fixed}; drop --batch or pass --batch {fixed}")
-    batch = fixed or settings.batch_size
-    if batch > len(evaluation_data):
-        raise QbenchError(
-            f"--batch {batch} is larger than the {len(evaluation_data)} evaluation samples of "
-            f"{evaluation_data.source}; pass --batch {len(evaluation_data)} or less, or more data"
-        )
-    if metric.needs_labels and evaluation_data.labels is None:
-        raise QbenchError(f"metric {metric.name!r} needs labels, but {evaluation_data.source} has no 'labels' array")
-    candidates = [Candidate(backend.resolve_plan(p, machine)) for p in with_baseline(plans)]
-    for c in candidates:  # reject bad plans before any expensive work
-        backend.check_plan(c.plan, model)
-    board.record_machine(machine.to_dict())
+) -> list[ResultRow]:
+    """Measure ``plans`` (plus the fp32 baseline) and record one leaderboard row per plan.
 
-    calibrations = _calibrate(backend, model, calibration_data, candidates, workdir, progress)
+    The plans are loaded, scored and timed a chunk at a time (``TIMING_CHUNK``), each chunk
+    interleaved with the fp32 session the harness keeps loaded, so memory does not grow with
+    the number of plans and every speedup is a ratio measured side by side with fp32."""
+    availability, candidates = _checked_candidates(backend, model, machine, plans)
+    board.record_machine(machine.to_dict())
+    progress(f"load and score fp32 on {len(evaluation_data)} samples")
+    harness = Harness(
+        backend=backend,
+        model=model,
+        calibration_data=calibration_data,
+        evaluation_data=evaluation_data,
+        metric=metric,
+        machine=machine,
+        threads=settings.threads,
+        workdir=workdir,
+        batch_size=settings.batch_size,
+    )
+    baseline, others = candidates[0], candidates[1:]
     try:
-        for c in candidates:
-            if c.error is not None:  # its calibration failed
-                continue
-            progress(f"build and load {c.plan.name}")
-            _prepare(c, backend, model, calibrations, evaluation_data, settings.threads, fixed, workdir)
-        _score_accuracy(candidates, metric, evaluation_data)
-        ready = [c for c in candidates if c.error is None]
-        feeds = next(evaluation_data.batches(batch))
-        progress(f"time {len(ready)} plans interleaved")
-        runs = {c.plan.content_hash: timed_call(c.runner, feeds) for c in ready}
-        if runs:
-            measured = measure_interleaved(runs, settings.protocol)
-            for c in ready:
-                c.samples_ns = measured[c.plan.content_hash]
-                c.runner_settings.update(c.runner.timing_notes())
+        if harness.baseline is None:
+            baseline.error = harness.baseline_error
+        else:
+            baseline.loaded(harness.baseline)
+            baseline.accuracy = harness.baseline_accuracy
+        _calibrate(harness.calibration, calibration_data, candidates, progress)
+        pending = [c for c in others if c.error is None]
+        for number, chunk in enumerate(chunks(pending), start=1):
+            for c in chunk:
+                progress(f"build, load and score {c.plan.name}")
+                _prepare(c, harness)
+            ready = [c for c in chunk if c.error is None and c.samples_ns is None]
+            if ready and baseline.error is None:
+                progress(f"time {len(ready)} plans interleaved with fp32 ({number}/{-(-len(pending) // TIMING_CHUNK)})")
+                _time(harness, baseline, ready, settings.protocol)
+            for c in chunk:
+                c.close()
+        if baseline.error is None and baseline.samples_ns is None:  # no other plan: time fp32 alone
+            _time(harness, baseline, [], settings.protocol)
     finally:
         for c in candidates:
-            if c.runner is not None:
-                c.runner.close()
-    if settings.profile and runs:
-        for c in ready:
+            c.close()
+        harness.close()
+    measured = [c for c in candidates if c.error is None and c.samples_ns is not None]
+    if settings.profile:
+        feeds = harness.feeds
+        for c in measured:
             progress(f"profile {c.plan.name}")
             c.profile = take_profile(backend, c.artifact, c.plan.name, settings.threads, feeds)
     return _record(
@@ -161,9 +189,42 @@ def run_bench(
         availability.version,
         machine,
         settings,
-        batch,
+        harness.batch_size,
         board,
     )
+
+
+def _prepare(c: Candidate, harness: Harness) -> None:
+    """Build and load one plan and score it on the evaluation set; a failure fails it alone."""
+    if harness.metric.needs_reference and harness.reference is None:
+        c.error = (
+            f"no fp32 reference outputs for metric {harness.metric.name!r}: the baseline failed "
+            f"({harness.baseline_error})"
+        )
+        return
+    try:
+        c.session = harness.load(c.plan)
+        c.loaded(c.session)
+    except Exception as exc:  # one plan's failure must not stop the others
+        c.fail(exc)
+        return
+    try:
+        c.accuracy = harness.accuracy(c.session.runner)
+    except QbenchError:
+        raise
+    except Exception as exc:  # a run or a user metric that crashes fails that plan only
+        c.fail(exc)
+        c.close()
+
+
+def _time(harness: Harness, baseline: Candidate, ready: list[Candidate], protocol: Protocol) -> None:
+    samples = harness.time({c.key: c.session.runner for c in ready}, protocol)
+    for c in ready:
+        c.samples_ns, c.baseline_ns = samples[c.key], samples[FP32]
+        c.runner_settings.update(c.session.runner.timing_notes())
+    if baseline.samples_ns is None:  # the fp32 row keeps the samples of the first chunk
+        baseline.samples_ns = baseline.baseline_ns = samples[FP32]
+        baseline.runner_settings.update(harness.baseline.runner.timing_notes())
 
 
 def profile_plans(
@@ -180,23 +241,21 @@ def profile_plans(
 ) -> list[Profile]:
     """Per-op profiles of ``plans`` (the fp32 baseline first), each built as ``bench`` would
     build it and profiled on its own fresh session; no latency is timed."""
-    availability = backend.probe()
-    if not availability.available:
-        raise QbenchError(f"backend {backend.name!r} is not usable here: {availability.reason}")
-    resolved = [backend.resolve_plan(p, machine) for p in with_baseline(plans)]
-    for plan in resolved:
-        backend.check_plan(plan, model)
-    candidates = [Candidate(plan) for plan in resolved]
-    calibrations = _calibrate(backend, model, calibration_data, candidates, workdir, progress)
+    _, candidates = _checked_candidates(backend, model, machine, plans)
+
+    def calibrate(method: str) -> Calibration:
+        return backend.calibrate(model, calibration_data, method, workdir)
+
+    calibrations = _calibrate(calibrate, calibration_data, candidates, progress)
     failed = next((c for c in candidates if c.error is not None), None)
     if failed is not None:
         raise QbenchError(f"cannot profile {failed.plan.name}: {failed.error}")
     feeds = next(evaluation_data.batches(fixed_batch_size(model) or 1))
     profiles = []
-    for plan in resolved:
-        progress(f"build and profile {plan.name}")
-        artifact = backend.build(model, plan, calibrations.get(plan.options.calibration), workdir)
-        profiles.append(_profile(backend, artifact, plan.name, threads, feeds))
+    for c in candidates:
+        progress(f"build and profile {c.plan.name}")
+        artifact = backend.build(model, c.plan, calibrations.get(c.plan.options.calibration), workdir)
+        profiles.append(_profile(backend, artifact, c.plan.name, threads, feeds))
     return profiles
 
 
@@ -221,11 +280,9 @@ def take_profile(
 
 
 def _calibrate(
-    backend: Backend,
-    model: OnnxModel,
+    calibrate: Callable[[str], Calibration],
     data: Dataset,
     candidates: list[Candidate],
-    workdir: pathlib.Path,
     progress: Progress,
 ) -> dict[str, Calibration]:
     """Activation ranges per calibration method. A method that fails (an op the runtime cannot
@@ -235,7 +292,7 @@ def _calibrate(
     for method in sorted(methods):
         progress(f"calibrate ({method}, {len(data)} samples)")
         try:
-            calibrations[method] = backend.calibrate(model, data, method, workdir)
+            calibrations[method] = calibrate(method)
         except QbenchError:
             raise
         except Exception as exc:
@@ -243,86 +300,6 @@ def _calibrate(
                 if c.plan.needs_calibration and c.plan.options.calibration == method:
                     c.fail(RuntimeError(f"calibration ({method}) failed: {describe(exc)}"))
     return calibrations
-
-
-def timed_call(runner: Runner, feeds: dict[str, np.ndarray]) -> Callable[[], None]:
-    """What one latency sample times: an inference and, for asynchronous devices, its completion."""
-
-    def call() -> None:
-        runner.run(feeds)
-        runner.synchronize()
-
-    return call
-
-
-def _prepare(
-    c: Candidate,
-    backend: Backend,
-    model: OnnxModel,
-    calibrations: dict[str, Calibration],
-    data: Dataset,
-    threads: int,
-    fixed_batch: int | None,
-    workdir: pathlib.Path,
-) -> None:
-    """Build, load, time the cold first inference and run the evaluation set."""
-    process = psutil.Process()
-    try:
-        c.artifact = backend.build(model, c.plan, calibrations.get(c.plan.options.calibration), workdir)
-        rss_before = process.memory_info().rss
-        start = time.perf_counter()
-        c.runner = backend.load(c.artifact, threads, shared_process=True)
-        c.load_s = time.perf_counter() - start
-        c.runner_settings = dict(c.runner.settings)
-        start = time.perf_counter()
-        c.runner.run(next(data.batches(fixed_batch or EVAL_BATCH)))
-        c.runner.synchronize()
-        c.first_inference_ms = (time.perf_counter() - start) * 1e3
-        c.rss_delta_mb = (process.memory_info().rss - rss_before) / 2**20
-        c.peak_rss_mb = _peak_rss_mb()
-        c.outputs = evaluation_outputs(c.runner, data, fixed_batch)
-    except Exception as exc:  # one plan's failure must not stop the others
-        c.fail(exc)
-        if c.runner is not None:
-            c.runner.close()
-            c.runner = None
-
-
-def evaluation_outputs(runner: Runner, data: Dataset, fixed_batch: int | None) -> np.ndarray:
-    """The first model output for every sample of ``data``, in order (samples on axis 0)."""
-    feeds = data.batches(fixed_batch or EVAL_BATCH, keep_tail=fixed_batch is None)
-    return np.concatenate([runner.run(feed)[0] for feed in feeds])
-
-
-def _peak_rss_mb() -> float | None:
-    try:
-        import resource
-    except ImportError:  # Windows
-        return None
-    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return kib / 1024 if sys.platform != "darwin" else kib / 2**20  # macOS reports bytes
-
-
-def _score_accuracy(candidates: list[Candidate], metric: Metric, data: Dataset) -> None:
-    baseline = candidates[0]
-    reference = baseline.outputs
-    if reference is not None:
-        metric.check_labels(data.labels, reference, data.source)
-    if metric.needs_reference and reference is None:
-        for c in candidates[1:]:
-            if c.error is None:
-                c.error = (
-                    f"no fp32 reference outputs for metric {metric.name!r}: the baseline failed ({baseline.error})"
-                )
-        return
-    for c in candidates:
-        if c.error is None:
-            try:
-                c.accuracy = metric(c.outputs, data.labels, reference)
-            except QbenchError:
-                raise
-            except Exception as exc:  # a user metric that crashes fails that plan only
-                c.fail(exc)
 
 
 def _record(
@@ -337,50 +314,39 @@ def _record(
     settings: BenchSettings,
     batch: int,
     board: Leaderboard,
-) -> list[dict[str, Any]]:
+) -> list[ResultRow]:
     run_id = uuid.uuid4().hex
     baseline = candidates[0]
     rows = []
     for c in candidates:
-        row: dict[str, Any] = {
-            "run_id": run_id,
-            "kind": settings.kind,
-            "machine_hash": machine.fingerprint_hash,
-            "qbench_version": __version__,
-            "code_version": code_version(),
-            "job": settings.job,
-            "job_hash": settings.job_hash,
-            "model_name": model.name,
-            "model_hash": model.content_hash,
-            "data_hash": f"{calibration_data.content_hash[:8]}+{evaluation_data.content_hash[:8]}",
-            "metric": metric.name,
-            "plan_name": c.plan.name,
-            "plan_hash": c.plan.content_hash,
-            "plan": c.plan.to_json(),
-            "backend": backend.name,
-            "backend_version": backend_version,
-            "threads": settings.threads,
-            "batch_size": batch,
-            "protocol": settings.protocol.as_dict(),
-            "backend_settings": c.runner_settings,
-        }
+        row = ResultRow(
+            run_id=run_id,
+            kind=settings.kind,
+            status="ok",
+            machine_hash=machine.fingerprint_hash,
+            qbench_version=__version__,
+            code_version=code_version(),
+            job=settings.job,
+            job_hash=settings.job_hash,
+            model_name=model.name,
+            model_hash=model.content_hash,
+            data_hash=f"{calibration_data.content_hash[:8]}+{evaluation_data.content_hash[:8]}",
+            metric=metric.name,
+            plan_name=c.plan.name,
+            plan_hash=c.plan.content_hash,
+            plan=c.plan.to_json(),
+            backend=backend.name,
+            backend_version=backend_version,
+            threads=settings.threads,
+            batch_size=batch,
+            protocol=settings.protocol.as_dict(),
+            backend_settings=c.runner_settings,
+        )
         if c.error is not None or c.samples_ns is None:
-            row.update(status="failed", error=c.error or "not measured")
+            row = replace(row, status="failed", error=c.error or "not measured")
         else:
-            stats = LatencyStats.from_samples(c.samples_ns, settings.protocol.noisy_cv)
-            row.update(
-                status="ok",
-                n_samples=stats.n,
-                median_ms=stats.median_ms,
-                ci_low_ms=stats.ci_low_ms,
-                ci_high_ms=stats.ci_high_ms,
-                p90_ms=stats.p90_ms,
-                p99_ms=stats.p99_ms,
-                mean_ms=stats.mean_ms,
-                std_ms=stats.std_ms,
-                cv=stats.cv,
-                noisy=stats.noisy,
-                samples_ns=samples_to_bytes(c.samples_ns),
+            row = replace(
+                row.with_samples(c.samples_ns, settings.protocol.noisy_cv),
                 accuracy=c.accuracy,
                 build_s=c.artifact.build_seconds,
                 load_s=c.load_s,
@@ -391,14 +357,8 @@ def _record(
                 realized=backend.realized_precisions(c.artifact, c.plan, model),
                 profile=c.profile.to_json() if c.profile is not None else None,
             )
-            if baseline.samples_ns is not None and baseline.error is None:
-                ratio = speedup(baseline.samples_ns, c.samples_ns)
-                row.update(
-                    speedup=ratio.ratio,
-                    speedup_ci_low=ratio.ci_low,
-                    speedup_ci_high=ratio.ci_high,
-                    accuracy_drop=baseline.accuracy - c.accuracy,
-                )
-        row["id"] = board.insert(row)
+            if c.baseline_ns is not None and baseline.error is None:
+                row = row.with_speedup(c.baseline_ns, c.samples_ns, baseline.accuracy)
+        board.insert(row)
         rows.append(row)
     return rows

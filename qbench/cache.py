@@ -8,10 +8,16 @@ only once its content is complete, and a crash leaves at most a stray temporary 
 
 from __future__ import annotations
 
+import hashlib
 import os
 import pathlib
 import shutil
 from collections.abc import Callable, Sequence
+
+
+def content_key(*parts: str) -> str:
+    """A short, stable hash of the parts: the cache key of anything built from them."""
+    return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]
 
 
 def _remove(path: pathlib.Path) -> None:
@@ -21,9 +27,7 @@ def _remove(path: pathlib.Path) -> None:
         path.unlink(missing_ok=True)
 
 
-def atomic_cached(
-    path: pathlib.Path, produce: Callable[[pathlib.Path], None], companions: Sequence[str] = ()
-) -> bool:
+def atomic_cached(path: pathlib.Path, produce: Callable[[pathlib.Path], None], companions: Sequence[str] = ()) -> bool:
     """Make ``path`` unless it exists; return whether it already did (a cache hit).
 
     ``produce(tmp)`` writes the entry to ``tmp``, a sibling with the same suffix (tools that

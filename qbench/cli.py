@@ -383,9 +383,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         )
         _check_recorded(board)
         frame = board.frame()
-        mine = frame[frame.run_id == rows[0]["run_id"]]
+        mine = frame[frame.run_id == rows[0].run_id]
         print(
-            f"{model.name} on {backend.name} · {settings.threads} threads · batch {rows[0]['batch_size']} · "
+            f"{model.name} on {backend.name} · {settings.threads} threads · batch {rows[0].batch_size} · "
             f"metric {metric.name} on {len(evaluation)} samples · machine {machine.fingerprint_hash}"
         )
         print(ranked(latest_per_plan(mine)).to_string(index=False))
@@ -393,7 +393,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"recorded {len(rows)} rows in {safe_url(board.url)}; tables: {written[0].parent}")
     finally:
         board.close()
-    failed = [r["status"] == "failed" for r in rows]
+    failed = [not r.ok for r in rows]
     if failed[0] or (len(rows) > 1 and all(failed[1:])):  # nothing to compare against, or nothing measured
         print(f"qbench: {sum(failed)} of {len(rows)} plans failed; the status column says why", file=sys.stderr)
         return 1
@@ -454,15 +454,16 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     import pandas as pd
 
     from qbench.backends import get_backend
+    from qbench.harness import Harness
     from qbench.machine import current_machine
     from qbench.plan import PlanOptions
     from qbench.progress import step_printer
-    from qbench.search import PlanEvaluator, analyze_sensitivity, build_space
+    from qbench.search import analyze_sensitivity, build_space
 
     backend = get_backend(args.backend)
     model, calibration, evaluation, metric = _model_data_metric(args)
     machine = current_machine()
-    evaluator = PlanEvaluator(
+    harness = Harness(
         backend=backend,
         model=model,
         calibration_data=calibration,
@@ -474,12 +475,13 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         quick_samples=args.quick_samples,
     )
     try:
+        harness.require_baseline()
         space = build_space(model, backend.precisions, PlanOptions())
-        report = analyze_sensitivity(evaluator, space, "int8", step_printer(args.quiet))
+        report = analyze_sensitivity(harness, space, "int8", step_printer(args.quiet))
     finally:
-        evaluator.close()
+        harness.close()
     print(
-        f"{model.name} on {backend.name}, metric {metric.name} on {len(evaluator.quick_data)} samples: "
+        f"{model.name} on {backend.name}, metric {metric.name} on {len(harness.quick_data)} samples: "
         f"fp32 {report.fp32_ms:.3f} ms; int8 everywhere {report.uniform_ms:.3f} ms, drop {report.uniform_drop:+.4f}"
     )
     print(
@@ -566,7 +568,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"study {result.study_name}: {result.trials} (storage {safe_url(storage)})")
     print(f"\nPareto front (tuning data, {len(tuning)} samples):")
     print(result.front.to_string(index=False) if not result.front.empty else "  (no timed trial)")
-    mine = frame[frame.run_id == result.baseline["run_id"]]
+    mine = frame[frame.run_id == result.baseline.run_id]
     print(
         f"\nfinal selection on {len(holdout)} held-out samples, budget: drop <= {settings.max_drop:g} ({metric.name}):"
     )
@@ -581,10 +583,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         from qbench.profile import profile_from_json, render
 
         print("\nwhere the winner's time goes (kept nodes of the stored profile):")
-        print(render(profile_from_json(w["profile"]), profile_from_json(result.baseline["profile"])))
+        print(render(profile_from_json(w.profile), profile_from_json(result.baseline.profile)))
     print(
-        f"\nwinner {w['plan_name']}: {w['median_ms']:.3f} ms, {w['speedup']:.2f}× vs fp32 "
-        f"(95% CI {w['speedup_ci_low']:.2f}–{w['speedup_ci_high']:.2f}), drop {w['accuracy_drop']:+.4f}; "
+        f"\nwinner {w.plan_name}: {w.median_ms:.3f} ms, {w.speedup:.2f}× vs fp32 "
+        f"(95% CI {w.speedup_ci_low:.2f}–{w.speedup_ci_high:.2f}), drop {w.accuracy_drop:+.4f}; "
         f"plan and model in {result.output_dir}"
     )
     return 0
@@ -685,15 +687,15 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     from qbench.machine import current_machine
     from qbench.nightly import run_suite, summary
     from qbench.progress import bar
-    from qbench.store import results, safe_url
+    from qbench.store import safe_url
     from qbench.suite import load_suite, parse_override
 
     suite = load_suite(args.suite, dict(parse_override(o) for o in args.overrides))
     probes = {name: get_backend(name).probe() for name in sorted({job.backend for job in suite.jobs})}
     machine = current_machine()
     board = _open_board(args)
-    in_suite = [results.c.job.like(f"{suite.name}:%")]
-    runs_before = set(board.frame(where=in_suite).run_id)
+    in_suite = f"{suite.name}:"
+    runs_before = set(board.frame(job_prefix=in_suite).run_id)
     progress_bar = bar(len(suite.jobs), suite.name, args.quiet)
 
     def on_job(job, state: str) -> None:
@@ -713,7 +715,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
             on_job=on_job,
         )
         progress_bar.close()
-        runs = set(board.frame(where=in_suite).run_id) - runs_before  # regressions of this night only
+        runs = set(board.frame(job_prefix=in_suite).run_id) - runs_before  # regressions of this night only
         _, changes = _report(
             args.results_dir,
             board,

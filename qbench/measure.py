@@ -1,4 +1,4 @@
-"""Latency measurement: warm-up, sampling, order-statistic confidence intervals, interleaving.
+"""Latency measurement: warm-up, sampling and interleaving (the statistics are in ``statistics``).
 
 Absolute times drift 5-25 % between processes on shared machines, while ratios of candidates
 alternated inside one process hold to a few percent; so speedups always come from
@@ -7,7 +7,6 @@ alternated inside one process hold to a few percent; so speedups always come fro
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
@@ -15,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from qbench.errors import QbenchError
+from qbench.statistics import NOISY_CV
 
 RunFn = Callable[[], object]
 
@@ -28,7 +28,7 @@ class Protocol:
     min_count: int = 50
     min_seconds: float = 2.0
     max_seconds: float = 60.0
-    noisy_cv: float = 0.10  # a run whose coefficient of variation exceeds this is flagged noisy
+    noisy_cv: float = NOISY_CV
 
     def __post_init__(self) -> None:
         if self.warmup_count < 0 or self.min_count < 1:
@@ -45,89 +45,6 @@ class Protocol:
 
 
 QUICK_PROTOCOL = Protocol(warmup_count=3, warmup_seconds=0.1, min_count=20, min_seconds=0.5, max_seconds=10.0)
-
-
-def median_ci_indices(n: int, confidence: float = 0.95) -> tuple[int, int]:
-    """0-based order-statistic indices (lo, hi) with P(x_lo <= median <= x_hi) >= confidence.
-
-    Distribution-free: the count of samples below the true median is Binomial(n, 1/2).
-    """
-    if n < 1:
-        raise ValueError("need at least one sample")
-    alpha = 1.0 - confidence
-    # Largest k with P(B <= k-1) <= alpha/2, i.e. the lower bound is the k-th order statistic.
-    cdf = 0.0
-    k = 0
-    log_half_n = n * math.log(0.5)
-    while k < n:
-        term = math.exp(math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1) + log_half_n)
-        if cdf + term > alpha / 2:
-            break
-        cdf += term
-        k += 1
-    lo = max(0, k - 1)
-    return lo, n - 1 - lo
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    """Summary of raw latency samples, in milliseconds."""
-
-    n: int
-    median_ms: float
-    ci_low_ms: float
-    ci_high_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    std_ms: float
-    cv: float
-    noisy: bool
-
-    @classmethod
-    def from_samples(cls, samples_ns: np.ndarray, noisy_cv: float = Protocol.noisy_cv) -> LatencyStats:
-        ms = np.sort(np.asarray(samples_ns, dtype=np.float64)) / 1e6
-        if ms.size == 0:
-            raise ValueError("no latency samples")
-        lo, hi = median_ci_indices(ms.size)
-        mean = float(ms.mean())
-        std = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
-        cv = std / mean if mean > 0 else 0.0
-        return cls(
-            n=int(ms.size),
-            median_ms=float(np.median(ms)),
-            ci_low_ms=float(ms[lo]),
-            ci_high_ms=float(ms[hi]),
-            p90_ms=float(np.percentile(ms, 90)),
-            p99_ms=float(np.percentile(ms, 99)),
-            mean_ms=mean,
-            std_ms=std,
-            cv=cv,
-            noisy=cv > noisy_cv,
-        )
-
-
-@dataclass(frozen=True)
-class Speedup:
-    """``baseline median / candidate median`` (above 1 means the candidate is faster)."""
-
-    ratio: float
-    ci_low: float
-    ci_high: float
-
-
-def speedup(baseline_ns: np.ndarray, candidate_ns: np.ndarray, rounds: int = 2000, seed: int = 0) -> Speedup:
-    """Ratio of medians with a 95 % bootstrap interval that resamples interleaved rounds as pairs,
-    so drift that hit both candidates in the same round cancels."""
-    base = np.asarray(baseline_ns, dtype=np.float64)
-    cand = np.asarray(candidate_ns, dtype=np.float64)
-    n = min(base.size, cand.size)
-    base, cand = base[:n], cand[:n]
-    ratio = float(np.median(base) / np.median(cand))
-    idx = np.random.default_rng(seed).integers(0, n, size=(rounds, n))
-    boot = np.median(base[idx], axis=1) / np.median(cand[idx], axis=1)
-    low, high = np.percentile(boot, [2.5, 97.5])
-    return Speedup(ratio, float(low), float(high))
 
 
 def measure(run: RunFn, protocol: Protocol, on_sample: Callable[[], None] | None = None) -> np.ndarray:

@@ -21,13 +21,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
-import sqlalchemy as sa
 
 from qbench import __version__
 from qbench.codeversion import code_version
 from qbench.errors import QbenchError
 from qbench.machine import Machine
-from qbench.store import Leaderboard, results, safe_url
+from qbench.store import Leaderboard, ResultRow, safe_url
 from qbench.suite import Suite, SuiteJob, file_hash
 
 log = logging.getLogger(__name__)
@@ -84,19 +83,8 @@ def inside(folder: os.PathLike, relative: str) -> str:
 
 
 def _already_measured(board: Leaderboard, machine: Machine, config: str) -> bool:
-    query = sa.select(sa.func.count()).where(
-        results.c.job_hash == config,
-        results.c.machine_hash == machine.fingerprint_hash,
-        results.c.code_version == code_version(),
-        results.c.status == "ok",
-    )
-    with board.engine.connect() as conn:
-        return conn.execute(query).scalar_one() > 0
-
-
-def _rows_of(board: Leaderboard, config: str) -> int:
-    with board.engine.connect() as conn:
-        return conn.execute(sa.select(sa.func.count()).where(results.c.job_hash == config)).scalar_one()
+    done = board.count(job_hash=config, machine_hash=machine.fingerprint_hash, code_version=code_version(), status="ok")
+    return done > 0
 
 
 def _run_worker(
@@ -114,7 +102,7 @@ def _run_worker(
     command = [sys.executable, "-P", "-m", "qbench.worker"]
     bench_args = [*job.bench_args(threads), "--quiet", "--results-dir", os.fspath(results_dir)]
     spec = {"bench_args": bench_args, "db": board.url, "job": job.job_id, "job_hash": config}
-    rows_before = _rows_of(board, config)
+    rows_before = board.count(job_hash=config)
     start = time.perf_counter()
     with open(log_file, "w+", encoding="utf-8", errors="replace") as output:
         output.write(f"$ qbench bench {' '.join(bench_args)}  # job {job.job_id}, leaderboard {safe_url(board.url)}\n")
@@ -134,7 +122,7 @@ def _run_worker(
         output.seek(0)
         tail = output.read()[-OUTPUT_TAIL:]
     seconds = time.perf_counter() - start
-    recorded = _rows_of(board, config) - rows_before
+    recorded = board.count(job_hash=config) - rows_before
     if code == 0:
         return JobOutcome(job, "ok", seconds, f"{recorded} row(s)")
     if code is None:
@@ -162,26 +150,26 @@ def _last_error_line(output: str) -> str:
 def _record_failure(board: Leaderboard, machine: Machine, job: SuiteJob, threads: int, config: str, error: str):
     """One failed row for a job whose worker recorded nothing, so the failure is on the board."""
     board.insert(
-        {
-            "run_id": uuid.uuid4().hex,
-            "kind": "bench",
-            "status": "failed",
-            "error": error,
-            "machine_hash": machine.fingerprint_hash,
-            "qbench_version": __version__,
-            "code_version": code_version(),
-            "job": job.job_id,
-            "job_hash": config,
-            "model_name": os.path.basename(job.model).removesuffix(".onnx"),
-            "model_hash": file_hash(job.model) or "-",
-            "metric": job.metric,
-            "plan_name": ",".join(job.recipes),
-            "plan_hash": "-",
-            "plan": "{}",
-            "backend": job.backend,
-            "threads": threads,
-            "batch_size": job.batch,
-        }
+        ResultRow(
+            run_id=uuid.uuid4().hex,
+            kind="bench",
+            status="failed",
+            error=error,
+            machine_hash=machine.fingerprint_hash,
+            qbench_version=__version__,
+            code_version=code_version(),
+            job=job.job_id,
+            job_hash=config,
+            model_name=os.path.basename(job.model).removesuffix(".onnx"),
+            model_hash=file_hash(job.model) or "-",
+            metric=job.metric,
+            plan_name=",".join(job.recipes),
+            plan_hash="-",
+            plan="{}",
+            backend=job.backend,
+            threads=threads,
+            batch_size=job.batch,
+        )
     )
 
 

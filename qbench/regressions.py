@@ -11,36 +11,15 @@ not noise; accuracy when it moves by more than a tolerance.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pandas as pd
 
+from qbench.statistics import mann_whitney_p
 from qbench.store import samples_from_bytes
 
 JOB = ["machine_hash", "model_hash", "backend", "plan_hash", "threads", "batch_size", "protocol", "data_hash"]
 JOB += ["metric", "kind"]
 SUITE_JOB = ["machine_hash", "job", "plan_name", "kind"]
 ALPHA = 0.01
-
-
-def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided p-value of the Mann–Whitney U test (normal approximation with tie correction;
-    latency samples number in the hundreds, where the approximation is tight)."""
-    n1, n2 = len(a), len(b)
-    values = np.concatenate([a, b])
-    order = values.argsort(kind="mergesort")
-    _, first, counts = np.unique(values[order], return_index=True, return_counts=True)
-    ranks = np.empty(len(values))
-    ranks[order] = np.repeat(first + (counts + 1) / 2.0, counts)  # average ranks, 1-based
-    u = ranks[:n1].sum() - n1 * (n1 + 1) / 2.0
-    n = n1 + n2
-    ties = float(np.sum(counts.astype(float) ** 3 - counts))
-    sigma = math.sqrt(n1 * n2 / 12.0 * ((n + 1) - ties / (n * (n - 1))))
-    if sigma == 0:
-        return 1.0
-    z = (abs(u - n1 * n2 / 2.0) - 0.5) / sigma  # continuity correction
-    return min(1.0, math.erfc(max(z, 0.0) / math.sqrt(2.0)))
 
 
 def find_changes(

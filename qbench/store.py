@@ -14,7 +14,8 @@ import logging
 import os
 import pathlib
 import tempfile
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from qbench.errors import QbenchError, first_line
+from qbench.statistics import LatencyStats, speedup
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 3
@@ -126,6 +128,90 @@ def samples_to_bytes(samples_ns: np.ndarray) -> bytes:
 
 def samples_from_bytes(blob: bytes | None) -> np.ndarray:
     return np.frombuffer(blob or b"", dtype="<i8")
+
+
+@dataclass
+class ResultRow:
+    """One leaderboard row: a measured (model, data, metric, plan, backend, machine, protocol),
+    or a failed attempt at one (``status`` "failed" with the ``error``). Built by whoever
+    measured it, inserted by ``Leaderboard.insert``; its fields are the ``results`` columns."""
+
+    run_id: str
+    kind: str  # bench | tune
+    status: str  # ok | failed
+    machine_hash: str
+    qbench_version: str
+    model_name: str
+    model_hash: str
+    plan_name: str
+    plan_hash: str
+    plan: str
+    backend: str
+    error: str | None = None
+    code_version: str | None = None
+    job: str | None = None
+    job_hash: str | None = None
+    data_hash: str | None = None
+    metric: str | None = None
+    backend_version: str | None = None
+    backend_settings: dict[str, Any] | None = None
+    threads: int | None = None
+    batch_size: int | None = None
+    protocol: dict[str, Any] | None = None
+    n_samples: int | None = None
+    median_ms: float | None = None
+    ci_low_ms: float | None = None
+    ci_high_ms: float | None = None
+    p90_ms: float | None = None
+    p99_ms: float | None = None
+    mean_ms: float | None = None
+    std_ms: float | None = None
+    cv: float | None = None
+    noisy: bool | None = None
+    samples_ns: bytes | None = None
+    accuracy: float | None = None
+    accuracy_drop: float | None = None
+    speedup: float | None = None
+    speedup_ci_low: float | None = None
+    speedup_ci_high: float | None = None
+    build_s: float | None = None
+    load_s: float | None = None
+    first_inference_ms: float | None = None
+    rss_delta_mb: float | None = None
+    peak_rss_mb: float | None = None
+    artifact_bytes: int | None = None
+    realized: dict[str, str] | None = None
+    profile: str | None = None
+    created_at: dt.datetime | None = None
+    id: int | None = field(default=None, compare=False)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any]) -> ResultRow:
+        unknown = set(values) - {f.name for f in fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown result columns: {sorted(unknown)}")
+        return cls(**values)
+
+    @property
+    def ok(self) -> bool:
+        return self.status == "ok"
+
+    def with_samples(self, samples_ns: np.ndarray, noisy_cv: float) -> ResultRow:
+        """The latency statistics of raw samples (nanoseconds, in measured order), and the samples."""
+        stats = LatencyStats.from_samples(samples_ns, noisy_cv)
+        values = {f.name: getattr(stats, f.name) for f in fields(stats) if f.name != "n"}
+        return replace(self, n_samples=stats.n, samples_ns=samples_to_bytes(samples_ns), **values)
+
+    def with_speedup(self, baseline_ns: np.ndarray, samples_ns: np.ndarray, baseline_accuracy: float) -> ResultRow:
+        """The speedup against fp32 samples interleaved with this plan's, and the accuracy drop."""
+        ratio = speedup(baseline_ns, samples_ns)
+        return replace(
+            self,
+            speedup=ratio.ratio,
+            speedup_ci_low=ratio.ci_low,
+            speedup_ci_high=ratio.ci_high,
+            accuracy_drop=baseline_accuracy - self.accuracy,
+        )
 
 
 class Leaderboard:
@@ -252,24 +338,24 @@ class Leaderboard:
         except sa.exc.DBAPIError as exc:
             log.warning("cannot record the machine in %s: %s", safe_url(self.url), first_line(exc.orig or exc))
 
-    def insert(self, row: Mapping[str, Any]) -> int:
-        """Insert one result row in its own transaction and return its id."""
-        unknown = set(row) - set(RESULT_COLUMNS)
-        if unknown:
-            raise ValueError(f"unknown result columns: {sorted(unknown)}")
-        values = dict(row)
+    def insert(self, row: ResultRow | Mapping[str, Any]) -> int:
+        """Insert one result row in its own transaction and return its id (also set on the row)."""
+        if not isinstance(row, ResultRow):
+            row = ResultRow.from_mapping(row)
+        values = {k: v for k, v in asdict(row).items() if k != "id" and v is not None}
         values.setdefault("created_at", _now())
         for column in JSON_COLUMNS:
-            if column in values and not isinstance(values[column], str | type(None)):
+            if column in values and not isinstance(values[column], str):
                 values[column] = json.dumps(values[column], sort_keys=True)
         try:
             if self._file_identity() != self._identity:
                 raise OSError(f"the leaderboard file {self._sqlite_file} was deleted or replaced during the run")
             with self.engine.begin() as conn:
-                return int(conn.execute(results.insert().values(**values)).inserted_primary_key[0])
+                row.id = int(conn.execute(results.insert().values(**values)).inserted_primary_key[0])
         except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:  # not a bad row: a lost database
             self._keep(values, first_line(getattr(exc, "orig", None) or exc))
-            return -1
+            row.id = -1
+        return row.id
 
     def _keep(self, values: dict[str, Any], reason: str) -> None:
         """A row the database refused goes to the fallback file, so no measurement is lost."""
@@ -291,10 +377,12 @@ class Leaderboard:
         self.unrecorded += 1
         self.unrecorded_reason = reason
 
-    def frame(self, where: Iterable[sa.ColumnElement[bool]] = (), samples: bool = False) -> pd.DataFrame:
-        """Result rows (newest last) with the machine's CPU model, as a DataFrame. The raw
-        samples (``samples_ns``, bytes) are loaded only when asked for: tables never need them."""
+    def frame(self, samples: bool = False, job_prefix: str | None = None) -> pd.DataFrame:
+        """Result rows (newest last) with the machine's CPU model, as a DataFrame; only the rows of
+        suite jobs whose name starts with ``job_prefix`` when given. The raw samples
+        (``samples_ns``, bytes) are loaded only when asked for: tables never need them."""
         columns = [c for c in results.columns if samples or c.name != "samples_ns"]
+        where = [] if job_prefix is None else [results.c.job.startswith(job_prefix, autoescape=True)]
         query = (
             sa.select(*columns, machines.c.fingerprint)
             .join(machines, machines.c.machine_hash == results.c.machine_hash)
@@ -308,9 +396,12 @@ class Leaderboard:
         frame["cpu_model"] = frame.pop("fingerprint").map(lambda f: json.loads(f).get("cpu_model", ""))
         return frame
 
-    def count(self) -> int:
+    def count(self, **equal: Any) -> int:
+        """How many rows have each given column equal to the given value (all rows by default)."""
+        query = sa.select(sa.func.count()).select_from(results)
+        query = query.where(*(results.c[name] == value for name, value in equal.items()))
         with self.engine.connect() as conn:
-            return int(conn.execute(sa.select(sa.func.count()).select_from(results)).scalar_one())
+            return int(conn.execute(query).scalar_one())
 
     def machine(self, machine_hash: str) -> dict[str, Any]:
         with self.engine.connect() as conn:

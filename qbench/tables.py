@@ -38,12 +38,55 @@ def _group_keys(frame: pd.DataFrame) -> pd.Series:
     return frame[COMPARABLE].map(str).agg("|".join, axis=1)
 
 
-def _realized_summary(realized: str | None) -> str:
+def _layer_counts(realized: str | None) -> tuple[int | None, int | None]:
+    """(layers that ran in low precision, layers) from a row's realized precisions."""
     if not isinstance(realized, str) or not realized:  # failed rows have none
-        return ""
+        return None, None
     counts = json.loads(realized)
-    low = sum(1 for p in counts.values() if p not in ("fp32", "removed"))
-    return f"{low}/{len(counts)}"
+    return sum(1 for p in counts.values() if p not in ("fp32", "removed")), len(counts)
+
+
+def _realized_summary(realized: str | None) -> str:
+    low, total = _layer_counts(realized)
+    return "" if total is None else f"{low}/{total}"
+
+
+def _ordered(group: pd.DataFrame) -> pd.DataFrame:
+    """Ok rows fastest first, then failures."""
+    return pd.concat([group[group.status == "ok"].sort_values("median_ms"), group[group.status != "ok"]])
+
+
+def tidy(group: pd.DataFrame, title: str) -> pd.DataFrame:
+    """One comparable group for pandas and spreadsheets: one number per cell, units in the
+    column names, in the order of ``ranked`` (whose display strings the Markdown keeps)."""
+    ordered = _ordered(group)
+    layers = ordered.realized.map(_layer_counts)
+    ok = ordered.status == "ok"
+    return pd.DataFrame(
+        {
+            "rank": pd.array([i + 1 if good else None for i, good in enumerate(ok)], dtype="Int64"),
+            "plan": ordered.plan_name,
+            "kind": ordered.kind,
+            "status": ordered.status,
+            "error": ordered.error.map(lambda e: str(e).splitlines()[0] if isinstance(e, str) else ""),
+            "median_ms": ordered.median_ms,
+            "ci_low_ms": ordered.ci_low_ms,
+            "ci_high_ms": ordered.ci_high_ms,
+            "p90_ms": ordered.p90_ms,
+            "p99_ms": ordered.p99_ms,
+            "speedup": ordered.speedup,
+            "speedup_ci_low": ordered.speedup_ci_low,
+            "speedup_ci_high": ordered.speedup_ci_high,
+            "metric": ordered.metric,
+            "accuracy": ordered.accuracy,
+            "drop": ordered.accuracy_drop,
+            "low_precision_layers": pd.array([low for low, _ in layers], dtype="Int64"),
+            "layers": pd.array([total for _, total in layers], dtype="Int64"),
+            "artifact_mb": ordered.artifact_bytes / 1e6,
+            "noisy": ordered.noisy.astype("boolean"),
+            "group": title,
+        }
+    )
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -52,12 +95,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def ranked(group: pd.DataFrame) -> pd.DataFrame:
     """One comparable group as a display table: ok rows fastest first, then failures."""
-    ordered = pd.concat(
-        [
-            group[group.status == "ok"].sort_values("median_ms"),
-            group[group.status != "ok"],
-        ]
-    )
+    ordered = _ordered(group)
     rows = []
     for rank, (_, r) in enumerate(ordered.iterrows(), start=1):
         ok = r.status == "ok"
@@ -167,9 +205,9 @@ def write_tables(frame: pd.DataFrame, results_dir: pathlib.Path) -> list[pathlib
                 md += [f"## {across_title(first)}", "", ACROSS_BACKENDS_NOTE, "", markdown_table(table), ""]
             csv_parts = []
             for _, group in per_model.groupby("_group", sort=False):
-                table = ranked(group)
-                md += [f"## {group_title(group.iloc[0])}", "", markdown_table(table), ""]
-                csv_parts.append(table.assign(group=group_title(group.iloc[0])))
+                title = group_title(group.iloc[0])
+                md += [f"## {title}", "", markdown_table(ranked(group)), ""]
+                csv_parts.append(tidy(group, title))
             (out_dir / f"{stem}.md").write_text("\n".join(md))
             pd.concat(csv_parts).to_csv(out_dir / f"{stem}.csv", index=False)
             written += [out_dir / f"{stem}.md", out_dir / f"{stem}.csv"]

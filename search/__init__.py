@@ -3,7 +3,7 @@
 if __name__ != "qbench.search":  # a source checkout on sys.path makes `import search` possible
     raise ImportError("import qbench.search, not search: the folder installs as qbench.search")
 
-from qbench.search._evaluator import PlanEvaluator, Timing
+from qbench.search._evaluator import TRIAL_PROTOCOL, Timing, time_against_baseline
 from qbench.search._greedy import greedy_accuracy_control
 from qbench.search._sensitivity import GroupSensitivity, SensitivityReport, analyze_sensitivity
 from qbench.search._space import LayerGroup, SearchSpace, build_space, residual_groups
@@ -23,11 +23,12 @@ __all__ = [
     "finished_count",
     "GroupSensitivity",
     "LayerGroup",
-    "PlanEvaluator",
+    "TRIAL_PROTOCOL",
     "SearchSpace",
     "SensitivityReport",
     "StudySettings",
     "Timing",
+    "time_against_baseline",
     "TuneResult",
     "analyze_sensitivity",
     "build_space",

@@ -7,14 +7,14 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from qbench.harness import Evaluator
 from qbench.plan import PrecisionPlan
-from qbench.search._evaluator import PlanEvaluator
 from qbench.search._sensitivity import SensitivityReport
 from qbench.search._space import SearchSpace
 
 
 def greedy_accuracy_control(
-    evaluator: PlanEvaluator,
+    evaluator: Evaluator,
     space: SearchSpace,
     report: SensitivityReport,
     max_drop: float,
@@ -28,11 +28,11 @@ def greedy_accuracy_control(
         if reverted:
             assignment[order[reverted - 1]] = "fp32"
         plan = evaluator.resolve(space.plan(assignment, "greedy"))
-        runner = evaluator.load(plan)
+        loaded = evaluator.load(plan)
         try:
-            drop = evaluator.accuracy_drop(runner, quick=False)
+            drop = evaluator.accuracy_drop(loaded.runner, quick=False)
         finally:
-            runner.close()
+            loaded.close()
         progress(f"greedy: {reverted} group(s) in fp32, drop {drop:+.4f}")
         if drop <= max_drop:
             return plan, drop

@@ -10,7 +10,6 @@ Results are cached per (model, data, metric, backend and version, machine, optio
 
 from __future__ import annotations
 
-import hashlib
 import json
 import pathlib
 from collections.abc import Callable
@@ -18,11 +17,11 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from qbench.cache import atomic_cached, content_key
+from qbench.harness import TIMING_CHUNK, Harness, chunks
 from qbench.plan import PrecisionPlan
-from qbench.search._evaluator import PlanEvaluator
+from qbench.search._evaluator import TRIAL_PROTOCOL, time_against_baseline
 from qbench.search._space import SearchSpace
-
-TIMING_CHUNK = 8
 
 
 @dataclass(frozen=True)
@@ -55,77 +54,80 @@ class SensitivityReport:
         return cls(groups=groups, **data)
 
 
-def _cache_path(evaluator: PlanEvaluator, space: SearchSpace, precision: str) -> pathlib.Path:
-    availability = evaluator.backend.probe()
+def _cache_path(harness: Harness, space: SearchSpace, precision: str) -> pathlib.Path:
+    availability = harness.backend.probe()
     key = json.dumps(
         [
-            evaluator.model.content_hash,
-            evaluator.calibration_data.content_hash,
-            evaluator.quick_data.content_hash,
-            evaluator.metric.name,
-            evaluator.backend.name,
+            harness.model.content_hash,
+            harness.calibration_data.content_hash,
+            harness.quick_data.content_hash,
+            harness.metric.name,
+            harness.backend.name,
             availability.version,
-            evaluator.machine.fingerprint_hash,
-            evaluator.threads,
+            harness.machine.fingerprint_hash,
+            harness.threads,
             # Resolved, so a space that names the backend's default options keys like one that leaves them unset.
-            evaluator.resolve(space.plan({}, "-")).content_hash,
+            harness.resolve(space.plan({}, "-")).content_hash,
             [g.layers for g in space.groups],
             precision,
         ]
     )
-    return evaluator.workdir / "sensitivity" / f"{hashlib.sha256(key.encode()).hexdigest()[:20]}.json"
+    return harness.workdir / "sensitivity" / f"{content_key(key)}.json"
 
 
-def _quick_drop(evaluator: PlanEvaluator, plan: PrecisionPlan) -> float:
-    runner = evaluator.load(evaluator.resolve(plan))
+def _quick_drop(harness: Harness, plan: PrecisionPlan) -> float:
+    loaded = harness.load(harness.resolve(plan))
     try:
-        return evaluator.accuracy_drop(runner, quick=True)
+        return harness.accuracy_drop(loaded.runner, quick=True)
     finally:
-        runner.close()
+        loaded.close()
 
 
 def analyze_sensitivity(
-    evaluator: PlanEvaluator,
+    harness: Harness,
     space: SearchSpace,
     precision: str = "int8",
     progress: Callable[[str], None] = lambda _msg: None,
 ) -> SensitivityReport:
-    path = _cache_path(evaluator, space, precision)
-    if path.exists():
-        return SensitivityReport.from_json(path.read_text())
+    """The sensitivity report of ``space`` in ``precision``, measured once and cached."""
+    path = _cache_path(harness, space, precision)
+    atomic_cached(path, lambda tmp: tmp.write_text(_measure(harness, space, precision, progress).to_json()))
+    return SensitivityReport.from_json(path.read_text())
+
+
+def _measure(
+    harness: Harness, space: SearchSpace, precision: str, progress: Callable[[str], None]
+) -> SensitivityReport:
     groups = [g for g in space.groups if precision in g.choices]
     uniform = space.uniform(precision)
     reverted = {g.name: space.plan({**uniform, g.name: "fp32"}, "without") for g in groups}
     progress(f"sensitivity: {precision} everywhere")
-    uniform_plan = space.plan(uniform, precision)
-    uniform_drop = _quick_drop(evaluator, uniform_plan)
+    uniform_plan = harness.resolve(space.plan(uniform, precision))
+    uniform_drop = _quick_drop(harness, uniform_plan)
     drops_alone, drops_without = {}, {}
     for i, group in enumerate(groups, start=1):
         progress(f"sensitivity: group {i}/{len(groups)} {group.name}")
-        drops_alone[group.name] = _quick_drop(evaluator, space.plan({group.name: precision}, "alone"))
-        drops_without[group.name] = _quick_drop(evaluator, reverted[group.name])
-    fp32_ms = evaluator.measure_baseline_ms()
+        drops_alone[group.name] = _quick_drop(harness, space.plan({group.name: precision}, "alone"))
+        drops_without[group.name] = _quick_drop(harness, reverted[group.name])
+    fp32_ms = harness.measure_baseline_ms(TRIAL_PROTOCOL)
     revert_cost, uniform_ms = {}, []
-    # Timed in chunks of freshly loaded sessions so memory stays bounded on models with many
-    # layers (52 sessions of a 51-layer OCR model at once ran out of 24 GiB). Uniform low
-    # precision is in every chunk, so each revert cost compares plans timed side by side.
+    # Uniform low precision is in every chunk, so each revert cost compares plans timed side by side.
     names = [g.name for g in groups]
-    for start in range(0, len(names), TIMING_CHUNK):
-        chunk = names[start : start + TIMING_CHUNK]
-        progress(f"sensitivity: timing groups {start + 1}-{start + len(chunk)} of {len(names)} interleaved with fp32")
-        plans = {"uniform": uniform_plan, **{name: reverted[name] for name in chunk}}
-        runners = {}
+    for chunk in chunks(names, TIMING_CHUNK - 1):
+        progress(f"sensitivity: timing {len(chunk)} groups interleaved with fp32")
+        plans = {"uniform": uniform_plan, **{name: harness.resolve(reverted[name]) for name in chunk}}
+        loaded = {}
         try:
             for key, plan in plans.items():
-                runners[key] = evaluator.load(evaluator.resolve(plan))
-            timings = evaluator.time_against_baseline(runners, fp32_ms)
+                loaded[key] = harness.load(plan)
+            timings = time_against_baseline(harness, {k: v.runner for k, v in loaded.items()}, fp32_ms)
         finally:
-            for runner in runners.values():
-                runner.close()
+            for entry in loaded.values():
+                entry.close()
         uniform_ms.append(timings["uniform"].latency_ms)
         for name in chunk:
             revert_cost[name] = timings[name].latency_ms - timings["uniform"].latency_ms
-    report = SensitivityReport(
+    return SensitivityReport(
         precision=precision,
         fp32_ms=fp32_ms,
         uniform_ms=float(np.median(uniform_ms)),
@@ -146,6 +148,3 @@ def analyze_sensitivity(
             )
         ),
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report.to_json())
-    return report

@@ -21,8 +21,9 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from qbench.errors import QbenchError, describe, first_line
+from qbench.harness import Evaluator
 from qbench.plan import PrecisionPlan
-from qbench.search._evaluator import PlanEvaluator
+from qbench.search._evaluator import TRIAL_PROTOCOL, time_against_baseline
 from qbench.search._sensitivity import SensitivityReport
 from qbench.search._space import OPTION_PREFIX, SearchSpace
 from qbench.store import safe_url, without_password
@@ -194,7 +195,7 @@ def trial_plan(trial: FrozenTrial) -> PrecisionPlan:
 
 
 class _Objective:
-    def __init__(self, evaluator: PlanEvaluator, space: SearchSpace, settings: StudySettings, reference_ms: float):
+    def __init__(self, evaluator: Evaluator, space: SearchSpace, settings: StudySettings, reference_ms: float):
         self.evaluator, self.space, self.settings, self.reference_ms = evaluator, space, settings, reference_ms
         # The quick subset is noisier than the full set; only reject on it with a clear margin.
         self.quick_margin = max(settings.max_drop, 3.0 / len(evaluator.quick_data))
@@ -254,7 +255,8 @@ class _Objective:
     def _score(self, trial: optuna.Trial, plan: PrecisionPlan) -> float | tuple[float, float]:
         budget = self.settings.max_drop
         started = time.perf_counter()
-        runner = self.evaluator.load(plan)
+        loaded = self.evaluator.load(plan)
+        runner = loaded.runner
         try:
             quick = self.evaluator.accuracy_drop(runner, quick=True)
             trial.set_user_attr("quick_drop", quick)
@@ -268,9 +270,9 @@ class _Objective:
             if drop > budget and not self.settings.pareto:
                 trial.set_user_attr("timed", False)
                 return self._result(self.reference_ms, drop)
-            timing = self.evaluator.time_against_baseline({"c": runner}, self.reference_ms)["c"]
+            timing = time_against_baseline(self.evaluator, {"c": runner}, self.reference_ms)["c"]
         finally:
-            runner.close()
+            loaded.close()
         trial.set_user_attr("timed", True)
         trial.set_user_attr("speedup", timing.speedup)
         trial.set_user_attr("speedup_ci", [timing.speedup_ci_low, timing.speedup_ci_high])
@@ -280,7 +282,7 @@ class _Objective:
 
 def run_study(
     study: optuna.Study,
-    evaluator: PlanEvaluator,
+    evaluator: Evaluator,
     space: SearchSpace,
     settings: StudySettings,
     on_trial: Callable[[optuna.Study, FrozenTrial], None] | None = None,
@@ -288,7 +290,7 @@ def run_study(
     """Run trials until the study has ``n_trials`` finished ones, the timeout passes, or
     ``patience`` finished trials bring no better feasible latency."""
     if "fp32_reference_ms" not in study.user_attrs:  # the first worker fixes the latency scale
-        study.set_user_attr("fp32_reference_ms", evaluator.measure_baseline_ms())
+        study.set_user_attr("fp32_reference_ms", evaluator.measure_baseline_ms(TRIAL_PROTOCOL))
         study.set_user_attr("space", json.dumps([list(g.layers) for g in space.groups]))
     reference_ms = study.user_attrs["fp32_reference_ms"]
 

@@ -8,19 +8,19 @@ import pathlib
 import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
 from qbench.bench import BenchSettings, run_bench
 from qbench.data import Dataset
 from qbench.errors import QbenchError
+from qbench.harness import Harness
 from qbench.machine import Machine
 from qbench.measure import Protocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
-from qbench.search._evaluator import PlanEvaluator
 from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
 from qbench.search._space import build_space
 from qbench.search._study import (
@@ -33,7 +33,7 @@ from qbench.search._study import (
     trial_plan,
     trial_summary,
 )
-from qbench.store import Leaderboard
+from qbench.store import Leaderboard, ResultRow
 from qbench.tables import markdown_table
 
 if TYPE_CHECKING:
@@ -66,9 +66,9 @@ def searched_options(backend: Backend, machine: Machine, model: OnnxModel) -> di
 
 @dataclass
 class TuneResult:
-    winner: dict[str, Any] | None  # the leaderboard row of the chosen plan (None: nothing beats fp32)
-    baseline: dict[str, Any]
-    rows: list[dict[str, Any]]
+    winner: ResultRow | None  # the leaderboard row of the chosen plan (None: nothing beats fp32)
+    baseline: ResultRow
+    rows: list[ResultRow]
     front: pd.DataFrame
     sensitivity: SensitivityReport | None
     study_name: str
@@ -137,7 +137,7 @@ def tune(
     study_name = study_name or default_study_name(model, backend, machine, metric, settings, tuning_data)
     progress(f"study {study_name}: {len(space.groups)} layer groups, {space.size} plans in the space")
     study, created = open_study(storage_url, study_name, settings)  # an unusable storage fails before any work
-    evaluator = PlanEvaluator(
+    harness = Harness(
         backend=backend,
         model=model,
         calibration_data=calibration_data,
@@ -149,15 +149,16 @@ def tune(
         quick_samples=quick_samples,
     )
     try:
-        report = analyze_sensitivity(evaluator, space, "int8", progress)
+        harness.require_baseline()
+        report = analyze_sensitivity(harness, space, "int8", progress)
         seed_study(study, space, report, settings.ladder, creator=created)
         progress(f"search: up to {settings.n_trials} trials; uniform int8 drop {report.uniform_drop:+.4f} (quick set)")
-        run_study(study, evaluator, space, settings, on_trial)
+        run_study(study, harness, space, settings, on_trial)
     finally:
-        evaluator.close()
+        harness.close()
     feasible = feasible_trials(study)
     front = pareto_front(study)
-    finalists = _finalists(feasible, front, settings.max_drop, evaluator.resolve(PrecisionPlan(name="fp32")))
+    finalists = _finalists(feasible, front, settings.max_drop, harness.resolve(PrecisionPlan(name="fp32")))
     native = _native_plan(backend, model)
     notes = []
     if not finalists:
@@ -179,9 +180,9 @@ def tune(
         settings=BenchSettings(threads=threads, protocol=final_protocol, kind="tune", profile=profile),
     )
     baseline, candidates = rows[0], rows[1:]
-    native_row = next((r for r in candidates if native and r["plan_hash"] == native.content_hash), None)
-    within = [r for r in candidates if r["status"] == "ok" and r["accuracy_drop"] <= settings.max_drop]
-    within.sort(key=lambda r: r["median_ms"])
+    native_row = next((r for r in candidates if native and r.plan_hash == native.content_hash), None)
+    within = [r for r in candidates if r.ok and r.accuracy_drop <= settings.max_drop]
+    within.sort(key=lambda r: r.median_ms)
     winner = within[0] if within else None
     if winner is not None and winner is native_row:
         # The floor: a tuned plan slower than the runtime's own int8 within the budget is never returned.
@@ -189,42 +190,37 @@ def tune(
             "native-int8 met the budget on held-out data and was faster than every tuned plan; "
             "returning it (the tuner's space did not beat the runtime's own quantization here)"
         )
-    elif native_row is not None and native_row["status"] == "ok":
-        word = "within" if native_row["accuracy_drop"] <= settings.max_drop else "outside"
+    elif native_row is not None and native_row.ok:
+        word = "within" if native_row.accuracy_drop <= settings.max_drop else "outside"
         against = (
-            f"{winner['plan_name']} vs native-int8: {native_row['median_ms'] / winner['median_ms']:.2f}× "
+            f"{winner.plan_name} vs native-int8: {native_row.median_ms / winner.median_ms:.2f}× "
             if winner is not None
             else "native-int8: "
         )
         notes.append(
-            f"{against}(native {native_row['speedup']:.2f}× fp32, drop {native_row['accuracy_drop']:+.4f}, "
-            f"{word} the budget)"
+            f"{against}(native {native_row.speedup:.2f}× fp32, drop {native_row.accuracy_drop:+.4f}, {word} the budget)"
         )
-    if winner is not None and winner["speedup_ci_high"] < 1.0:
+    if winner is not None and winner.speedup_ci_high < 1.0:
         notes.append(
-            f"the best plan within the budget ({winner['plan_name']}) is slower than fp32 "
-            f"({winner['speedup']:.2f}×); keep fp32"
+            f"the best plan within the budget ({winner.plan_name}) is slower than fp32 "
+            f"({winner.speedup:.2f}×); keep fp32"
         )
         winner = None
-    elif winner is not None and winner["speedup_ci_low"] <= 1.0:
+    elif winner is not None and winner.speedup_ci_low <= 1.0:
         notes.append(
-            f"{winner['plan_name']} is not measurably faster than fp32 "
-            f"(speedup {winner['speedup']:.2f}×, 95% CI {winner['speedup_ci_low']:.2f}–{winner['speedup_ci_high']:.2f})"
+            f"{winner.plan_name} is not measurably faster than fp32 "
+            f"(speedup {winner.speedup:.2f}×, 95% CI {winner.speedup_ci_low:.2f}–{winner.speedup_ci_high:.2f})"
         )
     if winner is not None:
         for other in within[1:]:
-            if other["speedup_ci_high"] >= winner["speedup_ci_low"]:
+            if other.speedup_ci_high >= winner.speedup_ci_low:
                 notes.append(
-                    f"{winner['plan_name']} and {other['plan_name']} are indistinguishable in latency "
-                    f"({winner['speedup']:.2f}× vs {other['speedup']:.2f}×, overlapping 95% intervals)"
+                    f"{winner.plan_name} and {other.plan_name} are indistinguishable in latency "
+                    f"({winner.speedup:.2f}× vs {other.speedup:.2f}×, overlapping 95% intervals)"
                 )
-    rejected = [
-        r for r in candidates if r["status"] == "ok" and r["accuracy_drop"] > settings.max_drop and r is not native_row
-    ]
+    rejected = [r for r in candidates if r.ok and r.accuracy_drop > settings.max_drop and r is not native_row]
     for r in rejected:
-        notes.append(
-            f"{r['plan_name']} met the budget while tuning but dropped {r['accuracy_drop']:+.4f} on held-out data"
-        )
+        notes.append(f"{r.plan_name} met the budget while tuning but dropped {r.accuracy_drop:+.4f} on held-out data")
     result = TuneResult(
         winner,
         baseline,
@@ -294,7 +290,7 @@ def _write_outputs(
     result.front.to_csv(out / "pareto.csv", index=False)
     (out / "pareto.md").write_text(f"# Pareto front of {result.study_name}\n\n{markdown_table(result.front)}\n")
     if result.winner is not None:
-        plan = PrecisionPlan.from_json(result.winner["plan"])
+        plan = PrecisionPlan.from_json(result.winner.plan)
         (out / "plan.json").write_text(plan.to_json())
         calibration = (
             backend.calibrate(model, calibration_data, plan.options.calibration, workdir)

@@ -68,7 +68,6 @@ class ZooModel:
         atomic_cached(target, self._export_into)
         return files
 
-
     def _export_into(self, folder: pathlib.Path) -> None:
         folder.mkdir()
         self.export(folder)

@@ -66,8 +66,14 @@ def test_tables_are_written_per_machine_and_model(benched):
     assert "| 1 |" in markdown and "speedup vs fp32" in markdown and "half-int8" in markdown
     table = pd.read_csv(next(machine_dir.glob("digits-cnn-*.csv")))
     assert set(table.plan) == {"fp32", "int8", "half-int8"}
-    medians = table["median ms"].astype(float).tolist()
+    medians = table["median_ms"].tolist()
     assert medians == sorted(medians)  # best first
+    # Tidy: one number per cell, so every measured column loads as numbers.
+    for column in ("median_ms", "ci_low_ms", "ci_high_ms", "p90_ms", "speedup", "speedup_ci_low", "accuracy", "drop"):
+        assert pd.api.types.is_float_dtype(table[column]), column
+    for column in ("rank", "low_precision_layers", "layers"):
+        assert pd.api.types.is_integer_dtype(table[column]), column
+    assert (table.ci_low_ms <= table.median_ms).all() and (table.median_ms <= table.ci_high_ms).all()
     assert (benched / "index.md").exists()
 
 

@@ -4,7 +4,8 @@ import numpy as np
 import pytest
 
 from qbench.errors import QbenchError
-from qbench.measure import LatencyStats, Protocol, measure_interleaved, median_ci_indices, speedup
+from qbench.measure import Protocol, measure_interleaved
+from qbench.statistics import LatencyStats, median_ci_indices, speedup
 
 
 def _binomial_coverage(n: int, lo: int, hi: int) -> float:

@@ -125,3 +125,25 @@ def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
         assert list(frame.model_name) == ["old"] and frame.job.isna().all() and frame.profile.isna().all()
     finally:
         migrated.close()
+
+
+def test_the_typed_row_is_the_results_table():
+    from dataclasses import fields
+
+    from qbench.store import RESULT_COLUMNS, ResultRow
+
+    assert {f.name for f in fields(ResultRow)} - {"id"} == set(RESULT_COLUMNS)
+
+
+def test_a_typed_row_round_trips_with_its_statistics(board):
+    from qbench.store import ResultRow
+
+    row = ResultRow.from_mapping({**_row(current_machine().fingerprint_hash), "accuracy": 0.9})
+    row = row.with_samples(np.array([3, 1, 2, 4, 5]) * 1_000_000, noisy_cv=0.1)
+    row = row.with_speedup(np.array([6, 2, 4, 8, 10]) * 1_000_000, np.array([3, 1, 2, 4, 5]) * 1_000_000, 0.95)
+    assert row.median_ms == 3.0 and row.n_samples == 5 and row.speedup == 2.0
+    assert row.accuracy_drop == pytest.approx(0.05)
+    assert board.insert(row) == row.id > 0
+    stored = board.frame(samples=True).iloc[-1]
+    assert stored.median_ms == 3.0 and list(samples_from_bytes(stored.samples_ns)) == [3e6, 1e6, 2e6, 4e6, 5e6]
+    assert board.count(status="ok", model_name="m") == 1 and board.count(status="failed") == 0

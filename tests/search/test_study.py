@@ -10,14 +10,15 @@ from __future__ import annotations
 import multiprocessing
 import time
 
+import numpy as np
 import optuna
 import pytest
 from optuna.trial import TrialState
 
 from qbench.errors import QbenchError
+from qbench.harness import FP32, Evaluator
 from qbench.plan import PlanOptions
 from qbench.search import StudySettings, feasible_trials, open_study, run_study, seed_study
-from qbench.search._evaluator import Timing
 from qbench.search._sensitivity import GroupSensitivity, SensitivityReport
 from qbench.search._space import LayerGroup, SearchSpace
 from qbench.search._study import finished_count, trial_plan, trial_summary, violation
@@ -38,12 +39,15 @@ SPACE = SearchSpace(tuple(LayerGroup((name,), ("fp32", "int8")) for name in COST
 class FakeRunner:
     def __init__(self, plan):
         self.plan = plan
+        self.runner = self  # it is its own Loaded: the tuner reads .runner and calls .close()
 
     def close(self):
         pass
 
 
 class FakeEvaluator:
+    """Satisfies qbench.harness.Evaluator with exactly known latency and accuracy."""
+
     def __init__(self, fail_layer: str | None = None, delay: float = 0.0):
         self.quick_data = list(range(1000))
         self.timed_plans = []
@@ -67,14 +71,19 @@ class FakeEvaluator:
         float_scale = BF16_SPEED if plan.options.inference_precision == "bf16" else 1.0
         return sum(i8 if plan.precision(name) == "int8" else fp * float_scale for name, (fp, i8, _) in COSTS.items())
 
-    def measure_baseline_ms(self):
+    def measure_baseline_ms(self, protocol):
         return sum(fp for fp, _, _ in COSTS.values())
 
-    def time_against_baseline(self, runners, reference_ms):
+    def time(self, runners, protocol):
+        """Constant samples: the interleaved speedup is exactly fp32 latency / plan latency."""
         self.timed_plans += [r.plan for r in runners.values()]
-        return {
-            k: Timing(self.latency(r.plan), reference_ms / self.latency(r.plan), 0.0, 0.0) for k, r in runners.items()
-        }
+        samples = {FP32: np.full(7, self.measure_baseline_ms(protocol) * 1e6)}
+        samples.update({k: np.full(7, self.latency(r.plan) * 1e6) for k, r in runners.items()})
+        return samples
+
+
+def test_the_fake_evaluator_satisfies_the_harness_protocol():
+    assert isinstance(FakeEvaluator(), Evaluator)
 
 
 def best_possible(budget: float) -> float:

@@ -1,0 +1,238 @@
+"""The one place plans are scored and timed against fp32: ``bench``, the tuner, sensitivity
+analysis and the benchmark scripts all go through a ``Harness``.
+
+A harness holds, for one (model, data, backend, threads), the fp32 baseline session (loaded for
+its whole life, so every candidate is timed interleaved with it), the fp32 reference outputs
+and accuracy, and the calibrations (computed once per method). Candidates are loaded by the
+caller a few at a time (``TIMING_CHUNK``) and closed after timing, so memory is bounded by the
+chunk, not by the number of plans: 52 sessions of a 51-layer OCR model at once ran out of
+24 GiB. This module drives a backend object it is given and never imports ``backends``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
+
+import numpy as np
+import psutil
+
+from qbench.data import Dataset, fixed_batch_size
+from qbench.errors import QbenchError, describe
+from qbench.machine import Machine
+from qbench.measure import Protocol as TimingProtocol
+from qbench.measure import measure_interleaved
+from qbench.metrics import Metric
+from qbench.model import OnnxModel
+from qbench.plan import PrecisionPlan
+
+if TYPE_CHECKING:
+    from qbench.backends import Artifact, Backend, Calibration, Runner
+
+EVAL_BATCH = 64
+#: Candidate sessions loaded at once (the fp32 baseline comes on top).
+TIMING_CHUNK = 4
+FP32 = "__fp32__"
+T = TypeVar("T")
+
+
+def chunks(items: Sequence[T], size: int = TIMING_CHUNK) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def timed_call(runner: Runner, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
+    """What one latency sample times: an inference and, for asynchronous devices, its completion."""
+
+    def call() -> None:
+        runner.run(feeds)
+        runner.synchronize()
+
+    return call
+
+
+def evaluation_outputs(runner: Runner, data: Dataset, fixed_batch: int | None) -> np.ndarray:
+    """The first model output for every sample of ``data``, in order (samples on axis 0)."""
+    feeds = data.batches(fixed_batch or EVAL_BATCH, keep_tail=fixed_batch is None)
+    return np.concatenate([runner.run(feed)[0] for feed in feeds])
+
+
+def peak_rss_mb() -> float | None:
+    try:
+        import resource
+    except ImportError:  # Windows
+        return None
+    kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return kib / 1024 if sys.platform != "darwin" else kib / 2**20  # macOS reports bytes
+
+
+@dataclass
+class Loaded:
+    """A built and loaded plan, with what loading it cost. The caller closes ``runner``."""
+
+    plan: PrecisionPlan
+    artifact: Artifact
+    runner: Runner
+    load_s: float
+    first_inference_ms: float
+    rss_delta_mb: float
+    peak_rss_mb: float | None
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+@runtime_checkable
+class Evaluator(Protocol):
+    """What the tuner needs from a harness; the tests' fake evaluator satisfies it too."""
+
+    quick_data: Dataset
+
+    def resolve(self, plan: PrecisionPlan) -> PrecisionPlan: ...
+
+    def load(self, plan: PrecisionPlan) -> Loaded: ...
+
+    def accuracy_drop(self, runner: Runner, quick: bool) -> float: ...
+
+    def measure_baseline_ms(self, protocol: TimingProtocol) -> float: ...
+
+    def time(self, runners: Mapping[str, Runner], protocol: TimingProtocol) -> dict[str, np.ndarray]: ...
+
+
+class Harness:
+    """The fp32 baseline, its reference outputs and the calibrations of one model on one backend.
+
+    Construction validates the inputs (labels, batch) and builds and loads the baseline; if the
+    baseline cannot be built or run, ``baseline_error`` says why (``bench`` records that as a
+    failed row) and ``require_baseline()`` raises. Call ``close()`` when done; not thread-safe.
+    """
+
+    def __init__(
+        self,
+        *,
+        backend: Backend,
+        model: OnnxModel,
+        calibration_data: Dataset,
+        evaluation_data: Dataset,
+        metric: Metric,
+        machine: Machine,
+        threads: int,
+        workdir: pathlib.Path,
+        batch_size: int = 1,
+        quick_samples: int = 512,
+    ) -> None:
+        self.backend, self.model, self.metric, self.machine = backend, model, metric, machine
+        self.threads, self.workdir = threads, workdir
+        self.calibration_data, self.evaluation_data = calibration_data, evaluation_data
+        if metric.needs_labels and evaluation_data.labels is None:
+            raise QbenchError(
+                f"metric {metric.name!r} needs labels, but {evaluation_data.source} has no 'labels' array"
+            )
+        self.fixed_batch = fixed_batch_size(model)
+        if self.fixed_batch is not None and batch_size not in (1, self.fixed_batch):
+            fixed = self.fixed_batch
+            raise QbenchError(f"the model's batch size is fixed at {fixed}; drop --batch or pass --batch {fixed}")
+        self.batch_size = self.fixed_batch or batch_size
+        if self.batch_size > len(evaluation_data):
+            raise QbenchError(
+                f"--batch {self.batch_size} is larger than the {len(evaluation_data)} evaluation samples of "
+                f"{evaluation_data.source}; pass --batch {len(evaluation_data)} or less, or more data"
+            )
+        self.feeds = next(evaluation_data.batches(self.batch_size))
+        self.quick_data = evaluation_data.take(0, min(quick_samples, len(evaluation_data)))
+        self._calibrations: dict[str, Calibration] = {}
+        self.baseline_plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)
+        self.baseline: Loaded | None = None
+        self.baseline_error: str | None = None
+        self.reference: np.ndarray | None = None
+        self.baseline_accuracy = self.baseline_quick_accuracy = float("nan")
+        try:
+            self.baseline = self.load(self.baseline_plan)
+            self.reference = evaluation_outputs(self.baseline.runner, evaluation_data, self.fixed_batch)
+        except Exception as exc:  # an op the runtime cannot load or run: bench records a failed row
+            self.baseline_error = describe(exc)
+            self.close()
+            return
+        metric.check_labels(evaluation_data.labels, self.reference, evaluation_data.source)
+        self.baseline_accuracy = self._score(self.reference, evaluation_data)
+        self.baseline_quick_accuracy = self._score(self.reference[: len(self.quick_data)], self.quick_data)
+
+    def require_baseline(self) -> Loaded:
+        if self.baseline is None:
+            raise QbenchError(f"the fp32 baseline of {self.model.name} failed: {self.baseline_error}")
+        return self.baseline
+
+    # -- build and load ------------------------------------------------------------------------
+
+    def resolve(self, plan: PrecisionPlan) -> PrecisionPlan:
+        return self.backend.resolve_plan(plan, self.machine)
+
+    def calibration(self, method: str) -> Calibration:
+        """Activation ranges for ``method``, computed once per harness (and cached on disk)."""
+        if method not in self._calibrations:
+            self._calibrations[method] = self.backend.calibrate(self.model, self.calibration_data, method, self.workdir)
+        return self._calibrations[method]
+
+    def build(self, plan: PrecisionPlan) -> Artifact:
+        calibration = self.calibration(plan.options.calibration) if plan.needs_calibration else None
+        return self.backend.build(self.model, plan, calibration, self.workdir)
+
+    def load(self, plan: PrecisionPlan) -> Loaded:
+        """Build and load a resolved plan and run one cold evaluation batch; the caller closes it."""
+        artifact = self.build(plan)
+        process = psutil.Process()
+        rss_before = process.memory_info().rss
+        start = time.perf_counter()
+        runner = self.backend.load(artifact, self.threads, shared_process=True)
+        load_s = time.perf_counter() - start
+        try:
+            start = time.perf_counter()
+            runner.run(next(self.evaluation_data.batches(self.fixed_batch or EVAL_BATCH)))
+            runner.synchronize()
+            first_ms = (time.perf_counter() - start) * 1e3
+        except BaseException:
+            runner.close()
+            raise
+        rss_mb = (process.memory_info().rss - rss_before) / 2**20
+        return Loaded(plan, artifact, runner, load_s, first_ms, rss_mb, peak_rss_mb())
+
+    # -- accuracy ------------------------------------------------------------------------------
+
+    def _score(self, outputs: np.ndarray, data: Dataset) -> float:
+        reference = None if self.reference is None else self.reference[: len(data)]
+        return self.metric(outputs, data.labels, reference)
+
+    def accuracy(self, runner: Runner, quick: bool = False) -> float:
+        """The metric on the quick subset or the whole evaluation set, against the fp32 reference."""
+        if self.metric.needs_reference and self.reference is None:
+            raise QbenchError(
+                f"no fp32 reference outputs for metric {self.metric.name!r}: "
+                f"the baseline failed ({self.baseline_error})"
+            )
+        data = self.quick_data if quick else self.evaluation_data
+        return self._score(evaluation_outputs(runner, data, self.fixed_batch), data)
+
+    def accuracy_drop(self, runner: Runner, quick: bool) -> float:
+        """Drop from the fp32 baseline on the quick subset or the whole evaluation set."""
+        baseline = self.baseline_quick_accuracy if quick else self.baseline_accuracy
+        return baseline - self.accuracy(runner, quick)
+
+    # -- timing --------------------------------------------------------------------------------
+
+    def time(self, runners: Mapping[str, Runner], protocol: TimingProtocol) -> dict[str, np.ndarray]:
+        """Raw samples of each runner timed interleaved with the fp32 baseline (under ``FP32``)."""
+        calls = {FP32: timed_call(self.require_baseline().runner, self.feeds)}
+        calls.update({key: timed_call(runner, self.feeds) for key, runner in runners.items()})
+        return measure_interleaved(calls, protocol)
+
+    def measure_baseline_ms(self, protocol: TimingProtocol) -> float:
+        return float(np.median(self.time({}, protocol)[FP32])) / 1e6
+
+    def close(self) -> None:
+        if self.baseline is not None:
+            self.baseline.close()
+            self.baseline = None

@@ -1,0 +1,109 @@
+"""Every statistic qbench reports, on scipy where scipy has it.
+
+- The median's confidence interval is distribution-free: two order statistics whose ranks come
+  from Binomial(n, 1/2), the count of samples below the true median.
+- A speedup is a ratio of medians; its interval is a percentile bootstrap that resamples
+  *interleaved rounds* as pairs (``paired=True``), so drift that hit both candidates in the same
+  round cancels.
+- A latency change between two runs is significant when a two-sided Mann–Whitney U test on the
+  raw samples says so (asymptotic, tie-corrected: samples number in the hundreds).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import stats
+
+#: A run whose coefficient of variation exceeds this is flagged noisy.
+NOISY_CV = 0.10
+
+
+def median_ci_indices(n: int, confidence: float = 0.95) -> tuple[int, int]:
+    """0-based order-statistic indices (lo, hi) with P(x_lo <= median <= x_hi) >= confidence."""
+    if n < 1:
+        raise ValueError("need at least one sample")
+    # k = how many of the lowest order statistics lie below the median with probability at
+    # most (1 - confidence) / 2; the interval starts at the k-th (1-based) one.
+    k = int(stats.binom.ppf((1.0 - confidence) / 2, n, 0.5))
+    lo = max(0, k - 1)
+    return lo, n - 1 - lo
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    """Summary of raw latency samples, in milliseconds."""
+
+    n: int
+    median_ms: float
+    ci_low_ms: float
+    ci_high_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    std_ms: float
+    cv: float
+    noisy: bool
+
+    @classmethod
+    def from_samples(cls, samples_ns: np.ndarray, noisy_cv: float = NOISY_CV) -> LatencyStats:
+        ms = np.sort(np.asarray(samples_ns, dtype=np.float64)) / 1e6
+        if ms.size == 0:
+            raise ValueError("no latency samples")
+        lo, hi = median_ci_indices(ms.size)
+        mean = float(ms.mean())
+        std = float(ms.std(ddof=1)) if ms.size > 1 else 0.0
+        cv = std / mean if mean > 0 else 0.0
+        return cls(
+            n=int(ms.size),
+            median_ms=float(np.median(ms)),
+            ci_low_ms=float(ms[lo]),
+            ci_high_ms=float(ms[hi]),
+            p90_ms=float(np.percentile(ms, 90)),
+            p99_ms=float(np.percentile(ms, 99)),
+            mean_ms=mean,
+            std_ms=std,
+            cv=cv,
+            noisy=cv > noisy_cv,
+        )
+
+
+@dataclass(frozen=True)
+class Speedup:
+    """``baseline median / candidate median`` (above 1 means the candidate is faster)."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+
+
+def _ratio_of_medians(baseline: np.ndarray, candidate: np.ndarray, axis: int = -1) -> np.ndarray:
+    return np.median(baseline, axis=axis) / np.median(candidate, axis=axis)
+
+
+def speedup(baseline_ns: np.ndarray, candidate_ns: np.ndarray, rounds: int = 2000, seed: int = 0) -> Speedup:
+    """Ratio of medians of samples taken in interleaved rounds, with a 95 % paired bootstrap interval."""
+    n = min(len(baseline_ns), len(candidate_ns))
+    base = np.asarray(baseline_ns[:n], dtype=np.float64)
+    cand = np.asarray(candidate_ns[:n], dtype=np.float64)
+    ratio = float(_ratio_of_medians(base, cand))
+    if n < 2 or (np.ptp(base) == 0 and np.ptp(cand) == 0):  # nothing to resample
+        return Speedup(ratio, ratio, ratio)
+    interval = stats.bootstrap(
+        (base, cand),
+        _ratio_of_medians,
+        paired=True,
+        vectorized=True,
+        n_resamples=rounds,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    return Speedup(ratio, float(interval.low), float(interval.high))
+
+
+def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p-value of the Mann–Whitney U test (normal approximation, tie-corrected)."""
+    if np.ptp(np.concatenate([a, b])) == 0:  # all equal: no evidence of a difference
+        return 1.0
+    return float(stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic").pvalue)
