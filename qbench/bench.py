@@ -69,6 +69,7 @@ class Candidate:
     baseline_ns: np.ndarray | None = None  # the fp32 samples interleaved with this plan's
     accuracy: float | None = None
     runner_settings: dict[str, Any] | None = None
+    solo_median_ms: float | None = None
     profile: Profile | None = None
     error: str | None = None
     session: Loaded | None = None  # while its chunk is loaded
@@ -169,6 +170,10 @@ def run_bench(
                 c.close()
         if baseline.error is None and baseline.samples_ns is None:  # no other plan: time fp32 alone
             _time(harness, baseline, [], settings.protocol)
+        for c in candidates:
+            if c.error is None and c.samples_ns is not None:
+                progress(f"solo pass of {c.plan.name} (default threading)")
+                c.solo_median_ms = _solo(harness, c)
     finally:
         for c in candidates:
             c.close()
@@ -215,6 +220,15 @@ def _prepare(c: Candidate, harness: Harness) -> None:
     except Exception as exc:  # a run or a user metric that crashes fails that plan only
         c.fail(exc)
         c.close()
+
+
+def _solo(harness: Harness, c: Candidate) -> float | None:
+    """The deployed-style absolute median; a failure here is logged, the plan stays measured."""
+    try:
+        return harness.solo_median_ms(c.artifact)
+    except Exception as exc:
+        log.warning("no solo median of %s: %s", c.plan.name, describe(exc))
+        return None
 
 
 def _time(harness: Harness, baseline: Candidate, ready: list[Candidate], protocol: Protocol) -> None:
@@ -356,6 +370,7 @@ def _record(
                 artifact_bytes=c.artifact.size_bytes,
                 realized=backend.realized_precisions(c.artifact, c.plan, model),
                 profile=c.profile.to_json() if c.profile is not None else None,
+                solo_median_ms=c.solo_median_ms,
             )
             if c.baseline_ns is not None and baseline.error is None:
                 row = row.with_speedup(c.baseline_ns, c.samples_ns, baseline.accuracy)

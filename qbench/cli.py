@@ -302,7 +302,7 @@ def cmd_layers(args: argparse.Namespace) -> int:
 
 def _model_data_metric(args: argparse.Namespace):
     """The model, calibration and evaluation data and metric that bench, tune and sensitivity share."""
-    from qbench.data import load_npz, split_for_calibration
+    from qbench.data import load_npz, split_for_calibration, synthetic_dataset
     from qbench.metrics import get_metric
     from qbench.zoo import DEMO, lookup
 
@@ -311,9 +311,22 @@ def _model_data_metric(args: argparse.Namespace):
         files = entry.files()
         args.data, args.calib_data = str(files.evaluation), args.calib_data or str(files.calibration)
         args.metric = args.metric or entry.metric
-    if args.data is None:
-        raise QbenchError("--data is required for your own model: an .npz with one array per model input (see README)")
     model = _load_model(args.model, args.shape)
+    if args.data is None and args.command != "bench":
+        raise QbenchError(
+            f"--data is required for {args.command} on your own model: an .npz with one array per model input "
+            "(see README); `qbench bench` alone can time a model on synthetic inputs"
+        )
+    if args.data is None:  # latency without data, as benchmark_app and trtexec allow
+        if args.metric not in (None, "cosine"):
+            raise QbenchError(
+                f"--metric {args.metric} needs --data: without it, bench scores fidelity (cosine) to fp32"
+            )
+        evaluation = synthetic_dataset(model)
+        calibration = synthetic_dataset(model, seed=1)
+        if args.calib_data:
+            calibration = load_npz(args.calib_data, model)
+        return model, calibration, evaluation, get_metric("cosine", False)
     evaluation = load_npz(args.data, model)
     if args.calib_data:
         calibration = load_npz(args.calib_data, model)
@@ -389,6 +402,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
             f"metric {metric.name} on {len(evaluation)} samples · machine {machine.fingerprint_hash}"
         )
         print(ranked(latest_per_plan(mine)).to_string(index=False))
+        if args.data is None:
+            print(
+                "note: no --data: timed on synthetic inputs (normal noise, valid ids); cosine is fidelity to fp32 "
+                "on those inputs, not accuracy on real data"
+            )
         written = write_tables(frame, args.results_dir)
         print(f"recorded {len(rows)} rows in {safe_url(board.url)}; tables: {written[0].parent}")
     finally:
@@ -579,7 +597,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         print("\nresult: keep fp32 — no plan within the budget is measurably faster")
         return 0
     w = result.winner
-    if w.get("profile") and result.baseline.get("profile"):
+    if w.profile and result.baseline.profile:
         from qbench.profile import profile_from_json, render
 
         print("\nwhere the winner's time goes (kept nodes of the stored profile):")

@@ -149,3 +149,42 @@ def split_for_calibration(data: Dataset, fraction: float = 0.2, most: int = 256)
     if len(data) - n_calib < 1:
         raise QbenchError(f"{data.source}: {len(data)} samples are too few to split; pass --calib-data as well")
     return data.take(0, n_calib), data.take(n_calib, len(data))
+
+
+SYNTHETIC_SAMPLES = 64
+
+
+def synthetic_dataset(model: OnnxModel, samples: int = SYNTHETIC_SAMPLES, seed: int = 0) -> Dataset:
+    """Inputs built from the model's input spec, for timing without data (as ``benchmark_app``
+    and ``trtexec`` do): float inputs get standard normal noise; integer inputs get valid ids
+    (below the row count of the embedding table a ``Gather`` reads with them) or, with no such
+    table, ones (attention masks); bool inputs are true. Every dimension but the batch must be
+    fixed (``--shape`` fixes dynamic ones). Accuracy on it is fidelity to fp32, not task accuracy."""
+    rng = np.random.default_rng(seed)
+    tables = {init.name: init.dims[0] for init in model.proto.graph.initializer if init.dims}
+    id_limits = {
+        node.input[1]: tables[node.input[0]]
+        for node in model.proto.graph.node
+        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in tables
+    }
+    batch = fixed_batch_size(model)
+    count = samples if batch is None else max(batch, samples - samples % batch)
+    arrays = {}
+    for spec in model.inputs:
+        rest = spec.shape[1:]
+        dynamic = [i + 1 for i, d in enumerate(rest) if not isinstance(d, int)]
+        if dynamic:
+            raise QbenchError(
+                f"input {spec.name!r} has a dynamic dimension ({spec.describe()}); without --data, fix it with "
+                f"--shape {spec.name}=" + ",".join(str(d) if isinstance(d, int) else "N" for d in spec.shape)
+            )
+        shape = (count, *rest)
+        if spec.dtype.startswith("float"):
+            arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+        elif spec.dtype == "bool":
+            arrays[spec.name] = np.ones(shape, dtype=bool)
+        elif spec.name in id_limits:
+            arrays[spec.name] = rng.integers(0, id_limits[spec.name], size=shape).astype(spec.dtype)
+        else:
+            arrays[spec.name] = np.ones(shape, dtype=spec.dtype)
+    return Dataset(arrays, None, "synthetic inputs (no --data)")

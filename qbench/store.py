@@ -27,7 +27,7 @@ from qbench.errors import QbenchError, first_line
 from qbench.statistics import LatencyStats, speedup
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 SCHEMA_LOCK_KEY = 0x71BE7C  # PostgreSQL advisory lock held while creating or migrating the schema
 
 _meta = sa.MetaData()
@@ -98,6 +98,10 @@ results = sa.Table(
     sa.Column("artifact_bytes", sa.BigInteger),
     sa.Column("realized", sa.Text),  # JSON: layer -> precision that actually ran
     sa.Column("profile", sa.Text),  # JSON: per-op profile (qbench.profile), when asked for (v3)
+    # Median of a short pass with the runtime's default threading (spinning on), the session
+    # alone in the process: the latency as deployed. The interleaved statistics above run with
+    # spinning off (two live sessions would steal each other's cores) and are for ratios (v4).
+    sa.Column("solo_median_ms", sa.Float),
 )
 
 
@@ -111,8 +115,16 @@ def _add_profile_column(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE results ADD COLUMN profile TEXT"))
 
 
+def _add_solo_column(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN solo_median_ms FLOAT"))
+
+
 # Migrations from version N to N+1, applied in order inside one transaction each.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _add_job_columns, 2: _add_profile_column}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {
+    1: _add_job_columns,
+    2: _add_profile_column,
+    3: _add_solo_column,
+}
 
 RESULT_COLUMNS = tuple(c.name for c in results.columns if c.name != "id")
 JSON_COLUMNS = ("plan", "backend_settings", "protocol", "realized", "profile")
@@ -182,6 +194,7 @@ class ResultRow:
     artifact_bytes: int | None = None
     realized: dict[str, str] | None = None
     profile: str | None = None
+    solo_median_ms: float | None = None
     created_at: dt.datetime | None = None
     id: int | None = field(default=None, compare=False)
 

