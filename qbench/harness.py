@@ -100,18 +100,6 @@ class Evaluator(Protocol):
 
     def accuracy_drop(self, runner: Runner, quick: bool) -> float: ...
 
-    def solo_median_ms(self, artifact: Artifact, protocol: TimingProtocol = SOLO_PROTOCOL) -> float:
-        """Median latency of ``artifact`` on a fresh session with the runtime's default threading
-        (idle threads spin), timed while no other session of this process is running: the
-        absolute figure a user deploying it would see. Interleaved timing must keep spinning off,
-        which made the demo's fp32 median 1.14x a default session's on an AMD EPYC."""
-        runner = self.backend.load(artifact, self.threads, shared_process=False)
-        try:
-            samples = measure_interleaved({"solo": timed_call(runner, self.feeds)}, protocol)["solo"]
-        finally:
-            runner.close()
-        return float(np.median(samples)) / 1e6
-
     def measure_baseline_ms(self, protocol: TimingProtocol) -> float: ...
 
     def time(self, runners: Mapping[str, Runner], protocol: TimingProtocol) -> dict[str, np.ndarray]: ...
@@ -247,7 +235,7 @@ class Harness:
         """Median latency of ``artifact`` on a fresh session with the runtime's default threading
         (idle threads spin), timed while no other session of this process is running: the
         absolute figure a user deploying it would see. Interleaved timing must keep spinning off,
-        which made the demo's fp32 median 1.14x a default session's on an AMD EPYC."""
+        which made the demo's fp32 median 1.04x a default session's on our AMD EPYC (1.14x on another)."""
         runner = self.backend.load(artifact, self.threads, shared_process=False)
         try:
             samples = measure_interleaved({"solo": timed_call(runner, self.feeds)}, protocol)["solo"]

@@ -15,9 +15,10 @@ import pandas as pd
 
 from qbench.statistics import mann_whitney_p
 from qbench.store import samples_from_bytes
+from qbench.tables import COMPARABLE
 
-JOB = ["machine_hash", "model_hash", "backend", "plan_hash", "threads", "batch_size", "protocol", "data_hash"]
-JOB += ["metric", "kind"]
+# The comparable group of the tables minus the backend version, plus the plan and the kind.
+JOB = [key for key in COMPARABLE if key != "backend_version"] + ["plan_hash", "kind"]
 SUITE_JOB = ["machine_hash", "job", "plan_name", "kind"]
 ALPHA = 0.01
 
