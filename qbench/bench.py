@@ -162,8 +162,8 @@ def run_bench(
             for c in chunk:
                 progress(f"build, load and score {c.plan.name}")
                 _prepare(c, harness)
-            ready = [c for c in chunk if c.error is None and c.samples_ns is None]
-            if ready and baseline.error is None:
+            ready = [c for c in chunk if c.error is None]
+            if ready:
                 progress(f"time {len(ready)} plans interleaved with fp32 ({number}/{-(-len(pending) // TIMING_CHUNK)})")
                 _time(harness, baseline, ready, settings.protocol)
             for c in chunk:
@@ -201,11 +201,8 @@ def run_bench(
 
 def _prepare(c: Candidate, harness: Harness) -> None:
     """Build and load one plan and score it on the evaluation set; a failure fails it alone."""
-    if harness.metric.needs_reference and harness.reference is None:
-        c.error = (
-            f"no fp32 reference outputs for metric {harness.metric.name!r}: the baseline failed "
-            f"({harness.baseline_error})"
-        )
+    if harness.unscorable:
+        c.error = harness.unscorable
         return
     try:
         c.session = harness.load(c.plan)
@@ -234,9 +231,9 @@ def _solo(harness: Harness, c: Candidate) -> float | None:
 def _time(harness: Harness, baseline: Candidate, ready: list[Candidate], protocol: Protocol) -> None:
     samples = harness.time({c.key: c.session.runner for c in ready}, protocol)
     for c in ready:
-        c.samples_ns, c.baseline_ns = samples[c.key], samples[FP32]
+        c.samples_ns, c.baseline_ns = samples[c.key], samples.get(FP32)
         c.runner_settings.update(c.session.runner.timing_notes())
-    if baseline.samples_ns is None:  # the fp32 row keeps the samples of the first chunk
+    if harness.baseline is not None and baseline.samples_ns is None:  # fp32 keeps its first chunk's samples
         baseline.samples_ns = baseline.baseline_ns = samples[FP32]
         baseline.runner_settings.update(harness.baseline.runner.timing_notes())
 
@@ -372,7 +369,7 @@ def _record(
                 profile=c.profile.to_json() if c.profile is not None else None,
                 solo_median_ms=c.solo_median_ms,
             )
-            if c.baseline_ns is not None and baseline.error is None:
+            if c.baseline_ns is not None:  # None when the fp32 baseline failed
                 row = row.with_speedup(c.baseline_ns, c.samples_ns, baseline.accuracy)
         board.insert(row)
         rows.append(row)

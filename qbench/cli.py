@@ -322,11 +322,8 @@ def _model_data_metric(args: argparse.Namespace):
             raise QbenchError(
                 f"--metric {args.metric} needs --data: without it, bench scores fidelity (cosine) to fp32"
             )
-        evaluation = synthetic_dataset(model)
-        calibration = synthetic_dataset(model, seed=1)
-        if args.calib_data:
-            calibration = load_npz(args.calib_data, model)
-        return model, calibration, evaluation, get_metric("cosine", False)
+        calibration = load_npz(args.calib_data, model) if args.calib_data else synthetic_dataset(model, seed=1)
+        return model, calibration, synthetic_dataset(model), get_metric("cosine", False)
     evaluation = load_npz(args.data, model)
     if args.calib_data:
         calibration = load_npz(args.calib_data, model)

@@ -208,13 +208,18 @@ class Harness:
         reference = None if self.reference is None else self.reference[: len(data)]
         return self.metric(outputs, data.labels, reference)
 
+    @property
+    def unscorable(self) -> str | None:
+        """Why no plan can be scored (the metric compares with fp32, whose baseline failed), or None."""
+        if self.metric.needs_reference and self.reference is None:
+            name, error = self.metric.name, self.baseline_error
+            return f"no fp32 reference outputs for metric {name!r}: the baseline failed ({error})"
+        return None
+
     def accuracy(self, runner: Runner, quick: bool = False) -> float:
         """The metric on the quick subset or the whole evaluation set, against the fp32 reference."""
-        if self.metric.needs_reference and self.reference is None:
-            raise QbenchError(
-                f"no fp32 reference outputs for metric {self.metric.name!r}: "
-                f"the baseline failed ({self.baseline_error})"
-            )
+        if self.unscorable:
+            raise QbenchError(self.unscorable)
         data = self.quick_data if quick else self.evaluation_data
         return self._score(evaluation_outputs(runner, data, self.fixed_batch), data)
 
@@ -226,8 +231,9 @@ class Harness:
     # -- timing --------------------------------------------------------------------------------
 
     def time(self, runners: Mapping[str, Runner], protocol: TimingProtocol) -> dict[str, np.ndarray]:
-        """Raw samples of each runner timed interleaved with the fp32 baseline (under ``FP32``)."""
-        calls = {FP32: timed_call(self.require_baseline().runner, self.feeds)}
+        """Raw samples of each runner timed interleaved with the fp32 baseline (under ``FP32``);
+        without a baseline (it failed to load or run), the runners are timed among themselves."""
+        calls = {} if self.baseline is None else {FP32: timed_call(self.baseline.runner, self.feeds)}
         calls.update({key: timed_call(runner, self.feeds) for key, runner in runners.items()})
         return measure_interleaved(calls, protocol)
 
@@ -244,6 +250,7 @@ class Harness:
         return float(np.median(samples)) / 1e6
 
     def measure_baseline_ms(self, protocol: TimingProtocol) -> float:
+        self.require_baseline()
         return float(np.median(self.time({}, protocol)[FP32])) / 1e6
 
     def close(self) -> None:
