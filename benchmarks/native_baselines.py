@@ -25,8 +25,8 @@ import pandas as pd
 from qbench.backends import get_backend
 from qbench.cli import main
 from qbench.machine import current_machine
+from qbench.report.tables import markdown_table
 from qbench.store import Leaderboard, default_url
-from qbench.tables import markdown_table
 from qbench.zoo import ZOO
 
 # Accuracy budget per zoo model, as the drop of its metric the tuner may spend.

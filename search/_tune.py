@@ -21,6 +21,7 @@ from qbench.measure import Protocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
+from qbench.report.tables import markdown_table
 from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
 from qbench.search._space import build_space
 from qbench.search._study import (
@@ -34,7 +35,6 @@ from qbench.search._study import (
     trial_summary,
 )
 from qbench.store import Leaderboard, ResultRow
-from qbench.tables import markdown_table
 
 if TYPE_CHECKING:
     from qbench.backends import Backend

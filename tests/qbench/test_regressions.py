@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from qbench.cli import main
-from qbench.regressions import ALPHA, find_changes
+from qbench.report.regressions import ALPHA, find_changes
 from qbench.statistics import mann_whitney_p
 from qbench.store import RESULT_COLUMNS, Leaderboard, default_url, samples_from_bytes, samples_to_bytes
 

@@ -17,7 +17,8 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from qbench.profile import display_table, flag_summary
-from qbench.tables import ACROSS_BACKENDS_NOTE, across_backends, across_title, group_title, latest_per_plan, ranked
+from qbench.report.tables import ACROSS_BACKENDS_NOTE
+from qbench.report.view import ModelSection, Report
 
 PROFILE_ROWS = 8  # op-type rows of the best plan's profile shown per model
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -137,56 +138,55 @@ def _best_plan_profile(ok: pd.DataFrame) -> str | None:
     )
 
 
-def render(frame: pd.DataFrame, changes: pd.DataFrame) -> str:
-    """The page for ``frame`` (leaderboard rows) and ``changes`` (from ``find_changes``)."""
-    frame = frame.drop(columns=[c for c in ("samples_ns",) if c in frame.columns])
+def _model_section(model: ModelSection) -> list[str]:
+    ok = model.latest[model.latest.status == "ok"]
+    parts = [f"<h3>{html.escape(model.name)}</h3>"]
+    charts = []
+    if not ok.empty:
+        metric = ok.metric.iloc[0]
+        charts.append(_pareto_chart(ok, f"{model.name}: latency vs accuracy drop ({metric}), latest runs"))
+    trend = _history_chart(model.history, f"{model.name}: latency over runs")
+    if trend:
+        charts.append(trend)
+    if charts:
+        parts.append("<div class='charts'>" + "".join(charts) + "</div>")
+    profile = _best_plan_profile(ok)
+    if profile:
+        parts.append(profile)
+    for across in model.across:
+        parts.append(f"<h4>Backends side by side · {html.escape(across.title)}</h4>")
+        parts.append(_table(across.display) + f"<p class='note'>{html.escape(ACROSS_BACKENDS_NOTE)}</p>")
+    for group in model.groups:
+        parts.append(f"<h4>{html.escape(group.title)}</h4>")
+        classes = ["" if status == "ok" else "regression" for status in group.display.status]
+        parts.append(_table(group.display, classes))
+    return parts
+
+
+def render(report: Report) -> str:
+    """The page of ``report``."""
     now = dt.datetime.now().strftime("%Y-%m-%d %H:%M")
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
         "<meta name='viewport' content='width=device-width, initial-scale=1'>",
         f"<title>qbench report</title><style>{STYLE}</style></head><body>",
         "<h1>qbench results</h1>",
-        f"<p class='meta'>Generated {now} by <code>qbench report</code> from {len(frame)} leaderboard rows.</p>",
+        f"<p class='meta'>Generated {now} by <code>qbench report</code> from {report.row_count} leaderboard rows.</p>",
         "<h2>Regressions</h2>",
-        _regressions(changes),
+        _regressions(report.changes),
     ]
-    if frame.empty:
+    if not report.machines:
         parts.append("<p>The leaderboard is empty: run <code>qbench bench</code> or <code>qbench nightly</code>.</p>")
-    latest = latest_per_plan(frame)
-    for machine_hash, per_machine in latest.groupby("machine_hash", sort=True):
-        parts.append(f"<h2>Machine {html.escape(str(machine_hash))}</h2>")
-        parts.append(f"<p class='meta'>{html.escape(str(per_machine.cpu_model.iloc[0]))}</p>")
-        for model_name, per_model in per_machine.groupby("model_name", sort=True):
-            ok = per_model[per_model.status == "ok"]
-            parts.append(f"<h3>{html.escape(str(model_name))}</h3>")
-            history = frame[
-                (frame.machine_hash == machine_hash) & (frame.model_name == model_name) & (frame.status == "ok")
-            ]
-            charts = []
-            if not ok.empty:
-                metric = ok.metric.iloc[0]
-                charts.append(_pareto_chart(ok, f"{model_name}: latency vs accuracy drop ({metric}), latest runs"))
-            trend = _history_chart(history, f"{model_name}: latency over runs")
-            if trend:
-                charts.append(trend)
-            if charts:
-                parts.append("<div class='charts'>" + "".join(charts) + "</div>")
-            profile = _best_plan_profile(ok)
-            if profile:
-                parts.append(profile)
-            for first, table in across_backends(per_model):
-                parts.append(f"<h4>Backends side by side · {html.escape(across_title(first))}</h4>")
-                parts.append(_table(table) + f"<p class='note'>{html.escape(ACROSS_BACKENDS_NOTE)}</p>")
-            for _, group in per_model.groupby("_group", sort=False):
-                parts.append(f"<h4>{html.escape(group_title(group.iloc[0]))}</h4>")
-                table = ranked(group)
-                classes = ["" if status == "ok" else "regression" for status in table.status]
-                parts.append(_table(table, classes))
+    for machine in report.machines:
+        parts.append(f"<h2>Machine {html.escape(machine.machine_hash)}</h2>")
+        parts.append(f"<p class='meta'>{html.escape(machine.cpu_model)}</p>")
+        for model in machine.models:
+            parts += _model_section(model)
     parts.append("</body></html>")
     return "\n".join(parts)
 
 
-def write_html_report(frame: pd.DataFrame, changes: pd.DataFrame, results_dir: pathlib.Path) -> list[pathlib.Path]:
+def write_html(report: Report, results_dir: pathlib.Path) -> pathlib.Path:
     path = results_dir / "report.html"
-    path.write_text(render(frame, changes), encoding="utf-8")
-    return [path]
+    path.write_text(render(report), encoding="utf-8")
+    return path

