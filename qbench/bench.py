@@ -370,7 +370,7 @@ def _record(
                 solo_median_ms=c.solo_median_ms,
             )
             if c.baseline_ns is not None:  # None when the fp32 baseline failed
-                row = row.with_speedup(c.baseline_ns, c.samples_ns, baseline.accuracy)
+                row = row.with_speedup(c.baseline_ns, c.samples_ns, metric.drop(baseline.accuracy, c.accuracy))
         board.insert(row)
         rows.append(row)
     return rows

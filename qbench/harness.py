@@ -226,7 +226,7 @@ class Harness:
     def accuracy_drop(self, runner: Runner, quick: bool) -> float:
         """Drop from the fp32 baseline on the quick subset or the whole evaluation set."""
         baseline = self.baseline_quick_accuracy if quick else self.baseline_accuracy
-        return baseline - self.accuracy(runner, quick)
+        return self.metric.drop(baseline, self.accuracy(runner, quick))
 
     # -- timing --------------------------------------------------------------------------------
 

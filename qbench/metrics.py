@@ -1,8 +1,10 @@
 """Accuracy metrics: task metrics against labels, and fidelity against the fp32 outputs.
 
-Every metric is "higher is better". A metric sees the model's first output for the whole
-evaluation set (samples on axis 0), the labels if the data has them, and the fp32 baseline's
-first output (``reference``), measured in the same run.
+Every metric is "higher is better" and its drop is fp32's score minus the plan's, except
+``perplexity``: lower is better, and its drop is the relative increase over fp32 (0.05 = 5 %
+higher perplexity), so one ``--max-drop`` reads the same on any text. A metric sees the
+model's first output for the whole evaluation set (samples on axis 0), the labels if the data
+has them, and the fp32 baseline's first output (``reference``), measured in the same run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,13 @@ class Metric:
     needs_reference: bool
 
     labels_check: Callable[[np.ndarray, np.ndarray], str | None] | None = None
+    lower_is_better: bool = False
+
+    def drop(self, baseline: float, value: float) -> float:
+        """How much worse ``value`` is than fp32's ``baseline`` (negative: better)."""
+        if self.lower_is_better:
+            return value / baseline - 1.0
+        return baseline - value
 
     def check_labels(self, labels: np.ndarray | None, outputs: np.ndarray, source: str) -> None:
         """Refuse labels this metric would silently misread (a wrong score with exit 0), given the
@@ -121,6 +130,24 @@ def _mask_dice(outputs: np.ndarray, labels: np.ndarray | None, _reference: np.nd
     return float(np.mean(2.0 * overlap / np.maximum(sizes, 1)))
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(axis=-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+
+
+def _perplexity(outputs: np.ndarray, labels: np.ndarray | None, _reference: np.ndarray | None) -> float:
+    """Language models: exp of the mean negative log-likelihood of each next token. ``outputs``
+    are logits ``[samples, tokens, vocab]``; ``labels`` the next token of every position."""
+    chosen = np.take_along_axis(_log_softmax(outputs), labels[..., None].astype(np.int64), axis=-1)
+    return float(np.exp(-chosen.mean()))
+
+
+def _next_token_agreement(outputs: np.ndarray, _labels: np.ndarray | None, reference: np.ndarray) -> float:
+    """Language models: share of positions whose greedy next token is fp32's."""
+    return float(np.mean(outputs.argmax(axis=-1) == reference.argmax(axis=-1)))
+
+
 def _load_file(path: str):
     import importlib.util
     import pathlib
@@ -154,6 +181,15 @@ def _top1_labels(labels: np.ndarray, outputs: np.ndarray) -> str | None:
     return _class_indices(labels, int(np.prod(outputs.shape[1:])), per_sample=1)
 
 
+def _next_token_labels(labels: np.ndarray, outputs: np.ndarray) -> str | None:
+    if outputs.ndim != 3 or labels.shape != outputs.shape[:2]:
+        shape = list(outputs.shape)
+        return f"have shape {list(labels.shape)}; perplexity wants the next token id of each position of logits {shape}"
+    if labels.dtype.kind in "iu" and labels.min(initial=0) < 0:
+        return f"hold negative values (min {labels.min()}); token ids start at 0"
+    return _class_indices(labels, outputs.shape[-1], per_sample=None)
+
+
 def _knn_labels(labels: np.ndarray, _outputs: np.ndarray) -> str | None:
     if labels.dtype.kind not in "iufUSb" or labels.reshape(len(labels), -1).shape[1] != 1:
         return f"have shape {list(labels.shape)} and type {labels.dtype}; knn-top1 wants one label per sample"
@@ -180,6 +216,17 @@ BUILTIN_METRICS = {
     "knn-top1": Metric("knn-top1", _knn_top1, needs_labels=True, needs_reference=False, labels_check=_knn_labels),
     "ctc-chars": Metric("ctc-chars", _ctc_chars, needs_labels=True, needs_reference=False, labels_check=_ctc_labels),
     "mask-dice": Metric("mask-dice", _mask_dice, needs_labels=True, needs_reference=False, labels_check=_mask_labels),
+    "perplexity": Metric(
+        "perplexity",
+        _perplexity,
+        needs_labels=True,
+        needs_reference=False,
+        labels_check=_next_token_labels,
+        lower_is_better=True,
+    ),
+    "next-token-agreement": Metric(
+        "next-token-agreement", _next_token_agreement, needs_labels=False, needs_reference=True
+    ),
 }
 
 

