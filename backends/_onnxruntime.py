@@ -11,14 +11,15 @@ from typing import Any
 
 import numpy as np
 
+from qbench.backends import _nbits as nbits
 from qbench.backends import _qdq as qdq
 from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner
-from qbench.cache import content_key
+from qbench.cache import cache_root, content_key
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
-from qbench.plan import PrecisionPlan
+from qbench.plan import BLOCK_SIZES, WEIGHT_ONLY_BITS, PrecisionPlan
 from qbench.profile import PROFILE_WARMUP, OpTime, sandwiched
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,18 @@ def _ort_precision(op_type: str) -> str:
     if op_type in _QDQ_OPS:
         return "q/dq"
     return "reorder" if op_type in ("ReorderInput", "ReorderOutput") else "fp32"
+
+
+def _kernel_names(layer: str) -> tuple[str, ...]:
+    return (layer, f"{layer}_quant", f"{layer}_Q4", f"{layer}_Q8")
+
+
+def _kernel_precision(node: Any) -> str:
+    """The precision a node of ORT's optimized graph computes in."""
+    if node.op_type == "MatMulNBits":
+        bits = next((a.i for a in node.attribute if a.name == "bits"), 4)
+        return "int8-weight" if bits == 8 else "int4-weight"
+    return "int8" if node.op_type in _INT8_KERNELS else "fp32"
 
 
 def _ort_op_times(graph: Any, totals: dict[str, list], runs: int) -> list[OpTime]:
@@ -144,6 +157,8 @@ class OnnxRuntimeBackend(Backend):
         return Availability(True, "ready", ort.__version__, "CPU")
 
     def precisions(self, layer: Layer) -> tuple[str, ...]:
+        if layer.op_type == "MatMul" and layer.constant_weight:
+            return ("fp32", "int8", "int8-dynamic", *WEIGHT_ONLY_BITS)
         if layer.op_type in ("MatMul", "Gemm"):
             return ("fp32", "int8", "int8-dynamic")
         return ("fp32", "int8")
@@ -154,6 +169,8 @@ class OnnxRuntimeBackend(Backend):
             "activation_type": ("uint8", "int8"),
             "per_channel": (False, True),
             "reduce_range": (False, True),
+            "block_size": BLOCK_SIZES,
+            "accuracy_level": nbits.ACCURACY_LEVELS,
         }
 
     def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
@@ -168,6 +185,11 @@ class OnnxRuntimeBackend(Backend):
         else:
             defaults = {"activation_type": "int8", "weight_type": "int8", "reduce_range": False}
         defaults["per_channel"] = False  # best CPU throughput; the tuner may try True
+        weight_only = {WEIGHT_ONLY_BITS[p] for p in plan.layers.values() if p in WEIGHT_ONLY_BITS}
+        if weight_only:  # only then, so other plans keep their hashes
+            defaults["block_size"] = 32  # GGUF's Q4/Q8 block; 64 and 128 are smaller and coarser
+            if o.accuracy_level is None:
+                defaults["accuracy_level"] = nbits.best_level(nbits.level_speedups(machine, cache_root()), weight_only)
         changes = {k: v for k, v in defaults.items() if getattr(o, k) is None}
         return plan.with_options(**changes) if changes else plan
 
@@ -192,7 +214,9 @@ class OnnxRuntimeBackend(Backend):
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         dynamic = plan.layers_in("int8-dynamic")
+        weight_only = plan.layers_in(*WEIGHT_ONLY_BITS)
         staged = out.with_suffix(".static.onnx")
+        dynamic_out = out.with_suffix(".dynamic.onnx") if weight_only else out
         current = qdq.named_model_path(model, workdir)
         try:
             if plan.is_native:
@@ -206,16 +230,22 @@ class OnnxRuntimeBackend(Backend):
                 with qdq.quiet_root_logger():
                     quantize_dynamic(
                         current,
-                        out,
+                        dynamic_out,
                         per_channel=plan.options.per_channel,
                         reduce_range=plan.options.reduce_range,
                         weight_type=types[plan.options.weight_type],
                         nodes_to_quantize=dynamic,
                     )
-            else:
+                current = dynamic_out
+            # Last: the int8 writers leave weight-only layers float, with their weights constant.
+            if weight_only:
+                nbits.write_weight_only(current, out, plan)
+            elif current != out:
                 out.write_bytes(current.read_bytes())
         finally:
             staged.unlink(missing_ok=True)
+            if dynamic_out != out:
+                dynamic_out.unlink(missing_ok=True)
 
     @staticmethod
     def _x86() -> bool:
@@ -316,14 +346,13 @@ class OnnxRuntimeBackend(Backend):
         so.optimized_model_filepath = str(optimized)
         try:
             _session(artifact.path, so)
-            kernels = {
-                node.name: node.op_type for node in onnx.load(str(optimized), load_external_data=False).graph.node
-            }
+            kernels = {node.name: node for node in onnx.load(str(optimized), load_external_data=False).graph.node}
         finally:
             optimized.unlink(missing_ok=True)
         realized = {}
         for layer in model.layers:
-            # The dynamic (QOperator) quantizer renames the node it replaces to "<name>_quant".
-            op = kernels.get(layer.name) or kernels.get(f"{layer.name}_quant")
-            realized[layer.name] = "removed" if op is None else ("int8" if op in _INT8_KERNELS else "fp32")
+            # The dynamic quantizer renames the node it replaces to "<name>_quant", the weight-only
+            # one to "<name>_Q4" / "<name>_Q8".
+            node = next((kernels[n] for n in _kernel_names(layer.name) if n in kernels), None)
+            realized[layer.name] = "removed" if node is None else _kernel_precision(node)
         return realized

@@ -10,7 +10,9 @@ import os
 import pathlib
 
 from qbench import __version__
+from qbench.errors import QbenchError
 from qbench.suite import MAX_SECONDS
+from qbench.workload import Workload
 
 EXIT_REGRESSION = 3
 
@@ -124,9 +126,17 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--recipe",
         help="comma-separated recipes: fp32, int8, native-int8 (the runtime's own whole-model int8), "
-        "int8-dynamic, or plan .json files (default: fp32,int8,native-int8 where the backend has a native int8)",
+        "int8-dynamic, int4-weight, int8-weight (weight-only MatMuls), or plan .json files "
+        "(default: fp32,int8,native-int8 where the backend has a native int8)",
     )
     bench.add_argument("--batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
+    bench.add_argument(
+        "--workload",
+        type=_workload,
+        default=Workload(),
+        help="what one timed call runs: batch (of the data; default), or for a decoder LLM with a KV cache "
+        "prefill[:TOKENS] (a prompt) or decode[:CACHED] (one new token after CACHED tokens); both default to 128",
+    )
     bench.add_argument("--min-seconds", type=_seconds, help="minimum sampling time per plan (default: 2)")
     bench.add_argument(
         "--quick", action="store_true", help="short protocol for smoke tests (rows are marked by their protocol)"
@@ -236,3 +246,10 @@ def _fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (0.01) or 0% and 100% (1%), got {text!r}")
     return value
+
+
+def _workload(text: str) -> Workload:
+    try:
+        return Workload.parse(text)
+    except QbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None

@@ -30,6 +30,7 @@ from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
 from qbench.profile import PROFILE_RUNS, Profile
 from qbench.store import Leaderboard, ResultRow
+from qbench.workload import Workload
 
 if TYPE_CHECKING:
     from qbench.backends import Artifact, Backend, Calibration
@@ -47,6 +48,7 @@ class BenchSettings:
     job: str | None = None  # the suite job this run belongs to, if any
     job_hash: str | None = None
     profile: bool = False  # take a per-op profile of every measured plan, after timing
+    workload: Workload = field(default_factory=Workload)  # what one timed call runs
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -148,6 +150,7 @@ def run_bench(
         threads=settings.threads,
         workdir=workdir,
         batch_size=settings.batch_size,
+        workload=settings.workload,
     )
     baseline, others = candidates[0], candidates[1:]
     try:
@@ -351,6 +354,7 @@ def _record(
             threads=settings.threads,
             batch_size=batch,
             protocol=settings.protocol.as_dict(),
+            workload=str(settings.workload),
             backend_settings=c.runner_settings,
         )
         if c.error is not None or c.samples_ns is None:

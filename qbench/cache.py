@@ -15,6 +15,11 @@ import shutil
 from collections.abc import Callable, Sequence
 
 
+def cache_root() -> pathlib.Path:
+    """Where exports and machine measurements persist across runs: ``$QBENCH_CACHE`` or ~/.cache/qbench."""
+    return pathlib.Path(os.environ.get("QBENCH_CACHE") or pathlib.Path.home() / ".cache" / "qbench")
+
+
 def content_key(*parts: str) -> str:
     """A short, stable hash of the parts: the cache key of anything built from them."""
     return hashlib.sha256("\0".join(parts).encode()).hexdigest()[:20]

@@ -153,7 +153,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
         log.warning("%s has no native one-line int8 quantizer; skipping recipe native-int8", backend.name)
         recipes.remove("native-int8")
     model, calibration, evaluation, metric = _model_data_metric(args)
-    plans = [recipe_plan(r, ((layer.name, layer.op_type) for layer in model.layers)) for r in recipes]
+    plans = [
+        recipe_plan(r, ((layer.name, layer.op_type, layer.constant_weight) for layer in model.layers)) for r in recipes
+    ]
     protocol = QUICK_PROTOCOL if args.quick else Protocol()
     if args.min_seconds is not None:
         protocol = replace(
@@ -163,6 +165,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     settings = BenchSettings(
         threads=args.threads or machine.default_threads(),
         batch_size=args.batch,
+        workload=args.workload,
         protocol=protocol,
         job=args.job.job if args.job else None,
         job_hash=args.job.job_hash if args.job else None,
@@ -218,7 +221,9 @@ def cmd_profile(args: argparse.Namespace) -> int:
     backend = get_backend(args.backend)
     model, calibration, evaluation, _metric = _model_data_metric(args)
     recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
-    plans = [recipe_plan(r, ((layer.name, layer.op_type) for layer in model.layers)) for r in recipes]
+    plans = [
+        recipe_plan(r, ((layer.name, layer.op_type, layer.constant_weight) for layer in model.layers)) for r in recipes
+    ]
     machine = current_machine()
     threads = args.threads or machine.default_threads()
     profiles = profile_plans(

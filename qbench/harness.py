@@ -29,6 +29,7 @@ from qbench.measure import measure_interleaved
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
+from qbench.workload import BATCH, Workload
 
 if TYPE_CHECKING:
     from qbench.backends import Artifact, Backend, Calibration, Runner
@@ -126,6 +127,7 @@ class Harness:
         workdir: pathlib.Path,
         batch_size: int = 1,
         quick_samples: int = 512,
+        workload: Workload = BATCH,
     ) -> None:
         self.backend, self.model, self.metric, self.machine = backend, model, metric, machine
         self.threads, self.workdir = threads, workdir
@@ -144,7 +146,8 @@ class Harness:
                 f"--batch {self.batch_size} is larger than the {len(evaluation_data)} evaluation samples of "
                 f"{evaluation_data.source}; pass --batch {len(evaluation_data)} or less, or more data"
             )
-        self.feeds = next(evaluation_data.batches(self.batch_size))
+        self.workload = workload
+        self.feeds = workload.feeds(model, evaluation_data, self.batch_size)  # what every timed call runs
         self.quick_data = evaluation_data.take(0, min(quick_samples, len(evaluation_data)))
         self._calibrations: dict[str, Calibration] = {}
         self.baseline_plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)

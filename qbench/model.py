@@ -52,6 +52,8 @@ class Layer:
 
     name: str
     op_type: str
+    #: Whether the second input is an initializer (a weight-only format can compress it).
+    constant_weight: bool = False
 
 
 class OnnxModel:
@@ -70,7 +72,11 @@ class OnnxModel:
         initializers = {init.name for init in proto.graph.initializer}
         self.inputs = tuple(_input_spec(v) for v in proto.graph.input if v.name not in initializers)
         self.output_names = tuple(v.name for v in proto.graph.output)
-        self.layers = tuple(Layer(n.name, n.op_type) for n in proto.graph.node if n.op_type in QUANTIZABLE_OPS)
+        self.layers = tuple(
+            Layer(n.name, n.op_type, len(n.input) > 1 and n.input[1] in initializers)
+            for n in proto.graph.node
+            if n.op_type in QUANTIZABLE_OPS
+        )
 
     @classmethod
     def load(cls, path: str | pathlib.Path) -> OnnxModel:

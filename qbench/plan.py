@@ -12,7 +12,15 @@ from typing import Any
 
 from qbench.errors import QbenchError
 
-PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic", "fp8", "int4-weight")
+PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic", "fp8", "int4-weight", "int8-weight")
+#: Weight-only formats: the weights of a MatMul with constant weights are stored in 4 or 8 bits
+#: (per block of ``block_size`` input channels) and activations stay float, as BitsAndBytes does.
+WEIGHT_ONLY_BITS = {"int4-weight": 4, "int8-weight": 8}
+BLOCK_SIZES = (32, 64, 128)
+#: ONNX Runtime's MatMulNBits ``accuracy_level``: the type activations are multiplied in
+#: (0: the kernel's default, float; 4: int8). Levels 1-3 (fp32, fp16, bf16) are not offered:
+#: on x86 CPUs ONNX Runtime runs them as level 0.
+ACCURACY_LEVELS = (0, 4)
 FLOAT_PRECISIONS = frozenset({"fp32", "fp16", "bf16"})
 CALIBRATED_PRECISIONS = ("int8", "fp8")
 PLAN_FORMAT_VERSION = 1
@@ -43,6 +51,10 @@ class PlanOptions:
     inference_precision: str | None = None
     #: NNCF's quantization preset: "performance" (symmetric) or "mixed" (asymmetric activations).
     preset: str | None = None
+    #: Weight-only layers: input channels per quantization block.
+    block_size: int | None = None
+    #: Weight-only layers on ONNX Runtime: MatMulNBits' compute type (see ACCURACY_LEVELS).
+    accuracy_level: int | None = None
 
     def __post_init__(self) -> None:
         for name in ("activation_type", "weight_type"):
@@ -58,6 +70,8 @@ class PlanOptions:
             ("quantizer", (None, *QUANTIZERS)),
             ("inference_precision", (None, *INFERENCE_PRECISIONS)),
             ("preset", (None, *NNCF_PRESETS)),
+            ("block_size", (None, *BLOCK_SIZES)),
+            ("accuracy_level", (None, *ACCURACY_LEVELS)),
         ):
             value = getattr(self, name)
             if value not in allowed:
@@ -173,23 +187,29 @@ class PrecisionPlan:
 MAX_PLAN_NAME = 200  # plan names label every table row
 MAX_PLAN_CHARS = 16 * 2**20  # a plan for a 100k-layer model is a few MB
 
-BUILTIN_RECIPES = ("fp32", "int8", "native-int8", "int8-dynamic")
+BUILTIN_RECIPES = ("fp32", "int8", "native-int8", "int8-dynamic", "int4-weight", "int8-weight")
 
 
-def recipe_plan(recipe: str, layers: Iterable[tuple[str, str]]) -> PrecisionPlan:
-    """A named recipe or a plan file, for a model whose layers are ``(name, op_type)`` pairs."""
-    layers = list(layers)
+def recipe_plan(recipe: str, layers: Iterable[tuple[str, str] | tuple[str, str, bool]]) -> PrecisionPlan:
+    """A named recipe or a plan file, for a model whose layers are ``(name, op_type)`` pairs,
+    or ``(name, op_type, constant_weight)`` triples (weight-only recipes need the third)."""
+    layers = [(layer[0], layer[1], layer[2] if len(layer) > 2 else False) for layer in layers]
     if recipe == "fp32":
         return PrecisionPlan({}, name="fp32")
     if recipe == "int8":
-        return PrecisionPlan.uniform((name for name, _ in layers), "int8", "int8")
+        return PrecisionPlan.uniform((name for name, _, _ in layers), "int8", "int8")
     if recipe == "native-int8":
         return PrecisionPlan.uniform(
-            (name for name, _ in layers), "int8", "native-int8", PlanOptions(quantizer="native")
+            (name for name, _, _ in layers), "int8", "native-int8", PlanOptions(quantizer="native")
         )
     if recipe == "int8-dynamic":
-        matmuls = (name for name, op in layers if op in ("MatMul", "Gemm"))
+        matmuls = (name for name, op, _ in layers if op in ("MatMul", "Gemm"))
         return PrecisionPlan.uniform(matmuls, "int8-dynamic", "int8-dynamic")
+    if recipe in WEIGHT_ONLY_BITS:
+        weighted = [name for name, op, constant in layers if op == "MatMul" and constant]
+        if not weighted:
+            raise QbenchError(f"recipe {recipe}: the model has no MatMul with constant weights to compress")
+        return PrecisionPlan.uniform(weighted, recipe, recipe)
     path = pathlib.Path(recipe)
     if path.suffix == ".json":
         if not path.is_file():

@@ -27,7 +27,7 @@ from qbench.errors import QbenchError, first_line
 from qbench.statistics import LatencyStats, speedup
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 SCHEMA_LOCK_KEY = 0x71BE7C  # PostgreSQL advisory lock held while creating or migrating the schema
 
 _meta = sa.MetaData()
@@ -102,6 +102,8 @@ results = sa.Table(
     # alone in the process: the latency as deployed. The interleaved statistics above run with
     # spinning off (two live sessions would steal each other's cores) and are for ratios (v4).
     sa.Column("solo_median_ms", sa.Float),
+    # What one timed call ran: "batch", "prefill:<tokens>" or "decode:<cached tokens>" (v5).
+    sa.Column("workload", sa.String(32)),
 )
 
 
@@ -119,11 +121,17 @@ def _add_solo_column(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE results ADD COLUMN solo_median_ms FLOAT"))
 
 
+def _add_workload_column(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN workload VARCHAR(32)"))
+    conn.execute(sa.text("UPDATE results SET workload = 'batch'"))
+
+
 # Migrations from version N to N+1, applied in order inside one transaction each.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_job_columns,
     2: _add_profile_column,
     3: _add_solo_column,
+    4: _add_workload_column,
 }
 
 RESULT_COLUMNS = tuple(c.name for c in results.columns if c.name != "id")
@@ -195,6 +203,7 @@ class ResultRow:
     realized: dict[str, str] | None = None
     profile: str | None = None
     solo_median_ms: float | None = None
+    workload: str | None = None
     created_at: dt.datetime | None = None
     id: int | None = field(default=None, compare=False)
 

@@ -10,7 +10,7 @@ the protocol, expanded into one job per (entry, backend).
     [[job]]
     model = "digits-cnn"    # a zoo name or an .onnx path (relative to the suite file)
 
-Job keys: model, name, data, calib_data, metric, backends, recipes, threads, batch, protocol
+Job keys: model, name, data, calib_data, metric, backends, recipes, threads, batch, workload, protocol
 ("standard" or "quick"), min_seconds, shape (input name -> dims), timeout_s. Paths are relative
 to the suite file. Suite and job names are slugs (letters, digits, ``.``, ``_``, ``-``): they
 name files under the results directory, so they can never point outside it.
@@ -39,6 +39,7 @@ JOB_KEYS: dict[str, type | tuple[type, ...]] = {
     "recipes": list,
     "threads": int,
     "batch": int,
+    "workload": str,
     "protocol": str,
     "min_seconds": (int, float),
     "shape": dict,
@@ -74,6 +75,7 @@ class SuiteJob:
     metric: str | None = None
     threads: int | None = None
     batch: int = 1
+    workload: str = "batch"  # see qbench.workload: batch, prefill[:N], decode[:N]
     protocol: str = "standard"
     min_seconds: float | None = None
     shape: tuple[tuple[str, tuple[int, ...]], ...] = ()
@@ -88,6 +90,8 @@ class SuiteJob:
         """Everything that defines the measurement, files included by content: a rerun with an
         identical hash (same code, same machine) measures nothing new."""
         config = {k: v for k, v in self.__dict__.items() if k not in ("threads", "timeout_s")}
+        if self.workload == "batch":  # the default leaves the hashes of older suites' jobs as they were
+            del config["workload"]
         config["threads"] = threads
         config["files"] = {
             spec: file_hash(spec)
@@ -100,6 +104,8 @@ class SuiteJob:
         """The ``qbench bench`` arguments that run this job."""
         args = [self.model, "--backend", self.backend, "--recipe", ",".join(self.recipes), "--threads", str(threads)]
         args += ["--batch", str(self.batch)]
+        if self.workload != "batch":
+            args += ["--workload", self.workload]
         for flag, value in (("--data", self.data), ("--calib-data", self.calib_data), ("--metric", self.metric)):
             if value:
                 args += [flag, value]
@@ -232,6 +238,7 @@ def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str
         "metric": _metric_relative(settings.get("metric"), base),
         "threads": settings.get("threads"),
         "batch": settings.get("batch", 1),
+        "workload": _workload(settings.get("workload", "batch"), where),
         "protocol": protocol,
         "min_seconds": settings.get("min_seconds"),
         "shape": shape,
@@ -239,6 +246,15 @@ def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str
         **{key: _relative(settings[key], base) for key in PATH_KEYS if key in settings},
     }
     return [SuiteJob(backend=backend, **common) for backend in backends]
+
+
+def _workload(text: str, where: str) -> str:
+    from qbench.workload import Workload
+
+    try:
+        return str(Workload.parse(text))
+    except QbenchError as exc:
+        raise QbenchError(f"{where}: {exc}") from None
 
 
 def _metric_relative(metric: str | None, base: pathlib.Path) -> str | None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 
+import numpy as np
 import pandas as pd
 
 COMPARABLE = [
@@ -22,6 +23,7 @@ COMPARABLE = [
     "protocol",
     "data_hash",
     "metric",
+    "workload",
 ]
 
 
@@ -35,6 +37,17 @@ def latest_per_plan(frame: pd.DataFrame) -> pd.DataFrame:
 
 def _group_keys(frame: pd.DataFrame) -> pd.Series:
     return frame[COMPARABLE].map(str).agg("|".join, axis=1)
+
+
+def tokens_per_s(rows: pd.DataFrame) -> pd.Series:
+    """New tokens per second of LLM workloads (decode: 1 per call; prefill: the prompt), NaN otherwise."""
+    per_call = rows.workload.map(lambda w: _tokens_per_call(w) if isinstance(w, str) else None).astype(float)
+    return per_call * rows.batch_size * 1e3 / rows.median_ms
+
+
+def _tokens_per_call(workload: str) -> float | None:
+    kind, _, tokens = workload.partition(":")
+    return {"decode": 1.0, "prefill": float(tokens or 0)}.get(kind)
 
 
 def _layer_counts(realized: str | None) -> tuple[int | None, int | None]:
@@ -74,6 +87,7 @@ def tidy(group: pd.DataFrame, title: str) -> pd.DataFrame:
             "p90_ms": ordered.p90_ms,
             "p99_ms": ordered.p99_ms,
             "solo_median_ms": ordered.solo_median_ms,
+            "tokens_per_s": tokens_per_s(ordered),
             "speedup": ordered.speedup,
             "speedup_ci_low": ordered.speedup_ci_low,
             "speedup_ci_high": ordered.speedup_ci_high,
@@ -96,6 +110,7 @@ def _fmt(value: float | None, spec: str) -> str:
 def ranked(group: pd.DataFrame) -> pd.DataFrame:
     """One comparable group as a display table: ok rows fastest first, then failures."""
     ordered = _ordered(group)
+    rates = tokens_per_s(ordered).to_numpy()
     rows = []
     for rank, (_, r) in enumerate(ordered.iterrows(), start=1):
         ok = r.status == "ok"
@@ -108,6 +123,7 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
                 "95% CI ms": f"{r.ci_low_ms:.3f}–{r.ci_high_ms:.3f}" if ok else "",
                 "p90 ms": _fmt(r.p90_ms, ".3f"),
                 "solo ms": _fmt(r.solo_median_ms, ".3f"),
+                "tokens/s": _fmt(rates[rank - 1] if ok else None, ".1f"),
                 "speedup vs fp32": (
                     f"{r.speedup:.2f}× ({r.speedup_ci_low:.2f}–{r.speedup_ci_high:.2f})"
                     if ok and pd.notna(r.speedup)
@@ -121,7 +137,8 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
                 "status": "ok" if ok else f"failed: {str(r.error).splitlines()[0][:120]}",
             }
         )
-    return pd.DataFrame(rows)
+    table = pd.DataFrame(rows)
+    return table if np.isfinite(rates).any() else table.drop(columns=["tokens/s"])
 
 
 # Rows of different backends compare when everything else that shapes the numbers is equal.
@@ -160,8 +177,9 @@ def across_backends(latest: pd.DataFrame) -> list[tuple[pd.Series, pd.DataFrame]
 
 
 def across_title(r: pd.Series) -> str:
+    workload = f" · workload {r.workload}" if isinstance(r.workload, str) and r.workload != "batch" else ""
     return (
-        f"across backends · {r.threads} threads · batch {r.batch_size} · metric {r.metric} · "
+        f"across backends · {r.threads} threads · batch {r.batch_size}{workload} · metric {r.metric} · "
         f"data {str(r.data_hash)[:8]}"
     )
 
@@ -176,7 +194,8 @@ def markdown_table(table: pd.DataFrame) -> str:
 
 def group_title(r: pd.Series) -> str:
     protocol = hashlib.sha256(str(r.protocol).encode()).hexdigest()[:8]
+    workload = f" · workload {r.workload}" if isinstance(r.workload, str) and r.workload != "batch" else ""
     return (
-        f"{r.backend} {r.backend_version} · {r.threads} threads · batch {r.batch_size} · "
+        f"{r.backend} {r.backend_version} · {r.threads} threads · batch {r.batch_size}{workload} · "
         f"metric {r.metric} · data {str(r.data_hash)[:8]} · protocol {protocol}"
     )

@@ -9,12 +9,11 @@ installs those), with data qbench writes or renders itself, and cached under
 from __future__ import annotations
 
 import importlib.util
-import os
 import pathlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from qbench.cache import atomic_cached
+from qbench.cache import atomic_cached, cache_root
 from qbench.errors import QbenchError
 
 _HERE = pathlib.Path(__file__).parent
@@ -71,10 +70,6 @@ class ZooModel:
     def _export_into(self, folder: pathlib.Path) -> None:
         folder.mkdir()
         self.export(folder)
-
-
-def cache_root() -> pathlib.Path:
-    return pathlib.Path(os.environ.get("QBENCH_CACHE") or pathlib.Path.home() / ".cache" / "qbench")
 
 
 def _export_minilm(target: pathlib.Path) -> None:

