@@ -13,6 +13,7 @@ import logging
 import pathlib
 import time
 from collections.abc import Iterable
+from typing import Any
 
 import numpy as np
 
@@ -27,29 +28,32 @@ log = logging.getLogger(__name__)
 _PROBE_TOKENS = (1, 32)
 _PROBE_IN, _PROBE_OUT = 1024, 2048
 _PROBE_SECONDS = 0.1
+_PROBE_BLOCK = 32  # the default block size (OnnxRuntimeBackend.resolve_plan)
+
+
+def _compress(model: Any, bits: int, block_size: int, level: int, layers: list[str] | None = None) -> Any:
+    """``model`` with the MatMuls named in ``layers`` (all with constant weights when None) as
+    symmetric MatMulNBits."""
+    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
+
+    config = DefaultWeightOnlyQuantConfig(
+        block_size=block_size, is_symmetric=True, accuracy_level=level, op_types_to_quantize=("MatMul",), bits=bits
+    )
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_include=layers, algo_config=config)
+    with quiet_root_logger():
+        quantizer.process()
+    return quantizer.model.model
 
 
 def write_weight_only(source: pathlib.Path, out: pathlib.Path, plan: PrecisionPlan) -> None:
     """Rewrite the plan's weight-only MatMuls of ``source`` into MatMulNBits, one pass per bit width."""
     import onnx
-    from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     model = onnx.load(str(source))
     for precision, bits in WEIGHT_ONLY_BITS.items():
         layers = plan.layers_in(precision)
-        if not layers:
-            continue
-        config = DefaultWeightOnlyQuantConfig(
-            block_size=plan.options.block_size,
-            is_symmetric=True,
-            accuracy_level=plan.options.accuracy_level,
-            op_types_to_quantize=("MatMul",),
-            bits=bits,
-        )
-        quantizer = MatMulNBitsQuantizer(model, nodes_to_include=layers, algo_config=config)
-        with quiet_root_logger():
-            quantizer.process()
-        model = quantizer.model.model
+        if layers:
+            model = _compress(model, bits, plan.options.block_size, plan.options.accuracy_level, layers)
     onnx.save(model, str(out))
 
 
@@ -67,15 +71,7 @@ def _probe_model(bits: int | None, level: int, tokens: int) -> bytes:
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     if bits is not None:
-        from onnxruntime.quantization.matmul_nbits_quantizer import (
-            DefaultWeightOnlyQuantConfig,
-            MatMulNBitsQuantizer,
-        )
-
-        config = DefaultWeightOnlyQuantConfig(block_size=32, is_symmetric=True, accuracy_level=level, bits=bits)
-        quantizer = MatMulNBitsQuantizer(model, algo_config=config)
-        quantizer.process()
-        model = quantizer.model.model
+        model = _compress(model, bits, _PROBE_BLOCK, level)
     return model.SerializeToString()
 
 

@@ -100,7 +100,8 @@ def build_parser() -> argparse.ArgumentParser:
     data_args.add_argument("--backend", default="onnxruntime")
     data_args.add_argument(
         "--metric",
-        help="top1, cosine, sqnr, top1-agreement, knn-top1, ctc-chars, mask-dice, file.py:function or module:function "
+        help="top1, cosine, sqnr, top1-agreement, knn-top1, ctc-chars, mask-dice, perplexity, next-token-agreement, "
+        "file.py:function or module:function "
         "(default: the zoo model's metric; else top1 with labels, else cosine against fp32)",
     )
     data_args.add_argument(

@@ -13,6 +13,8 @@ import json
 import numpy as np
 import pandas as pd
 
+from qbench.workload import Workload
+
 COMPARABLE = [
     "machine_hash",
     "model_hash",
@@ -41,13 +43,8 @@ def _group_keys(frame: pd.DataFrame) -> pd.Series:
 
 def tokens_per_s(rows: pd.DataFrame) -> pd.Series:
     """New tokens per second of LLM workloads (decode: 1 per call; prefill: the prompt), NaN otherwise."""
-    per_call = rows.workload.map(lambda w: _tokens_per_call(w) if isinstance(w, str) else None).astype(float)
-    return per_call * rows.batch_size * 1e3 / rows.median_ms
-
-
-def _tokens_per_call(workload: str) -> float | None:
-    kind, _, tokens = workload.partition(":")
-    return {"decode": 1.0, "prefill": float(tokens or 0)}.get(kind)
+    per_call = rows.workload.map(lambda w: Workload.parse(w).tokens_per_call if isinstance(w, str) else None)
+    return per_call.astype(float) * rows.batch_size * 1e3 / rows.median_ms
 
 
 def _layer_counts(realized: str | None) -> tuple[int | None, int | None]:
