@@ -44,7 +44,9 @@ def _group_keys(frame: pd.DataFrame) -> pd.Series:
 def tokens_per_s(rows: pd.DataFrame) -> pd.Series:
     """New tokens per second of LLM workloads (decode: 1 per call; prefill: the prompt), NaN otherwise."""
     per_call = rows.workload.map(lambda w: Workload.parse(w).tokens_per_call if isinstance(w, str) else None)
-    return per_call.astype(float) * rows.batch_size * 1e3 / rows.median_ms
+    # Failed rows hold None, so a group with only failures has object columns.
+    median_ms = pd.to_numeric(rows.median_ms, errors="coerce")
+    return per_call.astype(float) * pd.to_numeric(rows.batch_size, errors="coerce") * 1e3 / median_ms
 
 
 def _layer_counts(realized: str | None) -> tuple[int | None, int | None]:
