@@ -1,15 +1,20 @@
 """OpenVINO: a plan's QDQ graph (or NNCF's quantization) compiled for the CPU or another device.
 
 OpenVINO reads explicit-quantization ONNX directly and runs each Q/DQ-wrapped convolution or
-MatMul in int8; the plan's fp32 layers stay in float. The artifact is OpenVINO IR (``.xml`` and
-``.bin``), cached by content hash; the runtime options a plan sets travel inside the IR.
+MatMul in int8; the plan's fp32 layers stay in float. Weight-only layers go through
+``nncf.compress_weights`` (int4: INT4_SYM per group of ``block_size``; int8: INT8_ASYM per output
+channel), which the CPU plugin runs as FullyConnected with decompression on the fly. The
+artifact is OpenVINO IR (``.xml`` and ``.bin``), cached by content hash; the runtime options a
+plan sets travel inside the IR.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import pathlib
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import numpy as np
@@ -20,7 +25,7 @@ from qbench.data import Dataset
 from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
-from qbench.plan import NNCF_PRESETS, PrecisionPlan
+from qbench.plan import BLOCK_SIZES, NNCF_PRESETS, WEIGHT_ONLY_BITS, PrecisionPlan
 from qbench.profile import PROFILE_WARMUP, OpTime, sandwiched
 
 # OpenVINO operations that carry a quantizable layer's weights, as convert_model names them:
@@ -31,6 +36,11 @@ _WEIGHTED_OPS = frozenset(
 # Executed-graph node types that compute a quantizable layer (the CPU plugin's names).
 _COMPUTE_TYPES = frozenset({"Convolution", "FullyConnected", "MatMul", "Deconvolution", "GroupConvolution"})
 _RUNTIME_PRECISIONS = {"i8": "int8", "u8": "int8", "f32": "fp32", "bf16": "bf16", "f16": "fp16"}
+# A node computing in float on weights of these types decompresses them: a weight-only layer.
+_WEIGHT_ONLY_TYPES = {"i4": "int4-weight", "u4": "int4-weight", "i8": "int8-weight", "u8": "int8-weight"}
+_FLOAT_TYPES = frozenset({"f32", "bf16", "f16"})
+# Operations nncf.compress_weights compresses unless told to ignore them (embeddings are Gathers).
+_COMPRESSIBLE_OPS = frozenset({"MatMul", "Gather", "Convolution"})
 _RT_INFO = "qbench_inference_precision"  # stored in the IR so load() needs only the artifact
 
 
@@ -160,11 +170,18 @@ class OpenVinoBackend(Backend):
         return Availability(True, "ready", version, f"{self.device}: {full_name}")
 
     def precisions(self, layer: Layer) -> tuple[str, ...]:
+        if layer.op_type == "MatMul" and layer.constant_weight:
+            return ("fp32", "int8", *WEIGHT_ONLY_BITS)
         return ("fp32", "int8")
 
     def option_choices(self) -> dict[str, tuple[Any, ...]]:
         hints = ("f32", "bf16") if self.device == "CPU" and _cpu_has_bf16() else ("f32",)
-        return {"quantizer": ("nncf", "qdq", "native"), "inference_precision": hints, "preset": NNCF_PRESETS}
+        return {
+            "quantizer": ("nncf", "qdq", "native"),
+            "inference_precision": hints,
+            "preset": NNCF_PRESETS,
+            "block_size": BLOCK_SIZES,
+        }
 
     def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
         # NNCF by default: on an AVX2 CPU without VNNI (AMD EPYC Zen 3) the QDQ route with
@@ -174,6 +191,8 @@ class OpenVinoBackend(Backend):
         if plan.is_native:
             return plan if plan.options.inference_precision else plan.with_options(inference_precision="f32")
         defaults: dict[str, Any] = {"quantizer": "nncf", "inference_precision": "f32"}
+        if plan.layers_in(*WEIGHT_ONLY_BITS):
+            defaults["block_size"] = BLOCK_SIZES[0]  # NNCF's own default group is 128; 32 as on ONNX Runtime
         if (plan.options.quantizer or "nncf") == "qdq":
             # The QDQ route: symmetric signed int8 ran 3.9x fp32 on the demo on an AMX Xeon where
             # asymmetric signed activations ran 1.2x *slower*; without VNNI, unsigned asymmetric
@@ -223,6 +242,8 @@ class OpenVinoBackend(Backend):
             ov_model = self._convert(source)
             if static and plan.options.quantizer in ("nncf", "native"):
                 ov_model = self._nncf_quantize(ov_model, model, plan, calibration)
+            if plan.layers_in(*WEIGHT_ONLY_BITS):
+                ov_model = self._compress_weights(ov_model, plan)
             ov_model.set_rt_info(plan.options.inference_precision, _RT_INFO)
             # compress_to_fp16 defaults to True; fp32 layers must keep fp32 weights.
             openvino.save_model(ov_model, str(out), compress_to_fp16=False)
@@ -259,6 +280,41 @@ class OpenVinoBackend(Backend):
             ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
             **extra,
         )
+
+    @staticmethod
+    def _compress_weights(ov_model: Any, plan: PrecisionPlan) -> Any:
+        """The plan's weight-only MatMuls compressed by NNCF, one pass per format; every other
+        compressible operation is in the ignored scope (NNCF would otherwise take them all)."""
+        try:
+            import nncf
+        except ImportError as exc:
+            raise QbenchError("weight-only layers on OpenVINO need NNCF: pip install 'qbench[openvino]'") from exc
+        modes = {"int4-weight": nncf.CompressWeightsMode.INT4_SYM, "int8-weight": nncf.CompressWeightsMode.INT8_ASYM}
+        for precision, mode in modes.items():
+            layers = plan.layers_in(precision)
+            if not layers:
+                continue
+            targets = {name for layer in layers for name in _ov_names(ov_model, layer)}
+            ignored = [
+                op.get_friendly_name()
+                for op in ov_model.get_ops()
+                if op.get_type_name() in _COMPRESSIBLE_OPS and op.get_friendly_name() not in targets
+            ]
+            # int4: all_layers and no backup, or NNCF keeps the first and last layers in int8 on its own.
+            int4 = {
+                "group_size": plan.options.block_size,
+                "ratio": 1.0,
+                "all_layers": True,
+                "backup_mode": nncf.BackupMode.NONE,
+            }
+            with _quiet_nncf():
+                ov_model = nncf.compress_weights(
+                    ov_model,
+                    mode=mode,
+                    ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+                    **(int4 if precision == "int4-weight" else {}),
+                )
+        return ov_model
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -329,7 +385,7 @@ class OpenVinoBackend(Backend):
         runner = self.load(artifact, threads=1)
         try:
             executed = [
-                (op.get_rt_info()["originalLayersNames"].astype(str).split(","), op.get_rt_info())
+                (op.get_rt_info()["originalLayersNames"].astype(str).split(","), _realized_precision(op))
                 for op in runner._compiled.get_runtime_model().get_ordered_ops()
                 if op.get_rt_info()["layerType"].astype(str) in _COMPUTE_TYPES
             ]
@@ -340,12 +396,30 @@ class OpenVinoBackend(Backend):
         for layer in model.layer_names():
             # The executed node lists the operations it fused, by their OpenVINO names; an
             # operation producing a graph output is named after that output instead.
-            info = next(
-                (i for names, i in executed if any(_is_part_of(n, layer) or n in outputs[layer] for n in names)), None
+            realized[layer] = next(
+                (p for names, p in executed if any(_is_part_of(n, layer) or n in outputs[layer] for n in names)),
+                "removed",
             )
-            if info is None:
-                realized[layer] = "removed"
-            else:
-                precision = info["runtimePrecision"].astype(str)
-                realized[layer] = _RUNTIME_PRECISIONS.get(precision, precision)
         return realized
+
+
+def _realized_precision(node: Any) -> str:
+    """What an executed compute node ran in: float activations times low-bit weights is a
+    weight-only layer; otherwise the node's runtime precision."""
+    precision = node.get_rt_info()["runtimePrecision"].astype(str)
+    activation = node.inputs()[0].get_element_type().get_type_name()
+    if precision in _WEIGHT_ONLY_TYPES and activation in _FLOAT_TYPES:
+        return _WEIGHT_ONLY_TYPES[precision]
+    return _RUNTIME_PRECISIONS.get(precision, precision)
+
+
+@contextlib.contextmanager
+def _quiet_nncf() -> Iterator[None]:
+    """NNCF prints a bit-width table and a progress bar per call at INFO; keep the terminal for qbench."""
+    logger = logging.getLogger("nncf")
+    level = logger.level
+    logger.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)

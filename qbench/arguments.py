@@ -11,6 +11,7 @@ import pathlib
 
 from qbench import __version__
 from qbench.errors import QbenchError
+from qbench.plan import GROUPINGS, PRECISIONS
 from qbench.suite import MAX_SECONDS
 from qbench.workload import Workload
 
@@ -116,6 +117,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="fix an input's dynamic dimensions (repeatable)",
     )
 
+    workload_args = argparse.ArgumentParser(add_help=False)
+    workload_args.add_argument(
+        "--workload",
+        type=_workload,
+        help="what one timed call runs: batch (of the data), or for a decoder LLM with a KV cache "
+        "prefill[:TOKENS] (a prompt) or decode[:CACHED] (one new token after CACHED tokens), both 128 by default "
+        "(default: the zoo model's, decode:128 for smollm2-135m; else batch)",
+    )
+
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("backends", parents=[common], help="list backends, whether each is usable here, and the machine")
 
@@ -123,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
     layers.add_argument("--backend", default="onnxruntime")
 
-    bench = sub.add_parser("bench", parents=[common, data_args], help="benchmark precision recipes of a model")
+    bench = sub.add_parser(
+        "bench", parents=[common, data_args, workload_args], help="benchmark precision recipes of a model"
+    )
     bench.add_argument(
         "--recipe",
         help="comma-separated recipes: fp32, int8, native-int8 (the runtime's own whole-model int8), "
@@ -131,13 +143,6 @@ def build_parser() -> argparse.ArgumentParser:
         "(default: fp32,int8,native-int8 where the backend has a native int8)",
     )
     bench.add_argument("--batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
-    bench.add_argument(
-        "--workload",
-        type=_workload,
-        default=Workload(),
-        help="what one timed call runs: batch (of the data; default), or for a decoder LLM with a KV cache "
-        "prefill[:TOKENS] (a prompt) or decode[:CACHED] (one new token after CACHED tokens); both default to 128",
-    )
     bench.add_argument("--min-seconds", type=_seconds, help="minimum sampling time per plan (default: 2)")
     bench.add_argument(
         "--quick", action="store_true", help="short protocol for smoke tests (rows are marked by their protocol)"
@@ -162,15 +167,30 @@ def build_parser() -> argparse.ArgumentParser:
         help="samples for the quick accuracy check of each candidate (default: 512)",
     )
     sub.add_parser(
-        "sensitivity", parents=[common, data_args, quick_args], help="per-layer accuracy cost and latency of int8"
+        "sensitivity",
+        parents=[common, data_args, quick_args, workload_args],
+        help="per-layer accuracy cost and latency of int8 (int4-weight for an LLM workload)",
     )
 
     tune = sub.add_parser(
         "tune",
-        parents=[common, data_args, quick_args],
+        parents=[common, data_args, quick_args, workload_args],
         help="search per-layer precision for the lowest latency within an accuracy budget",
     )
     tune.add_argument("--max-drop", type=_fraction, default=0.01, help="accuracy budget: 0.01 or 1%% (default: 1%%)")
+    tune.add_argument("--max-mb", type=_megabytes, help="weight budget: the built model's size in MB (default: none)")
+    tune.add_argument(
+        "--precisions",
+        type=_precisions,
+        help="comma-separated precisions a layer may take (fp32 is always one) "
+        "(default: int8; for prefill/decode workloads int4-weight,int8-weight,int8-dynamic)",
+    )
+    tune.add_argument(
+        "--group",
+        choices=GROUPINGS,
+        help="one choice per layer, or per repeated position in the model's blocks "
+        "(default: repeated for prefill/decode workloads, else layer)",
+    )
     tune.add_argument("--trials", type=_positive_int, default=40, help="trials in the study in total (default: 40)")
     tune.add_argument("--timeout", type=_seconds, help="stop starting trials after this many seconds")
     tune.add_argument(
@@ -247,6 +267,24 @@ def _fraction(text: str) -> float:
     if not 0 <= value < 1:
         raise argparse.ArgumentTypeError(f"must be between 0 and 1 (0.01) or 0% and 100% (1%), got {text!r}")
     return value
+
+
+def _megabytes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = 0.0
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"expected a positive number of megabytes such as 200, got {text!r}")
+    return value
+
+
+def _precisions(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in names if p not in PRECISIONS]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(f"unknown precision {unknown[0] if unknown else text!r}; use {PRECISIONS}")
+    return names
 
 
 def _workload(text: str) -> Workload:

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from qbench.arguments import EXIT_REGRESSION, build_parser
 from qbench.errors import QbenchError
+from qbench.workload import Workload
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -98,10 +99,13 @@ def _model_data_metric(args: argparse.Namespace):
     from qbench.zoo import DEMO, lookup
 
     entry = lookup(args.model or DEMO.name)
-    if entry and args.data is None:  # a zoo model brings its data and metric
+    zoo_data = entry is not None and args.data is None
+    if zoo_data:  # a zoo model brings its data, metric and workload
         files = entry.files()
         args.data, args.calib_data = str(files.evaluation), args.calib_data or str(files.calibration)
         args.metric = args.metric or entry.metric
+    if "workload" in args and args.workload is None:
+        args.workload = Workload.parse(entry.workload if zoo_data else "batch")
     model = _load_model(args.model, args.shape)
     if args.data is None and args.command != "bench":
         raise QbenchError(
@@ -257,7 +261,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from qbench.machine import current_machine
     from qbench.plan import PlanOptions
     from qbench.progress import step_printer
-    from qbench.search import analyze_sensitivity, build_space
+    from qbench.search import analyze_sensitivity, build_space, default_precisions
 
     backend = get_backend(args.backend)
     model, calibration, evaluation, metric = _model_data_metric(args)
@@ -272,16 +276,20 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         threads=args.threads or machine.default_threads(),
         workdir=args.results_dir / "cache",
         quick_samples=args.quick_samples,
+        workload=args.workload,
     )
+    low = default_precisions(args.workload)[1]  # the tuner's first choice: int8, or int4-weight for an LLM
+    grouping = "layer" if args.workload.kind == "batch" else "repeated"
     try:
         harness.require_baseline()
-        space = build_space(model, backend.precisions, PlanOptions())
-        report = analyze_sensitivity(harness, space, "int8", step_printer(args.quiet))
+        space = build_space(model, backend.precisions, PlanOptions(), allowed=("fp32", low), grouping=grouping)
+        report = analyze_sensitivity(harness, space, low, step_printer(args.quiet))
     finally:
         harness.close()
     print(
-        f"{model.name} on {backend.name}, metric {metric.name} on {len(harness.quick_data)} samples: "
-        f"fp32 {report.fp32_ms:.3f} ms; int8 everywhere {report.uniform_ms:.3f} ms, drop {report.uniform_drop:+.4f}"
+        f"{model.name} on {backend.name}, metric {metric.name} on {len(harness.quick_data)} samples, "
+        f"workload {args.workload}: fp32 {report.fp32_ms:.3f} ms; {low} everywhere {report.uniform_ms:.3f} ms, "
+        f"drop {report.uniform_drop:+.4f}"
     )
     print(
         pd.DataFrame(
@@ -289,7 +297,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
                 {
                     "group": g.group,
                     "layers": len(g.layers),
-                    "drop if only this is int8": round(g.drop_alone, 4),
+                    f"drop if only this is {low}": round(g.drop_alone, 4),
                     "recovered if only this is fp32": round(g.recovered, 4),
                     "ms added if only this is fp32": round(g.revert_cost_ms, 4),
                 }
@@ -306,10 +314,19 @@ def cmd_tune(args: argparse.Namespace) -> int:
     from qbench.backends import get_backend
     from qbench.machine import current_machine
     from qbench.measure import QUICK_PROTOCOL
+    from qbench.plan import PrecisionPlan
     from qbench.progress import bar, step_printer
     from qbench.report import build_report, write_report
     from qbench.report.tables import latest_per_plan, ranked
-    from qbench.search import FINAL_PROTOCOL, StudySettings, feasible_trials, finished_count, split_holdout, tune
+    from qbench.search import (
+        FINAL_PROTOCOL,
+        StudySettings,
+        feasible_trials,
+        finished_count,
+        role_summary_text,
+        split_holdout,
+        tune,
+    )
     from qbench.store import safe_url
 
     # Optuna sets its own logger to INFO when first used, overriding main(); one line per trial
@@ -325,6 +342,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         patience=args.patience or None,
         pareto=args.pareto,
         seed=args.seed,
+        max_mb=args.max_mb,
     )
     machine = current_machine()
     storage = args.storage or f"sqlite:///{(args.results_dir / 'tuning.db').resolve()}"
@@ -358,6 +376,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
             progress=step_printer(args.quiet),
             on_trial=on_trial,
             quick_samples=args.quick_samples,
+            workload=args.workload,
+            precisions=args.precisions,
+            grouping=args.group,
         )
         _check_recorded(board)
         frame = board.frame()
@@ -369,8 +390,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(f"\nPareto front (tuning data, {len(tuning)} samples):")
     print(result.front.to_string(index=False) if not result.front.empty else "  (no timed trial)")
     mine = frame[frame.run_id == result.baseline.run_id]
+    memory = f", weights <= {settings.max_mb:g} MB" if settings.max_mb is not None else ""
     print(
-        f"\nfinal selection on {len(holdout)} held-out samples, budget: drop <= {settings.max_drop:g} ({metric.name}):"
+        f"\nfinal selection on {len(holdout)} held-out samples, workload {args.workload}, "
+        f"budget: drop <= {settings.max_drop:g} ({metric.name}){memory}:"
     )
     print(ranked(latest_per_plan(mine)).to_string(index=False))
     for note in result.notes:
@@ -389,6 +412,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"(95% CI {w.speedup_ci_low:.2f}–{w.speedup_ci_high:.2f}), drop {w.accuracy_drop:+.4f}; "
         f"plan and model in {result.output_dir}"
     )
+    print(f"chosen per layer kind: {role_summary_text(model, PrecisionPlan.from_json(w.plan))}")
     return 0
 
 

@@ -21,6 +21,9 @@ BLOCK_SIZES = (32, 64, 128)
 #: (0: the kernel's default, float; 4: int8). Levels 1-3 (fp32, fp16, bf16) are not offered:
 #: on x86 CPUs ONNX Runtime runs them as level 0.
 ACCURACY_LEVELS = (0, 4)
+#: How the tuner groups layers into choices: one per layer, or one per repeated position (the
+#: q_proj of every decoder block together), which keeps a 30-block LLM's 271 layers to 10 choices.
+GROUPINGS = ("layer", "repeated")
 FLOAT_PRECISIONS = frozenset({"fp32", "fp16", "bf16"})
 CALIBRATED_PRECISIONS = ("int8", "fp8")
 PLAN_FORMAT_VERSION = 1

@@ -103,9 +103,7 @@ class SuiteJob:
     def bench_args(self, threads: int) -> list[str]:
         """The ``qbench bench`` arguments that run this job."""
         args = [self.model, "--backend", self.backend, "--recipe", ",".join(self.recipes), "--threads", str(threads)]
-        args += ["--batch", str(self.batch)]
-        if self.workload != "batch":
-            args += ["--workload", self.workload]
+        args += ["--batch", str(self.batch), "--workload", self.workload]
         for flag, value in (("--data", self.data), ("--calib-data", self.calib_data), ("--metric", self.metric)):
             if value:
                 args += [flag, value]
@@ -214,7 +212,8 @@ def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str
     if "model" not in settings:
         raise QbenchError(f"{where} has no model: set model = a zoo name or an .onnx path")
     model = settings["model"]
-    if lookup(model) is None:
+    entry = lookup(model)
+    if entry is None:
         model = str(base / model)
     protocol = settings.get("protocol", "standard")
     if protocol not in PROTOCOLS:
@@ -238,7 +237,7 @@ def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str
         "metric": _metric_relative(settings.get("metric"), base),
         "threads": settings.get("threads"),
         "batch": settings.get("batch", 1),
-        "workload": _workload(settings.get("workload", "batch"), where),
+        "workload": _workload(settings.get("workload", entry.workload if entry else "batch"), where),
         "protocol": protocol,
         "min_seconds": settings.get("min_seconds"),
         "shape": shape,

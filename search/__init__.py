@@ -5,8 +5,9 @@ if __name__ != "qbench.search":  # a source checkout on sys.path makes `import s
 
 from qbench.search._evaluator import TRIAL_PROTOCOL, Timing, time_against_baseline
 from qbench.search._greedy import greedy_accuracy_control
+from qbench.search._roles import layer_roles, role_summary_text, summarize_by_role
 from qbench.search._sensitivity import GroupSensitivity, SensitivityReport, analyze_sensitivity
-from qbench.search._space import LayerGroup, SearchSpace, build_space, residual_groups
+from qbench.search._space import LayerGroup, SearchSpace, build_space, repeated_groups
 from qbench.search._study import (
     StudySettings,
     feasible_trials,
@@ -16,7 +17,14 @@ from qbench.search._study import (
     run_study,
     seed_study,
 )
-from qbench.search._tune import FINAL_PROTOCOL, TuneResult, default_study_name, split_holdout, tune
+from qbench.search._tune import (
+    FINAL_PROTOCOL,
+    TuneResult,
+    default_precisions,
+    default_study_name,
+    split_holdout,
+    tune,
+)
 
 __all__ = [
     "FINAL_PROTOCOL",
@@ -32,12 +40,16 @@ __all__ = [
     "TuneResult",
     "analyze_sensitivity",
     "build_space",
+    "default_precisions",
     "default_study_name",
     "feasible_trials",
     "greedy_accuracy_control",
     "open_study",
     "pareto_front",
-    "residual_groups",
+    "layer_roles",
+    "repeated_groups",
+    "role_summary_text",
+    "summarize_by_role",
     "run_study",
     "seed_study",
     "split_holdout",

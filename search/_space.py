@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 from qbench.model import Layer, OnnxModel
-from qbench.plan import PlanOptions, PrecisionPlan
-
-# Ops where several producers meet; with shared quantizers their inputs must agree in precision.
-_JOIN_OPS = frozenset({"Add", "Sum", "Concat"})
+from qbench.plan import GROUPINGS, PlanOptions, PrecisionPlan
 
 
 @dataclass(frozen=True)
@@ -63,33 +61,12 @@ class SearchSpace:
         return total
 
 
-def residual_groups(model: OnnxModel, layers: Sequence[str]) -> list[tuple[str, ...]]:
-    """Group layers whose outputs meet in an Add/Sum/Concat (directly, or through activations),
-    for backends that share one quantizer across such a join."""
-    producer_of = {out: node for node in model.proto.graph.node for out in node.output}
-    layer_set = set(layers)
-    parent = {layer: layer for layer in layers}
-
-    def find(x: str) -> str:
-        while parent[x] != x:
-            parent[x] = parent[parent[x]]
-            x = parent[x]
-        return x
-
-    def source_layer(tensor: str) -> str | None:
-        node = producer_of.get(tensor)
-        while node is not None and node.name not in layer_set and node.op_type in ("Relu", "Clip", "Identity"):
-            node = producer_of.get(node.input[0])
-        return node.name if node is not None and node.name in layer_set else None
-
-    for node in model.proto.graph.node:
-        if node.op_type in _JOIN_OPS:
-            sources = [s for s in (source_layer(t) for t in node.input) if s]
-            for other in sources[1:]:
-                parent[find(other)] = find(sources[0])
+def repeated_groups(layers: Sequence[str]) -> list[tuple[str, ...]]:
+    """Group layers whose names differ only in their numbers (``layers.3/attn/q_proj`` with
+    ``layers.17/attn/q_proj``): the same position in every repeated block."""
     grouped: dict[str, list[str]] = {}
     for layer in layers:
-        grouped.setdefault(find(layer), []).append(layer)
+        grouped.setdefault(re.sub(r"\d+", "#", layer), []).append(layer)
     return [tuple(members) for members in grouped.values()]
 
 
@@ -98,16 +75,17 @@ def build_space(
     precisions_of: Callable[[Layer], Sequence[str]],
     options: PlanOptions,
     allowed: Iterable[str] = ("fp32", "int8"),
-    group_residuals: bool = False,
     option_choices: Mapping[str, Sequence[Any]] | None = None,
+    grouping: str = "layer",
 ) -> SearchSpace:
-    """One choice per layer (or per residual group), limited to ``allowed`` precisions the
-    backend offers for every member, plus one per plan-wide option in ``option_choices`` that
-    ``options`` leaves unset; a choice with a single value is left out of the search."""
+    """One choice per layer (or per repeated position, see ``GROUPINGS``), limited to ``allowed``
+    precisions the backend offers for every member, plus one per plan-wide option in
+    ``option_choices`` that ``options`` leaves unset; a choice with a single value is left out."""
     allowed = tuple(allowed)
     by_name = {layer.name: layer for layer in model.layers}
-    names = list(by_name)
-    partition = residual_groups(model, names) if group_residuals else [(n,) for n in names]
+    if grouping not in GROUPINGS:
+        raise ValueError(f"grouping must be one of {GROUPINGS}, not {grouping!r}")
+    partition = repeated_groups(list(by_name)) if grouping == "repeated" else [(n,) for n in by_name]
     groups = []
     for members in partition:
         offered = [p for p in allowed if all(p in precisions_of(by_name[m]) for m in members)]

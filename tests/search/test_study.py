@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import multiprocessing
 import time
+from types import SimpleNamespace
 
 import numpy as np
 import optuna
@@ -20,7 +21,7 @@ from qbench.harness import FP32, Evaluator
 from qbench.plan import PlanOptions
 from qbench.search import StudySettings, feasible_trials, open_study, run_study, seed_study
 from qbench.search._sensitivity import GroupSensitivity, SensitivityReport
-from qbench.search._space import LayerGroup, SearchSpace
+from qbench.search._space import LayerGroup, SearchSpace, repeated_groups
 from qbench.search._study import finished_count, trial_plan, trial_summary, violation
 
 # layer: (fp32 ms, int8 ms, accuracy drop when int8)
@@ -36,10 +37,15 @@ BF16_DROP, BF16_SPEED = 0.0005, 0.6  # a plan-wide option: float layers faster, 
 SPACE = SearchSpace(tuple(LayerGroup((name,), ("fp32", "int8")) for name in COSTS), PlanOptions())
 
 
+MB_FP32, MB_INT8 = 4.0, 1.0  # weight size of each layer
+
+
 class FakeRunner:
     def __init__(self, plan):
         self.plan = plan
-        self.runner = self  # it is its own Loaded: the tuner reads .runner and calls .close()
+        self.runner = self  # it is its own Loaded: the tuner reads .runner and .artifact, calls .close()
+        mb = sum(MB_INT8 if plan.precision(name) == "int8" else MB_FP32 for name in COSTS)
+        self.artifact = SimpleNamespace(size_bytes=int(mb * 1e6))
 
     def close(self):
         pass
@@ -50,7 +56,7 @@ class FakeEvaluator:
 
     def __init__(self, fail_layer: str | None = None, delay: float = 0.0):
         self.quick_data = list(range(1000))
-        self.timed_plans = []
+        self.timed_plans, self.scored_plans = [], []
         self.fail_layer, self.delay = fail_layer, delay
 
     def resolve(self, plan):
@@ -63,6 +69,7 @@ class FakeEvaluator:
         return FakeRunner(plan)
 
     def accuracy_drop(self, runner, quick):
+        self.scored_plans.append(runner.plan)
         bf16 = BF16_DROP if runner.plan.options.inference_precision == "bf16" else 0.0
         return bf16 + sum(drop for name, (_, _, drop) in COSTS.items() if runner.plan.precision(name) == "int8")
 
@@ -328,4 +335,49 @@ def test_each_int8_scheme_is_seeded_with_the_defaults_pinned(tmp_path):
         {**space.uniform("int8"), **defaults},
         {**space.uniform("int8"), **defaults, "option:activation_type": "int8"},
         {**space.uniform("int8"), **defaults, "option:per_channel": True},
+    ]
+
+
+def test_a_weight_budget_is_a_second_constraint(tmp_path):
+    """--max-mb: plans over it are infeasible without being scored or timed; under both budgets
+    the best plan keeps only the layer the accuracy budget needs in float (b), even though int8
+    makes layer e slower, because float e does not fit."""
+    settings = StudySettings(max_drop=0.005, n_trials=40, patience=None, max_mb=9.5)
+    study = _study(tmp_path, settings)
+    seed_study(study, SPACE, None, settings.ladder)
+    evaluator = FakeEvaluator()
+    run_study(study, evaluator, SPACE, settings)
+    best = trial_plan(feasible_trials(study)[0])
+    assert dict(best.layers) == {name: "int8" for name in COSTS if name != "b"}
+    assert all(FakeRunner(t).artifact.size_bytes <= 9.5e6 for t in evaluator.scored_plans + evaluator.timed_plans)
+    fp32 = next(t for t in study.trials if t.params == SPACE.uniform("fp32"))
+    assert fp32.user_attrs["mb"] == 24.0 and fp32.constraints["weight_mb_over_budget"] > 0 and violation(fp32) > 0
+    with pytest.raises(QbenchError, match="max_mb"):
+        StudySettings(max_drop=0.01, max_mb=0)
+
+
+def test_every_uniform_precision_is_seeded_and_the_ladder_uses_the_report_s(tmp_path):
+    choices = ("fp32", "int4-weight", "int8-weight")
+    space = SearchSpace(tuple(LayerGroup((name,), choices) for name in "xyz"), PlanOptions())
+    report = SensitivityReport(
+        "int4-weight", 1.0, 0.5, 0.1, tuple(GroupSensitivity(n, (n,), 0.0, 0.0, 0.0) for n in "yxz")
+    )
+    settings = StudySettings(max_drop=0.005, n_trials=4, patience=None, ladder=1)
+    study = _study(tmp_path, settings)
+    seed_study(study, space, report, settings.ladder, precisions=("int4-weight", "int8-weight"))
+    run_study(study, FakeEvaluator(), space, settings)
+    assert [t.params for t in sorted(study.trials, key=lambda t: t.number)] == [
+        space.uniform("fp32"),
+        space.uniform("int4-weight"),
+        space.uniform("int8-weight"),
+        {**space.uniform("int4-weight"), "y": "fp32"},
+    ]
+
+
+def test_repeated_grouping_takes_one_choice_per_block_position():
+    names = ["layers.0/attn/q_proj", "layers.0/mlp/up", "layers.1/attn/q_proj", "layers.1/mlp/up", "lm_head"]
+    assert repeated_groups(names) == [
+        ("layers.0/attn/q_proj", "layers.1/attn/q_proj"),
+        ("layers.0/mlp/up", "layers.1/mlp/up"),
+        ("lm_head",),
     ]
