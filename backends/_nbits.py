@@ -39,7 +39,12 @@ def _compress(model: Any, bits: int, block_size: int, level: int, layers: list[s
     config = DefaultWeightOnlyQuantConfig(
         block_size=block_size, is_symmetric=True, accuracy_level=level, op_types_to_quantize=("MatMul",), bits=bits
     )
-    quantizer = MatMulNBitsQuantizer(model, nodes_to_include=layers, algo_config=config)
+    # By exclusion: the quantizer takes every MatMul of op_types_to_quantize and adds
+    # nodes_to_include to them, so including the plan's layers alone would convert them all.
+    excluded = (
+        [] if layers is None else [n.name for n in model.graph.node if n.op_type == "MatMul" and n.name not in layers]
+    )
+    quantizer = MatMulNBitsQuantizer(model, nodes_to_exclude=excluded, algo_config=config)
     with quiet_root_logger():
         quantizer.process()
     return quantizer.model.model

@@ -2,7 +2,8 @@
 
 Since TensorRT 11 (and in TensorRT-RTX) precision is a property of the graph, not of builder
 flags: int8 layers get symmetric signed Q/DQ pairs (per-channel weights, biases left in float)
-from the shared QDQ writer, fp16/bf16 layers get Cast regions (``_casts``). The engine is built
+from the shared QDQ writer, fp16/bf16 layers get Cast regions (``_casts``), weight-only layers a
+DequantizeLinear of int4 (blocked) or int8 weights (``_blockdq``). The engine is built
 from that graph with a strongly-typed network, an optimization profile for dynamic batch
 sizes, a workspace limit and a timing cache per GPU and TensorRT version, and cached by content
 hash. Either the full ``tensorrt`` module or ``tensorrt_rtx`` is used; the RTX builder works
@@ -25,12 +26,13 @@ import onnx
 
 from qbench.backends import _qdq as qdq
 from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner
+from qbench.backends._blockdq import write_weight_dq
 from qbench.backends._casts import write_cast_regions
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.machine import Machine, current_machine
 from qbench.model import Layer, OnnxModel
-from qbench.plan import PrecisionPlan
+from qbench.plan import BLOCK_SIZES, WEIGHT_ONLY_BITS, PrecisionPlan
 
 _MODULES = ("tensorrt", "tensorrt_rtx")  # full TensorRT first; the RTX edition builds without a GPU
 WORKSPACE_BYTES = 1 << 30
@@ -108,15 +110,20 @@ class TensorRtBackend(Backend):
         return Availability(True, "ready", version, machine.gpus[0])
 
     def precisions(self, layer: Layer) -> tuple[str, ...]:
+        if layer.op_type == "MatMul" and layer.constant_weight:
+            return ("fp32", "fp16", "bf16", "int8", "fp8", *WEIGHT_ONLY_BITS)
         return ("fp32", "fp16", "bf16", "int8", "fp8")
 
     def option_choices(self) -> dict[str, tuple[Any, ...]]:
-        return {"quantizer": ("qdq",)}  # since TensorRT 10 the Q/DQ graph is the way to int8
+        # Since TensorRT 10 the Q/DQ graph is the way to int8.
+        return {"quantizer": ("qdq",), "block_size": BLOCK_SIZES}
 
     def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
         # TensorRT's explicit quantization is symmetric and signed; per-channel weights cost
         # nothing on its kernels.
         defaults = {"activation_type": "int8", "weight_type": "int8", "per_channel": True, "reduce_range": False}
+        if plan.layers_in(*WEIGHT_ONLY_BITS):
+            defaults["block_size"] = BLOCK_SIZES[0]
         changes = {k: v for k, v in defaults.items() if getattr(plan.options, k) is None}
         return plan.with_options(**changes) if changes else plan
 
@@ -134,7 +141,8 @@ class TensorRtBackend(Backend):
         workdir: pathlib.Path,
     ) -> pathlib.Path:
         """The plan's TensorRT flavour as ONNX: Q/DQ pairs around int8 and fp8 layers, Casts
-        around fp16/bf16 ones; written to ``out``."""
+        around fp16/bf16 ones, DequantizeLinear on the low-bit weights of weight-only ones;
+        written to ``out``."""
         self.check_plan(plan, model)
         if plan.layers_in("int8", "fp8"):
             # fp8 layers are laid out as int8 first, then their Q/DQ pairs become float8 ones.
@@ -157,7 +165,8 @@ class TensorRtBackend(Backend):
         else:
             graph = model.proto
         casts = {layer: p for layer, p in plan.layers.items() if p in ("fp16", "bf16")}
-        onnx.save(write_cast_regions(graph, casts) if casts else graph, str(out))
+        graph = write_cast_regions(graph, casts) if casts else graph
+        onnx.save(write_weight_dq(graph, plan), str(out))
         return out
 
     def _build_key(self, plan: PrecisionPlan) -> tuple[str, ...]:

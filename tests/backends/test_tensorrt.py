@@ -182,3 +182,27 @@ def test_a_tensor_cannot_feed_both_an_int8_and_an_fp8_layer(tensorrt, transforme
     plan = tensorrt.resolve_plan(PrecisionPlan({"attn/q": "fp8", "attn/k": "int8"}), current_machine())
     with pytest.raises(QbenchError, match="feeds fp8 layer 'attn/q' and int8 layer 'attn/k'"):
         tensorrt.write_graph(model, plan, calibration, tmp_path / "mixed.onnx", tmp_path)
+
+
+@pytest.mark.parametrize("precision", ["int4-weight", "int8-weight"])
+def test_weight_only_graph_dequantizes_low_bit_weights_and_builds(
+    builder_module, tensorrt, transformer_files, precision, tmp_path
+):
+    """Weight-only MatMuls read a DequantizeLinear of int4 weights in blocks of 32 input
+    channels (opset 21) or of int8 weights per output channel; activations stay float."""
+    model = OnnxModel.load(transformer_files[0])
+    data = load_npz(transformer_files[1], model).take(0, 32)
+    constant = [layer.name for layer in model.layers if layer.constant_weight and layer.op_type == "MatMul"]
+    plan = tensorrt.resolve_plan(PrecisionPlan.uniform(constant, precision), current_machine())
+    graph = tensorrt.write_graph(model, plan, None, tmp_path / "weight-only.onnx", tmp_path)
+    proto = onnx.load(str(graph))
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) == 21
+    initializers = {t.name: t for t in proto.graph.initializer}
+    dequantized = [n for n in proto.graph.node if n.op_type == "DequantizeLinear"]
+    assert len(dequantized) == len(constant) and not [n for n in proto.graph.node if n.op_type == "QuantizeLinear"]
+    low_bit = TensorProto.INT4 if precision == "int4-weight" else TensorProto.INT8
+    assert {initializers[n.input[0]].data_type for n in dequantized} == {low_bit}
+    attrs = {a.name: a.i for a in dequantized[0].attribute}
+    assert attrs == ({"axis": 0, "block_size": 32} if precision == "int4-weight" else {"axis": 1})
+    assert 0.99 < _cosine(_run(graph, data), _run(model.path, data)) <= 1.0 + 1e-6
+    assert tensorrt.build(model, plan, None, tmp_path).size_bytes > 1000

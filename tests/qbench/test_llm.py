@@ -137,15 +137,17 @@ def test_bench_decode_with_weight_only_plans(sliced, tmp_path, capsys):
     assert abs(rows.loc["int8-weight", "drop"]) < 0.05
 
 
-def test_openvino_compresses_the_weight_only_layers_with_nncf(sliced, tmp_path):
-    """nncf.compress_weights on exactly the plan's layers; the CPU plugin runs them as float
-    activations times 4- or 8-bit weights, which realized precision reports per layer."""
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
+def test_a_mixed_plan_compresses_exactly_its_weight_only_layers(sliced, backend_name, tmp_path):
+    """Only the plan's layers, each in its own format (ONNX Runtime's quantizer takes every
+    MatMul unless told to exclude it; NNCF every MatMul and Gather): realized precision,
+    read back from the built model, says so layer by layer."""
     from qbench.backends import get_backend
     from qbench.data import load_npz
     from qbench.machine import current_machine
     from qbench.plan import PrecisionPlan
 
-    backend = get_backend("openvino")
+    backend = get_backend(backend_name)
     if not backend.probe().available:
         pytest.skip(backend.probe().reason)
     model = OnnxModel.load(sliced / "model.onnx")
