@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+from typing import NoReturn
 
 from qbench import __version__
 from qbench.errors import QbenchError
@@ -74,8 +75,15 @@ def _threads(text: str) -> int:
     return value
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with qbench's one-line errors instead of the usage block (subcommands inherit it)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"qbench: error: {message}; see `{self.prog} --help`\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="qbench", description="Hardware-aware quantization benchmarking.")
+    parser = _Parser(prog="qbench", description="Hardware-aware quantization benchmarking.")
     parser.add_argument("--version", action="version", version=f"qbench {__version__}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
@@ -284,6 +292,8 @@ def _precisions(text: str) -> tuple[str, ...]:
     unknown = [p for p in names if p not in PRECISIONS]
     if unknown or not names:
         raise argparse.ArgumentTypeError(f"unknown precision {unknown[0] if unknown else text!r}; use {PRECISIONS}")
+    if set(names) == {"fp32"}:
+        raise argparse.ArgumentTypeError("name at least one precision besides fp32, e.g. int8 or int4-weight")
     return names
 
 

@@ -138,6 +138,10 @@ BAD_CASES = {
         "cannot open leaderboard database",
     ),
     "model data missing": (["tune", str(DEMO.files().model)], "--data is required for tune"),
+    "tune precisions without a low one": (["tune", "--precisions", "fp32"], "besides fp32"),
+    "tune precision unknown": (["tune", "--precisions", "int8,int3"], "unknown precision 'int3'"),
+    "non-positive weight budget": (["tune", "--max-mb", "0"], "positive number of megabytes"),
+    "tune precisions no layer takes": (["tune", "--precisions", "int4-weight"], "no layer that onnxruntime can run"),
 }
 
 
