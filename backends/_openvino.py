@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import io
 import logging
 import pathlib
 from collections.abc import Iterator, Mapping
@@ -268,18 +269,20 @@ class OpenVinoBackend(Backend):
         data: Dataset = calibration.details["dataset"]
         dataset = nncf.Dataset(list(data.batches(1)))
         if plan.is_native:  # NNCF's one-line default: whole model, its own subset size and preset
-            return nncf.quantize(ov_model, dataset)
+            with _quiet_nncf():
+                return nncf.quantize(ov_model, dataset)
         float_layers = [layer for layer in model.layer_names() if plan.precision(layer) != "int8"]
         # NNCF's ignored scope takes OpenVINO operation names, not the ONNX node names of the plan.
         ignored = [name for layer in float_layers for name in _ov_names(ov_model, layer)]
         extra = {"preset": getattr(nncf.QuantizationPreset, plan.options.preset.upper())} if plan.options.preset else {}
-        return nncf.quantize(
-            ov_model,
-            dataset,
-            subset_size=len(data),
-            ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
-            **extra,
-        )
+        with _quiet_nncf():
+            return nncf.quantize(
+                ov_model,
+                dataset,
+                subset_size=len(data),
+                ignored_scope=nncf.IgnoredScope(names=ignored, validate=False),
+                **extra,
+            )
 
     @staticmethod
     def _compress_weights(ov_model: Any, plan: PrecisionPlan) -> Any:
@@ -415,11 +418,13 @@ def _realized_precision(node: Any) -> str:
 
 @contextlib.contextmanager
 def _quiet_nncf() -> Iterator[None]:
-    """NNCF prints a bit-width table and a progress bar per call at INFO; keep the terminal for qbench."""
+    """NNCF logs a bit-width table at INFO and draws progress bars on stdout, where qbench prints
+    its tables; its warnings still get through."""
     logger = logging.getLogger("nncf")
     level = logger.level
     logger.setLevel(logging.WARNING)
     try:
-        yield
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield
     finally:
         logger.setLevel(level)
