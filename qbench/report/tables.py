@@ -103,7 +103,11 @@ def tidy(group: pd.DataFrame, title: str) -> pd.DataFrame:
 
 
 def _fmt(value: float | None, spec: str) -> str:
-    return "" if value is None or pd.isna(value) else format(value, spec)
+    if value is None or pd.isna(value):
+        return ""
+    if abs(value) >= 1e6:  # a broken plan's perplexity can run to 1e150: keep the column readable
+        return format(value, "+.3g" if spec.startswith("+") else ".3g")
+    return format(value, spec)
 
 
 def ranked(group: pd.DataFrame) -> pd.DataFrame:
