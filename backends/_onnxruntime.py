@@ -201,7 +201,10 @@ class OnnxRuntimeBackend(Backend):
     # -- build -------------------------------------------------------------------------------
 
     def _build_key(self, plan: PrecisionPlan) -> tuple[str, ...]:
-        return (_ort().__version__, f"x86={self._x86()}" if plan.is_native else "")
+        # "nbits-2": weight-only artifacts cached before MatMulNBits went by exclusion held every
+        # MatMul in the plan's first format; a new key keeps them from being reused.
+        key = (_ort().__version__, f"x86={self._x86()}" if plan.is_native else "")
+        return (*key, "nbits-2") if plan.layers_in(*WEIGHT_ONLY_BITS) else key
 
     def _build_uncached(
         self,
