@@ -50,3 +50,19 @@ def test_only_qbench_is_a_top_level_name(tmp_path):
         assert imports(module).returncode == 0, imports(module).stderr
     for module in ("backends", "search"):
         assert "No module named" in imports(module).stderr
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """The package list in pyproject.toml is explicit (for the qbench.backends / qbench.search
+    mapping), so a new subpackage must be added there: an editable install hides the omission
+    and `pip install .` then fails with ModuleNotFoundError (qbench.report once did)."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {"qbench": "qbench", **setuptools["package-dir"]}
+    found = set()
+    for name, folder in folders.items():
+        for init in (ROOT / folder).rglob("__init__.py"):
+            parts = init.parent.relative_to(ROOT / folder).parts
+            found.add(".".join((name, *parts)))
+    assert found <= set(setuptools["packages"]), sorted(found - set(setuptools["packages"]))
