@@ -157,7 +157,7 @@ class OnnxRuntimeBackend(Backend):
         return Availability(True, "ready", ort.__version__, "CPU")
 
     def precisions(self, layer: Layer) -> tuple[str, ...]:
-        if layer.op_type == "MatMul" and layer.constant_weight:
+        if layer.takes_weight_only:
             return ("fp32", "int8", "int8-dynamic", *WEIGHT_ONLY_BITS)
         if layer.op_type in ("MatMul", "Gemm"):
             return ("fp32", "int8", "int8-dynamic")

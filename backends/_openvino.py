@@ -171,7 +171,7 @@ class OpenVinoBackend(Backend):
         return Availability(True, "ready", version, f"{self.device}: {full_name}")
 
     def precisions(self, layer: Layer) -> tuple[str, ...]:
-        if layer.op_type == "MatMul" and layer.constant_weight:
+        if layer.takes_weight_only:
             return ("fp32", "int8", *WEIGHT_ONLY_BITS)
         return ("fp32", "int8")
 

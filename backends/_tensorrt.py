@@ -110,7 +110,7 @@ class TensorRtBackend(Backend):
         return Availability(True, "ready", version, machine.gpus[0])
 
     def precisions(self, layer: Layer) -> tuple[str, ...]:
-        if layer.op_type == "MatMul" and layer.constant_weight:
+        if layer.takes_weight_only:
             return ("fp32", "fp16", "bf16", "int8", "fp8", *WEIGHT_ONLY_BITS)
         return ("fp32", "fp16", "bf16", "int8", "fp8")
 

@@ -261,7 +261,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from qbench.machine import current_machine
     from qbench.plan import PlanOptions
     from qbench.progress import step_printer
-    from qbench.search import analyze_sensitivity, build_space, default_precisions
+    from qbench.search import analyze_sensitivity, build_space, default_grouping, default_precisions
 
     backend = get_backend(args.backend)
     model, calibration, evaluation, metric = _model_data_metric(args)
@@ -279,10 +279,11 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
         workload=args.workload,
     )
     low = default_precisions(args.workload)[1]  # the tuner's first choice: int8, or int4-weight for an LLM
-    grouping = "layer" if args.workload.kind == "batch" else "repeated"
     try:
         harness.require_baseline()
-        space = build_space(model, backend.precisions, PlanOptions(), allowed=("fp32", low), grouping=grouping)
+        space = build_space(
+            model, backend.precisions, PlanOptions(), allowed=("fp32", low), grouping=default_grouping(args.workload)
+        )
         report = analyze_sensitivity(harness, space, low, step_printer(args.quiet))
     finally:
         harness.close()

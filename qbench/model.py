@@ -55,6 +55,11 @@ class Layer:
     #: Whether the second input is an initializer (a weight-only format can compress it).
     constant_weight: bool = False
 
+    @property
+    def takes_weight_only(self) -> bool:
+        """Whether weight-only formats (int4-weight, int8-weight) apply: a MatMul with constant weights."""
+        return self.op_type == "MatMul" and self.constant_weight
+
 
 class OnnxModel:
     """An ONNX model as qbench sees it. Nameless nodes get stable names (``OpType_index``).

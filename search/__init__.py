@@ -20,6 +20,7 @@ from qbench.search._study import (
 from qbench.search._tune import (
     FINAL_PROTOCOL,
     TuneResult,
+    default_grouping,
     default_precisions,
     default_study_name,
     split_holdout,
@@ -40,6 +41,7 @@ __all__ = [
     "TuneResult",
     "analyze_sensitivity",
     "build_space",
+    "default_grouping",
     "default_precisions",
     "default_study_name",
     "feasible_trials",

@@ -267,18 +267,18 @@ class _Objective:
     def _score(self, trial: optuna.Trial, plan: PrecisionPlan) -> float | tuple[float, float]:
         budget = self.settings.max_drop
         started = time.perf_counter()
-        loaded = self.evaluator.load(plan)
+        if self.settings.max_mb is not None:  # the build alone tells: no session, no accuracy
+            mb = self.evaluator.build(plan).size_bytes / 1e6
+            trial.set_user_attr("mb", mb)
+            over = mb / self.settings.max_mb - 1
+            trial.set_constraint(MEMORY_CONSTRAINT, over)
+            if over > 0:
+                trial.set_user_attr("timed", False)
+                trial.set_constraint(BUDGET_CONSTRAINT, 0.0)  # not scored; every trial has both keys
+                return self._result(self.reference_ms, 1.0)
+        loaded = self.evaluator.load(plan)  # the artifact just built is a cache hit
         runner = loaded.runner
         try:
-            if self.settings.max_mb is not None:  # cheap, so checked before any accuracy
-                mb = loaded.artifact.size_bytes / 1e6
-                trial.set_user_attr("mb", mb)
-                over = mb / self.settings.max_mb - 1
-                trial.set_constraint(MEMORY_CONSTRAINT, over)
-                if over > 0:
-                    trial.set_user_attr("timed", False)
-                    trial.set_constraint(BUDGET_CONSTRAINT, 0.0)  # not scored; every trial has both keys
-                    return self._result(self.reference_ms, 1.0)
             quick = self.evaluator.accuracy_drop(runner, quick=True)
             trial.set_user_attr("quick_drop", quick)
             if quick > budget + self.quick_margin:

@@ -63,6 +63,11 @@ def default_precisions(workload: Workload) -> tuple[str, ...]:
     return DEFAULT_PRECISIONS if workload.kind == "batch" else LLM_PRECISIONS
 
 
+def default_grouping(workload: Workload) -> str:
+    """One choice per layer, or per repeated block position for an LLM's prefill and decode."""
+    return "layer" if workload.kind == "batch" else "repeated"
+
+
 def searched_options(
     backend: Backend, machine: Machine, model: OnnxModel, precisions: Sequence[str] = ("int8",)
 ) -> dict[str, tuple]:
@@ -173,7 +178,7 @@ def tune(
     if not availability.available:
         raise QbenchError(f"backend {backend.name!r} is not usable here: {availability.reason}")
     low = [p for p in dict.fromkeys(precisions or default_precisions(workload)) if p != "fp32"]
-    grouping = grouping or ("layer" if workload.kind == "batch" else "repeated")
+    grouping = grouping or default_grouping(workload)
     space = build_space(
         model,
         backend.precisions,

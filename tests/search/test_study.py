@@ -43,7 +43,7 @@ MB_FP32, MB_INT8 = 4.0, 1.0  # weight size of each layer
 class FakeRunner:
     def __init__(self, plan):
         self.plan = plan
-        self.runner = self  # it is its own Loaded: the tuner reads .runner and .artifact, calls .close()
+        self.runner = self  # it is its own Loaded: the tuner reads .runner and calls .close()
         mb = sum(MB_INT8 if plan.precision(name) == "int8" else MB_FP32 for name in COSTS)
         self.artifact = SimpleNamespace(size_bytes=int(mb * 1e6))
 
@@ -61,6 +61,9 @@ class FakeEvaluator:
 
     def resolve(self, plan):
         return plan
+
+    def build(self, plan):
+        return FakeRunner(plan).artifact
 
     def load(self, plan):
         if self.fail_layer and plan.precision(self.fail_layer) == "int8":
