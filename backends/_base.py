@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qbench.cache import atomic_cached, content_key
+from qbench.cache import artifact_cache_limit, atomic_cached, content_key, touch, trim_least_recently_used
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.machine import Machine
@@ -135,6 +135,10 @@ class Backend(abc.ABC):
         cached = atomic_cached(
             path, lambda tmp: self._build_uncached(model, plan, calibration, workdir, tmp), self.companion_suffixes
         )
+        if cached:
+            touch(path)
+        else:  # a tune builds dozens of artifacts that nothing reads again: keep the cache bounded
+            trim_least_recently_used(workdir / "artifacts", artifact_cache_limit(), keep=path)
         companions = tuple(path.with_suffix(suffix) for suffix in self.companion_suffixes)
         return Artifact(path, key, 0.0 if cached else time.perf_counter() - start, cached, companions)
 

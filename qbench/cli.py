@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from qbench.arguments import EXIT_REGRESSION, build_parser
+from qbench.cache import artifact_cache_limit
 from qbench.errors import QbenchError
 from qbench.workload import Workload
 
@@ -578,6 +579,7 @@ def main(argv: Sequence[str] | None = None, *, job: JobTag | None = None) -> int
     try:
         if args.results_dir.exists() and not args.results_dir.is_dir():
             raise QbenchError(f"--results-dir {args.results_dir} is a file; pass a folder (it is created if missing)")
+        artifact_cache_limit()  # a bad $QBENCH_ARTIFACT_CACHE_GB stops here, not as a failed row per plan
         code = COMMANDS[args.command](args)
         _check_recorded(getattr(args, "board", None))
         return code

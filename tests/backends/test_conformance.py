@@ -76,6 +76,19 @@ def test_int8_plans_share_one_calibration_and_keep_accuracy(
     assert int8_top1 > fp32_top1 - 0.05  # quantized, not broken
 
 
+def test_the_artifact_cache_stays_under_its_limit(backend, demo_model, demo_calibration, tmp_path, monkeypatch):
+    machine = current_machine()
+    fp32 = backend.build(demo_model, backend.resolve_plan(PrecisionPlan(name="fp32"), machine), None, tmp_path)
+    monkeypatch.setenv("QBENCH_ARTIFACT_CACHE_GB", str(fp32.size_bytes * 0.9 / 2**30))  # less than fp32 + int8
+    calibration = backend.calibrate(demo_model, demo_calibration, "minmax", tmp_path)
+    int8_plan = backend.resolve_plan(PrecisionPlan.uniform(demo_model.layer_names(), "int8"), machine)
+    int8 = backend.build(demo_model, int8_plan, calibration, tmp_path)
+    assert int8.path.exists() and not fp32.path.exists()  # the least recently used went
+    assert not any(p.exists() for p in fp32.companions)
+    rebuilt = backend.build(demo_model, backend.resolve_plan(PrecisionPlan(name="fp32"), machine), None, tmp_path)
+    assert not rebuilt.cached
+
+
 def test_realized_precision_follows_a_half_int8_plan(backend, demo_model, demo_calibration, workdir):
     names = demo_model.layer_names()
     half = {name: "int8" for name in names[::2]}

@@ -1,6 +1,10 @@
+import os
+import time
+
 import pytest
 
-from qbench.cache import atomic_cached
+from qbench.cache import artifact_cache_limit, atomic_cached, trim_least_recently_used
+from qbench.errors import QbenchError
 
 
 def test_builds_once_then_hits(tmp_path):
@@ -50,3 +54,47 @@ def test_a_folder_entry(tmp_path):
     assert atomic_cached(target, produce) is False
     assert (target / "model.onnx").read_text() == "m"
     assert atomic_cached(target, produce) is True
+
+
+def _entry(folder, name, size, age):
+    """An artifact with a companion and a report, last used ``age`` seconds ago."""
+    files = [folder / f"{name}.xml", folder / f"{name}.bin", folder / f"{name}.realized-default.json"]
+    for file in files:
+        file.write_bytes(b"x" * (size // 3))
+        os.utime(file, (time.time() - age, time.time() - age))
+    return files
+
+
+def test_trim_removes_whole_entries_least_recently_used_first(tmp_path):
+    oldest = _entry(tmp_path, "m-" + "a" * 20, 300, age=300)
+    middle = _entry(tmp_path, "m-" + "b" * 20, 300, age=200)
+    newest = _entry(tmp_path, "m-" + "c" * 20, 300, age=100)
+    removed = trim_least_recently_used(tmp_path, max_bytes=700, keep=newest[0])
+    assert removed == ["m-" + "a" * 20]
+    assert not any(f.exists() for f in oldest) and all(f.exists() for f in middle + newest)
+
+
+def test_trim_never_removes_the_entry_just_built(tmp_path):
+    just_built = _entry(tmp_path, "m-" + "a" * 20, 300, age=500)  # old mtime: a cache hit not yet touched
+    other = _entry(tmp_path, "m-" + "b" * 20, 300, age=100)
+    assert trim_least_recently_used(tmp_path, max_bytes=10, keep=just_built[0]) == ["m-" + "b" * 20]
+    assert all(f.exists() for f in just_built) and not any(f.exists() for f in other)
+
+
+def test_trim_leaves_foreign_files_and_temporaries(tmp_path):
+    (tmp_path / "notes.txt").write_text("x" * 1000)
+    (tmp_path / (".m-" + "a" * 20 + ".123.tmp.onnx")).write_text("x" * 1000)  # another process's build
+    assert trim_least_recently_used(tmp_path, max_bytes=0, keep=tmp_path / "none") == []
+    assert len(list(tmp_path.iterdir())) == 2
+
+
+@pytest.mark.parametrize("raw", ["0", "-1", "ten", "nan"])
+def test_a_bad_cache_limit_is_a_one_line_error(monkeypatch, raw):
+    monkeypatch.setenv("QBENCH_ARTIFACT_CACHE_GB", raw)
+    with pytest.raises(QbenchError, match="QBENCH_ARTIFACT_CACHE_GB"):
+        artifact_cache_limit()
+
+
+def test_the_cache_limit_reads_gb(monkeypatch):
+    monkeypatch.setenv("QBENCH_ARTIFACT_CACHE_GB", "0.5")
+    assert artifact_cache_limit() == 2**29
