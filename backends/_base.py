@@ -130,7 +130,7 @@ class Backend(abc.ABC):
         calibration_key = calibration.path.name if plan.needs_calibration and calibration else "-"
         family = type(self).name  # one cache for all devices of a backend: the artifact is the same
         key = content_key(model.content_hash, plan.content_hash, calibration_key, family, *self._build_key(plan))
-        path = workdir / "artifacts" / family / f"{model.name}-{key}{self.artifact_suffix}"
+        path = self._artifact_path(model.name, key, workdir)
         start = time.perf_counter()
         cached = atomic_cached(
             path, lambda tmp: self._build_uncached(model, plan, calibration, workdir, tmp), self.companion_suffixes
@@ -141,6 +141,18 @@ class Backend(abc.ABC):
             trim_least_recently_used(workdir / "artifacts", artifact_cache_limit(), keep=path)
         companions = tuple(path.with_suffix(suffix) for suffix in self.companion_suffixes)
         return Artifact(path, key, 0.0 if cached else time.perf_counter() - start, cached, companions)
+
+    def _artifact_path(self, model_name: str, key: str, workdir: pathlib.Path) -> pathlib.Path:
+        return workdir / "artifacts" / type(self).name / f"{model_name}-{key}{self.artifact_suffix}"
+
+    def cached_artifact(self, model_name: str, key: str, workdir: pathlib.Path) -> Artifact | None:
+        """The artifact an earlier ``build`` made under ``key``, if the cache still holds it."""
+        path = self._artifact_path(model_name, key, workdir)
+        companions = tuple(path.with_suffix(suffix) for suffix in self.companion_suffixes)
+        if not (path.exists() and all(p.exists() for p in companions)):
+            return None
+        touch(path)
+        return Artifact(path, key, 0.0, True, companions)
 
     @abc.abstractmethod
     def _build_key(self, plan: PrecisionPlan) -> tuple[str, ...]:

@@ -28,7 +28,9 @@ from qbench.measure import Protocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
+from qbench.previous import PREVIOUS, Partner, find_partner
 from qbench.profile import PROFILE_RUNS, Profile
+from qbench.reference import REFERENCE, ReferenceWorkload
 from qbench.store import Leaderboard, ResultRow
 from qbench.workload import Workload
 
@@ -75,6 +77,9 @@ class Candidate:
     profile: Profile | None = None
     error: str | None = None
     session: Loaded | None = None  # while its chunk is loaded
+    partner: Partner | None = None  # the previous run's same plan (suite jobs)
+    comparison: dict[str, Any] | None = None
+    reference_ms: float | None = None
 
     @property
     def key(self) -> str:
@@ -90,6 +95,8 @@ class Candidate:
         if self.session is not None:
             self.session.close()
             self.session = None
+        if self.partner is not None:
+            self.partner.close()
 
     def fail(self, exc: BaseException) -> None:
         self.error = describe(exc)
@@ -131,12 +138,15 @@ def run_bench(
     board: Leaderboard,
     workdir: pathlib.Path,
     progress: Progress = lambda _msg: None,
+    reference: ReferenceWorkload | None = None,
 ) -> list[ResultRow]:
     """Measure ``plans`` (plus the fp32 baseline) and record one leaderboard row per plan.
 
     The plans are loaded, scored and timed a chunk at a time (``TIMING_CHUNK``), each chunk
     interleaved with the fp32 session the harness keeps loaded, so memory does not grow with
-    the number of plans and every speedup is a ratio measured side by side with fp32."""
+    the number of plans and every speedup is a ratio measured side by side with fp32. For a
+    suite job, each plan's counterpart from the job's previous run is timed in the same rounds
+    (``qbench.previous``), and so is the ``reference`` workload when given."""
     availability, candidates = _checked_candidates(backend, model, machine, plans)
     board.record_machine(machine.to_dict())
     progress(f"load and score fp32 on {len(evaluation_data)} samples")
@@ -160,19 +170,24 @@ def run_bench(
             baseline.loaded(harness.baseline)
             baseline.accuracy = harness.baseline_accuracy
         _calibrate(harness.calibration, calibration_data, candidates, progress)
+        if settings.job is not None:
+            _find_partners(board, machine, settings, harness, availability.version, candidates, progress)
+        if baseline.partner is not None and baseline.error is None and baseline.partner.artifact is not None:
+            baseline.partner.load(backend)
         pending = [c for c in others if c.error is None]
-        for number, chunk in enumerate(chunks(pending), start=1):
+        size = TIMING_CHUNK // 2 if settings.job is not None else TIMING_CHUNK  # previous sessions come on top
+        for number, chunk in enumerate(chunks(pending, size), start=1):
             for c in chunk:
                 progress(f"build, load and score {c.plan.name}")
                 _prepare(c, harness)
             ready = [c for c in chunk if c.error is None]
             if ready:
-                progress(f"time {len(ready)} plans interleaved with fp32 ({number}/{-(-len(pending) // TIMING_CHUNK)})")
-                _time(harness, baseline, ready, settings.protocol)
+                progress(f"time {len(ready)} plans interleaved with fp32 ({number}/{-(-len(pending) // size)})")
+                _time(harness, baseline, ready, settings.protocol, reference)
             for c in chunk:
                 c.close()
         if baseline.error is None and baseline.samples_ns is None:  # no other plan: time fp32 alone
-            _time(harness, baseline, [], settings.protocol)
+            _time(harness, baseline, [], settings.protocol, reference)
         for c in candidates:
             if c.error is None and c.samples_ns is not None:
                 progress(f"solo pass of {c.plan.name} (default threading)")
@@ -202,8 +217,28 @@ def run_bench(
     )
 
 
+def _find_partners(
+    board: Leaderboard,
+    machine: Machine,
+    settings: BenchSettings,
+    harness: Harness,
+    version: str | None,
+    candidates: list[Candidate],
+    progress: Progress,
+) -> None:
+    """Each plan's counterpart in the previous run of this suite job, if there was one."""
+    previous = board.previous_run(settings.job, machine.fingerprint_hash)
+    if previous.empty:
+        return
+    progress(f"find the plans of the previous run ({previous.run_id.iloc[0][:8]})")
+    for c in candidates:
+        if c.error is None:
+            c.partner = find_partner(previous, c.plan.name, harness, version, str(settings.workload))
+
+
 def _prepare(c: Candidate, harness: Harness) -> None:
-    """Build and load one plan and score it on the evaluation set; a failure fails it alone."""
+    """Build and load one plan (and its previous run's counterpart) and score it on the
+    evaluation set; a failure fails it alone."""
     if harness.unscorable:
         c.error = harness.unscorable
         return
@@ -213,6 +248,8 @@ def _prepare(c: Candidate, harness: Harness) -> None:
     except Exception as exc:  # one plan's failure must not stop the others
         c.fail(exc)
         return
+    if c.partner is not None and c.partner.artifact is not None and c.partner.why_not is None:
+        c.partner.load(harness.backend)
     try:
         c.accuracy = harness.accuracy(c.session.runner)
     except QbenchError:
@@ -231,14 +268,31 @@ def _solo(harness: Harness, c: Candidate) -> float | None:
         return None
 
 
-def _time(harness: Harness, baseline: Candidate, ready: list[Candidate], protocol: Protocol) -> None:
-    samples = harness.time({c.key: c.session.runner for c in ready}, protocol)
+def _time(
+    harness: Harness,
+    baseline: Candidate,
+    ready: list[Candidate],
+    protocol: Protocol,
+    reference: ReferenceWorkload | None,
+) -> None:
+    """Time a chunk interleaved with fp32, with the previous run's counterparts and the
+    reference workload in the same rounds when there are any."""
+    first = harness.baseline is not None and baseline.samples_ns is None  # fp32 keeps its first chunk's samples
+    timed = [*ready, baseline] if first else ready
+    paired = [c for c in timed if c.partner is not None and c.partner.ready]
+    runners = {c.key: c.session.runner for c in ready} | {PREVIOUS + c.key: c.partner.runner for c in paired}
+    samples = harness.time(runners, protocol, {REFERENCE: reference.call} if reference else {})
     for c in ready:
         c.samples_ns, c.baseline_ns = samples[c.key], samples.get(FP32)
         c.runner_settings.update(c.session.runner.timing_notes())
-    if harness.baseline is not None and baseline.samples_ns is None:  # fp32 keeps its first chunk's samples
+    if first:
         baseline.samples_ns = baseline.baseline_ns = samples[FP32]
         baseline.runner_settings.update(harness.baseline.runner.timing_notes())
+    for c in timed:
+        c.reference_ms = float(np.median(samples[REFERENCE])) / 1e6 if REFERENCE in samples else None
+    for c in paired:
+        c.comparison = c.partner.comparison(samples[PREVIOUS + c.key], c.samples_ns)
+        c.partner.close()
 
 
 def profile_plans(
@@ -372,6 +426,9 @@ def _record(
                 realized=backend.realized_precisions(c.artifact, c.plan, model),
                 profile=c.profile.to_json() if c.profile is not None else None,
                 solo_median_ms=c.solo_median_ms,
+                artifact_key=c.artifact.key,
+                reference_ms=c.reference_ms,
+                comparison=c.comparison or (c.partner.comparison() if c.partner is not None else None),
             )
             if c.baseline_ns is not None:  # None when the fp32 baseline failed
                 row = row.with_speedup(c.baseline_ns, c.samples_ns, metric.drop(baseline.accuracy, c.accuracy))

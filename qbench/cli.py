@@ -177,6 +177,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         profile=args.profile,
     )
     board = _open_board(args)  # fail on an unreachable database before measuring anything
+    reference = _reference_workload(machine, args.results_dir / "cache") if args.job is not None else None
     try:
         rows = run_bench(
             model=model,
@@ -190,6 +191,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             board=board,
             workdir=args.results_dir / "cache",
             progress=step_printer(args.quiet),
+            reference=reference,
         )
         _check_recorded(board)
         frame = board.frame()
@@ -208,11 +210,27 @@ def cmd_bench(args: argparse.Namespace) -> int:
         print(f"recorded {len(rows)} rows in {safe_url(board.url)}; tables: {written[0].parent}")
     finally:
         board.close()
+        if reference is not None:
+            reference.close()
     failed = [not r.ok for r in rows]
     if failed[0] or (len(rows) > 1 and all(failed[1:])):  # nothing to compare against, or nothing measured
         print(f"qbench: {sum(failed)} of {len(rows)} plans failed; the status column says why", file=sys.stderr)
         return 1
     return 0
+
+
+def _reference_workload(machine, workdir: pathlib.Path):
+    """The nightly reference workload (ONNX Runtime, the demo in fp32), or None, with a warning,
+    where it cannot run: the job is then compared by its raw medians."""
+    from qbench.backends import get_backend
+    from qbench.errors import describe
+    from qbench.reference import ReferenceWorkload
+
+    try:
+        return ReferenceWorkload(get_backend("onnxruntime"), machine, workdir)
+    except Exception as exc:
+        log.warning("no reference workload (%s); this job's latency will not be normalized", describe(exc))
+        return None
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

@@ -235,11 +235,15 @@ class Harness:
 
     # -- timing --------------------------------------------------------------------------------
 
-    def time(self, runners: Mapping[str, Runner], protocol: TimingProtocol) -> dict[str, np.ndarray]:
+    def time(
+        self, runners: Mapping[str, Runner], protocol: TimingProtocol, others: Mapping[str, Callable[[], None]] = {}
+    ) -> dict[str, np.ndarray]:
         """Raw samples of each runner timed interleaved with the fp32 baseline (under ``FP32``);
-        without a baseline (it failed to load or run), the runners are timed among themselves."""
+        without a baseline (it failed to load or run), the runners are timed among themselves.
+        ``others`` are calls timed in the same rounds on their own inputs (a reference workload)."""
         calls = {} if self.baseline is None else {FP32: timed_call(self.baseline.runner, self.feeds)}
         calls.update({key: timed_call(runner, self.feeds) for key, runner in runners.items()})
+        calls.update(others)
         return measure_interleaved(calls, protocol)
 
     def solo_median_ms(self, artifact: Artifact, protocol: TimingProtocol = SOLO_PROTOCOL) -> float:

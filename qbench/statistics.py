@@ -5,8 +5,9 @@
 - A speedup is a ratio of medians; its interval is a percentile bootstrap that resamples
   *interleaved rounds* as pairs (``paired=True``), so drift that hit both candidates in the same
   round cancels.
-- A latency change between two runs is significant when a two-sided Mann–Whitney U test on the
-  raw samples says so (asymptotic, tie-corrected: samples number in the hundreds).
+- A latency change between two runs is a ratio of medians (after / before) with a bootstrap
+  interval, paired when both were timed in the same interleaved rounds, plus a two-sided
+  Mann–Whitney U test on the raw samples (asymptotic, tie-corrected: samples number in the hundreds).
 """
 
 from __future__ import annotations
@@ -107,3 +108,42 @@ def mann_whitney_p(a: np.ndarray, b: np.ndarray) -> float:
     if np.ptp(np.concatenate([a, b])) == 0:  # all equal: no evidence of a difference
         return 1.0
     return float(stats.mannwhitneyu(a, b, alternative="two-sided", method="asymptotic").pvalue)
+
+
+@dataclass(frozen=True)
+class Change:
+    """``after median / before median`` (above 1: slower) with its 95 % bootstrap interval, and
+    the Mann–Whitney p-value of the two sets of samples."""
+
+    ratio: float
+    ci_low: float
+    ci_high: float
+    p: float
+
+
+def latency_change(
+    before_ns: np.ndarray, after_ns: np.ndarray, paired: bool, scale: float = 1.0, seed: int = 0
+) -> Change:
+    """How ``after`` compares with ``before``. ``paired``: both were timed in the same interleaved
+    rounds (sample i of each from round i), so the bootstrap resamples rounds and drift within
+    the run cancels. ``scale`` multiplies ``after`` first: the ratio of the two runs' reference
+    medians (before / after), which normalizes away drift of the whole machine between runs."""
+    before = np.asarray(before_ns, dtype=np.float64)
+    after = np.asarray(after_ns, dtype=np.float64) * scale
+    if paired:
+        n = min(len(before), len(after))
+        before, after = before[:n], after[:n]
+    ratio = float(_ratio_of_medians(after, before))
+    p = mann_whitney_p(before, after)
+    if min(len(before), len(after)) < 2 or (np.ptp(before) == 0 and np.ptp(after) == 0):
+        return Change(ratio, ratio, ratio, p)
+    interval = stats.bootstrap(
+        (after, before),
+        _ratio_of_medians,
+        paired=paired,
+        vectorized=True,
+        n_resamples=2000,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+    ).confidence_interval
+    return Change(ratio, float(interval.low), float(interval.high), p)

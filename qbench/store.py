@@ -27,7 +27,7 @@ from qbench.errors import QbenchError, first_line
 from qbench.statistics import LatencyStats, speedup
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 SCHEMA_LOCK_KEY = 0x71BE7C  # PostgreSQL advisory lock held while creating or migrating the schema
 
 _meta = sa.MetaData()
@@ -104,6 +104,14 @@ results = sa.Table(
     sa.Column("solo_median_ms", sa.Float),
     # What one timed call ran: "batch", "prefill:<tokens>" or "decode:<cached tokens>" (v5).
     sa.Column("workload", sa.String(32)),
+    # The artifact's content key in the build cache, so the next night can load it again (v6).
+    sa.Column("artifact_key", sa.String(32)),
+    # Median of the reference workload (the demo's fp32 on ONNX Runtime, fixed threads) timed
+    # interleaved with this plan: median_ms / reference_ms cancels drift of the whole machine (v6).
+    sa.Column("reference_ms", sa.Float),
+    # JSON: this plan against the previous run of its suite job, measured in this process
+    # (qbench.previous): method, previous row id, before/after medians, ratio with CI, p (v6).
+    sa.Column("comparison", sa.Text),
 )
 
 
@@ -126,16 +134,22 @@ def _add_workload_column(conn: Connection) -> None:
     conn.execute(sa.text("UPDATE results SET workload = 'batch'"))
 
 
+def _add_comparison_columns(conn: Connection) -> None:
+    for column in ("artifact_key VARCHAR(32)", "reference_ms FLOAT", "comparison TEXT"):
+        conn.execute(sa.text(f"ALTER TABLE results ADD COLUMN {column}"))
+
+
 # Migrations from version N to N+1, applied in order inside one transaction each.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_job_columns,
     2: _add_profile_column,
     3: _add_solo_column,
     4: _add_workload_column,
+    5: _add_comparison_columns,
 }
 
 RESULT_COLUMNS = tuple(c.name for c in results.columns if c.name != "id")
-JSON_COLUMNS = ("plan", "backend_settings", "protocol", "realized", "profile")
+JSON_COLUMNS = ("plan", "backend_settings", "protocol", "realized", "profile", "comparison")
 
 
 def default_url(results_dir: pathlib.Path) -> str:
@@ -204,6 +218,9 @@ class ResultRow:
     profile: str | None = None
     solo_median_ms: float | None = None
     workload: str | None = None
+    artifact_key: str | None = None
+    reference_ms: float | None = None
+    comparison: dict[str, Any] | None = None
     created_at: dt.datetime | None = None
     id: int | None = field(default=None, compare=False)
 
@@ -417,6 +434,15 @@ class Leaderboard:
             return pd.DataFrame(columns=[c.name for c in columns] + ["cpu_model"])
         frame["cpu_model"] = frame.pop("fingerprint").map(lambda f: json.loads(f).get("cpu_model", ""))
         return frame
+
+    def previous_run(self, job: str, machine_hash: str) -> pd.DataFrame:
+        """The measured rows (with raw samples) of the newest run of suite job ``job`` on the
+        machine: what tonight's worker compares its plans with. Empty if there is none."""
+        ok = (results.c.job == job) & (results.c.machine_hash == machine_hash) & (results.c.status == "ok")
+        newest = sa.select(results.c.run_id).where(ok).order_by(results.c.id.desc()).limit(1)
+        query = sa.select(results).where(ok, results.c.run_id == newest.scalar_subquery()).order_by(results.c.id)
+        with self.engine.connect() as conn:
+            return pd.DataFrame(conn.execute(query).mappings().all())
 
     def count(self, **equal: Any) -> int:
         """How many rows have each given column equal to the given value (all rows by default)."""

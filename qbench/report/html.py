@@ -17,6 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from qbench.profile import display_table, flag_summary
+from qbench.report.regressions import METHODS_NOTE
 from qbench.report.tables import ACROSS_BACKENDS_NOTE
 from qbench.report.view import ModelSection, Report
 
@@ -70,9 +71,12 @@ def _pareto_chart(latest: pd.DataFrame, title: str) -> str:
     return _svg(figure)
 
 
-def _history_chart(history: pd.DataFrame, title: str) -> str | None:
+def _history_chart(history: pd.DataFrame, title: str, normalized: bool = False) -> str | None:
     """Median latency of each (backend, plan) over the runs, oldest first: a change of threads
-    or runtime version shows as a step in its line."""
+    or runtime version shows as a step in its line. ``normalized``: each median divided by the
+    reference workload's median of the same run, so drift of the whole machine cancels."""
+    if normalized:
+        history = history[history.reference_ms.notna()] if "reference_ms" in history.columns else history.iloc[:0]
     series = history.groupby(["backend", "plan_name"], sort=True)
     if not any(len(rows) > 1 for _, rows in series):
         return None
@@ -80,18 +84,20 @@ def _history_chart(history: pd.DataFrame, title: str) -> str | None:
     ax = figure.subplots()
     for color, ((backend, plan), rows) in zip(PALETTE * 4, series, strict=False):
         rows = rows.sort_values("created_at")
+        scale = rows.reference_ms if normalized else 1.0
+        median, low, high = rows.median_ms / scale, rows.ci_low_ms / scale, rows.ci_high_ms / scale
         ax.errorbar(
             pd.to_datetime(rows.created_at),
-            rows.median_ms,
+            median,
             # clipped: rows written by other tools may carry an interval that misses the median
-            yerr=[(rows.median_ms - rows.ci_low_ms).clip(lower=0), (rows.ci_high_ms - rows.median_ms).clip(lower=0)],
+            yerr=[(median - low).clip(lower=0), (high - median).clip(lower=0)],
             marker="o",
             markersize=4,
             capsize=2,
             color=color,
             label=f"{backend} · {plan[:18]}",
         )
-    ax.set_ylabel("median latency (ms) with 95% CI")
+    ax.set_ylabel("median / reference median" if normalized else "median latency (ms) with 95% CI")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
@@ -115,7 +121,8 @@ def _regressions(changes: pd.DataFrame) -> str:
     classes = ["regression" if r else "improvement" for r in changes.regression]
     regressed = int(changes.regression.sum())
     lead = f'<p class="bad">{regressed} regression(s)</p>' if regressed else '<p class="ok">No regression.</p>'
-    return lead + _table(shown.assign(p=shown.p.map(lambda p: "" if pd.isna(p) else f"{p:.1e}")), classes)
+    table = _table(shown.assign(p=shown.p.map(lambda p: "" if pd.isna(p) else f"{p:.1e}")), classes)
+    return lead + table + f"<p class='note'>{html.escape(METHODS_NOTE)}</p>"
 
 
 def _best_plan_profile(ok: pd.DataFrame) -> str | None:
@@ -145,9 +152,10 @@ def _model_section(model: ModelSection) -> list[str]:
     if not ok.empty:
         metric = ok.metric.iloc[0]
         charts.append(_pareto_chart(ok, f"{model.name}: latency vs accuracy drop ({metric}), latest runs"))
-    trend = _history_chart(model.history, f"{model.name}: latency over runs")
-    if trend:
-        charts.append(trend)
+    for normalized, title in ((False, "latency over runs"), (True, "latency over runs, normalized by the reference")):
+        trend = _history_chart(model.history, f"{model.name}: {title}", normalized)
+        if trend:
+            charts.append(trend)
     if charts:
         parts.append("<div class='charts'>" + "".join(charts) + "</div>")
     profile = _best_plan_profile(ok)

@@ -4,23 +4,43 @@ A job is everything that makes two rows comparable except the backend version (a
 version is exactly what a nightly run should catch): machine, model, backend, plan, threads,
 batch, protocol, data, metric, kind. Rows of a suite job are compared by the job's name, plan
 and machine instead: whatever changed in its configuration between nights (threads, a model
-file, the data) is what the comparison is meant to catch. Latency counts as changed when the medians differ by more
-than a threshold *and* a two-sided Mann–Whitney test on the raw samples says the difference is
-not noise; accuracy when it moves by more than a tolerance.
+file, the data) is what the comparison is meant to catch.
+
+Latency is compared by the best method the rows allow, and the change says which decided:
+
+1. ``in-process A/B``: the newer run timed the older run's artifact beside its own in the same
+   rounds (``qbench.previous``); a paired ratio, a few percent of noise.
+2. ``normalized by reference``: both runs timed the reference workload (``qbench.reference``)
+   with their plans; each median is divided by it, so drift of the whole machine cancels.
+3. ``raw medians``: rows from before either existed, or ad-hoc runs.
+
+A latency change counts when the ratio (after / before) is beyond the threshold, its 95 %
+bootstrap interval excludes 1 (no change), and a two-sided Mann–Whitney test on the samples
+(scaled by the reference for method 2) has p < ``ALPHA``. Accuracy counts when it moves by more
+than a tolerance: the data are the same, so any such move is real.
 """
 
 from __future__ import annotations
 
+import json
+
 import pandas as pd
 
+from qbench.previous import IN_PROCESS, NORMALIZED, RAW
 from qbench.report.tables import COMPARABLE
-from qbench.statistics import mann_whitney_p
+from qbench.statistics import Change, latency_change
 from qbench.store import samples_from_bytes
 
 # The comparable group of the tables minus the backend version, plus the plan and the kind.
 JOB = [key for key in COMPARABLE if key != "backend_version"] + ["plan_hash", "kind"]
 SUITE_JOB = ["machine_hash", "job", "plan_name", "kind"]
 ALPHA = 0.01
+METHODS_NOTE = (
+    "Latency is compared by in-process A/B (tonight's worker timed the previous run's artifact beside its own, "
+    "in the same rounds) where it can be, else by medians normalized by the reference workload timed with "
+    "each run, else by raw medians; a change counts past the threshold when its 95% CI excludes 1 and "
+    f"Mann–Whitney p < {ALPHA}. Before/after of an A/B are both measured in the newer run."
+)
 
 
 def find_changes(
@@ -44,21 +64,24 @@ def find_changes(
             "before_run": before.run_id,
             "after_run": after.run_id,
         }
-        ratio = after.median_ms / before.median_ms - 1.0
-        if abs(ratio) > threshold:
-            p = mann_whitney_p(samples_from_bytes(before.samples_ns), samples_from_bytes(after.samples_ns))
-            if p < alpha:
-                changes.append(
-                    {
-                        **base,
-                        "what": "latency",
-                        "before": f"{before.median_ms:.3f} ms",
-                        "after": f"{after.median_ms:.3f} ms",
-                        "change": f"{ratio:+.1%}",
-                        "p": p,
-                        "regression": ratio > 0,
-                    }
-                )
+        method, change, before_ms, after_ms, note = _latency_change(before, after)
+        slower = change.ratio - 1.0 > threshold and change.ci_low > 1.0
+        faster = 1.0 - change.ratio > threshold and change.ci_high < 1.0
+        if (slower or faster) and change.p < alpha:
+            changes.append(
+                {
+                    **base,
+                    "what": "latency",
+                    "before": f"{before_ms:.3f} ms",
+                    "after": f"{after_ms:.3f} ms",
+                    "change": f"{change.ratio - 1.0:+.1%}",
+                    "ratio (95% CI)": f"{change.ratio:.3f} ({change.ci_low:.3f}–{change.ci_high:.3f})",
+                    "p": change.p,
+                    "method": method,
+                    "note": note,
+                    "regression": slower,
+                }
+            )
         if pd.notna(after.accuracy) and pd.notna(before.accuracy):
             moved = after.accuracy - before.accuracy
             if abs(moved) > accuracy_tolerance:
@@ -69,7 +92,10 @@ def find_changes(
                         "before": f"{before.accuracy:.4f}",
                         "after": f"{after.accuracy:.4f}",
                         "change": f"{moved:+.4f}",
+                        "ratio (95% CI)": "",
                         "p": float("nan"),
+                        "method": "same data",
+                        "note": "",
                         "regression": moved < 0,
                     }
                 )
@@ -82,3 +108,20 @@ def _job_keys(frame: pd.DataFrame) -> pd.Series:
     adhoc = frame[JOB].map(str).agg("|".join, axis=1)
     suite = frame[SUITE_JOB].map(str).agg("|".join, axis=1)
     return suite.where(frame.job.notna(), adhoc)
+
+
+def _latency_change(before: pd.Series, after: pd.Series) -> tuple[str, Change, float, float, str]:
+    """(method, change, before ms, after ms, note) by the best method the two rows allow."""
+    comparison = json.loads(after.comparison) if isinstance(after.get("comparison"), str) else {}
+    if comparison.get("method") == IN_PROCESS and comparison.get("previous_id") == before.id:
+        change = Change(comparison["ratio"], comparison["ci_low"], comparison["ci_high"], comparison["p"])
+        note = "both timed tonight" + (", the older plan rebuilt from the store" if comparison.get("rebuilt") else "")
+        return IN_PROCESS, change, comparison["before_ms"], comparison["after_ms"], note
+    why = comparison.get("why_not", "")
+    before_ns, after_ns = samples_from_bytes(before.samples_ns), samples_from_bytes(after.samples_ns)
+    if pd.notna(before.get("reference_ms")) and pd.notna(after.get("reference_ms")):
+        scale = before.reference_ms / after.reference_ms
+        reference = f"reference {before.reference_ms:.3f} → {after.reference_ms:.3f} ms"
+        change = latency_change(before_ns, after_ns, paired=False, scale=scale)
+        return NORMALIZED, change, before.median_ms, after.median_ms, "; ".join(filter(None, [why, reference]))
+    return RAW, latency_change(before_ns, after_ns, paired=False), before.median_ms, after.median_ms, why

@@ -98,15 +98,16 @@ def test_foreign_database_is_not_taken_over(tmp_path):
 
 
 def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
-    """A v1 database (before suite jobs, profiles, solo medians and workloads) gains the
-    code_version/job, profile, solo_median_ms and workload columns; its rows survive."""
+    """A v1 database (before suite jobs, profiles, solo medians, workloads and comparisons) gains
+    the code_version/job, profile, solo_median_ms, workload and comparison columns; its rows survive."""
     import sqlalchemy as sa
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     board = Leaderboard(url)
     with board.engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ix_results_job"))
-        for column in ("code_version", "job", "job_hash", "profile", "solo_median_ms", "workload"):
+        dropped = ("code_version", "job", "job_hash", "profile", "solo_median_ms", "workload")
+        for column in (*dropped, "artifact_key", "reference_ms", "comparison"):
             conn.execute(sa.text(f"ALTER TABLE results DROP COLUMN {column}"))
         conn.execute(schema_info.update().values(value="1"))
         conn.execute(sa.text("INSERT INTO machines VALUES ('m1', '{}', '2026-01-01')"))
@@ -120,10 +121,11 @@ def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
     board.close()
     migrated = Leaderboard(url)
     try:
-        assert migrated.schema_version == SCHEMA_VERSION == 5
+        assert migrated.schema_version == SCHEMA_VERSION == 6
         frame = migrated.frame()
         assert list(frame.model_name) == ["old"] and frame.job.isna().all() and frame.profile.isna().all()
         assert frame.solo_median_ms.isna().all() and list(frame.workload) == ["batch"]
+        assert frame.reference_ms.isna().all() and frame.comparison.isna().all()
     finally:
         migrated.close()
 

@@ -1,0 +1,127 @@
+"""Tonight's plans against the previous run of their suite job, timed in one process.
+
+Raw medians of two nights differ by 15-24 % on a shared machine with nothing changed (a fresh
+process lands differently), while two sessions alternated in one process agree to a few percent.
+So a nightly worker loads, beside each of tonight's plans, the artifact the previous run of the
+job measured (from the build cache by its key, or rebuilt from the stored plan when the cache
+lost it) with the previous run's thread count, and times both in the same interleaved rounds:
+the change is a paired ratio under identical conditions. Where that cannot reproduce the
+previous run (another runtime version, workload, batch or session settings; the artifact and
+its model file both gone) the row says why, and the report falls back to medians normalized by
+the reference workload (``qbench.reference``).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+
+from qbench.errors import describe
+from qbench.plan import PrecisionPlan
+from qbench.statistics import latency_change
+
+if TYPE_CHECKING:
+    from qbench.backends import Artifact, Backend, Runner
+    from qbench.harness import Harness
+
+IN_PROCESS = "in-process A/B"
+NORMALIZED = "normalized by reference"
+RAW = "raw medians"
+#: Prefix of a previous artifact's key among the interleaved calls.
+PREVIOUS = "previous:"
+
+
+@dataclass
+class Partner:
+    """The previous run's row of one plan, and its artifact loaded beside tonight's."""
+
+    row: Mapping[str, Any]
+    artifact: Artifact | None = None
+    rebuilt: bool = False
+    runner: Runner | None = None
+    why_not: str | None = None  # why this plan gets no in-process comparison
+
+    def load(self, backend: Backend) -> None:
+        """Open the previous artifact as the previous run had it (its thread count); a session
+        whose settings differ from the stored ones would not reproduce it, so it is refused."""
+        try:
+            self.runner = backend.load(self.artifact, int(self.row["threads"]), shared_process=True)
+        except Exception as exc:
+            self.why_not = f"the previous artifact does not load: {describe(exc)}"
+            return
+        stored = _json(self.row.get("backend_settings"))
+        now = json.loads(json.dumps(dict(self.runner.settings)))
+        changed = [f"{k}: {stored[k]} → {v}" for k, v in now.items() if k in stored and stored[k] != v]
+        if changed:
+            self.why_not = "session settings changed (" + "; ".join(changed) + ")"
+            self.close()
+
+    def comparison(self, before_ns: np.ndarray | None = None, after_ns: np.ndarray | None = None) -> dict[str, Any]:
+        """What the row stores: the in-process change when both were timed, else why not."""
+        record: dict[str, Any] = {"previous_id": int(self.row["id"]), "previous_run": str(self.row["run_id"])}
+        if self.why_not is not None or before_ns is None or after_ns is None:
+            return {**record, "method": None, "why_not": self.why_not or "not timed"}
+        change = latency_change(before_ns, after_ns, paired=True)
+        return {
+            **record,
+            "method": IN_PROCESS,
+            "before_ms": float(np.median(before_ns)) / 1e6,
+            "after_ms": float(np.median(after_ns)) / 1e6,
+            "ratio": change.ratio,
+            "ci_low": change.ci_low,
+            "ci_high": change.ci_high,
+            "p": change.p,
+            "rebuilt": self.rebuilt,
+        }
+
+    @property
+    def ready(self) -> bool:
+        return self.runner is not None and self.why_not is None
+
+    def close(self) -> None:
+        if self.runner is not None:
+            self.runner.close()
+            self.runner = None
+
+
+def find_partner(
+    previous: pd.DataFrame, plan_name: str, harness: Harness, backend_version: str | None, workload: str
+) -> Partner | None:
+    """The previous run's row of ``plan_name`` with its artifact found or rebuilt (not loaded),
+    or None when the previous run has no such plan."""
+    if previous.empty:
+        return None
+    rows = previous[previous.plan_name == plan_name]
+    if rows.empty:
+        return None
+    row = rows.iloc[-1].to_dict()
+    partner = Partner(row)
+    backend, model = harness.backend, harness.model
+    if row["backend_version"] != backend_version:
+        partner.why_not = f"{backend.name} {row['backend_version']} → {backend_version}: they cannot share a process"
+    elif (row["workload"] or "batch") != workload or int(row["batch_size"]) != harness.batch_size:
+        before, after = f"{row['workload']}, batch {row['batch_size']}", f"{workload}, batch {harness.batch_size}"
+        partner.why_not = f"the workload changed ({before} → {after})"
+    else:
+        key = row.get("artifact_key")
+        partner.artifact = backend.cached_artifact(row["model_name"], key, harness.workdir) if key else None
+        if partner.artifact is None and row["model_hash"] == model.content_hash:
+            try:  # the cache lost it: the stored plan, built again from the same model
+                partner.artifact = harness.build(PrecisionPlan.from_json(row["plan"], "the previous run's plan"))
+                partner.rebuilt = True
+            except Exception as exc:
+                partner.why_not = f"rebuilding the previous plan failed: {describe(exc)}"
+        elif partner.artifact is None:
+            partner.why_not = "the previous artifact left the cache and its model file changed since"
+    return partner
+
+
+def _json(value: Any) -> dict[str, Any]:
+    if isinstance(value, dict):
+        return value
+    return json.loads(value) if isinstance(value, str) and value else {}

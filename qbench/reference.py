@@ -1,0 +1,43 @@
+"""The reference workload a nightly worker times interleaved with every plan of its job.
+
+A fixed small model (the demo ``digits-cnn`` in fp32, batch 1, on ONNX Runtime with the machine's
+default thread count whatever the job's) whose latency only the machine can change. A job's
+median divided by the reference median measured in the same rounds cancels drift of the whole
+machine between nights (a busy neighbour, a slower fresh process), which raw medians cannot.
+The caller passes the backend object: the core never imports ``backends``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+from typing import TYPE_CHECKING
+
+from qbench.data import load_npz
+from qbench.harness import timed_call
+from qbench.machine import Machine
+from qbench.model import OnnxModel
+from qbench.plan import PrecisionPlan
+from qbench.zoo import lookup
+
+if TYPE_CHECKING:
+    from qbench.backends import Backend
+
+REFERENCE_MODEL = "digits-cnn"
+#: The key of the reference's samples among the interleaved calls.
+REFERENCE = "__reference__"
+
+
+class ReferenceWorkload:
+    """The demo's fp32 session, loaded once; ``call`` is one timed inference. Close it when done."""
+
+    def __init__(self, backend: Backend, machine: Machine, workdir: pathlib.Path) -> None:
+        files = lookup(REFERENCE_MODEL).files()
+        model = OnnxModel.load(files.model)
+        feeds = next(load_npz(files.evaluation, model).batches(1))
+        plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)
+        self.threads = machine.default_threads()
+        self.runner = backend.load(backend.build(model, plan, None, workdir), self.threads, shared_process=True)
+        self.call = timed_call(self.runner, feeds)
+
+    def close(self) -> None:
+        self.runner.close()
