@@ -236,12 +236,17 @@ class Harness:
     # -- timing --------------------------------------------------------------------------------
 
     def time(
-        self, runners: Mapping[str, Runner], protocol: TimingProtocol, others: Mapping[str, Callable[[], None]] = {}
+        self,
+        runners: Mapping[str, Runner],
+        protocol: TimingProtocol,
+        others: Mapping[str, Callable[[], None]] = {},
+        with_baseline: bool = True,
     ) -> dict[str, np.ndarray]:
         """Raw samples of each runner timed interleaved with the fp32 baseline (under ``FP32``);
-        without a baseline (it failed to load or run), the runners are timed among themselves.
-        ``others`` are calls timed in the same rounds on their own inputs (a reference workload)."""
-        calls = {} if self.baseline is None else {FP32: timed_call(self.baseline.runner, self.feeds)}
+        without a baseline (it failed to load or run, or ``with_baseline`` is off), the runners
+        are timed among themselves. ``others`` are calls timed in the same rounds on their own
+        inputs (a reference workload)."""
+        calls = {FP32: timed_call(self.baseline.runner, self.feeds)} if self.baseline and with_baseline else {}
         calls.update({key: timed_call(runner, self.feeds) for key, runner in runners.items()})
         calls.update(others)
         return measure_interleaved(calls, protocol)

@@ -102,7 +102,9 @@ def find_partner(
     row = rows.iloc[-1].to_dict()
     partner = Partner(row)
     backend, model = harness.backend, harness.model
-    if row["backend_version"] != backend_version:
+    if backend.sessions_differ:
+        partner.why_not = backend.sessions_differ
+    elif row["backend_version"] != backend_version:
         partner.why_not = f"{backend.name} {row['backend_version']} → {backend_version}: they cannot share a process"
     elif (row["workload"] or "batch") != workload or int(row["batch_size"]) != harness.batch_size:
         before, after = f"{row['workload']}, batch {row['batch_size']}", f"{workload}, batch {harness.batch_size}"

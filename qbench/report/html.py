@@ -121,7 +121,8 @@ def _regressions(changes: pd.DataFrame) -> str:
     classes = ["regression" if r else "improvement" for r in changes.regression]
     regressed = int(changes.regression.sum())
     lead = f'<p class="bad">{regressed} regression(s)</p>' if regressed else '<p class="ok">No regression.</p>'
-    table = _table(shown.assign(p=shown.p.map(lambda p: "" if pd.isna(p) else f"{p:.1e}")), classes)
+    p_text = shown.p.map(lambda p: "" if pd.isna(p) else f"{p:.1e}" if p > 0 else "< 1e-300")  # underflow: 0.0
+    table = _table(shown.assign(p=p_text), classes)
     return lead + table + f"<p class='note'>{html.escape(METHODS_NOTE)}</p>"
 
 

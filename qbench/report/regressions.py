@@ -36,8 +36,8 @@ JOB = [key for key in COMPARABLE if key != "backend_version"] + ["plan_hash", "k
 SUITE_JOB = ["machine_hash", "job", "plan_name", "kind"]
 ALPHA = 0.01
 METHODS_NOTE = (
-    "Latency is compared by in-process A/B (tonight's worker timed the previous run's artifact beside its own, "
-    "in the same rounds) where it can be, else by medians normalized by the reference workload timed with "
+    "Latency is compared by in-process A/B (tonight's worker timed the previous run's artifact and its own, "
+    "interleaved) where it can be, else by medians normalized by the reference workload timed with "
     "each run, else by raw medians; a change counts past the threshold when its 95% CI excludes 1 and "
     f"Mann–Whitney p < {ALPHA}. Before/after of an A/B are both measured in the newer run."
 )

@@ -3,7 +3,9 @@ leaderboard, then two suites writing to one real PostgreSQL leaderboard at once.
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -211,8 +213,13 @@ def test_rerun_is_skipped_unchanged_is_quiet_and_fewer_threads_regress(first_nig
     assert main(["nightly", good_suite, *only_good]) == 0
     assert "skipped" in capsys.readouterr().out and len(_rows(results)) == rows_before
 
+    shutil.rmtree(results / "cache" / "artifacts")  # the previous plans are rebuilt from the store
     assert main(["nightly", good_suite, "--force", *only_good]) == 0  # the same job again: no regression
     assert "regression" not in capsys.readouterr().out
+    tonight = _rows(results).query("job == 'ci:digits-cnn/onnxruntime'").tail(2)
+    comparisons = [json.loads(c) for c in tonight.comparison]
+    assert [c["method"] for c in comparisons] == ["in-process A/B"] * 2 and all(c["rebuilt"] for c in comparisons)
+    assert all(0.8 < c["ratio"] < 1.25 for c in comparisons) and tonight.reference_ms.notna().all()
 
     ratio = _two_threads_speedup()
     if ratio < 1.25:  # the 10 % threshold, with room
