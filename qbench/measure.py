@@ -58,8 +58,9 @@ def measure_interleaved(
     """Time several candidates in rounds (A B C, B C A, C A B, ...) in this process.
 
     Each round runs every candidate once; the start rotates, so no candidate always opens a
-    round (the cyclic order, and so each candidate's predecessor, stays the same). Sampling stops once every candidate has ``min_count`` samples and
-    ``min_seconds`` of its own run time, or when ``max_seconds`` of wall time have passed.
+    round (the cyclic order, and so each candidate's predecessor, stays the same). Sampling
+    stops once every candidate has ``min_count`` samples and ``min_seconds`` of its own run
+    time, or when ``max_seconds`` of wall time have passed.
     Returns raw samples in nanoseconds, one entry per round, aligned across candidates.
     """
     names = list(runs)

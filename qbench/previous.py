@@ -4,11 +4,12 @@ Raw medians of two nights differ by 15-24 % on a shared machine with nothing cha
 process lands differently), while two sessions alternated in one process agree to a few percent.
 So a nightly worker loads, beside each of tonight's plans, the artifact the previous run of the
 job measured (from the build cache by its key, or rebuilt from the stored plan when the cache
-lost it) with the previous run's thread count, and times both in the same interleaved rounds:
-the change is a paired ratio under identical conditions. Where that cannot reproduce the
-previous run (another runtime version, workload, batch or session settings; the artifact and
-its model file both gone) the row says why, and the report falls back to medians normalized by
-the reference workload (``qbench.reference``).
+lost it) with the previous run's thread count, and times the two alone, interleaved: the
+change is a paired ratio under identical conditions (unchanged nights: within 2.2 % on the
+EPYC). Where that cannot reproduce the previous run (another runtime version, workload, batch
+or session settings; the artifact and its model file both gone; a backend whose sessions of
+one artifact time differently, ``Backend.sessions_differ``) the row says why, and the report
+falls back to medians normalized by the reference workload (``qbench.reference``).
 """
 
 from __future__ import annotations
@@ -32,8 +33,8 @@ if TYPE_CHECKING:
 IN_PROCESS = "in-process A/B"
 NORMALIZED = "normalized by reference"
 RAW = "raw medians"
-#: Prefix of a previous artifact's key among the interleaved calls.
-PREVIOUS = "previous:"
+#: The previous artifact's key in the pair's interleaved calls.
+PREVIOUS = "previous"
 
 
 @dataclass
