@@ -144,9 +144,9 @@ def run_bench(
 
     The plans are loaded, scored and timed a chunk at a time (``TIMING_CHUNK``), each chunk
     interleaved with the fp32 session the harness keeps loaded, so memory does not grow with
-    the number of plans and every speedup is a ratio measured side by side with fp32. For a
-    suite job, each plan's counterpart from the job's previous run is timed in the same rounds
-    (``qbench.previous``), and so is the ``reference`` workload when given."""
+    the number of plans and every speedup is a ratio measured side by side with fp32, and with
+    the ``reference`` workload when given. For a suite job, each plan is then timed alone with
+    its counterpart from the job's previous run (``qbench.previous``)."""
     availability, candidates = _checked_candidates(backend, model, machine, plans)
     board.record_machine(machine.to_dict())
     progress(f"load and score fp32 on {len(evaluation_data)} samples")
@@ -172,7 +172,7 @@ def run_bench(
         _calibrate(harness.calibration, calibration_data, candidates, progress)
         if settings.job is not None:
             _find_partners(board, machine, settings, harness, availability.version, candidates, progress)
-        if baseline.partner is not None and baseline.error is None and baseline.partner.artifact is not None:
+        if baseline.partner is not None and baseline.error is None:
             baseline.partner.load(backend)
         pending = [c for c in others if c.error is None]
         size = TIMING_CHUNK // 2 if settings.job is not None else TIMING_CHUNK  # previous sessions come on top
@@ -248,7 +248,7 @@ def _prepare(c: Candidate, harness: Harness) -> None:
     except Exception as exc:  # one plan's failure must not stop the others
         c.fail(exc)
         return
-    if c.partner is not None and c.partner.artifact is not None and c.partner.why_not is None:
+    if c.partner is not None:
         c.partner.load(harness.backend)
     try:
         c.accuracy = harness.accuracy(c.session.runner)

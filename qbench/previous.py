@@ -49,7 +49,10 @@ class Partner:
 
     def load(self, backend: Backend) -> None:
         """Open the previous artifact as the previous run had it (its thread count); a session
-        whose settings differ from the stored ones would not reproduce it, so it is refused."""
+        whose settings differ from the stored ones would not reproduce it, so it is refused.
+        Nothing to open when ``why_not`` already says why there is no artifact."""
+        if self.artifact is None:
+            return
         try:
             self.runner = backend.load(self.artifact, int(self.row["threads"]), shared_process=True)
         except Exception as exc:

@@ -35,8 +35,8 @@ class ReferenceWorkload:
         model = OnnxModel.load(files.model)
         feeds = next(load_npz(files.evaluation, model).batches(1))
         plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)
-        self.threads = machine.default_threads()
-        self.runner = backend.load(backend.build(model, plan, None, workdir), self.threads, shared_process=True)
+        artifact = backend.build(model, plan, None, workdir)
+        self.runner = backend.load(artifact, machine.default_threads(), shared_process=True)
         self.call = timed_call(self.runner, feeds)
 
     def close(self) -> None:

@@ -122,18 +122,27 @@ class Change:
 
 
 def latency_change(
-    before_ns: np.ndarray, after_ns: np.ndarray, paired: bool, scale: float = 1.0, seed: int = 0
+    before_ns: np.ndarray,
+    after_ns: np.ndarray,
+    paired: bool,
+    scale: float = 1.0,
+    seed: int = 0,
+    min_change: float = 0.0,
 ) -> Change:
     """How ``after`` compares with ``before``. ``paired``: both were timed in the same interleaved
     rounds (sample i of each from round i), so the bootstrap resamples rounds and drift within
     the run cancels. ``scale`` multiplies ``after`` first: the ratio of the two runs' reference
-    medians (before / after), which normalizes away drift of the whole machine between runs."""
+    medians (before / after), which normalizes away drift of the whole machine between runs.
+    A ratio within ``min_change`` of 1 cannot count as a change: its interval and test are not
+    computed (the bootstrap costs ~0.1 s a pair) and it comes back as its own interval, p = 1."""
     before = np.asarray(before_ns, dtype=np.float64)
     after = np.asarray(after_ns, dtype=np.float64) * scale
     if paired:
         n = min(len(before), len(after))
         before, after = before[:n], after[:n]
     ratio = float(_ratio_of_medians(after, before))
+    if abs(ratio - 1.0) <= min_change:
+        return Change(ratio, ratio, ratio, 1.0)
     p = mann_whitney_p(before, after)
     if min(len(before), len(after)) < 2 or (np.ptp(before) == 0 and np.ptp(after) == 0):
         return Change(ratio, ratio, ratio, p)

@@ -8,8 +8,8 @@ file, the data) is what the comparison is meant to catch.
 
 Latency is compared by the best method the rows allow, and the change says which decided:
 
-1. ``in-process A/B``: the newer run timed the older run's artifact beside its own in the same
-   rounds (``qbench.previous``); a paired ratio, a few percent of noise.
+1. ``in-process A/B``: the newer run's worker timed the older run's artifact and its own,
+   interleaved (``qbench.previous``); a paired ratio, a few percent of noise.
 2. ``normalized by reference``: both runs timed the reference workload (``qbench.reference``)
    with their plans; each median is divided by it, so drift of the whole machine cancels.
 3. ``raw medians``: rows from before either existed, or ad-hoc runs.
@@ -64,7 +64,7 @@ def find_changes(
             "before_run": before.run_id,
             "after_run": after.run_id,
         }
-        method, change, before_ms, after_ms, note = _latency_change(before, after)
+        method, change, before_ms, after_ms, note = _latency_change(before, after, threshold)
         slower = change.ratio - 1.0 > threshold and change.ci_low > 1.0
         faster = 1.0 - change.ratio > threshold and change.ci_high < 1.0
         if (slower or faster) and change.p < alpha:
@@ -110,8 +110,9 @@ def _job_keys(frame: pd.DataFrame) -> pd.Series:
     return suite.where(frame.job.notna(), adhoc)
 
 
-def _latency_change(before: pd.Series, after: pd.Series) -> tuple[str, Change, float, float, str]:
-    """(method, change, before ms, after ms, note) by the best method the two rows allow."""
+def _latency_change(before: pd.Series, after: pd.Series, threshold: float) -> tuple[str, Change, float, float, str]:
+    """(method, change, before ms, after ms, note) by the best method the two rows allow; no
+    interval is computed for a ratio within ``threshold`` of 1."""
     comparison = json.loads(after.comparison) if isinstance(after.get("comparison"), str) else {}
     if comparison.get("method") == IN_PROCESS and comparison.get("previous_id") == before.id:
         change = Change(comparison["ratio"], comparison["ci_low"], comparison["ci_high"], comparison["p"])
@@ -122,6 +123,7 @@ def _latency_change(before: pd.Series, after: pd.Series) -> tuple[str, Change, f
     if pd.notna(before.get("reference_ms")) and pd.notna(after.get("reference_ms")):
         scale = before.reference_ms / after.reference_ms
         reference = f"reference {before.reference_ms:.3f} → {after.reference_ms:.3f} ms"
-        change = latency_change(before_ns, after_ns, paired=False, scale=scale)
+        change = latency_change(before_ns, after_ns, paired=False, scale=scale, min_change=threshold)
         return NORMALIZED, change, before.median_ms, after.median_ms, "; ".join(filter(None, [why, reference]))
-    return RAW, latency_change(before_ns, after_ns, paired=False), before.median_ms, after.median_ms, why
+    change = latency_change(before_ns, after_ns, paired=False, min_change=threshold)
+    return RAW, change, before.median_ms, after.median_ms, why
