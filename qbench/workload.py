@@ -69,11 +69,16 @@ class Workload:
 BATCH = Workload()
 
 
+def cache_inputs(model: OnnxModel) -> list[InputSpec]:
+    """The key/value cache inputs of a decoder: ``past*``, ``[batch, heads, tokens, head_dim]``."""
+    return [s for s in model.inputs if s.name.startswith("past") and len(s.shape) == 4]
+
+
 def decoder_inputs(model: OnnxModel, why: str) -> tuple[InputSpec, list[InputSpec]]:
-    """The token-id input and the key/value cache inputs (``past*``, ``[batch, heads, tokens,
-    head_dim]``) of a decoder; a clear error for any other model."""
+    """The token-id input and the key/value cache inputs of a decoder; a clear error for any
+    other model."""
     tokens = [s for s in model.inputs if s.dtype.startswith("int") and len(s.shape) == 2]
-    caches = [s for s in model.inputs if s.name.startswith("past") and len(s.shape) == 4]
+    caches = cache_inputs(model)
     fixed = all(isinstance(s.shape[1], int) and isinstance(s.shape[3], int) for s in caches)
     if len(tokens) != 1 or not caches or not fixed or len(tokens) + len(caches) != len(model.inputs):
         raise QbenchError(

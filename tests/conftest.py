@@ -38,6 +38,20 @@ def demo_evaluation(demo_model):
     return load_npz(DEMO.files().evaluation, demo_model)
 
 
+def write_demo_subset(path: pathlib.Path, samples: int) -> pathlib.Path:
+    """The first ``samples`` of the demo's 2160 evaluation samples as an .npz at ``path``."""
+    np.savez(path, **{name: values[:samples] for name, values in np.load(DEMO.files().evaluation).items()})
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_400(tmp_path_factory) -> list[str]:
+    """Data arguments for the demo on 400 evaluation samples, for tests of the pipeline rather
+    than of the demo's accuracy: scoring the full set is most of a bench."""
+    subset = write_demo_subset(tmp_path_factory.mktemp("demo-400") / "eval.npz", 400)
+    return ["--data", str(subset), "--calib-data", str(DEMO.files().calibration)]
+
+
 def write_mlp_model(path: pathlib.Path, hidden: int = 256, tokens: int = 16, seed: int = 0) -> pathlib.Path:
     """A transformer-feed-forward-shaped graph (MatMul+Add+Relu twice, one unnamed node)."""
     rng = np.random.default_rng(seed)

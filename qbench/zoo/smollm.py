@@ -386,11 +386,13 @@ def empty_cache(config: LlamaConfig, layers: int, batch: int) -> dict[str, np.nd
     return {name: empty for i in range(layers) for name in past_names(i)}
 
 
-def export(target: pathlib.Path, layers: int | None = None) -> None:
-    """``model.onnx``, ``calib.npz`` and ``eval.npz`` in ``target``."""
-    import gguf
+def export(target: pathlib.Path, layers: int | None = None, reader=None) -> None:
+    """``model.onnx``, ``calib.npz`` and ``eval.npz`` in ``target``; ``reader``: an open
+    ``gguf.GGUFReader`` of the packaged file, to skip the seconds that opening it again takes."""
+    if reader is None:
+        import gguf
 
-    reader = gguf.GGUFReader(gguf_path())
+        reader = gguf.GGUFReader(gguf_path())
     config = read_config(reader)
     layers = config.layers if layers is None else layers
     model = build_graph(config, read_weights(reader, config, layers), layers)

@@ -49,9 +49,10 @@ def test_probe_reports_a_version(backend):
 def test_fp32_plan_matches_the_original_model(backend, demo_model, demo_evaluation, workdir):
     plan = backend.resolve_plan(PrecisionPlan(name="fp32"), current_machine())
     artifact = backend.build(demo_model, plan, None, workdir)
-    ours = _outputs(backend, artifact, demo_evaluation)
+    samples = demo_evaluation.take(0, 400)  # equal numerics, not accuracy: a few hundred samples show it
+    ours = _outputs(backend, artifact, samples)
     reference = ort.InferenceSession(str(demo_model.path), providers=["CPUExecutionProvider"])
-    expected = reference.run(None, {"image": demo_evaluation.inputs["image"]})[0]
+    expected = reference.run(None, {"image": samples.inputs["image"]})[0]
     np.testing.assert_allclose(ours, expected, rtol=1e-4, atol=1e-4)
     assert set(backend.realized_precisions(artifact, plan, demo_model).values()) == {"fp32"}
 

@@ -117,10 +117,10 @@ def test_an_op_openvino_cannot_read_is_a_clear_error_and_a_recorded_failure(open
     assert list(rows.status) == ["failed"] and "Frobnicate" in rows.error.iloc[0]
 
 
-def test_openvino_rows_sit_beside_onnx_runtime_rows(tmp_path):
+def test_openvino_rows_sit_beside_onnx_runtime_rows(tmp_path, demo_400):
     """The default recipes (fp32, int8 and the runtime's own native-int8) on both CPU backends."""
     for backend in ("onnxruntime", "openvino"):
-        assert main(["bench", "--backend", backend, "--quick", "-q", "--results-dir", str(tmp_path)]) == 0
+        assert main(["bench", *demo_400, "--backend", backend, "--quick", "-q", "--results-dir", str(tmp_path)]) == 0
     board = Leaderboard(default_url(tmp_path))
     rows = board.frame()
     board.close()

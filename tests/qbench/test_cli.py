@@ -168,8 +168,8 @@ def test_console_script_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and "model file not found" in proc.stderr
 
 
-def test_sensitivity_prints_every_layer(tmp_path, capsys):
-    assert main(["sensitivity", "--quick-samples", "64", "--results-dir", str(tmp_path), "-q"]) == 0
+def test_sensitivity_prints_every_layer(tmp_path, capsys, demo_400):
+    assert main(["sensitivity", *demo_400, "--quick-samples", "64", "--results-dir", str(tmp_path), "-q"]) == 0
     out = capsys.readouterr().out
     assert "int8 everywhere" in out and all(name in out for name in _layer_names())
 

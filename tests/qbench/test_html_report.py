@@ -13,10 +13,10 @@ from qbench.cli import main
 
 
 @pytest.fixture(scope="module")
-def report(tmp_path_factory):
+def report(tmp_path_factory, demo_400):
     """Two quick benches of the demo (two runs: a history) on two backends where OpenVINO is here."""
     results = tmp_path_factory.mktemp("report")
-    quick = ["bench", "--quick", "-q", "--results-dir", str(results), "--min-seconds", "0.2"]
+    quick = ["bench", *demo_400, "--quick", "-q", "--results-dir", str(results), "--min-seconds", "0.2"]
     for _ in range(2):
         assert main(quick) == 0
     backends = ["openvino"] if _has_openvino() else []

@@ -40,7 +40,7 @@ def sliced(gguf_reader, tmp_path_factory) -> pathlib.Path:
     from qbench.zoo import smollm
 
     folder = tmp_path_factory.mktemp("smollm-slice")
-    smollm.export(folder, layers=LAYERS)
+    smollm.export(folder, layers=LAYERS, reader=gguf_reader)
     return folder
 
 
@@ -210,6 +210,8 @@ def test_layer_kinds_and_the_options_weight_only_plans_search(sliced):
     assert roles["lm_head"] == "LM head"
     assert {roles[f"layers.1/attn/{p}"] for p in ("q_proj", "k_proj", "v_proj", "o_proj", "scores")} == {"attention"}
     assert {roles[f"layers.0/mlp/{p}"] for p in ("gate_proj", "up_proj", "down_proj")} == {"FFN"}
+    demo = OnnxModel.load(DEMO.files().model)  # a CNN: its classifier is no LM head
+    assert set(layer_roles(demo).values()) == {"output head", "other"}
     # Weight-only plans search the block size and MatMulNBits' accuracy level, not the int8 scheme.
     backend, machine = get_backend("onnxruntime"), current_machine()
     weight_only = searched_options(backend, machine, model, ["int4-weight", "int8-weight"])

@@ -17,6 +17,7 @@ from qbench.cli import EXIT_REGRESSION, main
 from qbench.machine import current_machine
 from qbench.store import Leaderboard, default_url
 from qbench.zoo import DEMO
+from tests.conftest import write_demo_subset
 
 # A metric module the workers import: one metric aborts the process, one never returns.
 FAULTY_METRICS = """
@@ -35,8 +36,7 @@ def _suite(folder, body: str, threshold: float = 0.10, timeout_s: int = 900) -> 
     # own, so drift between processes cancels (it took 30 % when raw medians were compared).
     # The suite's timeout leaves room for a slow or busy machine (one core, a second test run
     # beside it); only the hang test's own job has a short one.
-    evaluation = dict(np.load(DEMO.files().evaluation))
-    np.savez(folder / "eval-400.npz", **{k: v[:400] for k, v in evaluation.items()})
+    write_demo_subset(folder / "eval-400.npz", 400)
     header = f"""
 [suite]
 name = "ci"

@@ -25,9 +25,9 @@ def test_mann_whitney_flags_a_shift_and_not_noise_with_ties():
 
 
 @pytest.fixture(scope="module")
-def benched_once(tmp_path_factory):
+def benched_once(tmp_path_factory, demo_400):
     results = tmp_path_factory.mktemp("benched")
-    assert main(["bench", "--quick", "-q", "--results-dir", str(results)]) == 0
+    assert main(["bench", *demo_400, "--quick", "-q", "--results-dir", str(results)]) == 0
     return results
 
 
