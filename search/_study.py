@@ -72,21 +72,47 @@ def _rdb_storage(storage_url: str) -> optuna.storages.RDBStorage:
     together on an empty database race to create the tables; the loser retries and finds them."""
     import sqlalchemy as sa
 
+    sqlite = storage_url.startswith("sqlite")
     for attempt in range(5):
         try:
             with warnings.catch_warnings():  # heartbeats are "experimental" but stable since Optuna 2.x
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                storage = optuna.storages.RDBStorage(
                     storage_url,
                     heartbeat_interval=HEARTBEAT_SECONDS,
                     grace_period=GRACE_SECONDS,
-                    engine_kwargs={"connect_args": {"timeout": 30}} if storage_url.startswith("sqlite") else None,
+                    engine_kwargs={"connect_args": {"timeout": 30}} if sqlite else None,
                 )
+            break
         except (sa.exc.IntegrityError, sa.exc.ProgrammingError, sa.exc.OperationalError):  # "already exists"
             if attempt == 4:
                 raise
             time.sleep(0.2 * (attempt + 1))
-    raise AssertionError("unreachable")
+    if sqlite:
+        _serialize_sqlite_transactions(storage.engine)
+    return storage
+
+
+def _serialize_sqlite_transactions(engine) -> None:
+    """Start every transaction with BEGIN IMMEDIATE (SQLAlchemy's recipe for pysqlite).
+
+    Optuna hands a queued trial to one worker by reading it as WAITING and writing RUNNING in one
+    transaction, locked with SELECT ... FOR UPDATE, which SQLite ignores; and pysqlite begins a
+    transaction only at the first write. So two workers both read WAITING, both take the trial,
+    and the second to finish dies on "Cannot tell a COMPLETE trial" (2 processes popping 60
+    queued trials shared 13-28 of them). BEGIN IMMEDIATE takes the write lock first: the second
+    worker reads RUNNING and moves on."""
+    import sqlalchemy as sa
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None  # pysqlite stops issuing its own deferred BEGIN
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin_immediate(connection) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections pooled while the tables were created lack the connect hook
 
 
 def open_study(storage_url: str, study_name: str, settings: StudySettings) -> tuple[optuna.Study, bool]:

@@ -248,6 +248,33 @@ def test_two_workers_starting_together_seed_once_and_never_remeasure(tmp_path):
     assert trial_summary(study).startswith(f"{n_trials} trials: ")
 
 
+def _take_queued(url: str, start, taken) -> None:
+    from qbench.search._study import _rdb_storage
+
+    study = optuna.load_study(study_name="q", storage=_rdb_storage(url))
+    start.wait()
+    taken.put([study.ask().number for _ in range(30)])
+
+
+def test_two_workers_never_take_the_same_queued_trial_from_sqlite(tmp_path):
+    """SQLite ignores SELECT ... FOR UPDATE; without BEGIN IMMEDIATE two processes asking at once
+    shared 13-28 of 60 queued trials (and a worker died telling a trial the other had finished)."""
+    url = f"sqlite:///{tmp_path}/queue.db"
+    study, _ = open_study(url, "q", StudySettings(max_drop=0.01))
+    for x in range(60):
+        study.enqueue_trial({"x": x})
+    context = multiprocessing.get_context("spawn")
+    start, taken = context.Barrier(2), context.Queue()
+    workers = [context.Process(target=_take_queued, args=(url, start, taken)) for _ in range(2)]
+    for w in workers:
+        w.start()
+    first, second = taken.get(timeout=300), taken.get(timeout=300)
+    for w in workers:
+        w.join(timeout=60)
+    assert not set(first) & set(second)
+    assert sorted(first + second) == list(range(60))
+
+
 def test_two_workers_share_one_postgres_study(postgres_url):
     n_trials = 24
     context = multiprocessing.get_context("spawn")

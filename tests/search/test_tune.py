@@ -12,25 +12,48 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
+from qbench.cli import main
 from qbench.plan import PrecisionPlan
 from qbench.search._space import OPTION_PREFIX
-from qbench.search._study import GRACE_SECONDS, violation
+from qbench.search._study import GRACE_SECONDS, _rdb_storage, violation
 from qbench.store import Leaderboard, default_url
+from qbench.zoo import DEMO
+from tests.conftest import write_demo_subset
 
 TRIALS = 10
-BUDGET = 0.01  # the default; uniform int8 loses about 2.5 % on the demo (its planted outlier channel)
+SAMPLES, TUNING_SAMPLES = 1080, 648  # half the demo's evaluation set; the tune searches on 60 % of it
 
 
-def _tune_cmd(results, study="demo") -> list[str]:
+def _uniform_int8_drop(results) -> float:
+    """Uniform int8's drop on the samples the tune searches on, on this CPU: the budget must be
+    one it breaks, and it loses 2.5 % of the demo on a Xeon with AMX, 1.0 % on an EPYC Zen 3 and
+    0.77 % of these samples there (the demo's planted outlier channel; per-channel loses none)."""
+    tuning = write_demo_subset(results / "tuning.npz", TUNING_SAMPLES)
+    probe = results / "probe"
+    args = ["--data", str(tuning), "--calib-data", str(DEMO.files().calibration), "--recipe", "fp32,int8"]
+    assert main(["bench", *args, "--quick", "-q", "--results-dir", str(probe)]) == 0
+    board = Leaderboard(default_url(probe))
+    rows = board.frame()
+    board.close()
+    return float(rows[rows.plan_name == "int8"].accuracy_drop.iloc[0])
+
+
+def _tune_cmd(results, budget: float, study="demo") -> list[str]:
     return [
         sys.executable,
         "-m",
         "qbench.cli",
         "tune",
+        "--data",
+        str(results / "eval.npz"),
+        "--calib-data",
+        str(DEMO.files().calibration),
+        "--quick-samples",
+        "256",
         "--trials",
         str(TRIALS),
         "--max-drop",
-        f"{BUDGET * 100}%",
+        f"{budget * 100}%",
         "--patience",
         "0",
         "--quick",
@@ -54,14 +77,19 @@ def _finished(study: optuna.Study) -> dict[int, tuple]:
 def killed_and_resumed(tmp_path_factory):
     """Start a tune, SIGKILL it after a few finished trials, then run the same command again."""
     results = tmp_path_factory.mktemp("tune")
+    write_demo_subset(results / "eval.npz", SAMPLES)  # scoring dominates the run
+    int8_drop = _uniform_int8_drop(results)
+    assert int8_drop > 0, "uniform int8 lost no accuracy on the demo here: no budget it breaks"
+    budget = int8_drop / 2
     storage = f"sqlite:///{(results / 'tuning.db').resolve()}"
-    proc = subprocess.Popen(_tune_cmd(results), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_tune_cmd(results, budget), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     before: dict[int, tuple] = {}
     deadline = time.monotonic() + 900
     while time.monotonic() < deadline and proc.poll() is None:
         time.sleep(1)
         try:
-            before = _finished(optuna.load_study(study_name="demo", storage=storage))
+            # qbench's storage opener: it retries when the tune is creating the tables right now
+            before = _finished(optuna.load_study(study_name="demo", storage=_rdb_storage(storage)))
         except KeyError:  # study not created yet
             continue
         if len([v for v in before.values() if v[0] == TrialState.COMPLETE]) >= 3:
@@ -70,13 +98,13 @@ def killed_and_resumed(tmp_path_factory):
     proc.kill()
     proc.wait()
     time.sleep(GRACE_SECONDS + 1)  # let the killed trial's heartbeat go stale
-    resumed = subprocess.run(_tune_cmd(results), capture_output=True, text=True, timeout=1800)
+    resumed = subprocess.run(_tune_cmd(results, budget), capture_output=True, text=True, timeout=1800)
     assert resumed.returncode == 0, resumed.stderr
-    return results, storage, before, resumed.stdout
+    return results, storage, before, resumed.stdout, budget
 
 
 def test_a_killed_tune_resumes_without_losing_finished_trials(killed_and_resumed):
-    _, storage, before, _ = killed_and_resumed
+    _, storage, before, _, _ = killed_and_resumed
     study = optuna.load_study(study_name="demo", storage=storage)
     after = _finished(study)
     assert len(after) == TRIALS
@@ -85,7 +113,7 @@ def test_a_killed_tune_resumes_without_losing_finished_trials(killed_and_resumed
 
 
 def test_tune_picks_a_plan_within_the_budget_that_beats_fp32(killed_and_resumed):
-    results, storage, _, stdout = killed_and_resumed
+    results, storage, _, stdout, budget = killed_and_resumed
     study = optuna.load_study(study_name="demo", storage=storage)
     uniform_int8 = next(  # the first seeded one takes this machine's default int8 scheme
         t
@@ -106,7 +134,7 @@ def test_tune_picks_a_plan_within_the_budget_that_beats_fp32(killed_and_resumed)
     out_dir = next((results / "tuned").iterdir())
     assert len(pd.read_csv(out_dir / "pareto.csv")) >= 1
     measured = tune_rows[(tune_rows.status == "ok") & (tune_rows.plan_name != "fp32")]
-    within = measured[measured.accuracy_drop <= BUDGET]  # on held-out data
+    within = measured[measured.accuracy_drop <= budget]  # on held-out data
     fastest = within.sort_values("median_ms").iloc[0] if not within.empty else None
     if not (out_dir / "plan.json").exists():
         # Keeping fp32 is right only when no plan met the budget on held-out data or the fastest
@@ -117,7 +145,7 @@ def test_tune_picks_a_plan_within_the_budget_that_beats_fp32(killed_and_resumed)
     plan = json.loads((out_dir / "plan.json").read_text())
     # By content hash: plans with the same layers may differ in their int8 scheme.
     winner = tune_rows[tune_rows.plan_hash == PrecisionPlan.from_dict(plan).content_hash].iloc[-1]
-    assert winner.accuracy_drop <= BUDGET
+    assert winner.accuracy_drop <= budget
     assert winner.median_ms == fastest.median_ms  # the fastest plan within the budget
     if winner.speedup_ci_low <= 1.0:  # returned, but the user is told it may be no faster
         assert "not measurably faster than fp32" in stdout
