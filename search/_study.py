@@ -247,7 +247,7 @@ class _Objective:
             study.stop()
             raise optuna.TrialPruned("the study's trial budget is used up")
         assignment = {name: trial.suggest_categorical(name, values) for name, values in self.space.parameters()}
-        earlier = self._measured(study, trial)
+        earlier = self._measured(study, trial, len(assignment))
         if earlier is not None:  # samplers repeat plans in small spaces; reuse, don't re-measure
             return self._reuse(trial, earlier)
         plan = self.evaluator.resolve(self.space.plan(assignment, f"trial-{trial.number}"))
@@ -260,24 +260,32 @@ class _Objective:
             raise
 
     @staticmethod
-    def _measured(study: optuna.Study, trial: optuna.Trial) -> FrozenTrial | None:
+    def _measured(study: optuna.Study, trial: optuna.Trial, choices: int) -> FrozenTrial | None:
         """The trial that measured this plan already, if any. When another worker is measuring
         it right now, wait for its result rather than measure the plan twice; should that trial
-        fail (a killed worker's trial fails after the heartbeat's grace period), measure it here."""
+        fail (a killed worker's trial fails after the heartbeat's grace period), measure it here.
+
+        Of two trials of one plan the lower number measures and the other waits, so a trial also
+        waits while a lower-numbered one is still making its ``choices``: until then it cannot
+        tell whether they chose the same plan (both measured one plan in a CI run when it did not)."""
         while True:
+            trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
             same = [
                 t
-                for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.RUNNING))
+                for t in trials
                 if t.number != trial.number and t.params == trial.params and "reused_from" not in t.user_attrs
             ]
             done = [t for t in same if t.state == TrialState.COMPLETE and "plan" in t.user_attrs]
             if done:
                 return done[0]
-            measuring = [t for t in same if t.state == TrialState.RUNNING and t.number < trial.number]
-            if not measuring:  # of two trials of one plan, the lower number measures and the other waits
+            same_numbers = {t.number for t in same}
+            ahead = [t for t in trials if t.state == TrialState.RUNNING and t.number < trial.number]
+            if not any(t.number in same_numbers or len(t.params) < choices for t in ahead):
                 return None
             time.sleep(POLL_SECONDS)
-            optuna.storages.fail_stale_trials(study)  # a killed worker's trial, so the wait ends
+            with warnings.catch_warnings():  # "experimental" since Optuna 2.9, as heartbeats are
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                optuna.storages.fail_stale_trials(study)  # a killed worker's trial, so the wait ends
 
     def _reuse(self, trial: optuna.Trial, earlier: FrozenTrial) -> float | tuple[float, float]:
         for key, value in earlier.user_attrs.items():

@@ -275,6 +275,34 @@ def test_two_workers_never_take_the_same_queued_trial_from_sqlite(tmp_path):
     assert sorted(first + second) == list(range(60))
 
 
+@pytest.mark.filterwarnings("ignore:Heartbeat of storage")  # trials asked for by hand, not by optimize
+def test_a_trial_waits_while_a_lower_numbered_one_is_still_choosing(tmp_path):
+    """Two trials that will choose one plan: the higher-numbered one cannot know that before the
+    lower one has chosen, so it waits, then reuses the lower one's measurement."""
+    import threading
+
+    from qbench.search._study import _Objective
+
+    study = _study(tmp_path, StudySettings(max_drop=0.01))
+    plan = {name: values[0] for name, values in SPACE.parameters()}
+    for _ in range(2):
+        study.enqueue_trial(plan)
+    lower, upper = study.ask(), study.ask()
+    for name, values in SPACE.parameters():
+        upper.suggest_categorical(name, values)
+    found = []
+    waiting = threading.Thread(target=lambda: found.append(_Objective._measured(study, upper, len(plan))))
+    waiting.start()
+    waiting.join(timeout=2)
+    assert waiting.is_alive(), "the higher-numbered trial measured before the lower one had chosen"
+    for name, values in SPACE.parameters():
+        lower.suggest_categorical(name, values)
+    lower.set_user_attr("plan", "{}")
+    study.tell(lower, 1.0)
+    waiting.join(timeout=60)
+    assert found and found[0].number == lower.number
+
+
 def test_two_workers_share_one_postgres_study(postgres_url):
     n_trials = 24
     context = multiprocessing.get_context("spawn")
