@@ -224,12 +224,29 @@ def test_rerun_is_skipped_unchanged_is_quiet_and_fewer_threads_regress(first_nig
     assert comparisons["int8"]["rebuilt"] and not comparisons["fp32"]["rebuilt"]
     assert all(0.8 < c["ratio"] < 1.25 for c in comparisons.values()) and tonight.reference_ms.notna().all()
 
-    ratio = _two_threads_speedup()
-    if ratio < 1.25:  # the 10 % threshold, with room
-        pytest.skip(f"2 threads run only {ratio:.2f}x faster than 1 here right now (a busy machine): no real slowdown")
-    code = main(["nightly", good_suite, "--set", "threads=1", *only_good])
-    out = capsys.readouterr().out
-    assert code == EXIT_REGRESSION, out
+    # The second core can be taken for seconds at a time on a shared VM (a CI night timed the
+    # 2-thread plans no faster than 1 thread: 3.65 vs 3.60 ms), and then there is no slowdown to
+    # flag. So a night with one thread fewer is tried up to three times, each after checking that
+    # 2 threads are faster here right now and after a 2-thread night to compare against.
+    attempts = []
+    for _ in range(3):
+        ratio = _two_threads_speedup()
+        if ratio < 1.25:  # the 10 % threshold, with room
+            attempts.append(f"2 threads only {ratio:.2f}x faster than 1: not tried")
+            continue
+        code = main(["nightly", good_suite, "--set", "threads=1", "--force", *only_good])  # not skipped as seen
+        out = capsys.readouterr().out
+        if code == EXIT_REGRESSION:
+            break
+        rows = _rows(results).query("job == 'ci:digits-cnn/onnxruntime'").tail(2)
+        attempts.append(f"2 threads {ratio:.2f}x faster beforehand, not flagged: {list(rows.comparison)}")
+        back = ["nightly", good_suite, "--force", "--no-fail-on-regression", *only_good]  # 1 -> 2: "faster"
+        assert main(back) == 0  # back to 2 threads
+        capsys.readouterr()
+    else:
+        if all(a.endswith("not tried") for a in attempts):
+            pytest.skip(f"a busy machine, no real slowdown to inject: {attempts}")
+        pytest.fail("a night on 1 thread instead of 2 was never flagged: " + "; ".join(attempts))
     assert "2 → 1" in out and "latency" in out and "in-process A/B" in out
     assert "regression" in (results / "regressions.md").read_text()
     assert main(["nightly", good_suite, "--set", "threads=1", "--force", "--no-fail-on-regression", *only_good]) == 0
