@@ -122,23 +122,30 @@ class Machine:
         )
 
 
-def _cpu_info() -> tuple[str, tuple[str, ...]]:
-    model, flags = platform.processor() or platform.machine(), set()
+def _cpu_info(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, tuple[str, ...]]:
+    """The CPU's name and ISA flags. On x86 the name carries the CPU family and model numbers:
+    a VM's brand string can be as bare as "AMD EPYC", which a Zen 2 and a Zen 3 would share
+    (the flags in ISA_FLAGS are the same), and their timings must never be compared."""
+    model, flags, family_model = platform.processor() or platform.machine(), set(), {}
     try:
-        with open("/proc/cpuinfo") as f:
+        with open(cpuinfo) as f:
             for line in f:
                 key, _, value = line.partition(":")
-                key = key.strip()
+                key, value = key.strip(), value.strip()
                 if key in ("model name", "Model", "Hardware") and model in (
                     "",
                     platform.machine(),
                     platform.processor(),
                 ):
-                    model = value.strip()
+                    model = value
                 elif key in ("flags", "Features") and not flags:
                     flags = set(value.split())
+                elif key in ("cpu family", "model") and key not in family_model:
+                    family_model[key] = value
     except OSError:
         pass
+    if len(family_model) == 2:
+        model = f"{model} (family {family_model['cpu family']} model {family_model['model']})"
     return model, tuple(flag for flag in ISA_FLAGS if flag in flags)
 
 
