@@ -71,6 +71,7 @@ class Candidate:
     peak_rss_mb: float | None = None
     samples_ns: np.ndarray | None = None
     baseline_ns: np.ndarray | None = None  # the fp32 samples interleaved with this plan's
+    block: int = 1  # samples per block round in both (``qbench.measure.Samples``)
     accuracy: float | None = None
     runner_settings: dict[str, Any] | None = None
     solo_median_ms: float | None = None
@@ -283,11 +284,12 @@ def _time(
         {c.key: c.session.runner for c in ready}, protocol, {REFERENCE: reference.call} if reference else {}
     )
     for c in ready:
-        c.samples_ns, c.baseline_ns = samples[c.key], samples.get(FP32)
-        c.runner_settings.update(c.session.runner.timing_notes())
+        c.samples_ns, c.baseline_ns, c.block = samples[c.key], samples.get(FP32), samples.block
+        c.runner_settings.update(c.session.runner.timing_notes(), samples_per_block=samples.block)
     if first:
         baseline.samples_ns = baseline.baseline_ns = samples[FP32]
-        baseline.runner_settings.update(harness.baseline.runner.timing_notes())
+        baseline.block = samples.block
+        baseline.runner_settings.update(harness.baseline.runner.timing_notes(), samples_per_block=samples.block)
     for c in timed:
         c.reference_ms = float(np.median(samples[REFERENCE])) / 1e6 if REFERENCE in samples else None
     # Each pair is timed on its own: among a chunk's sessions, two of one artifact differed by 9 %.
@@ -295,7 +297,7 @@ def _time(
         if c.partner is not None and c.partner.ready:
             tonight = c.session.runner if c.session is not None else harness.baseline.runner
             pair = harness.time({c.key: tonight, PREVIOUS: c.partner.runner}, protocol, with_baseline=False)
-            c.comparison = c.partner.comparison(pair[PREVIOUS], pair[c.key])
+            c.comparison = c.partner.comparison(pair[PREVIOUS], pair[c.key], pair.block)
             c.partner.close()
 
 
@@ -435,7 +437,8 @@ def _record(
                 comparison=c.comparison or (c.partner.comparison() if c.partner is not None else None),
             )
             if c.baseline_ns is not None:  # None when the fp32 baseline failed
-                row = row.with_speedup(c.baseline_ns, c.samples_ns, metric.drop(baseline.accuracy, c.accuracy))
+                drop = metric.drop(baseline.accuracy, c.accuracy)
+                row = row.with_speedup(c.baseline_ns, c.samples_ns, drop, c.block)
         board.insert(row)
         rows.append(row)
     return rows

@@ -25,7 +25,7 @@ from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, describe
 from qbench.machine import Machine
 from qbench.measure import Protocol as TimingProtocol
-from qbench.measure import measure_interleaved
+from qbench.measure import Samples, measure_interleaved
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
@@ -41,6 +41,11 @@ FP32 = "__fp32__"
 #: The short solo pass each measured plan gets after the interleaved timing.
 SOLO_PROTOCOL = TimingProtocol(warmup_count=10, warmup_seconds=0.3, min_count=50, min_seconds=1.0, max_seconds=20.0)
 T = TypeVar("T")
+#: Timed sessions keep the runtime's default threading (idle threads spin), as deployed. Timed
+#: one run at a time, two such sessions stole each other's cores, so spinning was off; but that
+#: moved ratios 10-34 % away from each plan alone in its own process (Xeon, demo and
+#: mobilenet-blocks), while blocks (``qbench.measure``) drop the runs a spinning neighbour slows.
+TIMED_SESSIONS_SHARED = False
 
 
 def chunks(items: Sequence[T], size: int = TIMING_CHUNK) -> Iterator[Sequence[T]]:
@@ -105,7 +110,7 @@ class Evaluator(Protocol):
 
     def measure_baseline_ms(self, protocol: TimingProtocol) -> float: ...
 
-    def time(self, runners: Mapping[str, Runner], protocol: TimingProtocol) -> dict[str, np.ndarray]: ...
+    def time(self, runners: Mapping[str, Runner], protocol: TimingProtocol) -> Mapping[str, np.ndarray]: ...
 
 
 class Harness:
@@ -194,7 +199,7 @@ class Harness:
         process = psutil.Process()
         rss_before = process.memory_info().rss
         start = time.perf_counter()
-        runner = self.backend.load(artifact, self.threads, shared_process=True)
+        runner = self.backend.load(artifact, self.threads, shared_process=TIMED_SESSIONS_SHARED)
         load_s = time.perf_counter() - start
         try:
             start = time.perf_counter()
@@ -241,7 +246,7 @@ class Harness:
         protocol: TimingProtocol,
         others: Mapping[str, Callable[[], None]] = {},
         with_baseline: bool = True,
-    ) -> dict[str, np.ndarray]:
+    ) -> Samples:
         """Raw samples of each runner timed interleaved with the fp32 baseline (under ``FP32``);
         without a baseline (it failed to load or run, or ``with_baseline`` is off), the runners
         are timed among themselves. ``others`` are calls timed in the same rounds on their own
@@ -254,8 +259,7 @@ class Harness:
     def solo_median_ms(self, artifact: Artifact, protocol: TimingProtocol = SOLO_PROTOCOL) -> float:
         """Median latency of ``artifact`` on a fresh session with the runtime's default threading
         (idle threads spin), timed while no other session of this process is running: the
-        absolute figure a user deploying it would see. Interleaved timing must keep spinning off,
-        which made the demo's fp32 median 1.04x a default session's on our AMD EPYC (1.14x on another)."""
+        absolute figure a user deploying it would see, with no other model's run between its own."""
         runner = self.backend.load(artifact, self.threads, shared_process=False)
         try:
             samples = measure_interleaved({"solo": timed_call(runner, self.feeds)}, protocol)["solo"]

@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from qbench.errors import describe
+from qbench.harness import TIMED_SESSIONS_SHARED
 from qbench.plan import PrecisionPlan
 from qbench.statistics import latency_change
 
@@ -54,7 +55,7 @@ class Partner:
         if self.artifact is None:
             return
         try:
-            self.runner = backend.load(self.artifact, int(self.row["threads"]), shared_process=True)
+            self.runner = backend.load(self.artifact, int(self.row["threads"]), shared_process=TIMED_SESSIONS_SHARED)
         except Exception as exc:
             self.why_not = f"the previous artifact does not load: {describe(exc)}"
             return
@@ -65,12 +66,14 @@ class Partner:
             self.why_not = "session settings changed (" + "; ".join(changed) + ")"
             self.close()
 
-    def comparison(self, before_ns: np.ndarray | None = None, after_ns: np.ndarray | None = None) -> dict[str, Any]:
+    def comparison(
+        self, before_ns: np.ndarray | None = None, after_ns: np.ndarray | None = None, block: int = 1
+    ) -> dict[str, Any]:
         """What the row stores: the in-process change when both were timed, else why not."""
         record: dict[str, Any] = {"previous_id": int(self.row["id"]), "previous_run": str(self.row["run_id"])}
         if self.why_not is not None or before_ns is None or after_ns is None:
             return {**record, "method": None, "why_not": self.why_not or "not timed"}
-        change = latency_change(before_ns, after_ns, paired=True)
+        change = latency_change(before_ns, after_ns, paired=True, block=block)
         return {
             **record,
             "method": IN_PROCESS,

@@ -13,7 +13,7 @@ import pathlib
 from typing import TYPE_CHECKING
 
 from qbench.data import load_npz
-from qbench.harness import timed_call
+from qbench.harness import TIMED_SESSIONS_SHARED, timed_call
 from qbench.machine import Machine
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
@@ -36,7 +36,7 @@ class ReferenceWorkload:
         feeds = next(load_npz(files.evaluation, model).batches(1))
         plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)
         artifact = backend.build(model, plan, None, workdir)
-        self.runner = backend.load(artifact, machine.default_threads(), shared_process=True)
+        self.runner = backend.load(artifact, machine.default_threads(), shared_process=TIMED_SESSIONS_SHARED)
         self.call = timed_call(self.runner, feeds)
 
     def close(self) -> None:

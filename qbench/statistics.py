@@ -2,9 +2,12 @@
 
 - The median's confidence interval is distribution-free: two order statistics whose ranks come
   from Binomial(n, 1/2), the count of samples below the true median.
-- A speedup is a ratio of medians; its interval is a percentile bootstrap that resamples
-  *interleaved rounds* as pairs (``paired=True``), so drift that hit both candidates in the same
-  round cancels.
+- A speedup of candidates timed in alternating blocks (``qbench.measure``) is the median of the
+  per-block-pair ratios of medians, with the distribution-free interval of that median: one
+  ratio per block pair, so drift that hit both candidates in the same block round cancels, and
+  a block hit by a burst of other work moves one ratio, not the estimate. Samples from
+  round-robin timing (``block=1``, older rows) keep the ratio of medians with a percentile
+  bootstrap over paired rounds.
 - A latency change between two runs is a ratio of medians (after / before) with a bootstrap
   interval, paired when both were timed in the same interleaved rounds, plus a two-sided
   Mann–Whitney U test on the raw samples (asymptotic, tie-corrected: samples number in the hundreds).
@@ -83,8 +86,32 @@ def _ratio_of_medians(baseline: np.ndarray, candidate: np.ndarray, axis: int = -
     return np.median(baseline, axis=axis) / np.median(candidate, axis=axis)
 
 
-def speedup(baseline_ns: np.ndarray, candidate_ns: np.ndarray, rounds: int = 2000, seed: int = 0) -> Speedup:
-    """Ratio of medians of samples taken in interleaved rounds, with a 95 % paired bootstrap interval."""
+def block_ratios(numerator_ns: np.ndarray, denominator_ns: np.ndarray, block: int) -> np.ndarray:
+    """``median(numerator) / median(denominator)`` within each block round (``block`` aligned
+    samples per round; a trailing partial round is left out)."""
+    rounds = min(len(numerator_ns), len(denominator_ns)) // block
+    if rounds < 1:
+        raise ValueError(f"fewer samples than one block of {block}")
+    shape = (rounds, block)
+    num = np.asarray(numerator_ns[: rounds * block], dtype=np.float64).reshape(shape)
+    den = np.asarray(denominator_ns[: rounds * block], dtype=np.float64).reshape(shape)
+    return np.median(num, axis=1) / np.median(den, axis=1)
+
+
+def median_with_ci(values: np.ndarray) -> tuple[float, float, float]:
+    """(median, 95 % CI low, high) of ``values`` by order statistics (distribution-free)."""
+    ordered = np.sort(np.asarray(values, dtype=np.float64))
+    lo, hi = median_ci_indices(ordered.size)
+    return float(np.median(ordered)), float(ordered[lo]), float(ordered[hi])
+
+
+def speedup(
+    baseline_ns: np.ndarray, candidate_ns: np.ndarray, block: int = 1, rounds: int = 2000, seed: int = 0
+) -> Speedup:
+    """``baseline / candidate`` of samples timed interleaved, with a 95 % paired interval: per
+    block round when ``block`` > 1 (see the module docstring), else per round by bootstrap."""
+    if block > 1 and min(len(baseline_ns), len(candidate_ns)) >= 2 * block:
+        return Speedup(*median_with_ci(block_ratios(baseline_ns, candidate_ns, block)))
     n = min(len(baseline_ns), len(candidate_ns))
     base = np.asarray(baseline_ns[:n], dtype=np.float64)
     cand = np.asarray(candidate_ns[:n], dtype=np.float64)
@@ -128,13 +155,26 @@ def latency_change(
     scale: float = 1.0,
     seed: int = 0,
     min_change: float = 0.0,
+    block: int = 1,
 ) -> Change:
     """How ``after`` compares with ``before``. ``paired``: both were timed in the same interleaved
     rounds (sample i of each from round i), so the bootstrap resamples rounds and drift within
     the run cancels. ``scale`` multiplies ``after`` first: the ratio of the two runs' reference
     medians (before / after), which normalizes away drift of the whole machine between runs.
     A ratio within ``min_change`` of 1 cannot count as a change: its interval and test are not
-    computed (the bootstrap costs ~0.1 s a pair) and it comes back as its own interval, p = 1."""
+    computed (the bootstrap costs ~0.1 s a pair) and it comes back as its own interval, p = 1.
+    Paired samples timed in blocks (``block`` > 1) give one ratio per block round: the change is
+    their median with its order-statistic interval, and p is a Wilcoxon signed-rank test of
+    their logarithms against 0 (Mann–Whitney on raw samples treats autocorrelated runs of one
+    block as independent: an A/A pair under load gave p = 5e-8)."""
+    if paired and block > 1 and min(len(before_ns), len(after_ns)) >= 2 * block:
+        ratios = block_ratios(after_ns, before_ns, block) * scale
+        ratio, low, high = median_with_ci(ratios)
+        if abs(ratio - 1.0) <= min_change:
+            return Change(ratio, ratio, ratio, 1.0)
+        logs = np.log(ratios)
+        p = 1.0 if np.all(logs == 0) else float(stats.wilcoxon(logs).pvalue)
+        return Change(ratio, low, high, p)
     before = np.asarray(before_ns, dtype=np.float64)
     after = np.asarray(after_ns, dtype=np.float64) * scale
     if paired:

@@ -241,9 +241,12 @@ class ResultRow:
         values = {f.name: getattr(stats, f.name) for f in fields(stats) if f.name != "n"}
         return replace(self, n_samples=stats.n, samples_ns=samples_to_bytes(samples_ns), **values)
 
-    def with_speedup(self, baseline_ns: np.ndarray, samples_ns: np.ndarray, accuracy_drop: float) -> ResultRow:
-        """The speedup against fp32 samples interleaved with this plan's, and the accuracy drop."""
-        ratio = speedup(baseline_ns, samples_ns)
+    def with_speedup(
+        self, baseline_ns: np.ndarray, samples_ns: np.ndarray, accuracy_drop: float, block: int = 1
+    ) -> ResultRow:
+        """The speedup against fp32 samples interleaved with this plan's (``block`` samples per
+        block round), and the accuracy drop."""
+        ratio = speedup(baseline_ns, samples_ns, block)
         return replace(
             self,
             speedup=ratio.ratio,

@@ -37,6 +37,6 @@ def time_against_baseline(
     samples = evaluator.time(runners, protocol)
     timings = {}
     for key in runners:
-        ratio = speedup(samples[FP32], samples[key])
+        ratio = speedup(samples[FP32], samples[key], getattr(samples, "block", 1))
         timings[key] = Timing(reference_ms / ratio.ratio, ratio.ratio, ratio.ci_low, ratio.ci_high)
     return timings
