@@ -416,6 +416,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"budget: drop <= {settings.max_drop:g} ({metric.name}){memory}:"
     )
     print(ranked(latest_per_plan(mine)).to_string(index=False))
+    if result.race is not None:
+        print("\nhead to head (the plans that could still win, timed in the same rounds):")
+        print(result.race.to_string(index=False))
     for note in result.notes:
         print(f"note: {note}")
     if result.winner is None:
@@ -427,10 +430,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
         print("\nwhere the winner's time goes (kept nodes of the stored profile):")
         print(render(profile_from_json(w.profile), profile_from_json(result.baseline.profile)))
+    s = result.winner_speedup
     print(
-        f"\nwinner {w.plan_name}: {w.median_ms:.3f} ms, {w.speedup:.2f}× vs fp32 "
-        f"(95% CI {w.speedup_ci_low:.2f}–{w.speedup_ci_high:.2f}), drop {w.accuracy_drop:+.4f}; "
-        f"plan and model in {result.output_dir}"
+        f"\nwinner {w.plan_name}: {s.ratio:.2f}× vs fp32 (95% CI {s.ci_low:.2f}–{s.ci_high:.2f}), "
+        f"{w.median_ms:.3f} ms, drop {w.accuracy_drop:+.4f}; plan and model in {result.output_dir}"
     )
     print(f"chosen per layer kind: {role_summary_text(model, PrecisionPlan.from_json(w.plan))}")
     return 0

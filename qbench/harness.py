@@ -116,7 +116,8 @@ class Evaluator(Protocol):
 class Harness:
     """The fp32 baseline, its reference outputs and the calibrations of one model on one backend.
 
-    Construction validates the inputs (labels, batch) and builds and loads the baseline; if the
+    Construction validates the inputs (labels, batch) and builds and loads the baseline (and,
+    unless ``score`` is off, computes its reference outputs and accuracy); if the
     baseline cannot be built or run, ``baseline_error`` says why (``bench`` records that as a
     failed row) and ``require_baseline()`` raises. Call ``close()`` when done; not thread-safe.
     """
@@ -135,6 +136,7 @@ class Harness:
         batch_size: int = 1,
         quick_samples: int = 512,
         workload: Workload = BATCH,
+        score: bool = True,
     ) -> None:
         self.backend, self.model, self.metric, self.machine = backend, model, metric, machine
         self.threads, self.workdir = threads, workdir
@@ -164,6 +166,8 @@ class Harness:
         self.baseline_accuracy = self.baseline_quick_accuracy = float("nan")
         try:
             self.baseline = self.load(self.baseline_plan)
+            if not score:  # timing only: no reference outputs, no accuracy
+                return
             self.reference = evaluation_outputs(self.baseline.runner, evaluation_data, self.fixed_batch)
         except Exception as exc:  # an op the runtime cannot load or run: bench records a failed row
             self.baseline_error = describe(exc)

@@ -15,7 +15,7 @@ import pandas as pd
 from qbench.bench import BenchSettings, run_bench
 from qbench.data import Dataset
 from qbench.errors import QbenchError
-from qbench.harness import Harness
+from qbench.harness import Harness, Loaded
 from qbench.machine import Machine
 from qbench.measure import Protocol
 from qbench.metrics import Metric
@@ -23,6 +23,7 @@ from qbench.model import OnnxModel
 from qbench.plan import WEIGHT_ONLY_BITS, PlanOptions, PrecisionPlan, recipe_plan
 from qbench.report.tables import markdown_table
 from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
+from qbench.search._select import select
 from qbench.search._space import SearchSpace, build_space
 from qbench.search._study import (
     StudySettings,
@@ -34,6 +35,7 @@ from qbench.search._study import (
     trial_plan,
     trial_summary,
 )
+from qbench.statistics import Speedup
 from qbench.store import Leaderboard, ResultRow
 from qbench.workload import BATCH, Workload
 
@@ -104,6 +106,8 @@ class TuneResult:
     trials: str  # what the study holds: plans measured, repeats reused, failures
     notes: list[str] = field(default_factory=list)
     output_dir: pathlib.Path | None = None
+    winner_speedup: Speedup | None = None  # against fp32, paired (the head-to-head race when there was one)
+    race: pd.DataFrame | None = None  # the final head-to-head table, if plans were raced
 
 
 def default_study_name(
@@ -239,6 +243,17 @@ def tune(
         f"final selection: {len(finalists)} tuned and {len(uniform)} uniform plans against fp32 "
         f"on {len(holdout_data)} held-out samples"
     )
+    harness_args = dict(
+        backend=backend,
+        model=model,
+        calibration_data=calibration_data,
+        evaluation_data=holdout_data,
+        metric=metric,
+        machine=machine,
+        threads=threads,
+        workdir=workdir,
+        workload=workload,
+    )
     rows = run_bench(
         model=model,
         calibration_data=calibration_data,
@@ -261,48 +276,31 @@ def tune(
         small = settings.max_mb is None or (r.artifact_bytes or 0) / 1e6 <= settings.max_mb
         return r.ok and r.accuracy_drop <= settings.max_drop and small
 
-    within = sorted((r for r in candidates if fits(r)), key=lambda r: r.median_ms)
-    winner = within[0] if within else None
-    best_uniform = next((r for r in within if r.plan_name.startswith("uniform-")), None)
-    if winner is not None and best_uniform is not None and winner is not best_uniform:
-        notes.append(
-            f"{winner.plan_name} vs the fastest uniform plan within the budget ({best_uniform.plan_name}): "
-            f"{best_uniform.median_ms / winner.median_ms:.2f}×"
-        )
+    within = [r for r in candidates if fits(r)]
+    with _HeadToHead(harness_args, final_protocol, progress) as race:
+        selection = select(within, race.time if baseline.ok else None)
+    notes += selection.notes
+    winner, speed = selection.winner, selection.winner_speedup
     if winner is not None and winner is native_row:
         # The floor: a tuned plan slower than the runtime's own int8 within the budget is never returned.
         notes.append(
-            "native-int8 met the budget on held-out data and was faster than every tuned plan; "
+            "native-int8 met the budget on held-out data and no tuned plan was faster; "
             "returning it (the tuner's space did not beat the runtime's own quantization here)"
         )
-    elif native_row is not None and native_row.ok:
-        word = "within" if native_row.accuracy_drop <= settings.max_drop else "outside"
-        against = (
-            f"{winner.plan_name} vs native-int8: {native_row.median_ms / winner.median_ms:.2f}× "
-            if winner is not None
-            else "native-int8: "
-        )
+    elif native_row is not None and native_row.ok and native_row.accuracy_drop > settings.max_drop:
         notes.append(
-            f"{against}(native {native_row.speedup:.2f}× fp32, drop {native_row.accuracy_drop:+.4f}, {word} the budget)"
+            f"native-int8: {native_row.speedup:.2f}× fp32, drop {native_row.accuracy_drop:+.4f}, outside the budget"
         )
-    if winner is not None and winner.speedup_ci_high < 1.0:
+    if winner is not None and speed.ci_high < 1.0:
         notes.append(
-            f"the best plan within the budget ({winner.plan_name}) is slower than fp32 "
-            f"({winner.speedup:.2f}×); keep fp32"
+            f"the best plan within the budget ({winner.plan_name}) is slower than fp32 ({speed.ratio:.2f}×); keep fp32"
         )
         winner = None
-    elif winner is not None and winner.speedup_ci_low <= 1.0:
+    elif winner is not None and speed.ci_low <= 1.0:
         notes.append(
             f"{winner.plan_name} is not measurably faster than fp32 "
-            f"(speedup {winner.speedup:.2f}×, 95% CI {winner.speedup_ci_low:.2f}–{winner.speedup_ci_high:.2f})"
+            f"(speedup {speed.ratio:.2f}×, 95% CI {speed.ci_low:.2f}–{speed.ci_high:.2f})"
         )
-    if winner is not None:
-        for other in within[1:]:
-            if other.speedup_ci_high >= winner.speedup_ci_low:
-                notes.append(
-                    f"{winner.plan_name} and {other.plan_name} are indistinguishable in latency "
-                    f"({winner.speedup:.2f}× vs {other.speedup:.2f}×, overlapping 95% intervals)"
-                )
     tuned = [r for r in candidates if r.ok and r.plan_name.startswith("tuned-")]
     for r in tuned:
         if r.accuracy_drop > settings.max_drop:
@@ -318,9 +316,41 @@ def tune(
         study_name,
         trial_summary(study),
         notes,
+        winner_speedup=speed if winner is not None else None,
+        race=selection.race,
     )
     result.output_dir = _write_outputs(result, model, backend, workdir, results_dir, calibration_data, machine)
     return result
+
+
+class _HeadToHead:
+    """Times the final contenders head to head with fp32, loading each once for all batches
+    (artifacts come from the build cache); the harness is made only if a race is needed."""
+
+    def __init__(self, harness_args: dict, protocol: Protocol, progress: Callable[[str], None]) -> None:
+        self.harness_args, self.protocol, self.progress = harness_args, protocol, progress
+        self.harness: Harness | None = None
+        self.loaded: dict[str, Loaded] = {}
+
+    def __enter__(self) -> _HeadToHead:
+        return self
+
+    def time(self, contenders: Sequence[ResultRow]):
+        if self.harness is None:
+            self.harness = Harness(**self.harness_args, score=False)
+            self.harness.require_baseline()
+        for row in contenders:
+            if row.plan_hash not in self.loaded:
+                self.loaded[row.plan_hash] = self.harness.load(PrecisionPlan.from_json(row.plan))
+        names = ", ".join(r.plan_name for r in contenders)
+        self.progress(f"race {names} head to head with fp32")
+        return self.harness.time({r.plan_hash: self.loaded[r.plan_hash].runner for r in contenders}, self.protocol)
+
+    def __exit__(self, *_exc) -> None:
+        for loaded in self.loaded.values():
+            loaded.close()
+        if self.harness is not None:
+            self.harness.close()
 
 
 def _finalists(feasible: list, front: list, max_drop: float, baseline: PrecisionPlan) -> list[PrecisionPlan]:

@@ -1,8 +1,9 @@
 """Tables of leaderboard rows, and the comparability key they and the regressions share.
 
 Only comparable rows are ranked together: same machine, backend and version, threads, batch
-size, protocol, data and metric. Each such group is its own ranked section, best first; rows
-that differ only in backend are also set side by side, fastest first.
+size, protocol, data and metric. Each such group is its own section, ranked by speedup against
+fp32 (each row's ratio to the fp32 timed in its own rounds); rows that differ only in backend
+are also set side by side, unranked, since no reference was timed with all of them.
 """
 
 from __future__ import annotations
@@ -63,8 +64,12 @@ def _realized_summary(realized: str | None) -> str:
 
 
 def _ordered(group: pd.DataFrame) -> pd.DataFrame:
-    """Ok rows fastest first, then failures."""
-    return pd.concat([group[group.status == "ok"].sort_values("median_ms"), group[group.status != "ok"]])
+    """Ok rows best first by speedup against fp32 (each row's own rounds: absolute medians of
+    different chunks or runs drift apart and never rank), then failures. Rows without a speedup
+    (their fp32 failed) follow, by median."""
+    ok = group[group.status == "ok"].assign(_speedup=lambda f: pd.to_numeric(f.speedup, errors="coerce"))
+    ok = ok.sort_values(["_speedup", "median_ms"], ascending=[False, True], na_position="last")
+    return pd.concat([ok.drop(columns="_speedup"), group[group.status != "ok"]])
 
 
 def tidy(group: pd.DataFrame, title: str) -> pd.DataFrame:
@@ -111,7 +116,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 
 def ranked(group: pd.DataFrame) -> pd.DataFrame:
-    """One comparable group as a display table: ok rows fastest first, then failures."""
+    """One comparable group as a display table: ok rows by speedup (``_ordered``), then failures."""
     ordered = _ordered(group)
     rates = tokens_per_s(ordered).to_numpy()
     rows = []
@@ -148,13 +153,15 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
 ACROSS_BACKENDS = [key for key in COMPARABLE if key not in ("backend", "backend_version")]
 ACROSS_BACKENDS_NOTE = (
     "Each backend's rows come from its own run: absolute times drift 5–25 % between processes on a "
-    "shared machine, so read `vs fastest` as approximate; speedups vs fp32 are timed interleaved within each run."
+    "shared machine, so the rows are not ranked and `median ms` is approximate across backends; "
+    "speedups vs fp32 are timed interleaved within each run."
 )
 
 
 def across_backends(latest: pd.DataFrame) -> list[tuple[pd.Series, pd.DataFrame]]:
     """For each set of rows that differ only in backend (two backends or more), the measured
-    plans of all backends, fastest first: ``(first row, display table)`` pairs."""
+    plans of all backends, by backend then speedup (not ranked across backends: no reference
+    was timed with all of them): ``(first row, display table)`` pairs."""
     ok = latest[latest.status == "ok"]
     if ok.empty:
         return []
@@ -162,14 +169,12 @@ def across_backends(latest: pd.DataFrame) -> list[tuple[pd.Series, pd.DataFrame]
     for _, rows in ok.groupby(ok[ACROSS_BACKENDS].map(str).agg("|".join, axis=1), sort=False):
         if rows.backend.nunique() < 2:
             continue
-        rows = rows.sort_values("median_ms")
-        fastest = rows.median_ms.iloc[0]
+        rows = rows.sort_values(["backend", "speedup"], ascending=[True, False])
         table = pd.DataFrame(
             {
                 "backend": rows.backend + " " + rows.backend_version.astype(str),
                 "plan": rows.plan_name,
                 "median ms": rows.median_ms.map(lambda v: f"{v:.3f}"),
-                "vs fastest": (rows.median_ms / fastest).map(lambda v: f"{v:.2f}×"),
                 "speedup vs own fp32": rows.speedup.map(lambda v: _fmt(v, ".2f") + "×" if pd.notna(v) else ""),
                 rows.metric.iloc[0] or "accuracy": rows.accuracy.map(lambda v: _fmt(v, ".4f")),
                 "low-precision layers": rows.realized.map(_realized_summary),

@@ -27,7 +27,7 @@ class Group:
 
 @dataclass(frozen=True)
 class AcrossBackends:
-    """Rows that differ only in backend, fastest first."""
+    """Rows that differ only in backend, side by side (not ranked)."""
 
     title: str
     display: pd.DataFrame

@@ -1,0 +1,161 @@
+"""The tuner's final selection: which plan within the budget is fastest, decided by paired data.
+
+Two plans are compared one way only (the rule every ranking and note follows):
+
+- timed in the same block rounds: the median of their per-block ratios (``statistics.speedup``);
+- otherwise each one's speedup against fp32 timed in its own rounds, divided, with both
+  intervals carried (``relative``). Never by absolute medians of different chunks: two chunks
+  of one run drifted 20 % apart on a busy 2-core machine, and the tuner returned a plan its own
+  table showed 10-14 % slower than another within the budget.
+
+The plans that could still win (their interval against the leader's includes 1) are raced head
+to head in one set of rounds with fp32: batches of the protocol until the leader's paired ratio
+against each rival excludes 1, or ``MAX_BATCHES``. "Indistinguishable" is said only where the
+paired interval includes 1. Timing is a callable, so the logic is tested with fake timings.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from qbench.harness import FP32
+from qbench.statistics import Speedup, block_ratios, median_with_ci
+from qbench.store import ResultRow
+
+#: Most plans raced at once (the fp32 session comes on top): memory stays bounded as in bench.
+MAX_RACED = 4
+MAX_BATCHES = 3
+NATIVE = "native-int8"
+
+TimeBatch = Callable[[Sequence[ResultRow]], Mapping[str, np.ndarray]]
+
+
+def row_speedup(row: ResultRow) -> Speedup:
+    return Speedup(row.speedup, row.speedup_ci_low, row.speedup_ci_high)
+
+
+def _half_width(s: Speedup) -> float:
+    """The wider side of a speedup's interval, in log space."""
+    if not (s.ci_low > 0 and s.ratio > 0):
+        return math.inf
+    return max(math.log(s.ci_high / s.ratio), math.log(s.ratio / s.ci_low))
+
+
+def relative(a: Speedup, b: Speedup) -> Speedup:
+    """How much faster plan a is than plan b (above 1: a is faster) from each one's speedup
+    against a reference timed in its own rounds; the two log-interval widths add in quadrature."""
+    ratio = a.ratio / b.ratio
+    width = math.hypot(_half_width(a), _half_width(b))
+    if math.isinf(width):
+        return Speedup(ratio, 0.0, math.inf)
+    return Speedup(ratio, ratio * math.exp(-width), ratio * math.exp(width))
+
+
+def by_speedup(rows: Sequence[ResultRow]) -> list[ResultRow]:
+    """Best first by speedup against fp32 (each row's own rounds), never by absolute medians."""
+    return sorted(rows, key=lambda r: -(r.speedup if r.speedup is not None else -math.inf))
+
+
+@dataclass
+class Race:
+    """Batches of samples of the raced plans and fp32, each batch timed in one set of rounds."""
+
+    batches: list[Mapping[str, np.ndarray]] = field(default_factory=list)
+
+    def faster(self, fast: str, slow: str) -> Speedup:
+        """How much faster ``fast`` is than ``slow``: slow / fast per block round, pooled."""
+        ratios = [block_ratios(b[slow], b[fast], getattr(b, "block", 1)) for b in self.batches]
+        return Speedup(*median_with_ci(np.concatenate(ratios)))
+
+    def vs_fp32(self, key: str) -> Speedup:
+        return self.faster(key, FP32)
+
+
+@dataclass
+class Selection:
+    winner: ResultRow | None
+    ranked: list[ResultRow]  # within the budget, best first by the paired data
+    winner_speedup: Speedup | None = None  # against fp32, from the race when there was one
+    race: pd.DataFrame | None = None  # the head-to-head table
+    notes: list[str] = field(default_factory=list)
+
+
+def _fmt(s: Speedup) -> str:
+    return f"{s.ratio:.3f}× ({s.ci_low:.3f}–{s.ci_high:.3f})"
+
+
+def select(within: Sequence[ResultRow], time_batch: TimeBatch | None) -> Selection:
+    """The fastest plan of ``within`` (rows that met every budget on held-out data). Plans that
+    could still beat the leader are raced by ``time_batch`` (samples per plan hash and ``FP32``)."""
+    ranked = by_speedup([r for r in within if r.speedup is not None])
+    if not ranked:
+        return Selection(None, [])
+    leader = ranked[0]
+    contenders = [leader] + [r for r in ranked[1:] if relative(row_speedup(leader), row_speedup(r)).ci_low <= 1.0]
+    contenders = contenders[:MAX_RACED]
+    native = next((r for r in ranked if r.plan_name == NATIVE), None)
+    if native is not None and native not in contenders and len(contenders) > 1:
+        contenders.append(native)  # the floor is decided by paired data too
+    if len(contenders) < 2 or time_batch is None:
+        return Selection(leader, ranked, row_speedup(leader), notes=_notes(leader, ranked, None))
+    race = Race()
+    for _ in range(MAX_BATCHES):
+        race.batches.append(time_batch(contenders))
+        order = sorted(contenders, key=lambda r: -race.vs_fp32(r.plan_hash).ratio)
+        leader = order[0]
+        for rival in order[1:]:  # the leader by speedup vs fp32, unless a rival beats it head to head
+            if race.faster(leader.plan_hash, rival.plan_hash).ci_high < 1.0:
+                leader = rival
+        order = [leader] + [r for r in order if r is not leader]
+        if all(race.faster(leader.plan_hash, r.plan_hash).ci_low > 1.0 for r in order[1:]):
+            break
+    raced = {r.plan_hash for r in order}
+    ranked = order + [r for r in ranked if r.plan_hash not in raced]
+    table = pd.DataFrame(
+        [
+            {
+                "plan": r.plan_name,
+                "speedup vs fp32 (95% CI)": _fmt(race.vs_fp32(r.plan_hash)),
+                "winner faster by (95% CI)": "" if r is leader else _fmt(race.faster(leader.plan_hash, r.plan_hash)),
+                "verdict": "winner" if r is leader else _verdict(race.faster(leader.plan_hash, r.plan_hash)),
+            }
+            for r in order
+        ]
+    )
+    notes = [
+        f"raced head to head in one set of rounds ({len(race.batches)} batch(es), paired by block): "
+        + ", ".join(r.plan_name for r in order)
+    ]
+    return Selection(leader, ranked, race.vs_fp32(leader.plan_hash), table, notes + _notes(leader, ranked, race))
+
+
+def _verdict(s: Speedup) -> str:
+    if s.ci_low > 1.0:
+        return "slower"
+    if s.ci_high < 1.0:  # the leader by its speedup vs fp32, yet slower head to head: say so
+        return "faster than the winner"
+    return "indistinguishable (paired CI includes 1)"
+
+
+def _notes(winner: ResultRow, ranked: list[ResultRow], race: Race | None) -> list[str]:
+    """The winner against the best uniform plan and native int8, by the one comparison rule."""
+    notes = []
+    for other in (
+        next((r for r in ranked if r.plan_name.startswith("uniform-")), None),
+        next((r for r in ranked if r.plan_name == NATIVE), None),
+    ):
+        if other is None or other is winner:
+            continue
+        raced = race is not None and all(b.get(other.plan_hash) is not None for b in race.batches)
+        if raced:
+            s, how = race.faster(winner.plan_hash, other.plan_hash), "paired, same rounds"
+        else:
+            s, how = relative(row_speedup(winner), row_speedup(other)), "each against fp32 in its own rounds"
+        word = "" if s.ci_low > 1.0 else "; indistinguishable" if s.ci_high >= 1.0 else "; SLOWER"
+        notes.append(f"{winner.plan_name} vs {other.plan_name}: {_fmt(s)} ({how}{word})")
+    return notes

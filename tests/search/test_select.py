@@ -1,0 +1,123 @@
+"""The final selection and ranking rule, on fake rows and fake timings whose chunks drift."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from qbench.harness import FP32
+from qbench.measure import Samples
+from qbench.report.tables import ranked
+from qbench.search._select import by_speedup, relative, row_speedup, select
+from qbench.statistics import Speedup
+from qbench.store import ResultRow
+
+FP32_MS = 2.0
+TRUE_MS = {"uniform-int8": 1.00, "tuned-t3": 0.80, "native-int8": 0.90}  # tuned-t3 is the fastest
+#: The machine ran 30 % slower while the second chunk was timed.
+CHUNK_DRIFT = {"uniform-int8": 1.0, "native-int8": 1.0, "tuned-t3": 1.3}
+
+
+def _row(name: str, ms: float, drift: float, width: float = 0.02) -> ResultRow:
+    ratio = FP32_MS / ms  # fp32 in the same chunk drifted alike, so the speedup is right
+    return ResultRow(
+        run_id="r",
+        kind="tune",
+        status="ok",
+        machine_hash="m",
+        qbench_version="0",
+        model_name="m",
+        model_hash="h",
+        plan_name=name,
+        plan_hash=name,
+        plan="{}",
+        backend="onnxruntime",
+        median_ms=ms * drift,  # the absolute median carries its chunk's drift
+        speedup=ratio,
+        speedup_ci_low=ratio * (1 - width),
+        speedup_ci_high=ratio * (1 + width),
+        accuracy_drop=0.0,
+    )
+
+
+def _rows(width: float = 0.02) -> list[ResultRow]:
+    return [_row(name, ms, CHUNK_DRIFT[name], width) for name, ms in TRUE_MS.items()]
+
+
+def fake_race(true_ms: dict[str, float], block: int = 10, rounds: int = 12, seed: int = 0):
+    """A timing callable: samples in block rounds, each round on a differently loaded machine."""
+    rng = np.random.default_rng(seed)
+    calls = []
+
+    def time_batch(contenders):
+        calls.append([r.plan_name for r in contenders])
+        load = np.repeat(rng.uniform(1.0, 1.3, rounds), block)
+        keys = {FP32: FP32_MS, **{r.plan_hash: true_ms[r.plan_name] for r in contenders}}
+        return Samples(
+            {k: (ms * 1e6 * load * rng.normal(1, 0.01, load.size)).astype(np.int64) for k, ms in keys.items()}, block
+        )
+
+    return time_batch, calls
+
+
+def test_absolute_medians_of_drifting_chunks_pick_the_wrong_plan():
+    """What the tuner did before: the lowest median within the budget, mixing chunks."""
+    assert min(_rows(), key=lambda r: r.median_ms).plan_name == "native-int8"  # not tuned-t3
+
+
+def test_the_true_fastest_plan_wins_and_ranks_first_despite_30_percent_chunk_drift():
+    time_batch, calls = fake_race(TRUE_MS)
+    selection = select(_rows(), time_batch)
+    assert selection.winner.plan_name == "tuned-t3"
+    assert [r.plan_name for r in selection.ranked] == ["tuned-t3", "native-int8", "uniform-int8"]
+    assert calls == []  # the intervals decided: nothing to race
+    assert any("tuned-t3 vs native-int8: 1.125×" in n and "own rounds" in n for n in selection.notes)
+
+
+def test_ranked_tables_order_by_speedup_not_by_absolute_median():
+    import pandas as pd
+
+    frame = pd.DataFrame([r.__dict__ for r in _rows()]).assign(
+        realized=None, ci_low_ms=0.0, ci_high_ms=0.0, p90_ms=0.0, solo_median_ms=None, metric="top1",
+        accuracy=0.9, artifact_bytes=1e6, noisy=False, workload="batch", batch_size=1, error=None,
+    )
+    assert list(ranked(frame).plan) == ["tuned-t3", "native-int8", "uniform-int8"]
+
+
+def test_close_contenders_are_raced_and_the_paired_data_decides():
+    close = {"uniform-int8": 1.00, "tuned-t3": 0.80, "native-int8": 0.83}
+    rows = [_row(name, ms, CHUNK_DRIFT[name], width=0.05) for name, ms in close.items()]
+    time_batch, calls = fake_race(close)
+    selection = select(rows, time_batch)
+    assert calls and set(calls[0]) >= {"tuned-t3", "native-int8"}
+    assert selection.winner.plan_name == "tuned-t3"
+    verdicts = dict(zip(selection.race.plan, selection.race.verdict, strict=True))
+    assert verdicts["tuned-t3"] == "winner" and verdicts["native-int8"] == "slower"
+    assert selection.winner_speedup.ratio == pytest.approx(FP32_MS / 0.80, rel=0.02)
+
+
+def test_a_tie_is_raced_to_the_cap_and_called_indistinguishable():
+    tie = {"uniform-int8": 1.00, "tuned-t3": 0.85, "native-int8": 0.85}
+    rows = [_row(name, ms, CHUNK_DRIFT[name], width=0.05) for name, ms in tie.items()]
+    time_batch, calls = fake_race(tie)
+    selection = select(rows, time_batch)
+    assert len(calls) == 3  # MAX_BATCHES: the paired interval never excluded 1
+    loser = [v for p, v in zip(selection.race.plan, selection.race.verdict, strict=True) if v != "winner"]
+    assert any(v.startswith("indistinguishable") for v in loser)
+    assert any("indistinguishable" in n for n in selection.notes)
+
+
+def test_the_leader_by_speedup_loses_to_a_rival_that_beats_it_head_to_head():
+    """Chunk speedups put uniform-int8 first, but head to head tuned-t3 is faster: it wins."""
+    rows = [_row("uniform-int8", 0.78, 1.0, 0.05), _row("tuned-t3", 0.80, 1.0, 0.05)]
+    time_batch, _ = fake_race({"uniform-int8": 0.90, "tuned-t3": 0.80})
+    assert select(rows, time_batch).winner.plan_name == "tuned-t3"
+
+
+def test_relative_speedup_carries_both_intervals():
+    a, b = Speedup(2.0, 1.9, 2.1), Speedup(1.6, 1.55, 1.65)
+    r = relative(a, b)
+    assert r.ratio == pytest.approx(1.25)
+    assert r.ci_low < 1.25 * 1.9 / 2.0 * 1.0 + 1e-9 and r.ci_high > 1.25 * 2.1 / 2.0
+    assert by_speedup([_row("x", 1.0, 1.0), _row("y", 0.5, 2.0)])[0].plan_name == "y"
+    assert row_speedup(_row("x", 1.0, 1.0)).ratio == pytest.approx(2.0)
