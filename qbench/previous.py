@@ -6,7 +6,9 @@ So a nightly worker loads, beside each of tonight's plans, the artifact the prev
 job measured (from the build cache by its key, or rebuilt from the stored plan when the cache
 lost it) with the previous run's thread count, and times the two alone, interleaved: the
 change is a paired ratio under identical conditions (unchanged nights: within 2.2 % on the
-EPYC). Where that cannot reproduce the previous run (another runtime version, workload, batch
+EPYC). Tonight's plan is also timed against itself in the same rounds: when that A/A ratio moves
+by more than half the threshold, the machine is too unstable to decide and the verdict is
+withheld, not flagged or passed (``unstable``). Where that cannot reproduce the previous run (another runtime version, workload, batch
 or session settings; the artifact and its model file both gone; a backend whose sessions of
 one artifact time differently, ``Backend.sessions_differ``) the row says why, and the report
 falls back to medians normalized by the reference workload (``qbench.reference``).
@@ -36,6 +38,8 @@ NORMALIZED = "normalized by reference"
 RAW = "raw medians"
 #: The previous artifact's key in the pair's interleaved calls.
 PREVIOUS = "previous"
+#: Tonight's session timed a second time in the same rounds (the A/A check).
+AGAIN = "again"
 
 
 @dataclass
@@ -67,9 +71,14 @@ class Partner:
             self.close()
 
     def comparison(
-        self, before_ns: np.ndarray | None = None, after_ns: np.ndarray | None = None, block: int = 1
+        self,
+        before_ns: np.ndarray | None = None,
+        after_ns: np.ndarray | None = None,
+        block: int = 1,
+        again_ns: np.ndarray | None = None,
     ) -> dict[str, Any]:
-        """What the row stores: the in-process change when both were timed, else why not."""
+        """What the row stores: the in-process change when both were timed, else why not; with
+        ``again_ns`` (tonight's plan timed again in the same rounds) the A/A change beside it."""
         record: dict[str, Any] = {"previous_id": int(self.row["id"]), "previous_run": str(self.row["run_id"])}
         if self.why_not is not None or before_ns is None or after_ns is None:
             return {**record, "method": None, "why_not": self.why_not or "not timed"}
@@ -84,6 +93,7 @@ class Partner:
             "ci_high": change.ci_high,
             "p": change.p,
             "rebuilt": self.rebuilt,
+            **(_aa(after_ns, again_ns, block) if again_ns is not None else {}),
         }
 
     @property
@@ -128,6 +138,25 @@ def find_partner(
         elif partner.artifact is None:
             partner.why_not = "the previous artifact left the cache and its model file changed since"
     return partner
+
+
+def _aa(first_ns: np.ndarray, again_ns: np.ndarray, block: int) -> dict[str, float]:
+    change = latency_change(first_ns, again_ns, paired=True, block=block)
+    return {"aa_ratio": change.ratio, "aa_ci_low": change.ci_low, "aa_ci_high": change.ci_high}
+
+
+def unstable(comparison: Mapping[str, Any], threshold: float) -> str | None:
+    """Why this A/B cannot decide a change of ``threshold``, or None: the same session timed
+    against itself in the same rounds (A/A) moved by more than half the threshold, or the A/B
+    interval is wider than the threshold. A plan against itself under load (load average 9-11
+    on 2 cores) once measured +19 % by raw samples."""
+    if "aa_ratio" in comparison:
+        low, high = comparison["aa_ci_low"], comparison["aa_ci_high"]
+        if max(1.0 - low, high - 1.0) > threshold / 2:
+            return f"A/A {comparison['aa_ratio']:.3f} (95% CI {low:.3f}–{high:.3f}) exceeds ±{threshold / 2:.1%}"
+    if comparison["ci_high"] / comparison["ci_low"] - 1.0 > threshold:
+        return f"A/B interval {comparison['ci_low']:.3f}–{comparison['ci_high']:.3f} is wider than {threshold:.0%}"
+    return None
 
 
 def _json(value: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from qbench.profile import display_table, flag_summary
-from qbench.report.regressions import METHODS_NOTE
+from qbench.report.regressions import METHODS_NOTE, WITHHELD
 from qbench.report.tables import ACROSS_BACKENDS_NOTE
 from qbench.report.view import ModelSection, Report
 
@@ -30,7 +30,7 @@ h3 { margin-top: 1.8rem; } .meta { color: #666; }
 table { border-collapse: collapse; margin: 0.6rem 0 1rem; font-size: 13px; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: right; } th { background: #f4f4f4; }
 td:first-child, th:first-child { text-align: left; }
-.regression { background: #fdecea; } .improvement { background: #e9f7ef; }
+.regression { background: #fdecea; } .improvement { background: #e9f7ef; } .withheld { background: #fff8e1; }
 .ok { color: #1b7f3b; } .bad { color: #b3261e; font-weight: 600; }
 .charts { display: flex; flex-wrap: wrap; gap: 1rem; } .charts svg { max-width: 100%; height: auto; }
 .note { color: #555; font-size: 13px; }
@@ -118,7 +118,10 @@ def _regressions(changes: pd.DataFrame) -> str:
     if changes.empty:
         return '<p class="ok">No significant change against the previous run of any job.</p>'
     shown = changes.drop(columns=[c for c in ("before_run", "after_run") if c in changes.columns])
-    classes = ["regression" if r else "improvement" for r in changes.regression]
+    classes = [
+        "regression" if r else "withheld" if v.startswith(WITHHELD) else "improvement"
+        for r, v in zip(changes.regression, changes.verdict, strict=True)
+    ]
     regressed = int(changes.regression.sum())
     lead = f'<p class="bad">{regressed} regression(s)</p>' if regressed else '<p class="ok">No regression.</p>'
     p_text = shown.p.map(lambda p: "" if pd.isna(p) else f"{p:.1e}" if p > 0 else "< 1e-300")  # underflow: 0.0

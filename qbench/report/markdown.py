@@ -7,6 +7,7 @@ import pathlib
 
 import pandas as pd
 
+from qbench.report.regressions import WITHHELD
 from qbench.report.tables import ACROSS_BACKENDS_NOTE, markdown_table
 from qbench.report.view import ModelSection, Report
 
@@ -70,5 +71,7 @@ def leaderboard_text(report: Report) -> str:
 
 def changes_text(changes: pd.DataFrame) -> str:
     regressed = int(changes.regression.sum())
+    withheld = int(changes.verdict.str.startswith(WITHHELD).sum())
     shown = changes.drop(columns=["before_run", "after_run"]).to_string(index=False)
-    return f"\n{len(changes)} change(s), {regressed} regression(s):\n{shown}"
+    held = f", {withheld} withheld (machine unstable: rerun on a quiet machine)" if withheld else ""
+    return f"\n{len(changes)} change(s), {regressed} regression(s){held}:\n{shown}"

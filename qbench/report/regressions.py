@@ -14,6 +14,10 @@ Latency is compared by the best method the rows allow, and the change says which
    with their plans; each median is divided by it, so drift of the whole machine cancels.
 3. ``raw medians``: rows from before either existed, or ad-hoc runs.
 
+An in-process A/B also times tonight's plan against itself (A/A); when the machine was too
+unstable for that to hold within half the threshold, the job gets a row whose verdict is
+"withheld: machine unstable" whatever the A/B said: neither flagged nor silently passed.
+
 A latency change counts when the ratio (after / before) is beyond the threshold, its 95 %
 bootstrap interval excludes 1 (no change), and a two-sided Mann–Whitney test on the samples
 (scaled by the reference for method 2) has p < ``ALPHA``. Accuracy counts when it moves by more
@@ -26,7 +30,7 @@ import json
 
 import pandas as pd
 
-from qbench.previous import IN_PROCESS, NORMALIZED, RAW
+from qbench.previous import IN_PROCESS, NORMALIZED, RAW, unstable
 from qbench.report.tables import COMPARABLE
 from qbench.statistics import Change, latency_change
 from qbench.store import samples_from_bytes
@@ -35,6 +39,7 @@ from qbench.store import samples_from_bytes
 JOB = [key for key in COMPARABLE if key != "backend_version"] + ["plan_hash", "kind"]
 SUITE_JOB = ["machine_hash", "job", "plan_name", "kind"]
 ALPHA = 0.01
+WITHHELD = "withheld: machine unstable"
 METHODS_NOTE = (
     "Latency is compared by in-process A/B (tonight's worker timed the previous run's artifact and its own, "
     "interleaved) where it can be, else by medians normalized by the reference workload timed with "
@@ -64,10 +69,10 @@ def find_changes(
             "before_run": before.run_id,
             "after_run": after.run_id,
         }
-        method, change, before_ms, after_ms, note = _latency_change(before, after, threshold)
+        method, change, before_ms, after_ms, note, shaky = _latency_change(before, after, threshold)
         slower = change.ratio - 1.0 > threshold and change.ci_low > 1.0
         faster = 1.0 - change.ratio > threshold and change.ci_high < 1.0
-        if (slower or faster) and change.p < alpha:
+        if shaky or ((slower or faster) and change.p < alpha):
             changes.append(
                 {
                     **base,
@@ -78,8 +83,9 @@ def find_changes(
                     "ratio (95% CI)": f"{change.ratio:.3f} ({change.ci_low:.3f}–{change.ci_high:.3f})",
                     "p": change.p,
                     "method": method,
+                    "verdict": f"{WITHHELD}: {shaky}" if shaky else "regression" if slower else "improvement",
                     "note": note,
-                    "regression": slower,
+                    "regression": bool(slower and not shaky),
                 }
             )
         if pd.notna(after.accuracy) and pd.notna(before.accuracy):
@@ -95,6 +101,7 @@ def find_changes(
                         "ratio (95% CI)": "",
                         "p": float("nan"),
                         "method": "same data",
+                        "verdict": "regression" if moved < 0 else "improvement",
                         "note": "",
                         "regression": moved < 0,
                     }
@@ -110,20 +117,26 @@ def _job_keys(frame: pd.DataFrame) -> pd.Series:
     return suite.where(frame.job.notna(), adhoc)
 
 
-def _latency_change(before: pd.Series, after: pd.Series, threshold: float) -> tuple[str, Change, float, float, str]:
-    """(method, change, before ms, after ms, note) by the best method the two rows allow; no
-    interval is computed for a ratio within ``threshold`` of 1."""
+def _latency_change(
+    before: pd.Series, after: pd.Series, threshold: float
+) -> tuple[str, Change, float, float, str, str | None]:
+    """(method, change, before ms, after ms, note, why the machine was too unstable to decide
+    or None) by the best method the two rows allow; no interval is computed for a ratio within
+    ``threshold`` of 1."""
     comparison = json.loads(after.comparison) if isinstance(after.get("comparison"), str) else {}
     if comparison.get("method") == IN_PROCESS and comparison.get("previous_id") == before.id:
         change = Change(comparison["ratio"], comparison["ci_low"], comparison["ci_high"], comparison["p"])
         note = "both timed tonight" + (", the older plan rebuilt from the store" if comparison.get("rebuilt") else "")
-        return IN_PROCESS, change, comparison["before_ms"], comparison["after_ms"], note
+        if "aa_ratio" in comparison:
+            note += f", A/A {comparison['aa_ratio']:.3f} ({comparison['aa_ci_low']:.3f}–{comparison['aa_ci_high']:.3f})"
+        shaky = unstable(comparison, threshold)
+        return IN_PROCESS, change, comparison["before_ms"], comparison["after_ms"], note, shaky
     why = comparison.get("why_not", "")
     before_ns, after_ns = samples_from_bytes(before.samples_ns), samples_from_bytes(after.samples_ns)
     if pd.notna(before.get("reference_ms")) and pd.notna(after.get("reference_ms")):
         scale = before.reference_ms / after.reference_ms
         reference = f"reference {before.reference_ms:.3f} → {after.reference_ms:.3f} ms"
         change = latency_change(before_ns, after_ns, paired=False, scale=scale, min_change=threshold)
-        return NORMALIZED, change, before.median_ms, after.median_ms, "; ".join(filter(None, [why, reference]))
+        return NORMALIZED, change, before.median_ms, after.median_ms, "; ".join(filter(None, [why, reference])), None
     change = latency_change(before_ns, after_ns, paired=False, min_change=threshold)
-    return RAW, change, before.median_ms, after.median_ms, why
+    return RAW, change, before.median_ms, after.median_ms, why, None

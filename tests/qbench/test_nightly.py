@@ -215,7 +215,8 @@ def test_rerun_is_skipped_unchanged_is_quiet_and_fewer_threads_regress(first_nig
 
     shutil.rmtree(results / "cache" / "artifacts")  # the previous plans are rebuilt from the store
     assert main(["nightly", good_suite, "--force", *only_good]) == 0  # the same job again: no regression
-    assert "regression" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "change(s)" not in out or " 0 regression(s)" in out, out  # a busy machine may withhold, never flag
     tonight = _rows(results).query("job == 'ci:digits-cnn/onnxruntime'").tail(2)
     comparisons = dict(zip(tonight.plan_name, map(json.loads, tonight.comparison), strict=True))
     assert [c["method"] for c in comparisons.values()] == ["in-process A/B"] * 2
@@ -239,13 +240,14 @@ def test_rerun_is_skipped_unchanged_is_quiet_and_fewer_threads_regress(first_nig
         if code == EXIT_REGRESSION:
             break
         rows = _rows(results).query("job == 'ci:digits-cnn/onnxruntime'").tail(2)
-        attempts.append(f"2 threads {ratio:.2f}x faster beforehand, not flagged: {list(rows.comparison)}")
+        said = "withheld (machine unstable)" if "withheld" in out else "not flagged"
+        attempts.append(f"2 threads {ratio:.2f}x faster beforehand, {said}: {list(rows.comparison)}")
         back = ["nightly", good_suite, "--force", "--no-fail-on-regression", *only_good]  # 1 -> 2: "faster"
         assert main(back) == 0  # back to 2 threads
         capsys.readouterr()
     else:
-        if all(a.endswith("not tried") for a in attempts):
-            pytest.skip(f"a busy machine, no real slowdown to inject: {attempts}")
+        if all(a.endswith("not tried") or "withheld" in a for a in attempts):
+            pytest.skip(f"a busy machine, no real slowdown to inject or the verdict withheld: {attempts}")
         pytest.fail("a night on 1 thread instead of 2 was never flagged: " + "; ".join(attempts))
     assert "2 → 1" in out and "latency" in out and "in-process A/B" in out
     assert "regression" in (results / "regressions.md").read_text()

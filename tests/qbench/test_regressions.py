@@ -137,18 +137,38 @@ def test_the_in_process_ab_decides_over_raw_medians(measured):
 
 
 @pytest.mark.parametrize(
-    ("ratio", "low", "high", "p", "flagged"),
+    ("ratio", "low", "high", "p", "verdict"),
     [
-        (1.12, 1.10, 1.14, 1e-9, True),
-        (1.12, 0.97, 1.30, 1e-9, False),  # the interval reaches "no change"
-        (1.12, 1.10, 1.14, 0.2, False),  # Mann–Whitney sees noise
-        (1.08, 1.06, 1.10, 1e-9, False),  # real, but inside the 10 % threshold
-        (0.85, 0.83, 0.87, 1e-9, True),  # faster: reported as an improvement
+        (1.12, 1.10, 1.14, 1e-9, "regression"),
+        (1.12, 0.97, 1.30, 1e-9, "withheld"),  # an interval wider than the threshold cannot decide it
+        (1.12, 1.10, 1.14, 0.2, None),  # the test sees noise
+        (1.08, 1.06, 1.10, 1e-9, None),  # real, but inside the 10 % threshold
+        (0.85, 0.83, 0.87, 1e-9, "improvement"),  # faster
     ],
 )
-def test_the_decision_rule(measured, ratio, low, high, p, flagged):
+def test_the_decision_rule(measured, ratio, low, high, p, verdict):
     _rerun(measured, run_id="after", comparison=_ab(ratio, low, high, p))
     changes = _changes(measured)
-    assert len(changes) == int(flagged)
-    if flagged:
-        assert bool(changes.regression.iloc[0]) == (ratio > 1)
+    assert len(changes) == int(verdict is not None)
+    if verdict is not None:
+        assert changes.verdict.iloc[0].startswith(verdict)
+        assert bool(changes.regression.iloc[0]) == (verdict == "regression")
+
+
+@pytest.mark.parametrize(
+    ("aa", "ab", "verdict"),
+    [
+        ((1.01, 0.995, 1.02), (1.00, 0.99, 1.01), None),  # a quiet unchanged night
+        ((1.01, 0.995, 1.02), (1.14, 1.12, 1.16), "regression"),
+        ((1.04, 0.93, 1.09), (1.00, 0.98, 1.03), "withheld"),  # unchanged, but under load: said, not passed
+        ((1.04, 0.93, 1.09), (1.14, 1.12, 1.16), "withheld"),  # a slowdown under load: withheld, not passed
+    ],
+)
+def test_a_night_whose_a_a_check_is_unstable_is_withheld_never_passed(measured, aa, ab, verdict):
+    comparison = _ab(*ab) | dict(zip(("aa_ratio", "aa_ci_low", "aa_ci_high"), aa, strict=True))
+    _rerun(measured, run_id="after", comparison=comparison)
+    changes = _changes(measured)
+    assert len(changes) == int(verdict is not None)
+    if verdict is not None:
+        assert changes.verdict.iloc[0].startswith(verdict) and "A/A" in changes.note.iloc[0]
+        assert bool(changes.regression.iloc[0]) == (verdict == "regression")
