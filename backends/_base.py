@@ -102,9 +102,6 @@ class Backend(abc.ABC):
     #: The artifact's file suffix, and the suffixes of the files built beside it.
     artifact_suffix: ClassVar[str] = ".onnx"
     companion_suffixes: ClassVar[tuple[str, ...]] = ()
-    #: Why two sessions of one artifact in one process do not time alike (so a nightly worker
-    #: cannot time the previous night's artifact beside tonight's), or None where they do.
-    sessions_differ: ClassVar[str | None] = None
 
     @abc.abstractmethod
     def probe(self) -> Availability:

@@ -146,7 +146,6 @@ class OpenVinoBackend(Backend):
     companion_suffixes = (".bin",)
     # Measured on the EPYC, OpenVINO 2026.4, mobilenet-blocks fp32, 3 compiled models of one IR
     # interleaved: 1.00 / 1.12 / 1.14 (pinning off alike); ONNX Runtime sessions: within 0.4 %.
-    sessions_differ = "OpenVINO's compiled models of one IR differ by up to 14 % within a process"
 
     def __init__(self, device: str = "CPU") -> None:
         self.device = device.upper()

@@ -2,7 +2,8 @@
 
 For every suite job and plan, each run against the run before it: the in-process A/B ratio the
 newer worker measured (previous artifact beside tonight's, same rounds), the ratio of medians
-normalized by the reference workload, and the ratio of raw medians. On unchanged reruns the
+normalized by the reference workload, and the ratio of raw medians; beside the A/B, the A/A
+ratio of two sessions of the newer plan timed in the same rounds. On unchanged reruns the
 spread of each column is the noise that method would have to stay below a threshold; the A/B
 spread should be a few percent where raw medians drift 15-24 %.
 
@@ -28,7 +29,8 @@ def pairs(frame: pd.DataFrame) -> pd.DataFrame:
         runs = runs.sort_values("id")
         for before, after in zip(runs.iloc[:-1].itertuples(), runs.iloc[1:].itertuples(), strict=True):
             comparison = json.loads(after.comparison) if isinstance(after.comparison, str) else {}
-            ab = comparison.get("ratio") if comparison.get("previous_id") == before.id else None
+            paired = comparison.get("previous_id") == before.id
+            ab = comparison.get("ratio") if paired else None
             normalized = (after.median_ms / after.reference_ms) / (before.median_ms / before.reference_ms)
             rows.append(
                 {
@@ -37,6 +39,7 @@ def pairs(frame: pd.DataFrame) -> pd.DataFrame:
                     "run": after.run_id[:8],
                     "threads": f"{before.threads}→{after.threads}",
                     "ab": ab,
+                    "aa": comparison.get("aa_ratio") if paired else None,
                     "normalized": normalized,
                     "raw": after.median_ms / before.median_ms,
                     "reference": after.reference_ms / before.reference_ms,
@@ -73,7 +76,7 @@ def main() -> None:
     with pd.option_context("display.width", 160, "display.max_rows", 500):
         print(table.to_string(index=False, float_format=lambda v: f"{v:.3f}"))
     print()
-    for column in ("ab", "normalized", "raw", "reference"):
+    for column in ("ab", "aa", "normalized", "raw", "reference"):
         print(f"{column:>10}: {spread(table[column])} over {table[column].notna().sum()} pairs")
 
 

@@ -75,7 +75,8 @@ class Protocol:
         kept = max(self.block_runs, math.ceil(self.block_seconds * 1e9 / fastest_ns))
         dropped = 0
         if self.block_warmup > 0 or self.block_warmup_seconds > 0:
-            dropped = max(1, math.ceil(kept * self.block_warmup), math.ceil(self.block_warmup_seconds * 1e9 / fastest_ns))
+            by_time = math.ceil(self.block_warmup_seconds * 1e9 / fastest_ns)
+            dropped = max(1, math.ceil(kept * self.block_warmup), by_time)
         if kept + dropped > self.max_block_runs:  # shrink both alike
             scale = self.max_block_runs / (kept + dropped)
             kept, dropped = max(1, int(kept * scale)), max(1 if dropped else 0, int(dropped * scale))
@@ -128,9 +129,10 @@ def measure_interleaved(
         raise ValueError("nothing to measure")
     start = clock()
     warm: dict[str, list[int]] = {name: [] for name in names}
-    while min(map(len, warm.values())) < max(1, protocol.warmup_count) or clock() - start < protocol.warmup_seconds * 1e9:
+    per_turn = max(1, protocol.warmup_count)
+    while min(map(len, warm.values())) < per_turn or clock() - start < protocol.warmup_seconds * 1e9:
         for name in names:
-            warm[name].extend(_timed(runs[name], clock) for _ in range(max(1, protocol.warmup_count)))
+            warm[name].extend(_timed(runs[name], clock) for _ in range(per_turn))
     fastest = min(float(np.median(values)) for values in warm.values())
     per_block, kept = protocol.block_shape(fastest)
     samples: dict[str, list[int]] = {name: [] for name in names}
@@ -148,9 +150,7 @@ def measure_interleaved(
         if on_round is not None:
             on_round()
         enough = (
-            rounds >= protocol.min_blocks
-            and rounds * kept >= protocol.min_count
-            and min(spent.values()) >= need_ns
+            rounds >= protocol.min_blocks and rounds * kept >= protocol.min_count and min(spent.values()) >= need_ns
         )
         if enough or clock() >= deadline:
             break

@@ -22,8 +22,8 @@ from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import WEIGHT_ONLY_BITS, PlanOptions, PrecisionPlan, recipe_plan
 from qbench.report.tables import markdown_table
-from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
 from qbench.search._select import select
+from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
 from qbench.search._space import SearchSpace, build_space
 from qbench.search._study import (
     StudySettings,

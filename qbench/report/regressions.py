@@ -14,9 +14,12 @@ Latency is compared by the best method the rows allow, and the change says which
    with their plans; each median is divided by it, so drift of the whole machine cancels.
 3. ``raw medians``: rows from before either existed, or ad-hoc runs.
 
-An in-process A/B also times tonight's plan against itself (A/A); when the machine was too
-unstable for that to hold within half the threshold, the job gets a row whose verdict is
-"withheld: machine unstable" whatever the A/B said: neither flagged nor silently passed.
+An in-process A/B also times a second session of tonight's plan against the first (A/A): the
+A/B interval is widened by how far that strayed from 1. A change is flagged only if it holds at
+the widened ends; when the widened interval still reaches past the threshold and the machine's
+noise is why (A/A band over a quarter of the threshold, or an A/B interval wider than the
+threshold), the job gets a row whose verdict is "withheld: machine unstable": neither flagged
+nor silently passed.
 
 A latency change counts when the ratio (after / before) is beyond the threshold, its 95 %
 bootstrap interval excludes 1 (no change), and a two-sided Mann–Whitney test on the samples
@@ -30,7 +33,7 @@ import json
 
 import pandas as pd
 
-from qbench.previous import IN_PROCESS, NORMALIZED, RAW, unstable
+from qbench.previous import IN_PROCESS, NORMALIZED, RAW, unstable, widened
 from qbench.report.tables import COMPARABLE
 from qbench.statistics import Change, latency_change
 from qbench.store import samples_from_bytes
@@ -72,7 +75,9 @@ def find_changes(
         method, change, before_ms, after_ms, note, shaky = _latency_change(before, after, threshold)
         slower = change.ratio - 1.0 > threshold and change.ci_low > 1.0
         faster = 1.0 - change.ratio > threshold and change.ci_high < 1.0
-        if shaky or ((slower or faster) and change.p < alpha):
+        decided = (slower or faster) and change.p < alpha
+        shaky = None if decided else shaky
+        if decided or shaky:
             changes.append(
                 {
                     **base,
@@ -85,7 +90,7 @@ def find_changes(
                     "method": method,
                     "verdict": f"{WITHHELD}: {shaky}" if shaky else "regression" if slower else "improvement",
                     "note": note,
-                    "regression": bool(slower and not shaky),
+                    "regression": bool(slower and decided),
                 }
             )
         if pd.notna(after.accuracy) and pd.notna(before.accuracy):
@@ -125,7 +130,7 @@ def _latency_change(
     ``threshold`` of 1."""
     comparison = json.loads(after.comparison) if isinstance(after.get("comparison"), str) else {}
     if comparison.get("method") == IN_PROCESS and comparison.get("previous_id") == before.id:
-        change = Change(comparison["ratio"], comparison["ci_low"], comparison["ci_high"], comparison["p"])
+        change = widened(comparison)
         note = "both timed tonight" + (", the older plan rebuilt from the store" if comparison.get("rebuilt") else "")
         if "aa_ratio" in comparison:
             note += f", A/A {comparison['aa_ratio']:.3f} ({comparison['aa_ci_low']:.3f}–{comparison['aa_ci_high']:.3f})"

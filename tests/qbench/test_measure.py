@@ -70,8 +70,15 @@ class FakeMachine:
 
 
 BLOCKS_OF_3 = Protocol(
-    warmup_count=2, warmup_seconds=0.0, min_count=7, min_seconds=0.0, block_runs=3, block_seconds=0.0,
-    block_warmup=0.5, block_warmup_seconds=0.0, min_blocks=2,
+    warmup_count=2,
+    warmup_seconds=0.0,
+    min_count=7,
+    min_seconds=0.0,
+    block_runs=3,
+    block_seconds=0.0,
+    block_warmup=0.5,
+    block_warmup_seconds=0.0,
+    min_blocks=2,
 )
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -78,8 +80,18 @@ def test_ranked_tables_order_by_speedup_not_by_absolute_median():
     import pandas as pd
 
     frame = pd.DataFrame([r.__dict__ for r in _rows()]).assign(
-        realized=None, ci_low_ms=0.0, ci_high_ms=0.0, p90_ms=0.0, solo_median_ms=None, metric="top1",
-        accuracy=0.9, artifact_bytes=1e6, noisy=False, workload="batch", batch_size=1, error=None,
+        realized=None,
+        ci_low_ms=0.0,
+        ci_high_ms=0.0,
+        p90_ms=0.0,
+        solo_median_ms=None,
+        metric="top1",
+        accuracy=0.9,
+        artifact_bytes=1e6,
+        noisy=False,
+        workload="batch",
+        batch_size=1,
+        error=None,
     )
     assert list(ranked(frame).plan) == ["tuned-t3", "native-int8", "uniform-int8"]
 
@@ -121,3 +133,41 @@ def test_relative_speedup_carries_both_intervals():
     assert r.ci_low < 1.25 * 1.9 / 2.0 * 1.0 + 1e-9 and r.ci_high > 1.25 * 2.1 / 2.0
     assert by_speedup([_row("x", 1.0, 1.0), _row("y", 0.5, 2.0)])[0].plan_name == "y"
     assert row_speedup(_row("x", 1.0, 1.0)).ratio == pytest.approx(2.0)
+
+
+def test_the_head_to_head_times_the_contenders_with_fp32_in_blocks_on_real_sessions(
+    tmp_path, demo_model, demo_calibration, demo_evaluation
+):
+    """The race's timing callable on ONNX Runtime: one set of rounds for fp32 and every
+    contender, in blocks, each contender loaded once for all batches."""
+    from qbench.backends import get_backend
+    from qbench.machine import current_machine
+    from qbench.measure import QUICK_PROTOCOL
+    from qbench.metrics import get_metric
+    from qbench.plan import PrecisionPlan
+    from qbench.search._tune import _HeadToHead
+
+    backend, machine = get_backend("onnxruntime"), current_machine()
+    layers = demo_model.layer_names()
+    plans = [
+        backend.resolve_plan(PrecisionPlan.uniform(layers, "int8", name="uniform-int8"), machine),
+        backend.resolve_plan(PrecisionPlan.uniform(layers[1:], "int8", name="tuned-t1"), machine),
+    ]
+    rows = [replace(_row(p.name, 1.0, 1.0), plan=p.to_json(), plan_hash=p.content_hash) for p in plans]
+    harness_args = dict(
+        backend=backend,
+        model=demo_model,
+        calibration_data=demo_calibration,
+        evaluation_data=demo_evaluation.take(0, 64),
+        metric=get_metric("top1", True),
+        machine=machine,
+        threads=machine.default_threads(),
+        workdir=tmp_path,
+    )
+    with _HeadToHead(harness_args, QUICK_PROTOCOL, lambda _msg: None) as race:
+        first, second = race.time(rows), race.time(rows)
+        assert len(race.loaded) == 2  # loaded once, timed twice
+    for samples in (first, second):
+        assert set(samples) == {FP32, *(p.content_hash for p in plans)} and samples.block > 1
+        assert len({len(v) for v in samples.values()}) == 1 and len(samples[FP32]) % samples.block == 0
+    assert race.harness.baseline is None  # closed on exit

@@ -16,8 +16,8 @@ from qbench.cli import main
 from qbench.plan import PrecisionPlan
 from qbench.search._select import relative
 from qbench.search._space import OPTION_PREFIX
-from qbench.statistics import Speedup
 from qbench.search._study import GRACE_SECONDS, _rdb_storage, violation
+from qbench.statistics import Speedup
 from qbench.store import Leaderboard, default_url
 from qbench.zoo import DEMO
 from tests.conftest import write_demo_subset
@@ -151,8 +151,10 @@ def test_tune_picks_a_plan_within_the_budget_that_beats_fp32(killed_and_resumed)
     winner = tune_rows[tune_rows.plan_hash == PrecisionPlan.from_dict(plan).content_hash].iloc[-1]
     assert winner.accuracy_drop <= budget
     for _, other in within.iterrows():  # no plan within the budget is measurably faster than the winner
-        versus = relative(Speedup(winner.speedup, winner.speedup_ci_low, winner.speedup_ci_high),
-                          Speedup(other.speedup, other.speedup_ci_low, other.speedup_ci_high))
+        versus = relative(
+            Speedup(winner.speedup, winner.speedup_ci_low, winner.speedup_ci_high),
+            Speedup(other.speedup, other.speedup_ci_low, other.speedup_ci_high),
+        )
         assert versus.ci_high >= 1.0 or "head to head" in stdout, (winner.plan_name, other.plan_name, versus)
     if winner.speedup_ci_low <= 1.0:  # returned, but the user is told it may be no faster
         assert "not measurably faster than fp32" in stdout
