@@ -15,6 +15,7 @@ import pytest
 
 from qbench.cli import EXIT_REGRESSION, main
 from qbench.machine import current_machine
+from qbench.previous import unstable
 from qbench.store import Leaderboard, default_url
 from qbench.zoo import DEMO
 from tests.conftest import write_demo_subset
@@ -223,7 +224,9 @@ def test_rerun_is_skipped_unchanged_is_quiet_and_fewer_threads_regress(first_nig
     # int8's previous artifact was rebuilt from the store; fp32's was back in the cache already,
     # built by tonight's harness before the previous run was looked up (same plan, same key).
     assert comparisons["int8"]["rebuilt"] and not comparisons["fp32"]["rebuilt"]
-    assert all(0.8 < c["ratio"] < 1.25 for c in comparisons.values()) and tonight.reference_ms.notna().all()
+    # Unchanged: near 1, or on a loaded machine withheld by the A/A check (never flagged, above).
+    assert all(0.8 < c["ratio"] < 1.25 or unstable(c, 0.10) for c in comparisons.values()), comparisons
+    assert tonight.reference_ms.notna().all()
 
     # The second core can be taken for seconds at a time on a shared VM (a CI night timed the
     # 2-thread plans no faster than 1 thread: 3.65 vs 3.60 ms), and then there is no slowdown to
