@@ -7,7 +7,7 @@ blocks (``qbench.measure``). Prints the winner's paired speedup over each (above
 is faster) with its 95 % interval; a row whose interval lies wholly below 1 would be a wrong
 winner.
 
-    python benchmarks/tune_winner_paired.py digits-cnn --runs 3 [--max-drop 1%] [-- extra tune args]
+    python benchmarks/tune_winner_paired.py digits-cnn --runs 3 [--max-drop 1%] [more tune options, e.g. --trials 8]
 """
 
 from __future__ import annotations
@@ -78,14 +78,14 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--max-drop", default="1%")
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per plan in the re-check")
-    parser.add_argument("tune_args", nargs="*", help="more `qbench tune` arguments (after --)")
-    args = parser.parse_args()
+    args, tune_args = parser.parse_known_args()  # the rest goes to `qbench tune`
+    tune_args = [a for a in tune_args if a != "--"]
     budget = float(args.max_drop.rstrip("%")) / (100 if args.max_drop.endswith("%") else 1)
     with tempfile.TemporaryDirectory(prefix="qbench-winner-") as tmp:
         for run in range(1, args.runs + 1):
             results = pathlib.Path(tmp) / f"run{run}"
             command = ["qbench", "tune", args.model, "--max-drop", args.max_drop, "--results-dir", str(results)]
-            out = subprocess.run([*command, "-q", *args.tune_args], capture_output=True, text=True)
+            out = subprocess.run([*command, "-q", *tune_args], capture_output=True, text=True)
             if out.returncode != 0:
                 sys.exit(f"tune failed: {out.stderr.strip().splitlines()[-1:]}")
             said = [line for line in out.stdout.splitlines() if line.startswith("winner") or "head to head" in line]
