@@ -6,9 +6,10 @@ So a nightly worker loads, beside each of tonight's plans, the artifact the prev
 job measured (from the build cache by its key, or rebuilt from the stored plan when the cache
 lost it) with the previous run's thread count, and times the two alone, in alternating blocks:
 the change is a paired ratio under identical conditions (unchanged nights: within 2.2 % on the
-EPYC). A second session of tonight's artifact is timed in the same rounds: when that A/A ratio
-moves by more than half the threshold, the machine is too unstable to decide and the verdict is
-withheld, neither flagged nor passed (``unstable``). Where the pair cannot reproduce the
+EPYC). A second session of tonight's artifact is timed in the same rounds, and the A/B interval
+is widened by how far that A/A ratio strays from 1 (``widened``); when the machine's noise leaves
+a change past the threshold possible, the verdict is withheld, neither flagged nor passed
+(``unstable``). Where the pair cannot reproduce the
 previous run (another runtime version, workload, batch or session settings; the artifact and
 its model file both gone) the row says why, and the report falls back to medians normalized by
 the reference workload (``qbench.reference``).
