@@ -84,7 +84,7 @@ class Protocol:
 
 
 QUICK_PROTOCOL = Protocol(
-    warmup_count=3, warmup_seconds=0.1, min_count=20, min_seconds=0.5, max_seconds=10.0, min_blocks=6
+    warmup_count=3, warmup_seconds=0.1, min_count=20, min_seconds=0.5, max_seconds=10.0, min_blocks=8
 )
 #: One run of each candidate at a time: the old, cache-cold method, kept to show its bias.
 ROUND_ROBIN = dict(block_runs=1, block_seconds=0.0, block_warmup=0.0, block_warmup_seconds=0.0)

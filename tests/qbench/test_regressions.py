@@ -3,6 +3,7 @@ job derived from it (slower, unchanged, less accurate), judged by `qbench report
 
 from __future__ import annotations
 
+import importlib
 import shutil
 
 import numpy as np
@@ -181,3 +182,17 @@ def test_the_a_a_check_widens_the_verdict_and_withholds_what_the_machine_cannot_
     if verdict is not None:
         assert changes.verdict.iloc[0].startswith(verdict) and "A/A" in changes.note.iloc[0]
         assert bool(changes.regression.iloc[0]) == (verdict == "regression")
+
+
+@pytest.mark.parametrize("name", ["Protocol", "QUICK_PROTOCOL"])
+def test_every_protocol_times_enough_blocks_to_reach_significance(name):
+    """A Wilcoxon test over n block ratios cannot go below p = 2 / 2**n: with too few blocks a
+    protocol could never flag a regression, however large."""
+    from qbench.statistics import latency_change
+
+    protocol = getattr(importlib.import_module("qbench.measure"), name)
+    protocol = protocol() if isinstance(protocol, type) else protocol
+    block = 4
+    before = np.full(protocol.min_blocks * block, 1e6)
+    after = before * np.repeat(1.5 + 0.01 * np.arange(protocol.min_blocks), block)
+    assert latency_change(before, after, paired=True, block=block).p < ALPHA
