@@ -8,7 +8,7 @@ pairs' ratios (fp32 / int8). Then both in this process, two ways: as qbench time
 interleaving (sessions with spinning off, one run of each at a time), and as it times now
 (sessions with the runtime's default threading, in blocks: ``qbench.measure``'s default protocol).
 
-    python benchmarks/ratio_vs_separate_processes.py [MODEL ...] [--pairs 5] [--seconds 2]
+    python benchmarks/ratio_vs_separate_processes.py [MODEL ...] [--pairs 5] [--seconds 2] [--batch 1]
 
 MODEL is a zoo name (default: digits-cnn mobilenet-blocks minilm-l6 ppocr-det).
 """
@@ -57,12 +57,12 @@ def alone_ms(artifact: pathlib.Path, feeds: pathlib.Path, seconds: float, thread
     return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip())
 
 
-def build(name: str, workdir: pathlib.Path):
+def build(name: str, workdir: pathlib.Path, batch: int = 1):
     backend, machine = get_backend("onnxruntime"), current_machine()
     files = ZOO[name].files()
     model = OnnxModel.load(files.model)
     calibration = backend.calibrate(model, load_npz(files.calibration, model), "minmax", workdir)
-    feeds = Workload.parse(ZOO[name].workload).feeds(model, load_npz(files.evaluation, model), 1)
+    feeds = Workload.parse(ZOO[name].workload).feeds(model, load_npz(files.evaluation, model), batch)
     int8 = PrecisionPlan.uniform([layer.name for layer in model.layers if "int8" in backend.precisions(layer)], "int8")
     artifacts = [
         backend.build(model, backend.resolve_plan(plan, machine), calibration, workdir)
@@ -87,15 +87,16 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5, help="alternated pairs of separate processes")
     parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per process")
     parser.add_argument("--threads", type=int, default=current_machine().default_threads())
+    parser.add_argument("--batch", type=int, default=1, help="batch size (a larger batch makes a slow model)")
     args = parser.parse_args()
-    print(f"machine: {current_machine().describe()}; {args.threads} threads")
+    print(f"machine: {current_machine().describe()}; {args.threads} threads; batch {args.batch}")
     blocks = Protocol(min_seconds=args.seconds, max_seconds=args.seconds * 5)
     rounds = dataclasses.replace(blocks, **ROUND_ROBIN)
     lines = []
     with tempfile.TemporaryDirectory(prefix="qbench-ratio-") as tmp:
         for name in args.models:
             workdir = pathlib.Path(tmp) / name
-            backend, artifacts, feeds = build(name, workdir)
+            backend, artifacts, feeds = build(name, workdir, args.batch)
             np.savez(workdir / "feeds.npz", **feeds)
             ratios, fp32_ms = [], []
             for _ in range(args.pairs):
