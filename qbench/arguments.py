@@ -171,8 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     quick_args.add_argument(
         "--quick-samples",
         type=_positive_int,
-        default=512,
-        help="samples for the quick accuracy check of each candidate (default: 512)",
+        default=256,
+        help="samples for the quick accuracy checks of sensitivity analysis (default: 256)",
     )
     sub.add_parser(
         "sensitivity",
@@ -205,6 +205,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--patience", type=_non_negative_int, default=20, help="stop after N trials without a better plan (0: never)"
     )
     tune.add_argument("--pareto", action="store_true", help="multi-objective search for the latency/accuracy front")
+    tune.add_argument(
+        "--exhaustive",
+        action="store_true",
+        help="score every trial on all the tuning data and time it in full, instead of stopping "
+        "once its answer is clear (slower; the reference the sequential decisions are checked against)",
+    )
     tune.add_argument("--holdout", type=float, default=0.4, help="share of --data kept for the final selection (0.4)")
     tune.add_argument(
         "--storage",

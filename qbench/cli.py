@@ -363,6 +363,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         pareto=args.pareto,
         seed=args.seed,
         max_mb=args.max_mb,
+        sequential=not args.exhaustive,
     )
     machine = current_machine()
     storage = args.storage or f"sqlite:///{(args.results_dir / 'tuning.db').resolve()}"
@@ -407,6 +408,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         progress_bar.close()
         board.close()
     print(f"study {result.study_name}: {result.trials} (storage {safe_url(storage)})")
+    _print_phases(result.phases)
     print(f"\nPareto front (tuning data, {len(tuning)} samples):")
     print(result.front.to_string(index=False) if not result.front.empty else "  (no timed trial)")
     mine = frame[frame.run_id == result.baseline.run_id]
@@ -437,6 +439,18 @@ def cmd_tune(args: argparse.Namespace) -> int:
     )
     print(f"chosen per layer kind: {role_summary_text(model, PrecisionPlan.from_json(w.plan))}")
     return 0
+
+
+def _print_phases(table) -> None:
+    """Where the tune's wall time went, and the search's pace."""
+    if table is None or table.empty:
+        return
+    print("\nwhere the time went (wall seconds; 'other' is the tuner's own work and waiting):")
+    print(table.to_string(index=False, na_rep=""))
+    search = table[table.stage == "search"]
+    if not search.empty and search.trials.iloc[0] > 0:
+        pace = 60 * search.trials.iloc[0] / search.total.iloc[0]
+        print(f"search pace: {pace:.1f} trials/min; whole tune {table.total.iloc[-1]:.0f} s")
 
 
 def cmd_zoo(args: argparse.Namespace) -> int:

@@ -48,6 +48,13 @@ class Dataset:
         labels = None if self.labels is None else self.labels[start:stop]
         return Dataset({k: v[start:stop] for k, v in self.inputs.items()}, labels, f"{self.source}[{start}:{stop}]")
 
+    def shuffled(self, seed: int = 0) -> Dataset:
+        """The samples in a fixed random order, so every prefix is a random subset (files are
+        often sorted by class or source)."""
+        order = np.random.default_rng(seed).permutation(len(self))
+        labels = None if self.labels is None else self.labels[order]
+        return Dataset({k: v[order] for k, v in self.inputs.items()}, labels, f"{self.source} (shuffled)")
+
     def batches(self, batch_size: int, keep_tail: bool = True) -> Iterator[dict[str, np.ndarray]]:
         """Consecutive feeds of ``batch_size`` samples, then the shorter tail unless ``keep_tail``
         is off (for models whose batch dimension is fixed)."""

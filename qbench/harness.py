@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol, TypeVar, runtime_checkable
 import numpy as np
 import psutil
 
+from qbench import phases
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, describe
 from qbench.machine import Machine
@@ -29,12 +30,17 @@ from qbench.measure import Samples, measure_interleaved
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
+from qbench.statistics import drop_bounds
 from qbench.workload import BATCH, Workload
 
 if TYPE_CHECKING:
     from qbench.backends import Artifact, Backend, Calibration, Runner
 
 EVAL_BATCH = 64
+#: A sequential accuracy check scores this many samples first, then doubles; its standard error
+#: comes from the drops of chunks of ``DROP_CHUNK`` samples.
+FIRST_LOOK = 256
+DROP_CHUNK = 64
 #: Candidate sessions loaded at once (the fp32 baseline comes on top).
 TIMING_CHUNK = 4
 FP32 = "__fp32__"
@@ -94,6 +100,18 @@ class Loaded:
         self.runner.close()
 
 
+@dataclass(frozen=True)
+class DropEstimate:
+    """An accuracy drop scored on the first ``samples`` of the evaluation set, and why scoring
+    stopped there: clearly ``over`` or clearly ``within`` the budget, or ``all`` samples scored."""
+
+    drop: float
+    samples: int
+    verdict: str
+    low: float
+    high: float
+
+
 @runtime_checkable
 class Evaluator(Protocol):
     """What the tuner needs from a harness; the tests' fake evaluator satisfies it too."""
@@ -108,9 +126,13 @@ class Evaluator(Protocol):
 
     def accuracy_drop(self, runner: Runner, quick: bool) -> float: ...
 
+    def sequential_drop(self, runner: Runner, budget: float) -> DropEstimate: ...
+
     def measure_baseline_ms(self, protocol: TimingProtocol) -> float: ...
 
-    def time(self, runners: Mapping[str, Runner], protocol: TimingProtocol) -> Mapping[str, np.ndarray]: ...
+    def time(
+        self, runners: Mapping[str, Runner], protocol: TimingProtocol, stop: Callable[[Samples], bool] | None = None
+    ) -> Mapping[str, np.ndarray]: ...
 
 
 class Harness:
@@ -168,7 +190,8 @@ class Harness:
             self.baseline = self.load(self.baseline_plan)
             if not score:  # timing only: no reference outputs, no accuracy
                 return
-            self.reference = evaluation_outputs(self.baseline.runner, evaluation_data, self.fixed_batch)
+            with phases.activity("accuracy"):
+                self.reference = evaluation_outputs(self.baseline.runner, evaluation_data, self.fixed_batch)
         except Exception as exc:  # an op the runtime cannot load or run: bench records a failed row
             self.baseline_error = describe(exc)
             self.close()
@@ -194,12 +217,17 @@ class Harness:
         return self._calibrations[method]
 
     def build(self, plan: PrecisionPlan) -> Artifact:
-        calibration = self.calibration(plan.options.calibration) if plan.needs_calibration else None
-        return self.backend.build(self.model, plan, calibration, self.workdir)
+        with phases.activity("build"):
+            calibration = self.calibration(plan.options.calibration) if plan.needs_calibration else None
+            return self.backend.build(self.model, plan, calibration, self.workdir)
 
     def load(self, plan: PrecisionPlan) -> Loaded:
         """Build and load a resolved plan and run one cold evaluation batch; the caller closes it."""
         artifact = self.build(plan)
+        with phases.activity("load"):
+            return self._load(plan, artifact)
+
+    def _load(self, plan: PrecisionPlan, artifact: Artifact) -> Loaded:
         process = psutil.Process()
         rss_before = process.memory_info().rss
         start = time.perf_counter()
@@ -235,12 +263,47 @@ class Harness:
         if self.unscorable:
             raise QbenchError(self.unscorable)
         data = self.quick_data if quick else self.evaluation_data
-        return self._score(evaluation_outputs(runner, data, self.fixed_batch), data)
+        with phases.activity("accuracy"):
+            return self._score(evaluation_outputs(runner, data, self.fixed_batch), data)
 
     def accuracy_drop(self, runner: Runner, quick: bool) -> float:
         """Drop from the fp32 baseline on the quick subset or the whole evaluation set."""
         baseline = self.baseline_quick_accuracy if quick else self.baseline_accuracy
         return self.metric.drop(baseline, self.accuracy(runner, quick))
+
+    def sequential_drop(self, runner: Runner, budget: float, first: int = FIRST_LOOK) -> DropEstimate:
+        """The drop on a growing prefix of the evaluation set (shuffle it first: ``Dataset.shuffled``),
+        doubling from ``first`` samples, stopping once the whole set's drop is clearly over or
+        within ``budget`` (``statistics.drop_bounds``). Scoring all of it gives the same drop as
+        ``accuracy_drop(quick=False)``."""
+        if self.unscorable:
+            raise QbenchError(self.unscorable)
+        data, total = self.evaluation_data, len(self.evaluation_data)
+        step = self.fixed_batch or 1
+        outputs: list[np.ndarray] = []
+        scored, look = 0, max(first, 2 * DROP_CHUNK)
+        while True:
+            stop = total if look >= total else look - look % step
+            with phases.activity("accuracy"):
+                outputs.append(evaluation_outputs(runner, data.take(scored, stop), self.fixed_batch))
+                scored = sum(len(o) for o in outputs)
+                out = np.concatenate(outputs)
+                drop = self._prefix_drop(out, 0, scored)
+                starts = range(0, scored - DROP_CHUNK + 1, DROP_CHUNK)
+                chunk_drops = np.array([self._prefix_drop(out, a, a + DROP_CHUNK) for a in starts])
+            low, high = drop_bounds(chunk_drops, drop, scored, total)
+            if stop >= total:
+                return DropEstimate(drop, scored, "all", low, high)
+            if low > budget or high <= budget:
+                return DropEstimate(drop, scored, "over" if low > budget else "within", low, high)
+            look *= 2
+
+    def _prefix_drop(self, outputs: np.ndarray, start: int, stop: int) -> float:
+        """The drop on samples ``[start, stop)`` of the evaluation set, from the plan's outputs."""
+        data = self.evaluation_data.take(start, stop)
+        reference = None if self.reference is None else self.reference[start:stop]
+        baseline = self.metric(reference, data.labels, reference)
+        return self.metric.drop(baseline, self.metric(outputs[start:stop], data.labels, reference))
 
     # -- timing --------------------------------------------------------------------------------
 
@@ -250,15 +313,17 @@ class Harness:
         protocol: TimingProtocol,
         others: Mapping[str, Callable[[], None]] = {},
         with_baseline: bool = True,
+        stop: Callable[[Samples], bool] | None = None,
     ) -> Samples:
         """Raw samples of each runner timed interleaved with the fp32 baseline (under ``FP32``);
         without a baseline (it failed to load or run, or ``with_baseline`` is off), the runners
         are timed among themselves. ``others`` are calls timed in the same rounds on their own
-        inputs (a reference workload)."""
+        inputs (a reference workload). ``stop`` may end the timing early (``measure_interleaved``)."""
         calls = {FP32: timed_call(self.baseline.runner, self.feeds)} if self.baseline and with_baseline else {}
         calls.update({key: timed_call(runner, self.feeds) for key, runner in runners.items()})
         calls.update(others)
-        return measure_interleaved(calls, protocol)
+        with phases.activity("timing"):
+            return measure_interleaved(calls, protocol, stop=stop)
 
     def solo_median_ms(self, artifact: Artifact, protocol: TimingProtocol = SOLO_PROTOCOL) -> float:
         """Median latency of ``artifact`` on a fresh session with the runtime's default threading
@@ -266,7 +331,8 @@ class Harness:
         absolute figure a user deploying it would see, with no other model's run between its own."""
         runner = self.backend.load(artifact, self.threads, shared_process=False)
         try:
-            samples = measure_interleaved({"solo": timed_call(runner, self.feeds)}, protocol)["solo"]
+            with phases.activity("timing"):
+                samples = measure_interleaved({"solo": timed_call(runner, self.feeds)}, protocol)["solo"]
         finally:
             runner.close()
         return float(np.median(samples)) / 1e6

@@ -8,13 +8,14 @@ despite drift.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from qbench.harness import FP32, Evaluator
-from qbench.measure import Protocol
-from qbench.statistics import speedup
+from qbench.measure import Protocol, Samples
+from qbench.search._select import relative
+from qbench.statistics import Speedup, speedup
 
 if TYPE_CHECKING:
     from qbench.backends import Runner
@@ -31,12 +32,31 @@ class Timing:
 
 
 def time_against_baseline(
-    evaluator: Evaluator, runners: Mapping[str, Runner], reference_ms: float, protocol: Protocol = TRIAL_PROTOCOL
+    evaluator: Evaluator,
+    runners: Mapping[str, Runner],
+    reference_ms: float,
+    protocol: Protocol = TRIAL_PROTOCOL,
+    stop: Callable[[Samples], bool] | None = None,
 ) -> dict[str, Timing]:
-    """Time loaded candidates interleaved with fp32; one Timing per candidate."""
-    samples = evaluator.time(runners, protocol)
+    """Time loaded candidates interleaved with fp32; one Timing per candidate. ``stop`` may end
+    the timing early (``measure_interleaved``)."""
+    samples = evaluator.time(runners, protocol, stop=stop)
     timings = {}
     for key in runners:
         ratio = speedup(samples[FP32], samples[key], getattr(samples, "block", 1))
         timings[key] = Timing(reference_ms / ratio.ratio, ratio.ratio, ratio.ci_low, ratio.ci_high)
     return timings
+
+
+def clearly_slower(incumbent: Speedup | None) -> Callable[[Samples], bool]:
+    """A ``stop`` for timing one candidate ("c") against fp32: true once its paired speedup is
+    clearly below 1, or clearly below the ``incumbent``'s (each against fp32 in its own rounds,
+    the uncertainty of both carried). Such a plan cannot win, so its rough figure is enough."""
+
+    def decided(samples: Samples) -> bool:
+        candidate = speedup(samples[FP32], samples["c"], samples.block)
+        if candidate.ci_high < 1.0:
+            return True
+        return incumbent is not None and relative(candidate, incumbent).ci_high < 1.0
+
+    return decided

@@ -10,8 +10,11 @@ Two plans are compared one way only (the rule every ranking and note follows):
 
 The plans that could still win (their interval against the leader's includes 1) are raced head
 to head in one set of rounds with fp32: batches of the protocol until the leader's paired ratio
-against each rival excludes 1, or ``MAX_BATCHES``. "Indistinguishable" is said only where the
-paired interval includes 1. Timing is a callable, so the logic is tested with fake timings.
+against each rival excludes 1 or lies within ``TIE`` of 1 (either pick is then as fast as the
+other, within what the ratio check against separate processes resolves), or ``MAX_BATCHES``.
+Of plans tied with the leader, the one that drops the least accuracy is chosen.
+"Indistinguishable" is said only where the paired interval includes 1. Timing is a callable, so
+the logic is tested with fake timings.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from qbench.store import ResultRow
 #: Most plans raced at once (the fp32 session comes on top): memory stays bounded as in bench.
 MAX_RACED = 4
 MAX_BATCHES = 3
+TIE = 0.02
 NATIVE = "native-int8"
 
 TimeBatch = Callable[[Sequence[ResultRow]], Mapping[str, np.ndarray]]
@@ -112,8 +116,19 @@ def select(within: Sequence[ResultRow], time_batch: TimeBatch | None) -> Selecti
             if race.faster(leader.plan_hash, rival.plan_hash).ci_high < 1.0:
                 leader = rival
         order = [leader] + [r for r in order if r is not leader]
-        if all(race.faster(leader.plan_hash, r.plan_hash).ci_low > 1.0 for r in order[1:]):
+        if all(_settled(race.faster(leader.plan_hash, r.plan_hash)) for r in order[1:]):
             break
+    notes = []
+    # Tied and not measurably slower: never trade speed the data can see for accuracy.
+    tied = [r for r in order[1:] if _tied(s := race.faster(leader.plan_hash, r.plan_hash)) and s.ci_low <= 1.0]
+    steadier = min([leader, *tied], key=lambda r: r.accuracy_drop)  # the leader, unless a tie drops less
+    if steadier is not leader:
+        notes.append(
+            f"{steadier.plan_name} is tied with {leader.plan_name} on speed (paired CI within {TIE:.0%}) "
+            f"and drops less accuracy ({steadier.accuracy_drop:+.4f} vs {leader.accuracy_drop:+.4f}): chosen"
+        )
+        leader = steadier
+        order = [leader] + [r for r in order if r is not leader]
     raced = {r.plan_hash for r in order}
     ranked = order + [r for r in ranked if r.plan_hash not in raced]
     table = pd.DataFrame(
@@ -127,11 +142,22 @@ def select(within: Sequence[ResultRow], time_batch: TimeBatch | None) -> Selecti
             for r in order
         ]
     )
-    notes = [
+    notes.insert(
+        0,
         f"raced head to head in one set of rounds ({len(race.batches)} batch(es), paired by block): "
-        + ", ".join(r.plan_name for r in order)
-    ]
+        + ", ".join(r.plan_name for r in order),
+    )
     return Selection(leader, ranked, race.vs_fp32(leader.plan_hash), table, notes + _notes(leader, ranked, race))
+
+
+def _tied(s: Speedup) -> bool:
+    """The whole paired interval within ``TIE`` of 1: either plan is as good as the other."""
+    return 1.0 / (1.0 + TIE) <= s.ci_low and s.ci_high <= 1.0 + TIE
+
+
+def _settled(s: Speedup) -> bool:
+    """The leader is clearly faster than this rival, or the two are tied: more rounds won't change the pick."""
+    return s.ci_low > 1.0 or _tied(s)
 
 
 def _verdict(s: Speedup) -> str:
@@ -139,6 +165,8 @@ def _verdict(s: Speedup) -> str:
         return "slower"
     if s.ci_high < 1.0:  # the leader by its speedup vs fp32, yet slower head to head: say so
         return "faster than the winner"
+    if _tied(s):
+        return f"tied (paired CI within {TIE:.0%} of 1)"
     return "indistinguishable (paired CI includes 1)"
 
 

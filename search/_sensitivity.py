@@ -19,9 +19,13 @@ import numpy as np
 
 from qbench.cache import atomic_cached, content_key
 from qbench.harness import TIMING_CHUNK, Harness, chunks
+from qbench.measure import Protocol
 from qbench.plan import PrecisionPlan
-from qbench.search._evaluator import TRIAL_PROTOCOL, time_against_baseline
+from qbench.search._evaluator import time_against_baseline
 from qbench.search._space import SearchSpace
+
+#: Revert costs only order the search's seeds: half the trial protocol's blocks and seconds.
+SENSITIVITY_PROTOCOL = Protocol(warmup_count=5, warmup_seconds=0.1, min_count=20, min_seconds=0.2, min_blocks=4)
 
 
 @dataclass(frozen=True)
@@ -109,7 +113,7 @@ def _measure(
         progress(f"sensitivity: group {i}/{len(groups)} {group.name}")
         drops_alone[group.name] = _quick_drop(harness, space.plan({group.name: precision}, "alone"))
         drops_without[group.name] = _quick_drop(harness, reverted[group.name])
-    fp32_ms = harness.measure_baseline_ms(TRIAL_PROTOCOL)
+    fp32_ms = harness.measure_baseline_ms(SENSITIVITY_PROTOCOL)
     revert_cost, uniform_ms = {}, []
     # Uniform low precision is in every chunk, so each revert cost compares plans timed side by side.
     names = [g.name for g in groups]
@@ -120,7 +124,9 @@ def _measure(
         try:
             for key, plan in plans.items():
                 loaded[key] = harness.load(plan)
-            timings = time_against_baseline(harness, {k: v.runner for k, v in loaded.items()}, fp32_ms)
+            timings = time_against_baseline(
+                harness, {k: v.runner for k, v in loaded.items()}, fp32_ms, SENSITIVITY_PROTOCOL
+            )
         finally:
             for entry in loaded.values():
                 entry.close()

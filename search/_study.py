@@ -23,9 +23,10 @@ from optuna.trial import FrozenTrial, TrialState
 from qbench.errors import QbenchError, describe, first_line
 from qbench.harness import Evaluator
 from qbench.plan import PrecisionPlan
-from qbench.search._evaluator import TRIAL_PROTOCOL, time_against_baseline
+from qbench.search._evaluator import TRIAL_PROTOCOL, Timing, clearly_slower, time_against_baseline
 from qbench.search._sensitivity import SensitivityReport
 from qbench.search._space import OPTION_PREFIX, SearchSpace
+from qbench.statistics import Speedup
 from qbench.store import safe_url, without_password
 
 log = logging.getLogger(__name__)
@@ -50,6 +51,9 @@ class StudySettings:
     ladder: int = 8  # seed "keep the k most sensitive groups in float" for k = 1..ladder
     seed: int = 0
     max_mb: float | None = None  # budget on the built artifact's size (weights), in MB (1e6 bytes)
+    # Decide each trial's accuracy and latency sequentially (stop once the answer is clear);
+    # off: score every trial on the whole tuning set and time it with the full trial protocol.
+    sequential: bool = True
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_drop < 1:
@@ -234,8 +238,6 @@ def trial_plan(trial: FrozenTrial) -> PrecisionPlan:
 class _Objective:
     def __init__(self, evaluator: Evaluator, space: SearchSpace, settings: StudySettings, reference_ms: float):
         self.evaluator, self.space, self.settings, self.reference_ms = evaluator, space, settings, reference_ms
-        # The quick subset is noisier than the full set; only reject on it with a clear margin.
-        self.quick_margin = max(settings.max_drop, 3.0 / len(evaluator.quick_data))
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         study = trial.study
@@ -295,6 +297,28 @@ class _Objective:
             trial.set_constraint(key, value)
         return tuple(earlier.values) if self.settings.pareto else earlier.values[0]
 
+    def _drop(self, trial: optuna.Trial, runner) -> float:
+        """The drop on the tuning data: on all of it, or (sequential) on as much as it takes to
+        tell whether the whole set's drop is within the budget."""
+        if not self.settings.sequential or self.settings.pareto:  # the Pareto front wants exact drops
+            drop = self.evaluator.accuracy_drop(runner, quick=False)
+            trial.set_user_attr("drop", drop)
+            return drop
+        estimate = self.evaluator.sequential_drop(runner, self.settings.max_drop)
+        for key in ("drop", "samples", "verdict"):
+            trial.set_user_attr(key if key == "drop" else f"drop_{key}", getattr(estimate, key))
+        return estimate.drop
+
+    def _time(self, study: optuna.Study, runner) -> Timing:
+        """Timed against fp32; sequentially, timing stops early once the plan is clearly slower
+        than fp32 or than the fastest feasible trial so far (paired, each against fp32)."""
+        stop = None
+        if self.settings.sequential:
+            best = feasible_trials(study)
+            incumbent = Speedup(best[0].user_attrs["speedup"], *best[0].user_attrs["speedup_ci"]) if best else None
+            stop = clearly_slower(incumbent)
+        return time_against_baseline(self.evaluator, {"c": runner}, self.reference_ms, stop=stop)["c"]
+
     def _result(self, latency: float, drop: float) -> float | tuple[float, float]:
         return (latency, drop) if self.settings.pareto else latency
 
@@ -311,21 +335,13 @@ class _Objective:
                 trial.set_constraint(BUDGET_CONSTRAINT, 0.0)  # not scored; every trial has both keys
                 return self._result(self.reference_ms, 1.0)
         loaded = self.evaluator.load(plan)  # the artifact just built is a cache hit
-        runner = loaded.runner
         try:
-            quick = self.evaluator.accuracy_drop(runner, quick=True)
-            trial.set_user_attr("quick_drop", quick)
-            if quick > budget + self.quick_margin:
-                trial.set_constraint(BUDGET_CONSTRAINT, quick - budget)
-                trial.set_user_attr("timed", False)
-                return self._result(self.reference_ms, quick)
-            drop = self.evaluator.accuracy_drop(runner, quick=False)
-            trial.set_user_attr("drop", drop)
+            drop = self._drop(trial, loaded.runner)
             trial.set_constraint(BUDGET_CONSTRAINT, drop - budget)
             if drop > budget and not self.settings.pareto:
                 trial.set_user_attr("timed", False)
                 return self._result(self.reference_ms, drop)
-            timing = time_against_baseline(self.evaluator, {"c": runner}, self.reference_ms)["c"]
+            timing = self._time(trial.study, loaded.runner)
         finally:
             loaded.close()
         trial.set_user_attr("timed", True)

@@ -7,22 +7,23 @@ import logging
 import pathlib
 import shutil
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING
 
 import pandas as pd
 
+from qbench import phases
 from qbench.bench import BenchSettings, run_bench
 from qbench.data import Dataset
 from qbench.errors import QbenchError
-from qbench.harness import Harness, Loaded
+from qbench.harness import FIRST_LOOK, Harness, Loaded
 from qbench.machine import Machine
 from qbench.measure import Protocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import WEIGHT_ONLY_BITS, PlanOptions, PrecisionPlan, recipe_plan
 from qbench.report.tables import markdown_table
-from qbench.search._select import select
+from qbench.search._select import relative, select
 from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
 from qbench.search._space import SearchSpace, build_space
 from qbench.search._study import (
@@ -45,6 +46,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FINAL_PROTOCOL = Protocol(warmup_count=10, warmup_seconds=0.5, min_count=100, min_seconds=3.0, max_seconds=60.0)
+#: A sequential tune screens the finalists with this much of each one's run time, and races the
+#: plans that could still win with the full protocol.
+SCREEN_SECONDS = 1.0
 MAX_FINALISTS = 5
 # Plan-wide options the tuner searches with the layers when the backend offers several values,
 # each with the precisions it changes (None: every plan): the static int8 scheme (ORT: activation
@@ -108,6 +112,7 @@ class TuneResult:
     output_dir: pathlib.Path | None = None
     winner_speedup: Speedup | None = None  # against fp32, paired (the head-to-head race when there was one)
     race: pd.DataFrame | None = None  # the final head-to-head table, if plans were raced
+    phases: pd.DataFrame | None = None  # wall seconds per stage and activity (``qbench.phases``)
 
 
 def default_study_name(
@@ -130,6 +135,7 @@ def default_study_name(
             tuning_data.content_hash,
             f"{settings.max_drop:g}",
             "pareto" if settings.pareto else "latency",
+            "sequential" if settings.sequential else "exhaustive",
             str(workload),
             f"{settings.max_mb}",
             repr([(g.layers, g.choices) for g in space.groups] + list(space.option_choices)),
@@ -164,7 +170,7 @@ def tune(
     board: Leaderboard,
     results_dir: pathlib.Path,
     options: PlanOptions | None = None,
-    quick_samples: int = 512,
+    quick_samples: int = FIRST_LOOK,
     final_protocol: Protocol = FINAL_PROTOCOL,
     profile: bool = False,
     progress: Callable[[str], None] = lambda _msg: None,
@@ -177,150 +183,183 @@ def tune(
     choice per layer or per repeated position (``grouping``; default: repeated for LLM workloads),
     timing ``workload``; then measure the finalists, each uniform plan and the runtime's own int8
     on held-out data and return the fastest within the budgets."""
-    workdir = results_dir / "cache"
-    availability = backend.probe()
-    if not availability.available:
-        raise QbenchError(f"backend {backend.name!r} is not usable here: {availability.reason}")
-    low = [p for p in dict.fromkeys(precisions or default_precisions(workload)) if p != "fp32"]
-    grouping = grouping or default_grouping(workload)
-    space = build_space(
-        model,
-        backend.precisions,
-        options or PlanOptions(),
-        allowed=("fp32", *low),
-        option_choices=searched_options(backend, machine, model, low),
-        grouping=grouping,
-    )
-    offered = [p for p in low if any(p in g.choices for g in space.groups)]
-    if not offered:
-        raise QbenchError(
-            f"{model.name} has no layer that {backend.name} can run in {' or '.join(low)}; nothing to tune "
-            "(`qbench layers` lists what each layer can take; pick others with --precisions)"
+    timer = phases.PhaseTimer()
+    with timer.running():
+        workdir = results_dir / "cache"
+        availability = backend.probe()
+        if not availability.available:
+            raise QbenchError(f"backend {backend.name!r} is not usable here: {availability.reason}")
+        low = [p for p in dict.fromkeys(precisions or default_precisions(workload)) if p != "fp32"]
+        grouping = grouping or default_grouping(workload)
+        space = build_space(
+            model,
+            backend.precisions,
+            options or PlanOptions(),
+            allowed=("fp32", *low),
+            option_choices=searched_options(backend, machine, model, low),
+            grouping=grouping,
         )
-    study_name = study_name or default_study_name(
-        model, backend, machine, metric, settings, tuning_data, space, workload
-    )
-    progress(f"study {study_name}: {len(space.groups)} layer groups, {space.size} plans in the space")
-    study, created = open_study(storage_url, study_name, settings)  # an unusable storage fails before any work
-    harness = Harness(
-        backend=backend,
-        model=model,
-        calibration_data=calibration_data,
-        evaluation_data=tuning_data,
-        metric=metric,
-        machine=machine,
-        threads=threads,
-        workdir=workdir,
-        quick_samples=quick_samples,
-        workload=workload,
-    )
-    try:
-        harness.require_baseline()
-        report = analyze_sensitivity(harness, space, offered[0], progress)
-        seed_study(study, space, report, settings.ladder, creator=created, precisions=offered)
-        progress(
-            f"search: up to {settings.n_trials} trials; uniform {offered[0]} drop {report.uniform_drop:+.4f} "
-            "(quick set)"
-        )
-        run_study(study, harness, space, settings, on_trial)
-    finally:
-        harness.close()
-    feasible = feasible_trials(study)
-    front = pareto_front(study)
-    finalists = _finalists(feasible, front, settings.max_drop, harness.resolve(PrecisionPlan(name="fp32")))
-    # Each uniform plan is measured beside the finalists (a finalist that is one takes its name),
-    # so the winner is never slower than one.
-    uniform = [harness.resolve(space.plan(space.uniform(p), f"uniform-{p}")) for p in offered]
-    known = {plan.content_hash for plan in uniform}
-    finalists = [plan for plan in finalists if plan.content_hash not in known]
-    native = _native_plan(backend, model)
-    notes = []
-    if not feasible:
-        notes.append(
-            f"no plan with low-precision layers met the budget (max drop {settings.max_drop:g}) on the tuning data"
-        )
-    progress(
-        f"final selection: {len(finalists)} tuned and {len(uniform)} uniform plans against fp32 "
-        f"on {len(holdout_data)} held-out samples"
-    )
-    harness_args = dict(
-        backend=backend,
-        model=model,
-        calibration_data=calibration_data,
-        evaluation_data=holdout_data,
-        metric=metric,
-        machine=machine,
-        threads=threads,
-        workdir=workdir,
-        workload=workload,
-    )
-    rows = run_bench(
-        model=model,
-        calibration_data=calibration_data,
-        evaluation_data=holdout_data,
-        metric=metric,
-        plans=finalists + uniform + ([native] if native else []),
-        backend=backend,
-        machine=machine,
-        board=board,
-        workdir=workdir,
-        progress=progress,
-        settings=BenchSettings(
-            threads=threads, protocol=final_protocol, kind="tune", profile=profile, workload=workload
-        ),
-    )
-    baseline, candidates = rows[0], rows[1:]
-    native_row = next((r for r in candidates if native and r.plan_hash == native.content_hash), None)
-
-    def fits(r: ResultRow) -> bool:
-        small = settings.max_mb is None or (r.artifact_bytes or 0) / 1e6 <= settings.max_mb
-        return r.ok and r.accuracy_drop <= settings.max_drop and small
-
-    within = [r for r in candidates if fits(r)]
-    with _HeadToHead(harness_args, final_protocol, progress) as race:
-        selection = select(within, race.time if baseline.ok else None)
-    notes += selection.notes
-    winner, speed = selection.winner, selection.winner_speedup
-    if winner is not None and winner is native_row:
-        # The floor: a tuned plan slower than the runtime's own int8 within the budget is never returned.
-        notes.append(
-            "native-int8 met the budget on held-out data and no tuned plan was faster; "
-            "returning it (the tuner's space did not beat the runtime's own quantization here)"
-        )
-    elif native_row is not None and native_row.ok and native_row.accuracy_drop > settings.max_drop:
-        notes.append(
-            f"native-int8: {native_row.speedup:.2f}× fp32, drop {native_row.accuracy_drop:+.4f}, outside the budget"
-        )
-    if winner is not None and speed.ci_high < 1.0:
-        notes.append(
-            f"the best plan within the budget ({winner.plan_name}) is slower than fp32 ({speed.ratio:.2f}×); keep fp32"
-        )
-        winner = None
-    elif winner is not None and speed.ci_low <= 1.0:
-        notes.append(
-            f"{winner.plan_name} is not measurably faster than fp32 "
-            f"(speedup {speed.ratio:.2f}×, 95% CI {speed.ci_low:.2f}–{speed.ci_high:.2f})"
-        )
-    tuned = [r for r in candidates if r.ok and r.plan_name.startswith("tuned-")]
-    for r in tuned:
-        if r.accuracy_drop > settings.max_drop:
-            notes.append(
-                f"{r.plan_name} met the budget while tuning but dropped {r.accuracy_drop:+.4f} on held-out data"
+        offered = [p for p in low if any(p in g.choices for g in space.groups)]
+        if not offered:
+            raise QbenchError(
+                f"{model.name} has no layer that {backend.name} can run in {' or '.join(low)}; nothing to tune "
+                "(`qbench layers` lists what each layer can take; pick others with --precisions)"
             )
-    result = TuneResult(
-        winner,
-        baseline,
-        rows,
-        _front_table(front),
-        report,
-        study_name,
-        trial_summary(study),
-        notes,
-        winner_speedup=speed if winner is not None else None,
-        race=selection.race,
-    )
-    result.output_dir = _write_outputs(result, model, backend, workdir, results_dir, calibration_data, machine)
+        # A random order makes every prefix a random subset: sensitivity's quick subset and the
+        # sequential accuracy checks score prefixes.
+        tuning_data = tuning_data.shuffled()
+        study_name = study_name or default_study_name(
+            model, backend, machine, metric, settings, tuning_data, space, workload
+        )
+        progress(f"study {study_name}: {len(space.groups)} layer groups, {space.size} plans in the space")
+        study, created = open_study(storage_url, study_name, settings)  # an unusable storage fails before any work
+        harness = Harness(
+            backend=backend,
+            model=model,
+            calibration_data=calibration_data,
+            evaluation_data=tuning_data,
+            metric=metric,
+            machine=machine,
+            threads=threads,
+            workdir=workdir,
+            quick_samples=quick_samples,
+            workload=workload,
+        )
+        try:
+            harness.require_baseline()
+            with timer.stage("sensitivity"):
+                report = analyze_sensitivity(harness, space, offered[0], progress)
+            seed_study(study, space, report, settings.ladder, creator=created, precisions=offered)
+            progress(
+                f"search: up to {settings.n_trials} trials; uniform {offered[0]} drop {report.uniform_drop:+.4f} "
+                "(quick set)"
+            )
+            with timer.stage("search"):
+                run_study(study, harness, space, settings, _counting(timer, on_trial))
+        finally:
+            harness.close()
+        feasible = feasible_trials(study)
+        front = pareto_front(study)
+        # Each uniform plan is measured beside the finalists (a finalist that is one takes its name),
+        # so the winner is never slower than one.
+        uniform = [harness.resolve(space.plan(space.uniform(p), f"uniform-{p}")) for p in offered]
+        known = {plan.content_hash for plan in uniform}
+        anchors = [t for t in front + feasible if trial_plan(t).content_hash in known]
+        finalists = _finalists(feasible, front, settings.max_drop, harness.resolve(PrecisionPlan(name="fp32")), anchors)
+        finalists = [plan for plan in finalists if plan.content_hash not in known]
+        native = _native_plan(backend, model)
+        notes = []
+        if not feasible:
+            notes.append(
+                f"no plan with low-precision layers met the budget (max drop {settings.max_drop:g}) on the tuning data"
+            )
+        progress(
+            f"final selection: {len(finalists)} tuned and {len(uniform)} uniform plans against fp32 "
+            f"on {len(holdout_data)} held-out samples"
+        )
+        harness_args = dict(
+            backend=backend,
+            model=model,
+            calibration_data=calibration_data,
+            evaluation_data=holdout_data,
+            metric=metric,
+            machine=machine,
+            threads=threads,
+            workdir=workdir,
+            workload=workload,
+        )
+        screen_protocol = final_protocol
+        if settings.sequential:
+            screen_protocol = replace(final_protocol, min_seconds=min(final_protocol.min_seconds, SCREEN_SECONDS))
+        with timer.stage("final selection"):
+            rows = run_bench(
+                model=model,
+                calibration_data=calibration_data,
+                evaluation_data=holdout_data,
+                metric=metric,
+                plans=finalists + uniform + ([native] if native else []),
+                backend=backend,
+                machine=machine,
+                board=board,
+                workdir=workdir,
+                progress=progress,
+                settings=BenchSettings(
+                    threads=threads, protocol=screen_protocol, kind="tune", profile=profile, workload=workload
+                ),
+            )
+            baseline, candidates = rows[0], rows[1:]
+            native_row = next((r for r in candidates if native and r.plan_hash == native.content_hash), None)
+
+            def fits(r: ResultRow) -> bool:
+                small = settings.max_mb is None or (r.artifact_bytes or 0) / 1e6 <= settings.max_mb
+                return r.ok and r.accuracy_drop <= settings.max_drop and small
+
+            within = [r for r in candidates if fits(r)]
+            with _HeadToHead(harness_args, final_protocol, progress) as race:
+                selection = select(within, race.time if baseline.ok else None)
+        notes += selection.notes
+        winner, speed = selection.winner, selection.winner_speedup
+        if winner is not None and winner is native_row:
+            # The floor: a tuned plan slower than the runtime's own int8 within the budget is never returned.
+            notes.append(
+                "native-int8 met the budget on held-out data and no tuned plan was faster; "
+                "returning it (the tuner's space did not beat the runtime's own quantization here)"
+            )
+        elif native_row is not None and native_row.ok and native_row.accuracy_drop > settings.max_drop:
+            notes.append(
+                f"native-int8: {native_row.speedup:.2f}× fp32, drop {native_row.accuracy_drop:+.4f}, outside the budget"
+            )
+        if winner is not None and speed.ci_high < 1.0:
+            notes.append(
+                f"the best plan within the budget ({winner.plan_name}) is slower than fp32 "
+                f"({speed.ratio:.2f}×); keep fp32"
+            )
+            winner = None
+        elif winner is not None and speed.ci_low <= 1.0:
+            notes.append(
+                f"{winner.plan_name} is not measurably faster than fp32 "
+                f"(speedup {speed.ratio:.2f}×, 95% CI {speed.ci_low:.2f}–{speed.ci_high:.2f})"
+            )
+        tuned = [r for r in candidates if r.ok and r.plan_name.startswith("tuned-")]
+        for r in tuned:
+            if r.accuracy_drop > settings.max_drop:
+                notes.append(
+                    f"{r.plan_name} met the budget while tuning but dropped {r.accuracy_drop:+.4f} on held-out data"
+                )
+        result = TuneResult(
+            winner,
+            baseline,
+            rows,
+            _front_table(front),
+            report,
+            study_name,
+            trial_summary(study),
+            notes,
+            winner_speedup=speed if winner is not None else None,
+            race=selection.race,
+        )
+        with timer.stage("outputs"):
+            result.output_dir = _write_outputs(result, model, backend, workdir, results_dir, calibration_data, machine)
+    result.phases = timer.table()
+    _store_phases(study, timer)
     return result
+
+
+def _counting(timer: phases.PhaseTimer, on_trial: Callable | None) -> Callable:
+    """The study's per-trial callback, counting trials for the per-trial time breakdown."""
+
+    def callback(study, trial) -> None:
+        timer.count()
+        if on_trial is not None:
+            on_trial(study, trial)
+
+    return callback
+
+
+def _store_phases(study, timer: phases.PhaseTimer) -> None:
+    """Keep each run's breakdown with the study (a resumed study adds a run)."""
+    runs = list(study.user_attrs.get("phases", []))
+    study.set_user_attr("phases", [*runs, timer.as_json()])
 
 
 class _HeadToHead:
@@ -353,16 +392,23 @@ class _HeadToHead:
             self.harness.close()
 
 
-def _finalists(feasible: list, front: list, max_drop: float, baseline: PrecisionPlan) -> list[PrecisionPlan]:
+def _finalists(
+    feasible: list, front: list, max_drop: float, baseline: PrecisionPlan, anchors: Sequence = ()
+) -> list[PrecisionPlan]:
     """Candidates for the held-out check: the fastest feasible plans, and the fastest ones that
     met the budget with a margin (half of it, and no drop at all). Plans at the edge of the
     budget on the tuning data often miss it on held-out data; the safer ones give the final
-    selection something to fall back on that is still faster than fp32."""
+    selection something to fall back on that is still faster than fp32.
+
+    A trial that cannot win is left out: one clearly slower than fp32, or one that an ``anchor``
+    (a trial of a plan the final selection measures anyway, a uniform one) beats clearly on
+    speed (paired, each against fp32) with no more accuracy drop."""
     picks = feasible[:2]
     for margin in (0.5 * max_drop, 0.0):
         safer = [t for t in feasible if t.user_attrs["drop"] <= margin]
         picks += safer[:1]
     picks += front
+    picks = [t for t in picks if not _cannot_win(t, anchors)]
     chosen, seen = [], {baseline.content_hash}  # the final selection times fp32 anyway
     for trial in picks:
         plan = trial_plan(trial)
@@ -370,6 +416,23 @@ def _finalists(feasible: list, front: list, max_drop: float, baseline: Precision
             seen.add(plan.content_hash)
             chosen.append(PrecisionPlan(plan.layers, plan.options, f"tuned-t{trial.number}"))
     return chosen[:MAX_FINALISTS]
+
+
+def _trial_speedup(trial) -> Speedup:
+    return Speedup(trial.user_attrs["speedup"], *trial.user_attrs["speedup_ci"])
+
+
+def _cannot_win(trial, anchors: Sequence) -> bool:
+    if "speedup_ci" not in trial.user_attrs:
+        return False
+    mine = _trial_speedup(trial)
+    if mine.ci_high < 1.0:
+        return True
+    return any(
+        a.user_attrs["drop"] <= trial.user_attrs["drop"] and relative(mine, _trial_speedup(a)).ci_high < 1.0
+        for a in anchors
+        if "speedup_ci" in a.user_attrs and a.number != trial.number
+    )
 
 
 def _native_plan(backend: Backend, model: OnnxModel) -> PrecisionPlan | None:

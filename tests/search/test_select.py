@@ -46,7 +46,7 @@ def _rows(width: float = 0.02) -> list[ResultRow]:
     return [_row(name, ms, CHUNK_DRIFT[name], width) for name, ms in TRUE_MS.items()]
 
 
-def fake_race(true_ms: dict[str, float], block: int = 10, rounds: int = 12, seed: int = 0):
+def fake_race(true_ms: dict[str, float], block: int = 10, rounds: int = 12, seed: int = 0, noise: float = 0.01):
     """A timing callable: samples in block rounds, each round on a differently loaded machine."""
     rng = np.random.default_rng(seed)
     calls = []
@@ -56,7 +56,7 @@ def fake_race(true_ms: dict[str, float], block: int = 10, rounds: int = 12, seed
         load = np.repeat(rng.uniform(1.0, 1.3, rounds), block)
         keys = {FP32: FP32_MS, **{r.plan_hash: true_ms[r.plan_name] for r in contenders}}
         return Samples(
-            {k: (ms * 1e6 * load * rng.normal(1, 0.01, load.size)).astype(np.int64) for k, ms in keys.items()}, block
+            {k: (ms * 1e6 * load * rng.normal(1, noise, load.size)).astype(np.int64) for k, ms in keys.items()}, block
         )
 
     return time_batch, calls
@@ -108,12 +108,23 @@ def test_close_contenders_are_raced_and_the_paired_data_decides():
     assert selection.winner_speedup.ratio == pytest.approx(FP32_MS / 0.80, rel=0.02)
 
 
-def test_a_tie_is_raced_to_the_cap_and_called_indistinguishable():
+def test_a_tie_is_settled_in_one_batch_when_the_interval_is_within_two_percent():
     tie = {"uniform-int8": 1.00, "tuned-t3": 0.85, "native-int8": 0.85}
     rows = [_row(name, ms, CHUNK_DRIFT[name], width=0.05) for name, ms in tie.items()]
     time_batch, calls = fake_race(tie)
     selection = select(rows, time_batch)
-    assert len(calls) == 3  # MAX_BATCHES: the paired interval never excluded 1
+    assert len(calls) == 1
+    verdicts = dict(zip(selection.race.plan, selection.race.verdict, strict=True))
+    assert sorted(verdicts) == ["native-int8", "tuned-t3"]
+    assert sorted(verdicts.values()) == ["tied (paired CI within 2% of 1)", "winner"]
+
+
+def test_a_noisy_tie_is_raced_to_the_cap_and_called_indistinguishable():
+    tie = {"uniform-int8": 1.00, "tuned-t3": 0.85, "native-int8": 0.85}
+    rows = [_row(name, ms, CHUNK_DRIFT[name], width=0.05) for name, ms in tie.items()]
+    time_batch, calls = fake_race(tie, noise=0.3)
+    selection = select(rows, time_batch)
+    assert len(calls) == 3  # MAX_BATCHES: the paired interval neither excluded 1 nor fit within 2 %
     loser = [v for p, v in zip(selection.race.plan, selection.race.verdict, strict=True) if v != "winner"]
     assert any(v.startswith("indistinguishable") for v in loser)
     assert any("indistinguishable" in n for n in selection.notes)
@@ -171,3 +182,16 @@ def test_the_head_to_head_times_the_contenders_with_fp32_in_blocks_on_real_sessi
         assert set(samples) == {FP32, *(p.content_hash for p in plans)} and samples.block > 1
         assert len({len(v) for v in samples.values()}) == 1 and len(samples[FP32]) % samples.block == 0
     assert race.harness.baseline is None  # closed on exit
+
+
+def test_of_tied_plans_the_one_that_drops_less_accuracy_is_chosen():
+    import dataclasses
+
+    tie = {"uniform-int8": 0.85, "tuned-t3": 0.85, "tuned-t5": 1.00}
+    rows = [_row(name, ms, 1.0, width=0.05) for name, ms in tie.items()]
+    rows = [dataclasses.replace(r, accuracy_drop=0.002 if r.plan_name == "tuned-t3" else 0.009) for r in rows]
+    for seed in range(5):  # whichever of the two leads by a hair, the steadier one is returned
+        time_batch, _ = fake_race(tie, seed=seed)
+        selection = select(rows, time_batch)
+        assert selection.winner.plan_name == "tuned-t3"
+        assert any("drops less accuracy" in n for n in selection.notes) or selection.race.plan.iloc[0] == "tuned-t3"

@@ -17,7 +17,7 @@ import pytest
 from optuna.trial import TrialState
 
 from qbench.errors import QbenchError
-from qbench.harness import FP32, Evaluator
+from qbench.harness import FP32, DropEstimate, Evaluator
 from qbench.plan import PlanOptions
 from qbench.search import StudySettings, feasible_trials, open_study, run_study, seed_study
 from qbench.search._sensitivity import GroupSensitivity, SensitivityReport
@@ -76,6 +76,10 @@ class FakeEvaluator:
         bf16 = BF16_DROP if runner.plan.options.inference_precision == "bf16" else 0.0
         return bf16 + sum(drop for name, (_, _, drop) in COSTS.items() if runner.plan.precision(name) == "int8")
 
+    def sequential_drop(self, runner, budget):
+        drop = self.accuracy_drop(runner, quick=False)
+        return DropEstimate(drop, len(self.quick_data), "all", drop, drop)
+
     @staticmethod
     def latency(plan):
         float_scale = BF16_SPEED if plan.options.inference_precision == "bf16" else 1.0
@@ -84,7 +88,7 @@ class FakeEvaluator:
     def measure_baseline_ms(self, protocol):
         return sum(fp for fp, _, _ in COSTS.values())
 
-    def time(self, runners, protocol):
+    def time(self, runners, protocol, stop=None):
         """Constant samples: the interleaved speedup is exactly fp32 latency / plan latency."""
         self.timed_plans += [r.plan for r in runners.values()]
         samples = {FP32: np.full(7, self.measure_baseline_ms(protocol) * 1e6)}
@@ -439,3 +443,31 @@ def test_repeated_grouping_takes_one_choice_per_block_position():
         ("layers.0/mlp/up", "layers.1/mlp/up"),
         ("lm_head",),
     ]
+
+
+def test_finalists_leave_out_plans_that_cannot_win():
+    """Recorded trials: a plan clearly slower than fp32, and one a uniform plan beats clearly on
+    speed with no more drop, never reach the final selection; one the interval cannot
+    separate from the uniform plan does."""
+    from qbench.search._tune import _finalists
+
+    def trial(number, layers, speedup, ci, drop):
+        plan = SPACE.plan({name: "int8" for name in layers}, f"t{number}")
+        return optuna.trial.create_trial(
+            value=4.2 / speedup,
+            user_attrs={"plan": plan.to_json(), "speedup": speedup, "speedup_ci": ci, "drop": drop, "timed": True},
+        )
+
+    trials = [
+        trial(0, "abcdef", 2.0, [1.95, 2.05], 0.004),  # the uniform plan: an anchor
+        trial(1, "abcdf", 1.96, [1.90, 2.02], 0.004),  # not separable from it: kept
+        trial(2, "abc", 1.5, [1.45, 1.55], 0.004),  # clearly slower, same drop: left out
+        trial(3, "a", 1.2, [1.15, 1.25], 0.000),  # clearly slower but safer: kept as a fallback
+        trial(4, "e", 0.9, [0.85, 0.95], 0.000),  # clearly slower than fp32: left out
+    ]
+    for number, t in enumerate(trials):
+        t.number = number
+    chosen = _finalists(trials, [], 0.005, SPACE.plan({}, "fp32"), anchors=trials[:1])
+    assert sorted(plan.name for plan in chosen) == ["tuned-t0", "tuned-t1", "tuned-t3"]
+    without_anchor = _finalists(trials, trials, 0.005, SPACE.plan({}, "fp32"))
+    assert "tuned-t2" in {plan.name for plan in without_anchor}  # only the anchor leaves it out
