@@ -4,12 +4,13 @@ For each model, runs `qbench tune` twice in fresh results folders and separate p
 after the other, with the same seed: as it runs by default (accuracy and latency decided
 sequentially, finalists screened and the contenders raced) and with ``--exhaustive`` (every
 trial scored on all the tuning data and timed in full, the finalists timed with the full
-protocol: how the tuner ran before). Prints one row per run: wall time, trials and their
+protocol), or with ``--before PYTHON``: the qbench that interpreter runs (an older checkout,
+how the tuner ran before). Prints one row per run: wall time, trials and their
 pace, where the time went, the winner with its paired speedup and held-out drop. Then both
 winners are loaded from their build caches and timed head to head with fp32 in one process
-(alternating blocks): the default's winner over the exhaustive one's, with its 95 % interval.
+(alternating blocks): the default's winner over the other's, with its 95 % interval.
 
-    python benchmarks/tune_speed.py [MODEL[:BUDGET[:WORKLOAD]] ...] [--seed 0] [-- more tune options]
+    python benchmarks/tune_speed.py [MODEL[:BUDGET[:WORKLOAD]] ...] [--seed 0] [--before PYTHON] [-- tune options]
 
 Default: digits-cnn mobilenet-blocks yolo-blocks ppocr-rec:2% smollm2-135m:5%:decode:128.
 """
@@ -44,7 +45,19 @@ WINNER = re.compile(r"^winner (\S+): ([\d.]+)× vs fp32 \(95% CI ([\d.]+)–([\d
 
 
 def run_tune(name: str, budget: str, workload: str | None, seed: int, results: pathlib.Path, extra: list[str]) -> dict:
-    command = ["qbench", "tune", name, "--max-drop", budget, "--seed", str(seed), "--results-dir", str(results)]
+    command = [
+        sys.executable,
+        "-m",
+        "qbench.cli",
+        "tune",
+        name,
+        "--max-drop",
+        budget,
+        "--seed",
+        str(seed),
+        "--results-dir",
+        str(results),
+    ]
     command += ["--workload", workload] if workload else []
     started = time.perf_counter()
     out = subprocess.run([*command, "-q", *extra], capture_output=True, text=True)
@@ -54,8 +67,9 @@ def run_tune(name: str, budget: str, workload: str | None, seed: int, results: p
     winner = next((m for line in out.stdout.splitlines() if (m := WINNER.match(line))), None)
     storage = optuna.storages.RDBStorage(f"sqlite:///{results / 'tuning.db'}")
     study = optuna.load_study(study_name=None, storage=storage) if len(storage.get_all_studies()) == 1 else None
-    phases = study.user_attrs["phases"][-1] if study is not None else {}
-    trials = int(phases.get("search", {}).get("trials", 0))
+    phases = study.user_attrs.get("phases", [{}])[-1] if study is not None else {}  # older qbench: none
+    states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL)
+    trials = len(study.get_trials(deepcopy=False, states=states)) if study is not None else 0
     search_s = phases.get("search", {}).get("total", float("nan"))
     return {
         "wall": wall,
@@ -89,8 +103,8 @@ def winner_artifact(results: pathlib.Path):
     )
 
 
-def head_to_head(name: str, sequential: pathlib.Path, exhaustive: pathlib.Path, seconds: float) -> str:
-    a, b = winner_artifact(sequential), winner_artifact(exhaustive)
+def head_to_head(name: str, default: pathlib.Path, compared: pathlib.Path, seconds: float, other: str) -> str:
+    a, b = winner_artifact(default), winner_artifact(compared)
     if a is None or b is None:
         return "one of the runs kept fp32: nothing to pair"
     row, backend = a[0], get_backend(a[0].backend)
@@ -99,7 +113,7 @@ def head_to_head(name: str, sequential: pathlib.Path, exhaustive: pathlib.Path, 
     feeds = Workload.parse(row.workload).feeds(model, load_npz(files.evaluation, model), int(row.batch_size))
     runners = {
         key: backend.load(artifact, int(row.threads), shared_process=False)
-        for key, artifact in (("fp32", a[2]), ("default", a[1]), ("exhaustive", b[1]))
+        for key, artifact in (("fp32", a[2]), ("default", a[1]), ("other", b[1]))
     }
     try:
         samples = measure_interleaved(
@@ -108,11 +122,11 @@ def head_to_head(name: str, sequential: pathlib.Path, exhaustive: pathlib.Path, 
     finally:
         for runner in runners.values():
             runner.close()
-    s = speedup(samples["exhaustive"], samples["default"], samples.block)
-    d, e = (speedup(samples["fp32"], samples[k], samples.block) for k in ("default", "exhaustive"))
+    s = speedup(samples["other"], samples["default"], samples.block)
+    d, e = (speedup(samples["fp32"], samples[k], samples.block) for k in ("default", "other"))
     return (
-        f"same rounds: default's winner {d.ratio:.3f}× fp32, exhaustive's {e.ratio:.3f}×; "
-        f"default over exhaustive {s.ratio:.3f}× ({s.ci_low:.3f}–{s.ci_high:.3f})"
+        f"same rounds: default's winner {d.ratio:.3f}× fp32, {other}'s {e.ratio:.3f}×; "
+        f"default over {other} {s.ratio:.3f}× ({s.ci_low:.3f}–{s.ci_high:.3f})"
     )
 
 
@@ -121,6 +135,11 @@ def main() -> None:
     parser.add_argument("models", nargs="*", default=DEFAULT, help="MODEL[:BUDGET[:WORKLOAD]]")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--seconds", type=float, default=3.0, help="timed seconds per plan in the head-to-head")
+    parser.add_argument(
+        "--before",
+        metavar="PYTHON",
+        help="compare with the qbench that PYTHON runs (an older checkout) instead of --exhaustive",
+    )
     args, extra = parser.parse_known_args()
     extra = [a for a in extra if a != "--"]
     print(f"machine: {current_machine().describe()}")
@@ -130,16 +149,17 @@ def main() -> None:
             if name not in ZOO:
                 sys.exit(f"unknown zoo model {name!r}; choose from {', '.join(sorted(ZOO))}")
             runs = {}
-            for mode, flags in (("default", []), ("exhaustive", ["--exhaustive"])):
+            other = ("before", args.before, []) if args.before else ("exhaustive", sys.executable, ["--exhaustive"])
+            for mode, python, flags in (("default", sys.executable, []), other):
                 results = pathlib.Path(tmp) / f"{name}-{mode}"
-                runs[mode] = r = run_tune(name, budget, workload, args.seed, results, [*flags, *extra])
+                runs[mode] = r = run_tune(python, name, budget, workload, args.seed, results, [*flags, *extra])
                 print(
                     f"{name:<16} {budget:>3} {mode:<10} {r['wall']:6.0f} s  {r['trials']:3d} trials "
                     f"{r['pace']:5.1f}/min  winner {r['winner']} {r['speedup']} drop {r['drop']}  "
                     f"stages {json.dumps(r['phases'])}",
                     flush=True,
                 )
-            paired = head_to_head(name, runs["default"]["results"], runs["exhaustive"]["results"], args.seconds)
+            paired = head_to_head(name, runs["default"]["results"], runs[other[0]]["results"], args.seconds, other[0])
             print(f"{'':<21} {paired}", flush=True)
 
 
