@@ -145,7 +145,8 @@ def main() -> None:
     print(f"machine: {current_machine().describe()}")
     with tempfile.TemporaryDirectory(prefix="qbench-tune-speed-") as tmp:
         for spec in args.models:
-            name, budget, workload = (spec.split(":", 2) + ["1%", None])[:3]
+            name, budget, workload = [*spec.split(":", 2), None, None][:3]
+            budget = budget or "1%"
             if name not in ZOO:
                 sys.exit(f"unknown zoo model {name!r}; choose from {', '.join(sorted(ZOO))}")
             runs = {}
