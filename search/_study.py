@@ -342,7 +342,6 @@ class _Objective:
         return (latency, drop) if self.settings.pareto else latency
 
     def _score(self, trial: optuna.Trial, plan: PrecisionPlan) -> float | tuple[float, float]:
-        budget = self.settings.max_drop
         started = time.perf_counter()
         if self.settings.max_mb is not None:  # the build alone tells: no session, no accuracy
             mb = self.evaluator.build(plan).size_bytes / 1e6
