@@ -103,7 +103,8 @@ class Loaded:
 @dataclass(frozen=True)
 class DropEstimate:
     """An accuracy drop scored on the first ``samples`` of the evaluation set, and why scoring
-    stopped there: clearly ``over`` or clearly ``within`` the budget, or ``all`` samples scored."""
+    stopped there: clearly ``over`` or clearly ``within`` the budget, ``all`` samples scored, or
+    ``partial``: the caller's limit came first."""
 
     drop: float
     samples: int
@@ -126,7 +127,9 @@ class Evaluator(Protocol):
 
     def accuracy_drop(self, runner: Runner, quick: bool) -> float: ...
 
-    def sequential_drop(self, runner: Runner, budget: float) -> DropEstimate: ...
+    def sequential_drop(
+        self, runner: Runner, budget: float, most: int | None = None, scored: list | None = None
+    ) -> DropEstimate: ...
 
     def measure_baseline_ms(self, protocol: TimingProtocol) -> float: ...
 
@@ -271,31 +274,46 @@ class Harness:
         baseline = self.baseline_quick_accuracy if quick else self.baseline_accuracy
         return self.metric.drop(baseline, self.accuracy(runner, quick))
 
-    def sequential_drop(self, runner: Runner, budget: float, first: int = FIRST_LOOK) -> DropEstimate:
+    def sequential_drop(
+        self,
+        runner: Runner,
+        budget: float,
+        first: int = FIRST_LOOK,
+        most: int | None = None,
+        scored: list[np.ndarray] | None = None,
+    ) -> DropEstimate:
         """The drop on a growing prefix of the evaluation set (shuffle it first: ``Dataset.shuffled``),
         doubling from ``first`` samples, stopping once the whole set's drop is clearly over or
-        within ``budget`` (``statistics.drop_bounds``). Scoring all of it gives the same drop as
-        ``accuracy_drop(quick=False)``."""
+        within ``budget`` (``statistics.drop_bounds``), or (verdict ``partial``) once ``most``
+        samples are scored. ``scored`` keeps the outputs so far, so a later call goes on where
+        this one stopped. Scoring all of it gives the same drop as ``accuracy_drop(quick=False)``."""
         if self.unscorable:
             raise QbenchError(self.unscorable)
         data, total = self.evaluation_data, len(self.evaluation_data)
         step = self.fixed_batch or 1
-        outputs: list[np.ndarray] = []
-        scored, look = 0, max(first, 2 * DROP_CHUNK)
+        outputs = [] if scored is None else scored
+        look = max(first, 2 * DROP_CHUNK)
         while True:
             stop = total if look >= total else look - look % step
+            done = sum(len(o) for o in outputs)
+            if done > stop:  # an earlier call went past this look
+                look *= 2
+                continue
             with phases.activity("accuracy"):
-                outputs.append(evaluation_outputs(runner, data.take(scored, stop), self.fixed_batch))
-                scored = sum(len(o) for o in outputs)
+                if stop > done:
+                    outputs.append(evaluation_outputs(runner, data.take(done, stop), self.fixed_batch))
+                n = sum(len(o) for o in outputs)
                 out = np.concatenate(outputs)
-                drop = self._prefix_drop(out, 0, scored)
-                starts = range(0, scored - DROP_CHUNK + 1, DROP_CHUNK)
+                drop = self._prefix_drop(out, 0, n)
+                starts = range(0, n - DROP_CHUNK + 1, DROP_CHUNK)
                 chunk_drops = np.array([self._prefix_drop(out, a, a + DROP_CHUNK) for a in starts])
-            low, high = drop_bounds(chunk_drops, drop, scored, total)
+            low, high = drop_bounds(chunk_drops, drop, n, total)
             if stop >= total:
-                return DropEstimate(drop, scored, "all", low, high)
+                return DropEstimate(drop, n, "all", low, high)
             if low > budget or high <= budget:
-                return DropEstimate(drop, scored, "over" if low > budget else "within", low, high)
+                return DropEstimate(drop, n, "over" if low > budget else "within", low, high)
+            if most is not None and n >= most:
+                return DropEstimate(drop, n, "partial", low, high)
             look *= 2
 
     def _prefix_drop(self, outputs: np.ndarray, start: int, stop: int) -> float:

@@ -48,15 +48,19 @@ def time_against_baseline(
     return timings
 
 
-def clearly_slower(incumbent: Speedup | None) -> Callable[[Samples], bool]:
+class clearly_slower:  # noqa: N801 - used like a function that builds a ``stop``
     """A ``stop`` for timing one candidate ("c") against fp32: true once its paired speedup is
     clearly below 1, or clearly below the ``incumbent``'s (each against fp32 in its own rounds,
-    the uncertainty of both carried). Such a plan cannot win, so its rough figure is enough."""
+    the uncertainty of both carried). Such a plan cannot win, so its rough figure is enough;
+    ``decided`` says whether it fired."""
 
-    def decided(samples: Samples) -> bool:
+    def __init__(self, incumbent: Speedup | None) -> None:
+        self.incumbent, self.decided = incumbent, False
+
+    def __call__(self, samples: Samples) -> bool:
         candidate = speedup(samples[FP32], samples["c"], samples.block)
-        if candidate.ci_high < 1.0:
-            return True
-        return incumbent is not None and relative(candidate, incumbent).ci_high < 1.0
-
-    return decided
+        slower = candidate.ci_high < 1.0
+        if not slower and self.incumbent is not None:
+            slower = relative(candidate, self.incumbent).ci_high < 1.0
+        self.decided = self.decided or slower
+        return slower

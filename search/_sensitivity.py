@@ -24,8 +24,11 @@ from qbench.plan import PrecisionPlan
 from qbench.search._evaluator import time_against_baseline
 from qbench.search._space import SearchSpace
 
-#: Revert costs only order the search's seeds: half the trial protocol's blocks and seconds.
-SENSITIVITY_PROTOCOL = Protocol(warmup_count=5, warmup_seconds=0.1, min_count=20, min_seconds=0.2, min_blocks=4)
+#: Revert costs only break ties in the order of the search's seeds: half the trial protocol's
+#: blocks and seconds, shorter blocks.
+SENSITIVITY_PROTOCOL = Protocol(
+    warmup_count=5, warmup_seconds=0.1, min_count=20, min_seconds=0.2, min_blocks=4, block_seconds=0.02
+)
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from qbench.errors import QbenchError, describe, first_line
-from qbench.harness import Evaluator
+from qbench.harness import FIRST_LOOK, DropEstimate, Evaluator
 from qbench.plan import PrecisionPlan
 from qbench.search._evaluator import TRIAL_PROTOCOL, Timing, clearly_slower, time_against_baseline
 from qbench.search._sensitivity import SensitivityReport
@@ -231,6 +231,10 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(front, key=lambda t: t.values[0])
 
 
+def _trial_speedup(trial: FrozenTrial) -> Speedup:
+    return Speedup(trial.user_attrs["speedup"], *trial.user_attrs["speedup_ci"])
+
+
 def trial_plan(trial: FrozenTrial) -> PrecisionPlan:
     return PrecisionPlan.from_json(trial.user_attrs["plan"], f"trial {trial.number}")
 
@@ -297,33 +301,47 @@ class _Objective:
             trial.set_constraint(key, value)
         return tuple(earlier.values) if self.settings.pareto else earlier.values[0]
 
-    def _drop(self, trial: optuna.Trial, runner) -> float:
-        """The drop on the tuning data: on all of it, or (sequential) on as much as it takes to
-        tell whether the whole set's drop is within the budget."""
-        if not self.settings.sequential or self.settings.pareto:  # the Pareto front wants exact drops
-            drop = self.evaluator.accuracy_drop(runner, quick=False)
-            trial.set_user_attr("drop", drop)
-            return drop
-        estimate = self.evaluator.sequential_drop(runner, self.settings.max_drop)
-        for key in ("drop", "samples", "verdict"):
-            trial.set_user_attr(key if key == "drop" else f"drop_{key}", getattr(estimate, key))
-        return estimate.drop
+    def _record_drop(self, trial: optuna.Trial, estimate: DropEstimate | float) -> float:
+        drop = estimate if isinstance(estimate, float) else estimate.drop
+        trial.set_user_attr("drop", drop)
+        if not isinstance(estimate, float):
+            trial.set_user_attr("drop_samples", estimate.samples)
+            trial.set_user_attr("drop_verdict", estimate.verdict)
+        trial.set_constraint(BUDGET_CONSTRAINT, drop - self.settings.max_drop)
+        return drop
 
-    def _time(self, study: optuna.Study, runner) -> Timing:
-        """Timed against fp32; sequentially, timing stops early once the plan is clearly slower
-        than fp32 or than the fastest feasible trial so far (paired, each against fp32)."""
-        stop = None
-        if self.settings.sequential:
-            best = feasible_trials(study)
-            incumbent = Speedup(best[0].user_attrs["speedup"], *best[0].user_attrs["speedup_ci"]) if best else None
-            stop = clearly_slower(incumbent)
-        return time_against_baseline(self.evaluator, {"c": runner}, self.reference_ms, stop=stop)["c"]
+    def _measure(self, trial: optuna.Trial, runner) -> tuple[float, Timing | None]:
+        """The drop and, unless it is over the budget (outside ``--pareto``), the timing.
+
+        Sequentially: the first look at accuracy rejects a plan clearly over the budget; then
+        the plan is timed against fp32, stopping early once it is clearly slower than fp32 or
+        the fastest feasible trial so far (paired, each against fp32); only a plan that could
+        still win is scored on as much data as its budget decision needs. Otherwise
+        (``--exhaustive``, ``--pareto``): all the tuning data and the full trial protocol."""
+        budget = self.settings.max_drop
+        if not self.settings.sequential or self.settings.pareto:  # the Pareto front wants exact drops
+            drop = self._record_drop(trial, self.evaluator.accuracy_drop(runner, quick=False))
+            if drop > budget and not self.settings.pareto:
+                return drop, None
+            return drop, time_against_baseline(self.evaluator, {"c": runner}, self.reference_ms)["c"]
+        scored: list = []
+        first = self.evaluator.sequential_drop(runner, budget, most=FIRST_LOOK, scored=scored)
+        if first.verdict == "over":
+            return self._record_drop(trial, first), None
+        best = feasible_trials(trial.study)
+        stop = clearly_slower(_trial_speedup(best[0]) if best else None)
+        timing = time_against_baseline(self.evaluator, {"c": runner}, self.reference_ms, stop=stop)["c"]
+        estimate = first if stop.decided or first.verdict != "partial" else None
+        if estimate is None:
+            estimate = self.evaluator.sequential_drop(runner, budget, scored=scored)
+        trial.set_user_attr("beaten", stop.decided)  # timing stopped: clearly slower, cannot win
+        drop = self._record_drop(trial, estimate)
+        return drop, None if drop > budget else timing
 
     def _result(self, latency: float, drop: float) -> float | tuple[float, float]:
         return (latency, drop) if self.settings.pareto else latency
 
     def _score(self, trial: optuna.Trial, plan: PrecisionPlan) -> float | tuple[float, float]:
-        budget = self.settings.max_drop
         started = time.perf_counter()
         if self.settings.max_mb is not None:  # the build alone tells: no session, no accuracy
             mb = self.evaluator.build(plan).size_bytes / 1e6
@@ -336,14 +354,12 @@ class _Objective:
                 return self._result(self.reference_ms, 1.0)
         loaded = self.evaluator.load(plan)  # the artifact just built is a cache hit
         try:
-            drop = self._drop(trial, loaded.runner)
-            trial.set_constraint(BUDGET_CONSTRAINT, drop - budget)
-            if drop > budget and not self.settings.pareto:
-                trial.set_user_attr("timed", False)
-                return self._result(self.reference_ms, drop)
-            timing = self._time(trial.study, loaded.runner)
+            drop, timing = self._measure(trial, loaded.runner)
         finally:
             loaded.close()
+        if timing is None:
+            trial.set_user_attr("timed", False)
+            return self._result(self.reference_ms, drop)
         trial.set_user_attr("timed", True)
         trial.set_user_attr("speedup", timing.speedup)
         trial.set_user_attr("speedup_ci", [timing.speedup_ci_low, timing.speedup_ci_high])

@@ -76,7 +76,7 @@ class FakeEvaluator:
         bf16 = BF16_DROP if runner.plan.options.inference_precision == "bf16" else 0.0
         return bf16 + sum(drop for name, (_, _, drop) in COSTS.items() if runner.plan.precision(name) == "int8")
 
-    def sequential_drop(self, runner, budget):
+    def sequential_drop(self, runner, budget, most=None, scored=None):
         drop = self.accuracy_drop(runner, quick=False)
         return DropEstimate(drop, len(self.quick_data), "all", drop, drop)
 
