@@ -116,6 +116,9 @@ results = sa.Table(
 
 
 def _add_job_columns(conn: Connection) -> None:
+    # The first commit's v1 files lack peak_rss_mb: the column came later without a version bump.
+    if "peak_rss_mb" not in {c["name"] for c in sa.inspect(conn).get_columns("results")}:
+        conn.execute(sa.text("ALTER TABLE results ADD COLUMN peak_rss_mb FLOAT"))
     for column in ("code_version VARCHAR(48)", "job VARCHAR(200)", "job_hash VARCHAR(32)"):
         conn.execute(sa.text(f"ALTER TABLE results ADD COLUMN {column}"))
     conn.execute(sa.text("CREATE INDEX ix_results_job ON results (job)"))
@@ -256,6 +259,32 @@ class ResultRow:
         )
 
 
+class _NeedsWrite(Exception):
+    """The schema must be created or migrated: retry holding the write lock."""
+
+
+def _engine(url: str) -> Engine:
+    """An engine whose SQLite transactions are real ones. pysqlite begins a transaction only
+    before a data change, so CREATE TABLE and ALTER TABLE ran outside any (a failed migration
+    half-applied; 4 processes opening a new file at once failed 35 of 60 times). Here every
+    transaction starts with BEGIN, and with BEGIN IMMEDIATE, which takes the write lock before
+    the first read, when opened with the execution option ``qbench_write_lock`` (SQLAlchemy's
+    documented recipe for pysqlite)."""
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, future=True)
+    engine = sa.create_engine(url, future=True, connect_args={"timeout": 60})
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("qbench_write_lock") else "BEGIN")
+
+    return engine
+
+
 class Leaderboard:
     """A connection to the store. Opening it checks reachability and the schema version."""
 
@@ -269,9 +298,13 @@ class Leaderboard:
         try:
             if self._sqlite_file is not None:
                 self._sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = sa.create_engine(url, future=True)
-            with self.engine.begin() as conn:
-                self._prepare(conn)
+            self.engine: Engine = _engine(url)
+            try:
+                with self.engine.begin() as conn:  # a plain read when the schema is current
+                    self._prepare(conn, write=False)
+            except _NeedsWrite:  # create or migrate, holding the write lock from the first read
+                with self._writing() as conn:
+                    self._prepare(conn, write=True)
             self._identity = self._file_identity()
         except sa.exc.ArgumentError as exc:
             raise QbenchError(
@@ -288,8 +321,10 @@ class Leaderboard:
         except OSError as exc:
             raise QbenchError(f"cannot create the leaderboard database {safe_url(url)}: {exc}") from exc
 
-    def _prepare(self, conn: Connection) -> None:
-        if conn.dialect.name == "postgresql":
+    def _prepare(self, conn: Connection, write: bool) -> None:
+        """Check the schema; create or migrate it when ``write`` (else raise ``_NeedsWrite``). It
+        all happens in the caller's one transaction, so a failure leaves the file as it was."""
+        if write and conn.dialect.name == "postgresql":
             # Machines of a farm may open a fresh database at once: one creates or migrates the
             # schema while the others wait (the lock ends with this transaction).
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
@@ -300,6 +335,8 @@ class Leaderboard:
                     f"{safe_url(self.url)} has a results table but no qbench schema version: "
                     "it is not a qbench leaderboard"
                 )
+            if not write:
+                raise _NeedsWrite
             _meta.create_all(conn)
             conn.execute(schema_info.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
             return
@@ -318,6 +355,8 @@ class Leaderboard:
             )
         if version < 1:
             raise QbenchError(f"leaderboard {safe_url(self.url)} is damaged: schema version {version} does not exist")
+        if version < SCHEMA_VERSION and not write:
+            raise _NeedsWrite
         while version < SCHEMA_VERSION:
             MIGRATIONS[version](conn)
             version += 1
@@ -360,10 +399,15 @@ class Leaderboard:
                 conn.execute(sa.select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar_one()
             )
 
+    def _writing(self):
+        """A transaction that holds SQLite's write lock from its start, so concurrent writers wait
+        their turn (up to the connect timeout) instead of failing on a lock upgrade."""
+        return self.engine.execution_options(qbench_write_lock=True).begin()
+
     def record_machine(self, fingerprint: Mapping[str, Any]) -> None:
         self._machine = dict(fingerprint)  # kept with any row that has to go to the fallback file
         try:
-            with self.engine.begin() as conn:
+            with self._writing() as conn:
                 exists = conn.execute(
                     sa.select(machines.c.machine_hash).where(machines.c.machine_hash == fingerprint["hash"])
                 ).first()
@@ -392,7 +436,7 @@ class Leaderboard:
         try:
             if self._file_identity() != self._identity:
                 raise OSError(f"the leaderboard file {self._sqlite_file} was deleted or replaced during the run")
-            with self.engine.begin() as conn:
+            with self._writing() as conn:
                 row.id = int(conn.execute(results.insert().values(**values)).inserted_primary_key[0])
         except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:  # not a bad row: a lost database
             self._keep(values, first_line(getattr(exc, "orig", None) or exc))
