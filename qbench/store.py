@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -294,6 +295,7 @@ class Leaderboard:
         self.url = url
         self.fallback = fallback or pathlib.Path(tempfile.gettempdir()) / "qbench-unrecorded-rows.jsonl"
         self.unrecorded = 0
+        self.kept_in: dict[pathlib.Path, int] = {}  # fallback file -> rows written there
         self._sqlite_file = pathlib.Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
         try:
             if self._sqlite_file is not None:
@@ -308,8 +310,9 @@ class Leaderboard:
             self._identity = self._file_identity()
         except sa.exc.ArgumentError as exc:
             raise QbenchError(
-                f"leaderboard URL {url!r} is not a database URL ({exc}); use sqlite:///path.db or postgresql://…"
-            ) from exc
+                f"leaderboard URL {safe_url(url)} is not a database URL ({without_password(first_line(exc), url)}); "
+                "use sqlite:///path.db or postgresql://…"
+            ) from None  # the chained exception would print the URL with its password
         except ModuleNotFoundError as exc:
             raise QbenchError(
                 f"leaderboard URL {safe_url(url)} needs the Python driver {exc.name!r}; "
@@ -449,13 +452,11 @@ class Leaderboard:
         record["machine_fingerprint"] = getattr(self, "_machine", None)
         line = json.dumps(record, default=str, sort_keys=True) + "\n"
         try:
-            self.fallback.parent.mkdir(parents=True, exist_ok=True)
-            with self.fallback.open("a", encoding="utf-8") as handle:
-                handle.write(line)
-        except OSError:  # the results folder itself is gone or read-only
+            _append(self.fallback, line)
+        except OSError:  # the results folder is gone, read-only or on a full disk
             self.fallback = pathlib.Path(tempfile.gettempdir()) / f"qbench-unrecorded-rows-{os.getpid()}.jsonl"
-            with self.fallback.open("a", encoding="utf-8") as handle:
-                handle.write(line)
+            _append(self.fallback, line)
+        self.kept_in[self.fallback] = self.kept_in.get(self.fallback, 0) + 1
         if not self.unrecorded:
             log.error(
                 "cannot write to leaderboard %s (%s); keeping rows in %s", safe_url(self.url), reason, self.fallback
@@ -513,6 +514,30 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+def _append(path: pathlib.Path, line: str) -> None:
+    """Append a whole line or nothing: on failure the file is cut back to its old size (and
+    removed if this call created it), so no half line or empty file is left behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            rest = memoryview(line.encode())
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+        except OSError:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            if not existed:
+                path.unlink(missing_ok=True)
+            raise
+    finally:
+        os.close(fd)
+
+
 def without_password(text: str, url: str) -> str:
     """``text`` (an error message) with ``url``'s password replaced by ***, wherever it appears."""
     try:
@@ -532,5 +557,5 @@ def safe_url(url: str) -> str:
     """The URL with any password hidden, for messages."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return repr(url)
+    except sa.exc.ArgumentError:  # not parsable: still hide whatever sits between "user:" and "@"
+        return repr(re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url))
