@@ -253,6 +253,8 @@ def _prepare(c: Candidate, harness: Harness) -> None:
         c.partner.load(harness.backend)
     try:
         c.accuracy = harness.accuracy(c.session.runner)
+        if not np.isfinite(c.accuracy):  # NaN outputs, or a metric undefined on them: never a number
+            raise RuntimeError(f"metric {harness.metric.name!r} is {c.accuracy} on this plan's outputs")
     except QbenchError:
         raise
     except Exception as exc:  # a run or a user metric that crashes fails that plan only
