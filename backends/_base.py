@@ -12,7 +12,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qbench.cache import artifact_cache_limit, atomic_cached, content_key, touch, trim_least_recently_used
+from qbench.cache import artifact_cache_limit, atomic_cached, content_key, intact, touch, trim_least_recently_used
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.machine import Machine
@@ -149,7 +149,7 @@ class Backend(abc.ABC):
         """The artifact an earlier ``build`` made under ``key``, if the cache still holds it."""
         path = self._artifact_path(model_name, key, workdir)
         companions = tuple(path.with_suffix(suffix) for suffix in self.companion_suffixes)
-        if not (path.exists() and all(p.exists() for p in companions)):
+        if not intact(path, self.companion_suffixes):  # gone, or damaged: the caller rebuilds from the plan
             return None
         touch(path)
         return Artifact(path, key, 0.0, True, companions)

@@ -51,6 +51,14 @@ _positive_int = _int_at_least(1)
 _non_negative_int = _int_at_least(0)
 
 
+def _seed(text: str) -> int:
+    """A sampler seed: NumPy and Optuna take 0 to 2**32 - 1."""
+    value = _non_negative_int(text)
+    if value > 2**32 - 1:
+        raise argparse.ArgumentTypeError(f"expected a seed between 0 and {2**32 - 1}, but got {text!r}")
+    return value
+
+
 def _seconds(text: str) -> float:
     """A finite, positive duration (``inf`` or ``nan`` would make a loop never end)."""
     try:
@@ -218,7 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         "postgresql://… to share one study between workers)",
     )
     tune.add_argument("--study", help="study name (default: derived from model, data, backend, machine and budget)")
-    tune.add_argument("--seed", type=int, default=0)
+    tune.add_argument("--seed", type=_seed, default=0, help="sampler seed, 0 to 2**32-1 (default: 0)")
     tune.add_argument("--quick", action="store_true", help="short final-selection protocol (smoke tests)")
     tune.add_argument(
         "--profile",

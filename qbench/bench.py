@@ -184,7 +184,13 @@ def run_bench(
             ready = [c for c in chunk if c.error is None]
             if ready:
                 progress(f"time {len(ready)} plans interleaved with fp32 ({number}/{-(-len(pending) // size)})")
-                _time(harness, baseline, ready, settings.protocol, reference)
+                try:
+                    _time(harness, baseline, ready, settings.protocol, reference)
+                except QbenchError:
+                    raise
+                except Exception as exc:  # out of memory mid-run, say: these plans fail, the rows are kept
+                    for c in ready:
+                        c.fail(RuntimeError(f"timing failed: {describe(exc)}"))
             for c in chunk:
                 c.close()
         if baseline.error is None and baseline.samples_ns is None:  # no other plan: time fp32 alone
@@ -253,6 +259,8 @@ def _prepare(c: Candidate, harness: Harness) -> None:
         c.partner.load(harness.backend)
     try:
         c.accuracy = harness.accuracy(c.session.runner)
+        if not np.isfinite(c.accuracy):  # NaN outputs, or a metric undefined on them: never a number
+            raise RuntimeError(f"metric {harness.metric.name!r} is {c.accuracy} on this plan's outputs")
     except QbenchError:
         raise
     except Exception as exc:  # a run or a user metric that crashes fails that plan only

@@ -1,14 +1,18 @@
 """One way to cache a file (or folder) on disk: build it next to its place, then rename it in.
 
 Every cache in qbench (built artifacts, calibrations, realized precisions, sensitivity reports,
-zoo exports) goes through ``atomic_cached``, so two processes filling one cache at once (suite
-workers of a farm, tune workers sharing a study) never read a half-written entry: a name exists
-only once its content is complete, and a crash leaves at most a stray temporary behind.
+prepared models, zoo exports) goes through ``atomic_cached``, so two processes filling one cache
+at once (suite workers of a farm, tune workers sharing a study) never read a half-written entry:
+a name exists only once its content is complete, and a crash leaves at most a stray temporary
+behind. Each entry is written with the SHA-256 of its content beside it (``<name>.sha256``) and
+checked before it is served (once per process): a damaged, replaced or unverifiable entry is
+rebuilt, and the run says so.
 """
 
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import pathlib
 import re
@@ -16,6 +20,9 @@ import shutil
 from collections.abc import Callable, Sequence
 
 from qbench.errors import QbenchError
+
+log = logging.getLogger(__name__)
+_verified: set[tuple[str, int]] = set()  # (entry, its hash file's mtime) checked in this process
 
 
 def cache_root() -> pathlib.Path:
@@ -35,8 +42,11 @@ def artifact_cache_limit() -> int:
         limit = float(raw) if raw else DEFAULT_ARTIFACT_CACHE_GB
     except ValueError:
         limit = -1.0
-    if not limit > 0:
-        raise QbenchError(f"$QBENCH_ARTIFACT_CACHE_GB={raw!r} is not a positive number of GB; set e.g. 10 or unset it")
+    if not 0 < limit < 2**33:  # also refuses nan and inf (int(inf) overflows)
+        raise QbenchError(
+            f"$QBENCH_ARTIFACT_CACHE_GB={raw!r} is not a finite positive number of GB; "
+            "set e.g. 10 (or 1e6 for no practical limit) or unset it"
+        )
     return int(limit * 2**30)
 
 
@@ -52,22 +62,73 @@ def _remove(path: pathlib.Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def _parts(path: pathlib.Path, companions: Sequence[str]) -> list[pathlib.Path]:
+    return [path, *(path.with_suffix(suffix) for suffix in companions)]
+
+
+def _digest(parts: Sequence[pathlib.Path]) -> str:
+    """SHA-256 of the files (a folder: each file under it, with its relative name) in order."""
+    digest = hashlib.sha256()
+    for part in parts:
+        files = sorted(f for f in part.rglob("*") if f.is_file()) if part.is_dir() else [part]
+        for file in files:
+            digest.update(str(file.relative_to(part)).encode() if part.is_dir() else b"\0")
+            with file.open("rb") as handle:
+                while chunk := handle.read(1 << 20):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+def hash_file(path: pathlib.Path) -> pathlib.Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def intact(path: pathlib.Path, companions: Sequence[str] = ()) -> bool:
+    """Whether the entry at ``path`` (with its companions) matches the hash written with it."""
+    try:
+        stamp = (str(path), hash_file(path).stat().st_mtime_ns)
+        if stamp in _verified:
+            return True
+        ok = _digest(_parts(path, companions)) == hash_file(path).read_text().strip()
+    except OSError:  # a part or the hash is missing or unreadable
+        return False
+    if ok:
+        _verified.add(stamp)
+    return ok
+
+
+def _discard(path: pathlib.Path, companions: Sequence[str]) -> None:
+    for part in (*_parts(path, companions), hash_file(path)):
+        _remove(part)
+
+
 def atomic_cached(path: pathlib.Path, produce: Callable[[pathlib.Path], None], companions: Sequence[str] = ()) -> bool:
-    """Make ``path`` unless it exists; return whether it already did (a cache hit).
+    """Make ``path`` unless an intact entry is there; return whether one was (a cache hit).
 
     ``produce(tmp)`` writes the entry to ``tmp``, a sibling with the same suffix (tools that
     pick a format from it keep working), as a file or a folder. ``companions`` are suffixes of
-    files written beside it (an OpenVINO IR's ``.bin`` next to its ``.xml``); they move in
-    first, so ``path`` appears last and its existence means the whole entry is there.
+    files written beside it (an OpenVINO IR's ``.bin`` next to its ``.xml``); they and the
+    content hash move in first, so ``path`` appears last and its existence means the whole
+    entry is there.
     """
     if path.exists():
-        return True
+        if intact(path, companions):
+            return True
+        log.warning(
+            "cache entry %s does not match the content hash written with it (damaged, replaced, or written by an "
+            "older qbench); rebuilding it",
+            path,
+        )
+        _discard(path, companions)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
+    tmp_hash = hash_file(tmp)
     try:
         produce(tmp)
+        tmp_hash.write_text(_digest(_parts(tmp, companions)) + "\n")
         for suffix in companions:
             tmp.with_suffix(suffix).replace(path.with_suffix(suffix))
+        tmp_hash.replace(hash_file(path))
         try:
             os.replace(tmp, path)
         except OSError:  # a folder another process moved in first: theirs is as good
@@ -75,6 +136,7 @@ def atomic_cached(path: pathlib.Path, produce: Callable[[pathlib.Path], None], c
                 raise
     finally:
         _remove(tmp)
+        tmp_hash.unlink(missing_ok=True)
         for suffix in companions:
             tmp.with_suffix(suffix).unlink(missing_ok=True)
     return False

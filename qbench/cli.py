@@ -47,9 +47,10 @@ def _open_board(args: argparse.Namespace, writes: bool = True):
 def _check_recorded(board) -> None:
     """A one-line error when the leaderboard refused rows mid-run (they are in the fallback file)."""
     if board is not None and board.unrecorded:
+        where = ", ".join(f"{count} in {path}" for path, count in board.kept_in.items())
         raise QbenchError(
             f"{board.unrecorded} row(s) could not be written to the leaderboard ({board.unrecorded_reason}); "
-            f"they are kept in {board.fallback}"
+            f"they are kept as JSON lines: {where}"
         )
 
 
@@ -486,7 +487,9 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         print("the leaderboard is empty: run `qbench bench` first")
         return 0
     if args.csv:
-        frame.to_csv(sys.stdout, index=False)
+        from qbench.report.tables import csv_safe
+
+        csv_safe(frame).to_csv(sys.stdout, index=False)
         return 0
     print(leaderboard_text(build_report(frame)))
     return 0
@@ -531,9 +534,12 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     from qbench.nightly import run_suite, summary
     from qbench.progress import bar
     from qbench.store import safe_url
-    from qbench.suite import load_suite, parse_override
+    from qbench.suite import load_suite, missing_inputs, parse_override
 
     suite = load_suite(args.suite, dict(parse_override(o) for o in args.overrides))
+    problem = missing_inputs(suite)
+    if problem:
+        raise QbenchError(f"{problem}; fix the paths (relative to the suite file) before the run")
     probes = {name: get_backend(name).probe() for name in sorted({job.backend for job in suite.jobs})}
     machine = current_machine()
     board = _open_board(args)

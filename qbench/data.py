@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import pathlib
 import zipfile
 from collections.abc import Iterator, Mapping
@@ -115,12 +116,7 @@ def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, sour
                     f"{spec.describe()} (axis {axis} differs); resize the data or pass --shape"
                 )
         if array.dtype != np.dtype(spec.dtype):
-            if np.can_cast(array.dtype, spec.dtype, casting="same_kind"):
-                array = array.astype(spec.dtype)
-            else:
-                raise QbenchError(
-                    f"{source}: array {spec.name!r} is {array.dtype}, but the model input is {spec.describe()}"
-                )
+            array = _cast(array, np.dtype(spec.dtype), spec.name, spec.describe(), source)
         if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
             bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
             first = int(np.argwhere(~np.isfinite(array))[0][0])
@@ -150,6 +146,23 @@ def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, sour
     return data
 
 
+def _cast(array: np.ndarray, want: np.dtype, name: str, describe: str, source: str) -> np.ndarray:
+    """Only casts that keep every value: float to float (float64 data for a float32 input),
+    or integers to a wider or equal integer type or one that holds their range. Anything else
+    (integers for a float input: often labels or ids saved under the wrong name) is an error."""
+    if array.dtype.kind == want.kind == "f":
+        log.info("%s: casting %r from %s to %s", source, name, array.dtype, want)
+        return array.astype(want)
+    if array.dtype.kind in "iu" and want.kind in "iu":
+        info = np.iinfo(want)
+        if array.size == 0 or (array.min() >= info.min and array.max() <= info.max):
+            return array.astype(want)
+    raise QbenchError(
+        f"{source}: array {name!r} is {array.dtype}, but the model input is {describe}; "
+        f"save it as {want} (numpy: array.astype({str(want)!r}))"
+    )
+
+
 def split_for_calibration(data: Dataset, fraction: float = 0.2, most: int = 256) -> tuple[Dataset, Dataset]:
     """Calibrate on the first part of the data and evaluate on the rest, so neither sees the other."""
     n_calib = max(1, min(most, int(len(data) * fraction)))
@@ -159,6 +172,22 @@ def split_for_calibration(data: Dataset, fraction: float = 0.2, most: int = 256)
 
 
 SYNTHETIC_SAMPLES = 64
+#: Share of the memory available now that one array qbench makes may take: the model, its
+#: sessions and the runtime's activations need the rest.
+MEMORY_SHARE = 0.5
+
+
+def check_fits_in_memory(nbytes: int, what: str) -> None:
+    """Refuse, before allocating, an array that cannot fit: numpy would fail after minutes, or
+    the machine would swap."""
+    import psutil
+
+    available = psutil.virtual_memory().available
+    if nbytes > MEMORY_SHARE * available:
+        raise QbenchError(
+            f"{what} needs {nbytes / 2**30:.1f} GiB, more than half the {available / 2**30:.1f} GiB of memory "
+            "available; use a smaller --shape or --batch, or pass --data"
+        )
 
 
 def synthetic_dataset(model: OnnxModel, samples: int = SYNTHETIC_SAMPLES, seed: int = 0) -> Dataset:
@@ -186,8 +215,11 @@ def synthetic_dataset(model: OnnxModel, samples: int = SYNTHETIC_SAMPLES, seed: 
                 f"--shape {spec.name}=" + ",".join(str(d) if isinstance(d, int) else "N" for d in spec.shape)
             )
         shape = (count, *rest)
+        check_fits_in_memory(
+            math.prod(shape) * np.dtype(spec.dtype).itemsize, f"synthetic input {spec.name!r} of shape {list(shape)}"
+        )
         if spec.dtype.startswith("float"):
-            arrays[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            arrays[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype, copy=False)
         elif spec.dtype == "bool":
             arrays[spec.name] = np.ones(shape, dtype=bool)
         elif spec.name in id_limits:

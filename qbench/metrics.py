@@ -70,7 +70,9 @@ def _cosine(outputs: np.ndarray, _labels: np.ndarray | None, reference: np.ndarr
     out, ref = _flat(outputs), _flat(reference)
     norms = np.linalg.norm(out, axis=1) * np.linalg.norm(ref, axis=1)
     cos = np.sum(out * ref, axis=1) / np.maximum(norms, 1e-30)
-    return float(np.mean(cos))
+    # Two all-zero outputs are the same output (the angle is undefined; 0 would say "unrelated").
+    same_zero = (norms == 0) & np.all(out == ref, axis=1)
+    return float(np.mean(np.where(same_zero, 1.0, cos)))
 
 
 def _sqnr(outputs: np.ndarray, _labels: np.ndarray | None, reference: np.ndarray) -> float:

@@ -95,6 +95,9 @@ class OnnxModel:
             raise QbenchError(f"{path} is not an ONNX model ({exc}); export your model to ONNX first") from exc
         if not proto.graph.node:
             raise QbenchError(f"{path} is not an ONNX model: it holds no graph nodes")
+        digest = hashlib.sha256(raw)
+        for data_file in _load_external_data(proto, path):
+            digest.update(data_file.read_bytes())
         opset = _default_opset(proto)
         if opset < MIN_OPSET:
             proto = _upgrade_opset(proto, opset, path)
@@ -105,8 +108,7 @@ class OnnxModel:
                 "upgrade onnx and onnxruntime or export with an older opset"
             )
         _name_nodes(proto)
-        content_hash = hashlib.sha256(raw).hexdigest()[:16]
-        return cls(proto, path.stem, content_hash, path)
+        return cls(proto, path.stem, digest.hexdigest()[:16], path)
 
     def layer_names(self) -> tuple[str, ...]:
         return tuple(layer.name for layer in self.layers)
@@ -143,6 +145,49 @@ class OnnxModel:
     def save(self, path: pathlib.Path) -> None:
         """Write the named graph (the form every backend and the calibrator read)."""
         onnx.save_model(self.proto, str(path))
+
+
+#: Protobuf cannot serialize a message over 2 GiB: bigger models keep their weights in side files.
+MAX_INLINE_BYTES = 2**31 - 2**20
+
+
+def _load_external_data(proto: onnx.ModelProto, path: pathlib.Path) -> list[pathlib.Path]:
+    """Read weights stored beside the model (``external_data``) into ``proto``, so the model can
+    be copied into the caches as one file; return the side files. A location that leaves the
+    model's folder (absolute, ``..``, a link elsewhere) is refused, as ONNX Runtime does."""
+    from onnx import external_data_helper
+
+    tensors = [t for t in external_data_helper._get_all_tensors(proto) if external_data_helper.uses_external_data(t)]
+    if not tensors:
+        return []
+    folder = path.resolve().parent
+    files = []
+    for tensor in tensors:
+        location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+        target = (folder / location).resolve()
+        if (
+            pathlib.PurePath(location).is_absolute()
+            or ".." in pathlib.PurePath(location).parts
+            or not target.is_relative_to(folder)
+        ):
+            raise QbenchError(
+                f"{path}: tensor {tensor.name!r} points at external data {location!r} outside the model's folder; "
+                "keep weight files beside the model and name them relative to it"
+            )
+        if not target.is_file():
+            raise QbenchError(
+                f"{path}: tensor {tensor.name!r} keeps its weights in {location!r}, missing next to the model; "
+                "copy the .onnx file together with its data file(s)"
+            )
+        files.append(target)
+    total = sum(f.stat().st_size for f in set(files))
+    if total > MAX_INLINE_BYTES:
+        raise QbenchError(
+            f"{path}: {total / 2**30:.1f} GiB of external weights; qbench handles models up to 2 GiB so far "
+            "(quantize the weights first, or split the model)"
+        )
+    external_data_helper.load_external_data_for_model(proto, str(folder))
+    return sorted(set(files))
 
 
 def _upgrade_opset(proto: onnx.ModelProto, opset: int, path: pathlib.Path) -> onnx.ModelProto:

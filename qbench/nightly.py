@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 import pandas as pd
@@ -87,6 +87,19 @@ def _already_measured(board: Leaderboard, machine: Machine, config: str) -> bool
     return done > 0
 
 
+def worker_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
+    """The environment for a worker: ``$PYTHONPATH`` without empty or ``.`` entries, which
+    Python reads as the current directory (``PYTHONPATH=:/x`` imported a metric from there
+    despite ``-P``)."""
+    env = dict(environ)
+    entries = [e for e in env.get("PYTHONPATH", "").split(os.pathsep) if e and os.path.normpath(e) != "."]
+    if entries:
+        env["PYTHONPATH"] = os.pathsep.join(entries)
+    else:
+        env.pop("PYTHONPATH", None)
+    return env
+
+
 def _run_worker(
     job: SuiteJob,
     threads: int,
@@ -109,7 +122,13 @@ def _run_worker(
         output.flush()
         # Its own session, so a timeout kills the worker and anything it started.
         worker = subprocess.Popen(
-            command, stdin=subprocess.PIPE, stdout=output, stderr=subprocess.STDOUT, start_new_session=True, text=True
+            command,
+            stdin=subprocess.PIPE,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            text=True,
+            env=worker_environment(),
         )
         try:
             worker.stdin.write(json.dumps(spec))

@@ -13,6 +13,7 @@ import json
 import logging
 import os
 import pathlib
+import re
 import tempfile
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -116,6 +117,9 @@ results = sa.Table(
 
 
 def _add_job_columns(conn: Connection) -> None:
+    # The first commit's v1 files lack peak_rss_mb: the column came later without a version bump.
+    if "peak_rss_mb" not in {c["name"] for c in sa.inspect(conn).get_columns("results")}:
+        conn.execute(sa.text("ALTER TABLE results ADD COLUMN peak_rss_mb FLOAT"))
     for column in ("code_version VARCHAR(48)", "job VARCHAR(200)", "job_hash VARCHAR(32)"):
         conn.execute(sa.text(f"ALTER TABLE results ADD COLUMN {column}"))
     conn.execute(sa.text("CREATE INDEX ix_results_job ON results (job)"))
@@ -256,6 +260,32 @@ class ResultRow:
         )
 
 
+class _NeedsWrite(Exception):
+    """The schema must be created or migrated: retry holding the write lock."""
+
+
+def _engine(url: str) -> Engine:
+    """An engine whose SQLite transactions are real ones. pysqlite begins a transaction only
+    before a data change, so CREATE TABLE and ALTER TABLE ran outside any (a failed migration
+    half-applied; 4 processes opening a new file at once failed 35 of 60 times). Here every
+    transaction starts with BEGIN, and with BEGIN IMMEDIATE, which takes the write lock before
+    the first read, when opened with the execution option ``qbench_write_lock`` (SQLAlchemy's
+    documented recipe for pysqlite)."""
+    if not url.startswith("sqlite"):
+        return sa.create_engine(url, future=True)
+    engine = sa.create_engine(url, future=True, connect_args={"timeout": 60})
+
+    @sa.event.listens_for(engine, "connect")
+    def _no_implicit_begin(dbapi_connection, _record) -> None:
+        dbapi_connection.isolation_level = None
+
+    @sa.event.listens_for(engine, "begin")
+    def _begin(conn: Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE" if conn.get_execution_options().get("qbench_write_lock") else "BEGIN")
+
+    return engine
+
+
 class Leaderboard:
     """A connection to the store. Opening it checks reachability and the schema version."""
 
@@ -265,18 +295,24 @@ class Leaderboard:
         self.url = url
         self.fallback = fallback or pathlib.Path(tempfile.gettempdir()) / "qbench-unrecorded-rows.jsonl"
         self.unrecorded = 0
+        self.kept_in: dict[pathlib.Path, int] = {}  # fallback file -> rows written there
         self._sqlite_file = pathlib.Path(url.removeprefix("sqlite:///")) if url.startswith("sqlite:///") else None
         try:
             if self._sqlite_file is not None:
                 self._sqlite_file.parent.mkdir(parents=True, exist_ok=True)
-            self.engine: Engine = sa.create_engine(url, future=True)
-            with self.engine.begin() as conn:
-                self._prepare(conn)
+            self.engine: Engine = _engine(url)
+            try:
+                with self.engine.begin() as conn:  # a plain read when the schema is current
+                    self._prepare(conn, write=False)
+            except _NeedsWrite:  # create or migrate, holding the write lock from the first read
+                with self._writing() as conn:
+                    self._prepare(conn, write=True)
             self._identity = self._file_identity()
         except sa.exc.ArgumentError as exc:
             raise QbenchError(
-                f"leaderboard URL {url!r} is not a database URL ({exc}); use sqlite:///path.db or postgresql://…"
-            ) from exc
+                f"leaderboard URL {safe_url(url)} is not a database URL ({without_password(first_line(exc), url)}); "
+                "use sqlite:///path.db or postgresql://…"
+            ) from None  # the chained exception would print the URL with its password
         except ModuleNotFoundError as exc:
             raise QbenchError(
                 f"leaderboard URL {safe_url(url)} needs the Python driver {exc.name!r}; "
@@ -288,8 +324,10 @@ class Leaderboard:
         except OSError as exc:
             raise QbenchError(f"cannot create the leaderboard database {safe_url(url)}: {exc}") from exc
 
-    def _prepare(self, conn: Connection) -> None:
-        if conn.dialect.name == "postgresql":
+    def _prepare(self, conn: Connection, write: bool) -> None:
+        """Check the schema; create or migrate it when ``write`` (else raise ``_NeedsWrite``). It
+        all happens in the caller's one transaction, so a failure leaves the file as it was."""
+        if write and conn.dialect.name == "postgresql":
             # Machines of a farm may open a fresh database at once: one creates or migrates the
             # schema while the others wait (the lock ends with this transaction).
             conn.execute(sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": SCHEMA_LOCK_KEY})
@@ -300,6 +338,8 @@ class Leaderboard:
                     f"{safe_url(self.url)} has a results table but no qbench schema version: "
                     "it is not a qbench leaderboard"
                 )
+            if not write:
+                raise _NeedsWrite
             _meta.create_all(conn)
             conn.execute(schema_info.insert().values(key="schema_version", value=str(SCHEMA_VERSION)))
             return
@@ -318,6 +358,8 @@ class Leaderboard:
             )
         if version < 1:
             raise QbenchError(f"leaderboard {safe_url(self.url)} is damaged: schema version {version} does not exist")
+        if version < SCHEMA_VERSION and not write:
+            raise _NeedsWrite
         while version < SCHEMA_VERSION:
             MIGRATIONS[version](conn)
             version += 1
@@ -360,10 +402,15 @@ class Leaderboard:
                 conn.execute(sa.select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar_one()
             )
 
+    def _writing(self):
+        """A transaction that holds SQLite's write lock from its start, so concurrent writers wait
+        their turn (up to the connect timeout) instead of failing on a lock upgrade."""
+        return self.engine.execution_options(qbench_write_lock=True).begin()
+
     def record_machine(self, fingerprint: Mapping[str, Any]) -> None:
         self._machine = dict(fingerprint)  # kept with any row that has to go to the fallback file
         try:
-            with self.engine.begin() as conn:
+            with self._writing() as conn:
                 exists = conn.execute(
                     sa.select(machines.c.machine_hash).where(machines.c.machine_hash == fingerprint["hash"])
                 ).first()
@@ -392,7 +439,7 @@ class Leaderboard:
         try:
             if self._file_identity() != self._identity:
                 raise OSError(f"the leaderboard file {self._sqlite_file} was deleted or replaced during the run")
-            with self.engine.begin() as conn:
+            with self._writing() as conn:
                 row.id = int(conn.execute(results.insert().values(**values)).inserted_primary_key[0])
         except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:  # not a bad row: a lost database
             self._keep(values, first_line(getattr(exc, "orig", None) or exc))
@@ -405,13 +452,11 @@ class Leaderboard:
         record["machine_fingerprint"] = getattr(self, "_machine", None)
         line = json.dumps(record, default=str, sort_keys=True) + "\n"
         try:
-            self.fallback.parent.mkdir(parents=True, exist_ok=True)
-            with self.fallback.open("a", encoding="utf-8") as handle:
-                handle.write(line)
-        except OSError:  # the results folder itself is gone or read-only
+            _append(self.fallback, line)
+        except OSError:  # the results folder is gone, read-only or on a full disk
             self.fallback = pathlib.Path(tempfile.gettempdir()) / f"qbench-unrecorded-rows-{os.getpid()}.jsonl"
-            with self.fallback.open("a", encoding="utf-8") as handle:
-                handle.write(line)
+            _append(self.fallback, line)
+        self.kept_in[self.fallback] = self.kept_in.get(self.fallback, 0) + 1
         if not self.unrecorded:
             log.error(
                 "cannot write to leaderboard %s (%s); keeping rows in %s", safe_url(self.url), reason, self.fallback
@@ -469,6 +514,30 @@ def _now() -> dt.datetime:
     return dt.datetime.now(dt.UTC).replace(tzinfo=None)
 
 
+def _append(path: pathlib.Path, line: str) -> None:
+    """Append a whole line or nothing: on failure the file is cut back to its old size (and
+    removed if this call created it), so no half line or empty file is left behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    existed = path.exists()
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        size = os.lseek(fd, 0, os.SEEK_END)
+        try:
+            rest = memoryview(line.encode())
+            while rest:
+                rest = rest[os.write(fd, rest) :]
+        except OSError:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass
+            if not existed:
+                path.unlink(missing_ok=True)
+            raise
+    finally:
+        os.close(fd)
+
+
 def without_password(text: str, url: str) -> str:
     """``text`` (an error message) with ``url``'s password replaced by ***, wherever it appears."""
     try:
@@ -488,5 +557,5 @@ def safe_url(url: str) -> str:
     """The URL with any password hidden, for messages."""
     try:
         return sa.engine.make_url(url).render_as_string(hide_password=True)
-    except sa.exc.ArgumentError:
-        return repr(url)
+    except sa.exc.ArgumentError:  # not parsable: still hide whatever sits between "user:" and "@"
+        return repr(re.sub(r"(://[^:/@]*:)[^@]*@", r"\1***@", url))

@@ -195,6 +195,28 @@ def load_suite(path: str | pathlib.Path, overrides: dict[str, Any] | None = None
     )
 
 
+def missing_inputs(suite: Suite, most: int = 10) -> str | None:
+    """Every job whose model, data, recipe plan or metric file is missing, in one message (the
+    first ``most`` named), or None: checked before the first worker starts, so a suite of
+    thousands of jobs does not fail them one by one minutes apart."""
+    from qbench.zoo import lookup
+
+    bad: list[str] = []
+    for job in suite.jobs:
+        entry = lookup(job.model)
+        problems = [f"zoo model {job.model} {entry.missing()}"] if entry is not None and entry.missing() else []
+        files = [("model", None if entry else job.model), ("data", job.data), ("calib_data", job.calib_data)]
+        files += [("recipe", r) for r in job.recipes if r.endswith(".json")]
+        files += [("metric", metric_file(job.metric))]
+        problems += [f"{what} {path} not found" for what, path in files if path and not pathlib.Path(path).is_file()]
+        if problems:
+            bad.append(f"{job.job_id} ({'; '.join(problems)})")
+    if not bad:
+        return None
+    more = f"; and {len(bad) - most} more" if len(bad) > most else ""
+    return f"{suite.path}: {len(bad)} of {len(suite.jobs)} jobs cannot start: {', '.join(bad[:most])}{more}"
+
+
 def _checked(table: Any, keys: dict[str, Any], where: str) -> dict[str, Any]:
     if not isinstance(table, dict):
         raise QbenchError(f"{where} must be a table of keys, not {type(table).__name__}")

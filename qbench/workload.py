@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from qbench.data import Dataset
+from qbench.data import Dataset, check_fits_in_memory
 from qbench.errors import QbenchError
 from qbench.model import InputSpec, OnnxModel
 
@@ -50,6 +50,14 @@ class Workload:
         """New tokens one call processes (None for a plain batch)."""
         return {"batch": None, "prefill": self.context, "decode": 1}[self.kind]
 
+    def memory_bytes(self, caches: list[InputSpec], batch: int) -> int:
+        """A floor on the memory one call needs: the key/value cache in and out, and for a
+        prefill one layer's attention scores and their softmax (tokens x tokens per head)."""
+        if self.kind == "prefill":
+            scores = 2 * batch * caches[0].shape[1] * self.context**2 * 4 if caches else 0
+            return _kv_bytes(caches, batch, self.context) + scores
+        return _kv_bytes(caches, batch, self.context) + _kv_bytes(caches, batch, self.context + 1)
+
     def feeds(self, model: OnnxModel, data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
         """The inputs of one timed call."""
         if self.kind == "batch":
@@ -57,16 +65,21 @@ class Workload:
         tokens, caches = decoder_inputs(model, str(self))
         ids = data.inputs[tokens.name].reshape(-1)
         length = self.context if self.kind == "prefill" else 1
+        check_fits_in_memory(self.memory_bytes(caches, batch_size), f"workload {self} at batch {batch_size}")
         feeds = {tokens.name: np.resize(ids, (batch_size, length)).astype(tokens.dtype)}
         cached = 0 if self.kind == "prefill" else self.context
         rng = np.random.default_rng(0)  # attention costs the same whatever the cached values are
         for spec in caches:
             shape = (batch_size, spec.shape[1], cached, spec.shape[3])
-            feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
+            feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype, copy=False)
         return feeds
 
 
 BATCH = Workload()
+
+
+def _kv_bytes(caches: list[InputSpec], batch: int, tokens: int) -> int:
+    return sum(batch * s.shape[1] * tokens * s.shape[3] * 4 for s in caches)
 
 
 def cache_inputs(model: OnnxModel) -> list[InputSpec]:

@@ -8,22 +8,22 @@ import pathlib
 import pandas as pd
 
 from qbench.report.regressions import WITHHELD
-from qbench.report.tables import ACROSS_BACKENDS_NOTE, markdown_table
+from qbench.report.tables import ACROSS_BACKENDS_NOTE, csv_safe, markdown_table, markdown_text
 from qbench.report.view import ModelSection, Report
 
 
 def _model_markdown(machine_hash: str, cpu_model: str, model: ModelSection) -> str:
     lines = [
-        f"# {model.name} (model {model.model_hash}) on machine {machine_hash}",
+        f"# {markdown_text(model.name)} (model {model.model_hash}) on machine {machine_hash}",
         "",
-        f"CPU: {cpu_model}. Speedups are measured interleaved with the fp32 baseline of the same run; "
+        f"CPU: {markdown_text(cpu_model)}. Speedups are measured interleaved with the fp32 baseline of the same run; "
         "accuracy drop is against that baseline. Rows in different sections are not comparable.",
         "",
     ]
     for across in model.across:
-        lines += [f"## {across.title}", "", ACROSS_BACKENDS_NOTE, "", markdown_table(across.display), ""]
+        lines += [f"## {markdown_text(across.title)}", "", ACROSS_BACKENDS_NOTE, "", markdown_table(across.display), ""]
     for group in model.groups:
-        lines += [f"## {group.title}", "", markdown_table(group.display), ""]
+        lines += [f"## {markdown_text(group.title)}", "", markdown_table(group.display), ""]
     return "\n".join(lines)
 
 
@@ -34,13 +34,14 @@ def write_markdown(report: Report, results_dir: pathlib.Path) -> list[pathlib.Pa
     for machine in report.machines:
         out_dir = results_dir / machine.machine_hash
         out_dir.mkdir(parents=True, exist_ok=True)
-        index += [f"## Machine {machine.machine_hash}: {machine.cpu_model}", ""]
+        index += [f"## Machine {machine.machine_hash}: {markdown_text(machine.cpu_model)}", ""]
         for model in machine.models:
             md, csv = out_dir / f"{model.stem}.md", out_dir / f"{model.stem}.csv"
             md.write_text(_model_markdown(machine.machine_hash, machine.cpu_model, model))
-            pd.concat([group.numbers for group in model.groups]).to_csv(csv, index=False)
+            csv_safe(pd.concat([group.numbers for group in model.groups])).to_csv(csv, index=False)
             written += [md, csv]
-            index.append(f"- [{model.name}]({machine.machine_hash}/{model.stem}.md) ({len(model.latest)} plans)")
+            name = markdown_text(model.name).replace("[", "\\[").replace("]", "\\]")
+            index.append(f"- [{name}]({machine.machine_hash}/{model.stem}.md) ({len(model.latest)} plans)")
         index.append("")
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "index.md").write_text("\n".join(index))

@@ -9,6 +9,7 @@ are also set side by side, unranked, since no reference was timed with all of th
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 
 import numpy as np
@@ -192,12 +193,35 @@ def across_title(r: pd.Series) -> str:
     )
 
 
+def markdown_text(value: object) -> str:
+    """A value as literal Markdown table text: HTML escaped (names come from users' files, and
+    Markdown renderers pass raw HTML through), pipes and newlines kept from breaking the row."""
+    text = html.escape(str(value), quote=False)
+    return text.replace("|", "\\|").replace("\r", " ").replace("\n", " ")
+
+
 def markdown_table(table: pd.DataFrame) -> str:
     cols = list(table.columns)
-    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    lines = ["| " + " | ".join(map(markdown_text, cols)) + " |", "|" + "|".join("---" for _ in cols) + "|"]
     for _, row in table.iterrows():
-        lines.append("| " + " | ".join(str(row[c]).replace("|", "\\|") for c in cols) + " |")
+        lines.append("| " + " | ".join(markdown_text(row[c]) for c in cols) + " |")
     return "\n".join(lines)
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """``frame`` with text cells that a spreadsheet would run as a formula (starting with = + - @,
+    tab or CR) prefixed with a single quote, as OWASP advises against CSV injection. Numeric
+    columns stay numeric: a negative drop is a number, not text."""
+    out = frame.copy()
+    for column in out.columns:
+        if out[column].dtype == object:
+            out[column] = out[column].map(
+                lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
+            )
+    return out
 
 
 def group_title(r: pd.Series) -> str:
