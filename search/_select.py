@@ -119,8 +119,14 @@ def select(within: Sequence[ResultRow], time_batch: TimeBatch | None) -> Selecti
         if all(_settled(race.faster(leader.plan_hash, r.plan_hash)) for r in order[1:]):
             break
     notes = []
-    # Tied and not measurably slower: never trade speed the data can see for accuracy.
-    tied = [r for r in order[1:] if _tied(s := race.faster(leader.plan_hash, r.plan_hash)) and s.ci_low <= 1.0]
+    # Tied with the leader and measurably slower than no raced plan (native-int8, the floor,
+    # included): never trade speed the data can see for accuracy.
+    tied = [
+        r
+        for r in order[1:]
+        if _tied(race.faster(leader.plan_hash, r.plan_hash))
+        and all(race.faster(r.plan_hash, q.plan_hash).ci_high >= 1.0 for q in order if q is not r)
+    ]
     steadier = min([leader, *tied], key=lambda r: r.accuracy_drop)  # the leader, unless a tie drops less
     if steadier is not leader:
         notes.append(
