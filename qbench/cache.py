@@ -22,7 +22,7 @@ from collections.abc import Callable, Sequence
 from qbench.errors import QbenchError
 
 log = logging.getLogger(__name__)
-_verified: set[tuple[str, int]] = set()  # (entry, its hash file's mtime) checked in this process
+_verified: set[tuple] = set()  # entries checked in this process, by their files' (name, mtime, size)
 
 
 def cache_root() -> pathlib.Path:
@@ -66,12 +66,15 @@ def _parts(path: pathlib.Path, companions: Sequence[str]) -> list[pathlib.Path]:
     return [path, *(path.with_suffix(suffix) for suffix in companions)]
 
 
+def _files(part: pathlib.Path) -> list[pathlib.Path]:
+    return sorted(f for f in part.rglob("*") if f.is_file()) if part.is_dir() else [part]
+
+
 def _digest(parts: Sequence[pathlib.Path]) -> str:
     """SHA-256 of the files (a folder: each file under it, with its relative name) in order."""
     digest = hashlib.sha256()
     for part in parts:
-        files = sorted(f for f in part.rglob("*") if f.is_file()) if part.is_dir() else [part]
-        for file in files:
+        for file in _files(part):
             digest.update(str(file.relative_to(part)).encode() if part.is_dir() else b"\0")
             with file.open("rb") as handle:
                 while chunk := handle.read(1 << 20):
@@ -85,8 +88,9 @@ def hash_file(path: pathlib.Path) -> pathlib.Path:
 
 def intact(path: pathlib.Path, companions: Sequence[str] = ()) -> bool:
     """Whether the entry at ``path`` (with its companions) matches the hash written with it."""
-    try:
-        stamp = (str(path), hash_file(path).stat().st_mtime_ns)
+    try:  # what a change to any file would change: its size and modification time
+        files = [file for part in _parts(path, companions) for file in _files(part)] + [hash_file(path)]
+        stamp = tuple((str(f), f.stat().st_mtime_ns, f.stat().st_size) for f in files)
         if stamp in _verified:
             return True
         ok = _digest(_parts(path, companions)) == hash_file(path).read_text().strip()

@@ -56,6 +56,8 @@ class StudySettings:
     sequential: bool = True
 
     def __post_init__(self) -> None:
+        if not 0 <= self.seed <= 2**32 - 1:
+            raise QbenchError(f"`seed` must be between 0 and 2**32 - 1, but got {self.seed}")
         if not 0 <= self.max_drop < 1:
             raise QbenchError(f"`max_drop` must be between 0 and 1 (e.g. 0.01 or 1%), but got {self.max_drop}")
         if self.n_trials < 1:
@@ -326,7 +328,7 @@ class _Objective:
             return drop, time_against_baseline(self.evaluator, {"c": runner}, self.reference_ms)["c"]
         scored: list = []
         first = self.evaluator.sequential_drop(runner, budget, most=FIRST_LOOK, scored=scored)
-        if first.verdict == "over":
+        if first.verdict != "partial" and first.drop > budget:  # decided over the budget already
             return self._record_drop(trial, first), None
         best = feasible_trials(trial.study)
         stop = clearly_slower(_trial_speedup(best[0]) if best else None)

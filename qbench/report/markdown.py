@@ -4,6 +4,7 @@ the terminal leaderboard."""
 from __future__ import annotations
 
 import pathlib
+from urllib.parse import quote
 
 import pandas as pd
 
@@ -41,7 +42,8 @@ def write_markdown(report: Report, results_dir: pathlib.Path) -> list[pathlib.Pa
             csv_safe(pd.concat([group.numbers for group in model.groups])).to_csv(csv, index=False)
             written += [md, csv]
             name = markdown_text(model.name).replace("[", "\\[").replace("]", "\\]")
-            index.append(f"- [{name}]({machine.machine_hash}/{model.stem}.md) ({len(model.latest)} plans)")
+            link = quote(f"{machine.machine_hash}/{model.stem}.md")
+            index.append(f"- [{name}]({link}) ({len(model.latest)} plans)")
         index.append("")
     results_dir.mkdir(parents=True, exist_ok=True)
     (results_dir / "index.md").write_text("\n".join(index))

@@ -217,7 +217,7 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
     columns stay numeric: a negative drop is a number, not text."""
     out = frame.copy()
     for column in out.columns:
-        if out[column].dtype == object:
+        if not (pd.api.types.is_numeric_dtype(out[column]) or pd.api.types.is_datetime64_any_dtype(out[column])):
             out[column] = out[column].map(
                 lambda v: "'" + v if isinstance(v, str) and v.startswith(_FORMULA_START) else v
             )

@@ -19,7 +19,7 @@ def test_builds_once_then_hits(tmp_path):
     assert atomic_cached(path, produce) is False
     assert atomic_cached(path, produce) is True
     assert path.read_text() == "entry" and len(calls) == 1
-    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx"]  # no temporaries left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["model.onnx", "model.onnx.sha256"]  # no temporaries
 
 
 def test_a_failed_build_leaves_no_entry_and_no_temporary(tmp_path):
@@ -42,7 +42,7 @@ def test_companions_move_in_with_the_entry(tmp_path):
     path = tmp_path / "model.xml"
     atomic_cached(path, produce, companions=(".bin",))
     assert path.with_suffix(".bin").read_bytes() == b"weights"
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.xml"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.bin", "model.xml", "model.xml.sha256"]
 
 
 def test_a_folder_entry(tmp_path):

@@ -207,9 +207,8 @@ def test_an_unusable_artifact_cache_size_is_one_line(monkeypatch, value):
 
 @pytest.mark.parametrize("seed", ["-1", "1180591620717411303424", "x"])
 def test_a_seed_outside_what_the_sampler_takes_is_refused(seed, capsys):
-    with pytest.raises(SystemExit) as exit_info:
-        main(["tune", "--seed", seed])
-    assert exit_info.value.code == 2 and "--seed" in capsys.readouterr().err
+    assert main(["tune", "--seed", seed]) == 2
+    assert "--seed" in capsys.readouterr().err
 
 
 def test_synthetic_data_that_cannot_fit_in_memory_is_refused_up_front(tmp_path, capsys):
