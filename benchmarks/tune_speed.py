@@ -44,9 +44,11 @@ DEFAULT = ["digits-cnn", "mobilenet-blocks", "yolo-blocks", "ppocr-rec:2%", "smo
 WINNER = re.compile(r"^winner (\S+): ([\d.]+)× vs fp32 \(95% CI ([\d.]+)–([\d.]+)\).* drop ([-+][\d.]+);")
 
 
-def run_tune(name: str, budget: str, workload: str | None, seed: int, results: pathlib.Path, extra: list[str]) -> dict:
+def run_tune(
+    python: str, name: str, budget: str, workload: str | None, seed: int, results: pathlib.Path, extra: list[str]
+) -> dict:
     command = [
-        sys.executable,
+        python,
         "-m",
         "qbench.cli",
         "tune",
