@@ -62,7 +62,8 @@ def run_tune(
     ]
     command += ["--workload", workload] if workload else []
     started = time.perf_counter()
-    out = subprocess.run([*command, "-q", *extra], capture_output=True, text=True)
+    # Run outside any checkout: with -m, the current folder comes first on sys.path.
+    out = subprocess.run([*command, "-q", *extra], capture_output=True, text=True, cwd=results.parent)
     wall = time.perf_counter() - started
     if out.returncode != 0:
         sys.exit(f"{' '.join(command)} failed: {out.stderr.strip().splitlines()[-1:]}")
