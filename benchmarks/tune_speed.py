@@ -28,7 +28,7 @@ import time
 
 import optuna
 
-from qbench.backends import get_backend
+from qbench.backends import Artifact, get_backend
 from qbench.data import load_npz
 from qbench.harness import timed_call
 from qbench.machine import current_machine
@@ -99,11 +99,17 @@ def winner_artifact(results: pathlib.Path):
     fp32 = rows[(rows.plan_name == "fp32") & (rows.status == "ok")].iloc[-1]
     backend = get_backend(row.backend)
     cache = results / "cache"
-    return (
-        row,
-        backend.cached_artifact(row.model_name, row.artifact_key, cache),
-        backend.cached_artifact(fp32.model_name, fp32.artifact_key, cache),
-    )
+    return row, _cached(backend, row, cache), _cached(backend, fp32, cache)
+
+
+def _cached(backend, row, cache: pathlib.Path) -> Artifact:
+    """The row's artifact from the run's cache; an older qbench wrote no content hashes, so its
+    entries are taken as they are (the run that built them just ended)."""
+    found = backend.cached_artifact(row.model_name, row.artifact_key, cache)
+    if found is not None:
+        return found
+    path = backend._artifact_path(row.model_name, row.artifact_key, cache)
+    return Artifact(path, row.artifact_key, 0.0, True, tuple(path.with_suffix(s) for s in backend.companion_suffixes))
 
 
 def head_to_head(name: str, default: pathlib.Path, compared: pathlib.Path, seconds: float, other: str) -> str:
