@@ -110,9 +110,8 @@ def test_the_tuners_sensitivity_measures_only_what_orders_the_groups(harness, tm
     recovered drop decides the seed order; drop_alone and the revert cost are left NaN."""
     import math
 
-    from qbench.search import analyze_sensitivity, build_space
-
     from qbench.plan import PlanOptions
+    from qbench.search import analyze_sensitivity, build_space
 
     space = build_space(harness.model, harness.backend.precisions, PlanOptions(), allowed=("fp32", "int8"))
     loads = []
