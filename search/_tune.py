@@ -228,7 +228,7 @@ def tune(
         try:
             harness.require_baseline()
             with timer.stage("sensitivity"):
-                report = analyze_sensitivity(harness, space, offered[0], progress)
+                report = analyze_sensitivity(harness, space, offered[0], progress, full=False)
             seed_study(study, space, report, settings.ladder, creator=created, precisions=offered)
             progress(
                 f"search: up to {settings.n_trials} trials; uniform {offered[0]} drop {report.uniform_drop:+.4f} "

@@ -103,3 +103,24 @@ def test_measure_interleaved_asks_stop_from_the_fourth_round_and_ends_there():
     samples = measure_interleaved({"a": lambda: None, "b": lambda: None}, protocol, clock=clock, stop=stop)
     assert asked == [DECIDE_BLOCKS]
     assert len(samples["a"]) == DECIDE_BLOCKS * samples.block
+
+
+def test_the_tuners_sensitivity_measures_only_what_orders_the_groups(harness, tmp_path, monkeypatch):
+    """One quick score per group (uniform int8 with that group back in fp32), no timing: the
+    recovered drop decides the seed order; drop_alone and the revert cost are left NaN."""
+    import math
+
+    from qbench.plan import PlanOptions
+    from qbench.search import analyze_sensitivity, build_space
+
+    space = build_space(harness.model, harness.backend.precisions, PlanOptions(), allowed=("fp32", "int8"))
+    loads = []
+    real_load = harness.load
+    monkeypatch.setattr(harness, "load", lambda plan: loads.append(plan) or real_load(plan))
+    monkeypatch.setattr(harness, "workdir", tmp_path)  # a fresh sensitivity cache
+    report = analyze_sensitivity(harness, space, "int8", full=False)
+    groups = [g for g in space.groups if "int8" in g.choices]
+    assert len(loads) == 1 + len(groups)  # uniform, then each group reverted
+    assert all(math.isnan(g.drop_alone) and math.isnan(g.revert_cost_ms) for g in report.groups)
+    recovered = [g.recovered for g in report.groups]
+    assert recovered == sorted(recovered, reverse=True)
