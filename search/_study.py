@@ -233,7 +233,8 @@ def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(front, key=lambda t: t.values[0])
 
 
-def _trial_speedup(trial: FrozenTrial) -> Speedup:
+def trial_speedup(trial: FrozenTrial) -> Speedup:
+    """A timed trial's paired speedup against fp32, with its interval."""
     return Speedup(trial.user_attrs["speedup"], *trial.user_attrs["speedup_ci"])
 
 
@@ -331,7 +332,7 @@ class _Objective:
         if first.verdict != "partial" and first.drop > budget:  # decided over the budget already
             return self._record_drop(trial, first), None
         best = feasible_trials(trial.study)
-        stop = clearly_slower(_trial_speedup(best[0]) if best else None)
+        stop = clearly_slower(trial_speedup(best[0]) if best else None)
         timing = time_against_baseline(self.evaluator, {"c": runner}, self.reference_ms, stop=stop)["c"]
         estimate = first if stop.decided or first.verdict != "partial" else None
         if estimate is None:

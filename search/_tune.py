@@ -34,6 +34,7 @@ from qbench.search._study import (
     run_study,
     seed_study,
     trial_plan,
+    trial_speedup,
     trial_summary,
 )
 from qbench.statistics import Speedup
@@ -418,18 +419,14 @@ def _finalists(
     return chosen[:MAX_FINALISTS]
 
 
-def _trial_speedup(trial) -> Speedup:
-    return Speedup(trial.user_attrs["speedup"], *trial.user_attrs["speedup_ci"])
-
-
 def _cannot_win(trial, anchors: Sequence) -> bool:
     if "speedup_ci" not in trial.user_attrs:
         return False
-    mine = _trial_speedup(trial)
+    mine = trial_speedup(trial)
     if mine.ci_high < 1.0:
         return True
     return any(
-        a.user_attrs["drop"] <= trial.user_attrs["drop"] and relative(mine, _trial_speedup(a)).ci_high < 1.0
+        a.user_attrs["drop"] <= trial.user_attrs["drop"] and relative(mine, trial_speedup(a)).ci_high < 1.0
         for a in anchors
         if "speedup_ci" in a.user_attrs and a.number != trial.number
     )
