@@ -7,7 +7,7 @@ import json
 import pathlib
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
 import numpy as np
@@ -17,8 +17,29 @@ from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
-from qbench.plan import PrecisionPlan
+from qbench.plan import WEIGHT_ONLY_BITS, PrecisionPlan
 from qbench.profile import OpTime
+
+#: Shared plan options the tuner may search, each with the precisions it changes (None: every
+#: plan): the static int8 scheme and the weight-only block size. Adapters add their own.
+SHARED_SEARCHED_OPTIONS: dict[str, frozenset[str] | None] = {
+    **dict.fromkeys(("quantizer", "activation_type", "per_channel", "reduce_range"), frozenset({"int8"})),
+    "block_size": frozenset(WEIGHT_ONLY_BITS),
+}
+
+
+@dataclass(frozen=True)
+class NoRuntimeOptions:
+    """The runtime options of a backend that has none of its own."""
+
+
+def choice_check(options: Any, choices: dict[str, tuple[Any, ...]]) -> None:
+    """Raise a QbenchError for the first field of the ``options`` dataclass whose value is set
+    and not among ``choices[field]`` (a runtime-options ``__post_init__`` helper)."""
+    for name, allowed in choices.items():
+        value = getattr(options, name)
+        if value is not None and value not in allowed:
+            raise QbenchError(f"plan option `{name}` must be one of {allowed}, but got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -99,6 +120,10 @@ class Backend(abc.ABC):
     """
 
     name: ClassVar[str]
+    #: This runtime's own plan options: a frozen dataclass whose fields default to None (the
+    #: machine's default) and whose ``__post_init__`` rejects bad values. Plans carry them in
+    #: ``PlanOptions.runtime``; nothing outside the adapter names them.
+    Options: ClassVar[type] = NoRuntimeOptions
     #: The artifact's file suffix, and the suffixes of the files built beside it.
     artifact_suffix: ClassVar[str] = ".onnx"
     companion_suffixes: ClassVar[tuple[str, ...]] = ()
@@ -195,20 +220,40 @@ class Backend(abc.ABC):
         raise QbenchError(f"backend {self.name!r} has no per-op profiler in qbench yet")
 
     def option_choices(self) -> dict[str, tuple[Any, ...]]:
-        """Values this backend accepts here for plan-wide options: ``quantizer`` and
-        ``inference_precision`` (only these values are honoured) and the int8 scheme
-        (``activation_type``, ``per_channel``, …: the values worth trying on this backend).
-        The tuner searches every option with several values, except the native quantizer."""
+        """Values this backend accepts here for plan-wide options: ``quantizer`` and its runtime
+        options (only these values are honoured) and the int8 scheme (``activation_type``,
+        ``per_channel``, …: the values worth trying on this backend). The tuner searches the
+        ``searched_options`` with several values here, except the native quantizer."""
         return {"quantizer": ("qdq", "native")}
+
+    def searched_options(self) -> dict[str, frozenset[str] | None]:
+        """Options the tuner may search, each with the precisions whose layers read it (None:
+        every plan). An adapter adds its runtime options to the shared ones."""
+        return dict(SHARED_SEARCHED_OPTIONS)
+
+    def runtime_options(self, plan: PrecisionPlan) -> Any:
+        """The plan's runtime options as this backend's ``Options``; a QbenchError names an
+        option this backend does not have."""
+        given = dict(plan.options.runtime)
+        known = [f.name for f in fields(self.Options)]
+        unknown = sorted(set(given) - set(known))
+        if unknown:
+            raise QbenchError(
+                f"backend {self.name!r} has no plan option {', '.join(unknown)}; "
+                f"its own options are {', '.join(known) or 'none'} (`qbench backends` lists them)"
+            )
+        return self.Options(**given)
 
     def check_plan(self, plan: PrecisionPlan, model: OnnxModel) -> None:
         """Raise a QbenchError naming the first layer (or option) this backend cannot run."""
         from qbench.plan import check_plan_layers
 
+        self.runtime_options(plan)
         choices = self.option_choices()
-        for option in ("quantizer", "inference_precision", "preset"):
-            value = getattr(plan.options, option)
-            if value is not None and value not in choices.get(option, ()):
+        for option in ("quantizer", *(name for name, _ in plan.options.runtime)):
+            value = plan.options.get(option)
+            honoured = option == "quantizer" or option in choices  # a quantizer must be offered
+            if value is not None and honoured and value not in choices.get(option, ()):
                 offered = f"; it offers {', '.join(choices[option])}" if choices.get(option) else ""
                 raise QbenchError(f"backend {self.name!r} cannot honour plan option {option}={value!r}{offered}")
         check_plan_layers(plan, model.layer_names())

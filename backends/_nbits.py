@@ -20,7 +20,7 @@ import numpy as np
 from qbench.backends._qdq import quiet_root_logger
 from qbench.cache import atomic_cached, content_key
 from qbench.machine import Machine
-from qbench.plan import ACCURACY_LEVELS, WEIGHT_ONLY_BITS, PrecisionPlan
+from qbench.plan import WEIGHT_ONLY_BITS, PrecisionPlan
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +29,10 @@ _PROBE_TOKENS = (1, 32)
 _PROBE_IN, _PROBE_OUT = 1024, 2048
 _PROBE_SECONDS = 0.1
 _PROBE_BLOCK = 32  # the default block size (OnnxRuntimeBackend.resolve_plan)
+#: MatMulNBits' ``accuracy_level``: the type activations are multiplied in (0: the kernel's
+#: default, float; 4: int8). Levels 1-3 (fp32, fp16, bf16) are not offered: on x86 CPUs ONNX
+#: Runtime runs them as level 0.
+ACCURACY_LEVELS = (0, 4)
 
 
 def _compress(model: Any, bits: int, block_size: int, level: int, layers: list[str] | None = None) -> Any:
@@ -58,7 +62,7 @@ def write_weight_only(source: pathlib.Path, out: pathlib.Path, plan: PrecisionPl
     for precision, bits in WEIGHT_ONLY_BITS.items():
         layers = plan.layers_in(precision)
         if layers:
-            model = _compress(model, bits, plan.options.block_size, plan.options.accuracy_level, layers)
+            model = _compress(model, bits, plan.options.block_size, plan.options.get("accuracy_level"), layers)
     onnx.save(model, str(out))
 
 

@@ -7,13 +7,14 @@ import logging
 import os
 import pathlib
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from qbench.backends import _nbits as nbits
 from qbench.backends import _qdq as qdq
-from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner
+from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner, choice_check
 from qbench.cache import cache_root, content_key
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, first_line
@@ -134,6 +135,17 @@ def native_int8_options(machine_is_x86: bool) -> dict[str, Any]:
     return {"activation_type": QuantType.QUInt8 if machine_is_x86 else QuantType.QInt8, "weight_type": QuantType.QInt8}
 
 
+@dataclass(frozen=True)
+class OnnxRuntimeOptions:
+    """ONNX Runtime's own plan options (None: the default for this machine)."""
+
+    #: Weight-only layers: MatMulNBits' compute type (``_nbits.ACCURACY_LEVELS``).
+    accuracy_level: int | None = None
+
+    def __post_init__(self) -> None:
+        choice_check(self, {"accuracy_level": nbits.ACCURACY_LEVELS})
+
+
 class OnnxRuntimeBackend(Backend):
     """ONNX Runtime's CPU execution provider.
 
@@ -145,6 +157,7 @@ class OnnxRuntimeBackend(Backend):
     """
 
     name = "onnxruntime"
+    Options = OnnxRuntimeOptions
 
     def probe(self) -> Availability:
         try:
@@ -173,6 +186,9 @@ class OnnxRuntimeBackend(Backend):
             "accuracy_level": nbits.ACCURACY_LEVELS,
         }
 
+    def searched_options(self) -> dict[str, frozenset[str] | None]:
+        return {**super().searched_options(), "accuracy_level": frozenset(WEIGHT_ONLY_BITS)}
+
     def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
         if plan.is_native:  # the native quantizer takes no options from the plan
             return plan
@@ -188,9 +204,9 @@ class OnnxRuntimeBackend(Backend):
         weight_only = {WEIGHT_ONLY_BITS[p] for p in plan.layers.values() if p in WEIGHT_ONLY_BITS}
         if weight_only:  # only then, so other plans keep their hashes
             defaults["block_size"] = 32  # GGUF's Q4/Q8 block; 64 and 128 are smaller and coarser
-            if o.accuracy_level is None:
+            if o.get("accuracy_level") is None:
                 defaults["accuracy_level"] = nbits.best_level(nbits.level_speedups(machine, cache_root()), weight_only)
-        changes = {k: v for k, v in defaults.items() if getattr(o, k) is None}
+        changes = {k: v for k, v in defaults.items() if o.get(k) is None}
         return plan.with_options(**changes) if changes else plan
 
     def calibrate(self, model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:

@@ -16,17 +16,18 @@ import io
 import logging
 import pathlib
 from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
 from qbench.backends import _qdq as qdq
-from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner
+from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner, choice_check
 from qbench.data import Dataset
 from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
 from qbench.model import Layer, OnnxModel
-from qbench.plan import BLOCK_SIZES, NNCF_PRESETS, WEIGHT_ONLY_BITS, PrecisionPlan
+from qbench.plan import BLOCK_SIZES, WEIGHT_ONLY_BITS, PrecisionPlan
 from qbench.profile import PROFILE_WARMUP, OpTime, sandwiched
 
 # OpenVINO operations that carry a quantizable layer's weights, as convert_model names them:
@@ -43,6 +44,21 @@ _FLOAT_TYPES = frozenset({"f32", "bf16", "f16"})
 # Operations nncf.compress_weights compresses unless told to ignore them (embeddings are Gathers).
 _COMPRESSIBLE_OPS = frozenset({"MatMul", "Gather", "Convolution"})
 _RT_INFO = "qbench_inference_precision"  # stored in the IR so load() needs only the artifact
+NNCF_PRESETS = ("performance", "mixed")
+INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
+
+
+@dataclass(frozen=True)
+class OpenVinoOptions:
+    """OpenVINO's own plan options (None: the default for this machine)."""
+
+    #: The precision float layers compute in (the CPU plugin's ``INFERENCE_PRECISION_HINT``).
+    inference_precision: str | None = None
+    #: NNCF's quantization preset: "performance" (symmetric) or "mixed" (asymmetric activations).
+    preset: str | None = None
+
+    def __post_init__(self) -> None:
+        choice_check(self, {"inference_precision": INFERENCE_PRECISIONS, "preset": NNCF_PRESETS})
 
 
 @functools.lru_cache(maxsize=1)
@@ -142,6 +158,7 @@ class OpenVinoBackend(Backend):
     """
 
     name = "openvino"
+    Options = OpenVinoOptions
     artifact_suffix = ".xml"
     companion_suffixes = (".bin",)
     # Measured on the EPYC, OpenVINO 2026.4, mobilenet-blocks fp32, 3 compiled models of one IR
@@ -186,13 +203,16 @@ class OpenVinoBackend(Backend):
             "block_size": BLOCK_SIZES,
         }
 
+    def searched_options(self) -> dict[str, frozenset[str] | None]:
+        return {**super().searched_options(), "preset": frozenset({"int8"}), "inference_precision": None}
+
     def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
         # NNCF by default: on an AVX2 CPU without VNNI (AMD EPYC Zen 3) the QDQ route with
         # symmetric signed activations lost 11 points of top-1 on a MobileNet-style model where
         # NNCF lost none. Float layers stay f32 unless the plan asks for bf16: OpenVINO's own
         # default on AMX/AVX-512-BF16 CPUs is bf16, which would make "fp32" layers lose precision.
         if plan.is_native:
-            return plan if plan.options.inference_precision else plan.with_options(inference_precision="f32")
+            return plan if plan.options.get("inference_precision") else plan.with_options(inference_precision="f32")
         defaults: dict[str, Any] = {"quantizer": "nncf", "inference_precision": "f32"}
         if plan.layers_in(*WEIGHT_ONLY_BITS):
             defaults["block_size"] = BLOCK_SIZES[0]  # NNCF's own default group is 128; 32 as on ONNX Runtime
@@ -208,8 +228,7 @@ class OpenVinoBackend(Backend):
                 per_channel=True,
                 reduce_range=False,
             )
-        o = plan.options
-        changes = {k: v for k, v in defaults.items() if getattr(o, k) is None}
+        changes = {k: v for k, v in defaults.items() if plan.options.get(k) is None}
         return plan.with_options(**changes) if changes else plan
 
     def calibrate(self, model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:
@@ -247,7 +266,7 @@ class OpenVinoBackend(Backend):
                 ov_model = self._nncf_quantize(ov_model, model, plan, calibration)
             if plan.layers_in(*WEIGHT_ONLY_BITS):
                 ov_model = self._compress_weights(ov_model, plan)
-            ov_model.set_rt_info(plan.options.inference_precision, _RT_INFO)
+            ov_model.set_rt_info(plan.options.get("inference_precision"), _RT_INFO)
             # compress_to_fp16 defaults to True; fp32 layers must keep fp32 weights.
             openvino.save_model(ov_model, str(out), compress_to_fp16=False)
         finally:
@@ -276,7 +295,8 @@ class OpenVinoBackend(Backend):
         float_layers = [layer for layer in model.layer_names() if plan.precision(layer) != "int8"]
         # NNCF's ignored scope takes OpenVINO operation names, not the ONNX node names of the plan.
         ignored = [name for layer in float_layers for name in _ov_names(ov_model, layer)]
-        extra = {"preset": getattr(nncf.QuantizationPreset, plan.options.preset.upper())} if plan.options.preset else {}
+        preset = plan.options.get("preset")
+        extra = {"preset": getattr(nncf.QuantizationPreset, preset.upper())} if preset else {}
         with _quiet_nncf():
             return nncf.quantize(
                 ov_model,

@@ -124,7 +124,7 @@ class TensorRtBackend(Backend):
         defaults = {"activation_type": "int8", "weight_type": "int8", "per_channel": True, "reduce_range": False}
         if plan.layers_in(*WEIGHT_ONLY_BITS):
             defaults["block_size"] = BLOCK_SIZES[0]
-        changes = {k: v for k, v in defaults.items() if getattr(plan.options, k) is None}
+        changes = {k: v for k, v in defaults.items() if plan.options.get(k) is None}
         return plan.with_options(**changes) if changes else plan
 
     def calibrate(self, model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:

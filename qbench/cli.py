@@ -8,7 +8,7 @@ import pathlib
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 from qbench.arguments import EXIT_REGRESSION, build_parser
@@ -65,6 +65,9 @@ def cmd_backends(args: argparse.Namespace) -> int:
         state = "available" if a.available else "unavailable"
         detail = a.device if a.available else a.reason
         print(f"  {backend.name:<12} {state:<11} version {a.version or '-':<10} {detail}".rstrip())
+        own = [f.name for f in fields(backend.Options)]
+        if own:
+            print(f"  {'':<12} plan options of its own: {', '.join(own)}")
     return 0
 
 

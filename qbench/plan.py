@@ -17,10 +17,6 @@ PRECISIONS = ("fp32", "fp16", "bf16", "int8", "int8-dynamic", "fp8", "int4-weigh
 #: (per block of ``block_size`` input channels) and activations stay float, as BitsAndBytes does.
 WEIGHT_ONLY_BITS = {"int4-weight": 4, "int8-weight": 8}
 BLOCK_SIZES = (32, 64, 128)
-#: ONNX Runtime's MatMulNBits ``accuracy_level``: the type activations are multiplied in
-#: (0: the kernel's default, float; 4: int8). Levels 1-3 (fp32, fp16, bf16) are not offered:
-#: on x86 CPUs ONNX Runtime runs them as level 0.
-ACCURACY_LEVELS = (0, 4)
 #: How the tuner groups layers into choices: one per layer, or one per repeated position (the
 #: q_proj of every decoder block together), which keeps a 30-block LLM's 271 layers to 10 choices.
 GROUPINGS = ("layer", "repeated")
@@ -33,13 +29,16 @@ INT8_TYPES = ("int8", "uint8")
 #: the plan's float layers ignored (OpenVINO); "native": the runtime's own one-line whole-model
 #: quantization with its documented defaults (the floor every plan is measured against).
 QUANTIZERS = ("qdq", "nncf", "native")
-NNCF_PRESETS = ("performance", "mixed")
-INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 
 
 @dataclass(frozen=True)
 class PlanOptions:
-    """Plan-wide quantizer options. ``None`` means "the backend's default for this machine"."""
+    """Plan-wide quantizer options. ``None`` means "the backend's default for this machine".
+
+    The fields are the options every backend shares; ``runtime`` holds the options one runtime
+    adds, which its adapter declares (``Backend.Options``) and checks (``Backend.check_plan``).
+    Read any option with ``get`` and change any with ``updated``.
+    """
 
     activation_type: str | None = None
     weight_type: str | None = None
@@ -50,16 +49,21 @@ class PlanOptions:
     calibration: str = "minmax"
     #: Who writes the int8 graph: "qdq" (ONNX Runtime's quantizer, every backend) or "nncf" (OpenVINO).
     quantizer: str | None = None
-    #: Precision float layers compute in where the runtime has a global hint (OpenVINO CPU: f32, bf16).
-    inference_precision: str | None = None
-    #: NNCF's quantization preset: "performance" (symmetric) or "mixed" (asymmetric activations).
-    preset: str | None = None
     #: Weight-only layers: input channels per quantization block.
     block_size: int | None = None
-    #: Weight-only layers on ONNX Runtime: MatMulNBits' compute type (see ACCURACY_LEVELS).
-    accuracy_level: int | None = None
+    #: One runtime's own options, as sorted ``(name, value)`` pairs (a mapping is accepted).
+    runtime: tuple[tuple[str, Any], ...] = ()
 
     def __post_init__(self) -> None:
+        pairs = self.runtime.items() if isinstance(self.runtime, Mapping) else self.runtime
+        try:
+            runtime = tuple(sorted((str(k), v) for k, v in pairs if v is not None))
+        except (TypeError, ValueError):
+            raise QbenchError(f"plan runtime options must map names to values, but got {self.runtime!r}") from None
+        clash = {name for name, _ in runtime} & SHARED_OPTIONS
+        if clash:
+            raise QbenchError(f"plan option(s) {sorted(clash)} are shared options, not runtime options")
+        object.__setattr__(self, "runtime", runtime)
         for name in ("activation_type", "weight_type"):
             value = getattr(self, name)
             if value is not None and value not in INT8_TYPES:
@@ -71,15 +75,35 @@ class PlanOptions:
         for name, allowed in (
             ("calibration", CALIBRATION_METHODS),
             ("quantizer", (None, *QUANTIZERS)),
-            ("inference_precision", (None, *INFERENCE_PRECISIONS)),
-            ("preset", (None, *NNCF_PRESETS)),
             ("block_size", (None, *BLOCK_SIZES)),
-            ("accuracy_level", (None, *ACCURACY_LEVELS)),
         ):
             value = getattr(self, name)
             if value not in allowed:
                 choices = tuple(a for a in allowed if a is not None)
                 raise QbenchError(f"plan option `{name}` must be one of {choices}, but got {value!r}")
+
+    def get(self, name: str) -> Any:
+        """A shared or runtime option's value; None when unset."""
+        return getattr(self, name) if name in SHARED_OPTIONS else dict(self.runtime).get(name)
+
+    def updated(self, **changes: Any) -> PlanOptions:
+        shared = {k: v for k, v in changes.items() if k in SHARED_OPTIONS}
+        runtime = {**dict(self.runtime), **{k: v for k, v in changes.items() if k not in SHARED_OPTIONS}}
+        return replace(self, **shared, runtime=runtime)
+
+    def as_dict(self) -> dict[str, Any]:
+        """Every option by name, shared and runtime, flat (the plan file's ``options``)."""
+        flat = {name: getattr(self, name) for name in sorted(SHARED_OPTIONS)}
+        return {**flat, **dict(self.runtime)}
+
+    @classmethod
+    def from_flat(cls, options: Mapping[str, Any]) -> PlanOptions:
+        """The inverse of ``as_dict``: names that are not shared options are runtime options."""
+        shared = {k: v for k, v in options.items() if k in SHARED_OPTIONS}
+        return cls(**shared, runtime={k: v for k, v in options.items() if k not in SHARED_OPTIONS})
+
+
+SHARED_OPTIONS = frozenset(f.name for f in fields(PlanOptions) if f.name != "runtime")
 
 
 @dataclass(frozen=True)
@@ -128,14 +152,14 @@ class PrecisionPlan:
         return bool(self.layers_in(*CALIBRATED_PRECISIONS))
 
     def with_options(self, **changes: Any) -> PrecisionPlan:
-        return replace(self, options=replace(self.options, **changes))
+        return replace(self, options=self.options.updated(**changes))
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "qbench_plan": PLAN_FORMAT_VERSION,
             "name": self.name,
             "layers": dict(self.layers),
-            "options": {f.name: getattr(self.options, f.name) for f in fields(self.options)},
+            "options": self.options.as_dict(),
         }
 
     def to_json(self) -> str:
@@ -152,19 +176,16 @@ class PrecisionPlan:
             raise QbenchError(f'{source}: "layers" must map layer names to precisions')
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in layers.items()):
             raise QbenchError(f'{source}: "layers" must map layer names to precision names (strings)')
-        known = {f.name for f in fields(PlanOptions)}
         options = data.get("options", {})
         if not isinstance(options, Mapping):
             raise QbenchError(
                 f'{source}: "options" must be a JSON object of plan options, e.g. {{"per_channel": true}}'
             )
-        unknown = set(options) - known
-        if unknown:
-            raise QbenchError(f"{source}: unknown plan option(s) {sorted(unknown)}; known options are {sorted(known)}")
+        # Names that are not shared options are runtime options: the backend checks them.
         name = data.get("name", pathlib.Path(source).stem)
         if not isinstance(name, str) or not 0 < len(name) <= MAX_PLAN_NAME:
             raise QbenchError(f'{source}: "name" must be a string of 1 to {MAX_PLAN_NAME} characters')
-        return cls(dict(layers), PlanOptions(**options), name)
+        return cls(dict(layers), PlanOptions.from_flat(options), name)
 
     @classmethod
     def from_json(cls, text: str, source: str = "plan") -> PrecisionPlan:

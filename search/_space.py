@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 from qbench.model import Layer, OnnxModel
@@ -39,7 +39,7 @@ class SearchSpace:
         take their first value."""
         layers = {layer: assignment.get(g.name, "fp32") for g in self.groups for layer in g.layers}
         chosen = {field: assignment.get(OPTION_PREFIX + field, values[0]) for field, values in self.option_choices}
-        return PrecisionPlan(layers, replace(self.options, **chosen), name)
+        return PrecisionPlan(layers, self.options.updated(**chosen), name)
 
     def parameters(self) -> list[tuple[str, tuple[Any, ...]]]:
         """Every choice the search makes, as ``(Optuna parameter name, values)``."""
@@ -94,6 +94,6 @@ def build_space(
     searched = tuple(
         (field, tuple(values))
         for field, values in (option_choices or {}).items()
-        if len(values) > 1 and getattr(options, field) is None
+        if len(values) > 1 and options.get(field) is None
     )
     return SearchSpace(tuple(groups), options, searched)

@@ -21,7 +21,7 @@ from qbench.machine import Machine
 from qbench.measure import Protocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
-from qbench.plan import WEIGHT_ONLY_BITS, PlanOptions, PrecisionPlan, recipe_plan
+from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
 from qbench.report.tables import markdown_table
 from qbench.search._select import relative, select
 from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
@@ -51,15 +51,6 @@ FINAL_PROTOCOL = Protocol(warmup_count=10, warmup_seconds=0.5, min_count=100, mi
 #: plans that could still win with the full protocol.
 SCREEN_SECONDS = 1.0
 MAX_FINALISTS = 5
-# Plan-wide options the tuner searches with the layers when the backend offers several values,
-# each with the precisions it changes (None: every plan): the static int8 scheme (ORT: activation
-# type, per-channel, reduce_range; OpenVINO: NNCF or QDQ and NNCF's preset), the weight-only
-# block size and MatMulNBits accuracy level, and OpenVINO's float precision (f32, bf16).
-SEARCHED_OPTIONS: dict[str, frozenset[str] | None] = {
-    **dict.fromkeys(("quantizer", "preset", "activation_type", "per_channel", "reduce_range"), frozenset({"int8"})),
-    **dict.fromkeys(("block_size", "accuracy_level"), frozenset(WEIGHT_ONLY_BITS)),
-    "inference_precision": None,
-}
 #: What a layer may become by default: static int8 for CNNs and encoders; for a decoder LLM's
 #: decode and prefill, the formats people squeeze chat models with (no activation calibration).
 DEFAULT_PRECISIONS = ("fp32", "int8")
@@ -80,20 +71,22 @@ def searched_options(
 ) -> dict[str, tuple]:
     """The options to search for plans made of ``precisions``, each with this machine's default
     first (the value the plan resolves to when the search leaves it unset). The native quantizer
-    is a baseline, not a choice: it takes no per-layer plan."""
+    is a baseline, not a choice: it takes no per-layer plan. The backend says which options it
+    lets the tuner search (``Backend.searched_options``)."""
+    searchable = backend.searched_options()
     defaults: dict[str, object] = {}
     for precision in precisions:  # a uniform plan per precision shows the default of its options
         layers = [layer.name for layer in model.layers if precision in backend.precisions(layer)]
         resolved = backend.resolve_plan(PrecisionPlan.uniform(layers, precision), machine).options
-        for option in SEARCHED_OPTIONS:
+        for option in searchable:
             if defaults.get(option) is None:
-                defaults[option] = getattr(resolved, option)
+                defaults[option] = resolved.get(option)
     searched = {}
     for option, values in backend.option_choices().items():
         values = tuple(v for v in values if not (option == "quantizer" and v == "native"))
-        if option not in SEARCHED_OPTIONS or len(values) < 2:
+        if option not in searchable or len(values) < 2:
             continue
-        changes = SEARCHED_OPTIONS[option]
+        changes = searchable[option]
         if changes is not None and not changes & set(precisions):
             continue  # no layer of these precisions reads it
         searched[option] = tuple(sorted(values, key=lambda v: v != defaults[option]))

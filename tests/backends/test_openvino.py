@@ -57,12 +57,12 @@ def test_nncf_quantizer_keeps_exactly_the_planned_fp32_layers(
 def test_bf16_inference_precision_runs_float_layers_in_bf16(openvino, demo_model, tmp_path):
     if "bf16" not in openvino.option_choices()["inference_precision"]:
         with pytest.raises(QbenchError, match="inference_precision='bf16'"):
-            openvino.build(demo_model, PrecisionPlan(options=PlanOptions(inference_precision="bf16")), None, tmp_path)
+            openvino.build(demo_model, PrecisionPlan(options=PlanOptions(runtime={"inference_precision": "bf16"})), None, tmp_path)
         return
     machine = current_machine()
     fp32 = openvino.resolve_plan(PrecisionPlan(), machine)
-    bf16 = openvino.resolve_plan(PrecisionPlan(options=PlanOptions(inference_precision="bf16")), machine)
-    assert fp32.options.inference_precision == "f32"  # not OpenVINO's own bf16 default
+    bf16 = openvino.resolve_plan(PrecisionPlan(options=PlanOptions(runtime={"inference_precision": "bf16"})), machine)
+    assert fp32.options.get("inference_precision") == "f32"  # not OpenVINO's own bf16 default
     float_artifact = openvino.build(demo_model, fp32, None, tmp_path)
     assert set(openvino.realized_precisions(float_artifact, fp32, demo_model).values()) == {"fp32"}
     artifact = openvino.build(demo_model, bf16, None, tmp_path)

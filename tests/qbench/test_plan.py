@@ -53,7 +53,6 @@ def test_plan_file_recipe(tmp_path):
     [
         ({"layers": {}}, "not a qbench plan"),
         ({"qbench_plan": 1, "layers": {"conv1": "int3"}}, "unknown precision 'int3'"),
-        ({"qbench_plan": 1, "options": {"turbo": True}}, "unknown plan option"),
         ({"qbench_plan": 1, "options": {"activation_type": "int16"}}, "activation_type"),
         ({"qbench_plan": 1, "options": {"calibration": "magic"}}, "calibration"),
     ],

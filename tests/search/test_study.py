@@ -73,7 +73,7 @@ class FakeEvaluator:
 
     def accuracy_drop(self, runner, quick):
         self.scored_plans.append(runner.plan)
-        bf16 = BF16_DROP if runner.plan.options.inference_precision == "bf16" else 0.0
+        bf16 = BF16_DROP if runner.plan.options.get("inference_precision") == "bf16" else 0.0
         return bf16 + sum(drop for name, (_, _, drop) in COSTS.items() if runner.plan.precision(name) == "int8")
 
     def sequential_drop(self, runner, budget, most=None, scored=None):
@@ -82,7 +82,7 @@ class FakeEvaluator:
 
     @staticmethod
     def latency(plan):
-        float_scale = BF16_SPEED if plan.options.inference_precision == "bf16" else 1.0
+        float_scale = BF16_SPEED if plan.options.get("inference_precision") == "bf16" else 1.0
         return sum(i8 if plan.precision(name) == "int8" else fp * float_scale for name, (fp, i8, _) in COSTS.items())
 
     def measure_baseline_ms(self, protocol):
@@ -372,13 +372,13 @@ def test_finalists_include_plans_with_a_safety_margin(tmp_path):
 def test_plan_wide_options_are_searched_beside_the_layers(tmp_path):
     space = SearchSpace(SPACE.groups, PlanOptions(), (("inference_precision", ("f32", "bf16")),))
     assert space.size == 2 * SPACE.size
-    assert space.plan({}, "default").options.inference_precision == "f32"  # the first value
+    assert space.plan({}, "default").options.get("inference_precision") == "f32"  # the first value
     settings = StudySettings(max_drop=0.005, n_trials=40, patience=None)
     study = _study(tmp_path, settings)
     seed_study(study, space, None, 0)
     run_study(study, FakeEvaluator(), space, settings)
     # Any plan with a float layer is faster in bf16 and still feasible: the best one uses it.
-    assert trial_plan(feasible_trials(study)[0]).options.inference_precision == "bf16"
+    assert trial_plan(feasible_trials(study)[0]).options.get("inference_precision") == "bf16"
 
 
 def test_each_int8_scheme_is_seeded_with_the_defaults_pinned(tmp_path):
