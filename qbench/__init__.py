@@ -1,7 +1,8 @@
 """qbench: hardware-aware quantization benchmarking and auto-tuning.
 
-The public Python surface of the core; the backends live in the ``backends`` package and the
-tuner in ``search``.
+``qbench.bench`` and ``qbench.tune`` (``qbench.api``) run what the command line runs; the rest
+is the core's public surface. The backends live in the ``backends`` package and the tuner in
+``search``; the API is loaded on first use, so ``import qbench`` stays light.
 """
 
 __version__ = "0.1.0"
@@ -12,6 +13,7 @@ from qbench.measure import Protocol, measure, measure_interleaved  # noqa: E402
 from qbench.metrics import get_metric  # noqa: E402
 from qbench.model import OnnxModel  # noqa: E402
 from qbench.plan import PlanOptions, PrecisionPlan  # noqa: E402
+from qbench.runspec import RunSpec, Subject, Target, Timing  # noqa: E402
 from qbench.statistics import LatencyStats, Speedup, speedup  # noqa: E402
 from qbench.store import Leaderboard  # noqa: E402
 
@@ -24,6 +26,12 @@ __all__ = [
     "PrecisionPlan",
     "Protocol",
     "QbenchError",
+    "RunSpec",
+    "Subject",
+    "Target",
+    "Timing",
+    "bench",
+    "tune",
     "Speedup",
     "__version__",
     "get_metric",
@@ -46,3 +54,14 @@ def leaderboard(url: str | None = None, results_dir: str = "results"):
         return board.frame(samples=True)
     finally:
         board.close()
+
+
+
+def __getattr__(name: str):
+    """``qbench.bench`` and ``qbench.tune``, loaded on first use: the API sits above the
+    backends and the tuner, which import the core (and so this package) themselves."""
+    if name in ("bench", "tune"):
+        import importlib
+
+        return getattr(importlib.import_module("qbench.api"), name)
+    raise AttributeError(f"module 'qbench' has no attribute {name!r}")

@@ -31,6 +31,7 @@ from qbench.plan import PrecisionPlan
 from qbench.previous import AGAIN, PREVIOUS, Partner, find_partner
 from qbench.profile import PROFILE_RUNS, Profile
 from qbench.reference import REFERENCE, ReferenceWorkload
+from qbench.runspec import RunSpec, timing_protocol
 from qbench.store import Leaderboard, ResultRow
 from qbench.workload import Workload
 
@@ -51,6 +52,28 @@ class BenchSettings:
     job_hash: str | None = None
     profile: bool = False  # take a per-op profile of every measured plan, after timing
     workload: Workload = field(default_factory=Workload)  # what one timed call runs
+    spec: RunSpec | None = None  # the run's settings, stored with each row
+    config_hash: str | None = None  # ``spec.config_hash()``, computed once
+
+    @classmethod
+    def from_spec(
+        cls, spec: RunSpec, kind: str = "bench", job: str | None = None, job_hash: str | None = None
+    ) -> BenchSettings:
+        """The settings of a normalized spec (threads filled in); a suite job's rows carry the
+        hash the suite computed (``job_hash``), by which the next night finds them."""
+        config_hash = spec.config_hash()
+        return cls(
+            threads=spec.target.threads,
+            batch_size=spec.target.batch,
+            protocol=timing_protocol(spec.timing),
+            kind=kind,
+            job=job,
+            job_hash=job_hash,
+            profile=spec.timing.profile,
+            workload=spec.workload,
+            spec=spec,
+            config_hash=config_hash,
+        )
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -432,6 +455,8 @@ def _record(
             protocol=settings.protocol.as_dict(),
             workload=str(settings.workload),
             backend_settings=c.runner_settings,
+            run_spec=settings.spec.to_dict() if settings.spec else None,
+            config_hash=settings.config_hash,
         )
         if c.error is not None or c.samples_ns is None:
             row = replace(row, status="failed", error=c.error or "not measured")

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from qbench.arguments import EXIT_REGRESSION, build_parser
 from qbench.cache import artifact_cache_limit
 from qbench.errors import QbenchError
-from qbench.workload import Workload
+from qbench.runspec import RunSpec, Subject, Target, Timing, load_subject
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -25,11 +25,12 @@ EXIT_USER_ERROR = 2
 
 @dataclass(frozen=True)
 class JobTag:
-    """What ``qbench nightly`` hands a worker beside the bench arguments (see qbench.worker):
-    the suite job its rows belong to, and the leaderboard URL, kept out of argv."""
+    """What ``qbench nightly`` hands a worker (see qbench.worker): the run, the suite job its
+    rows belong to, and the leaderboard URL, kept out of argv."""
 
+    spec: RunSpec
     job: str
-    job_hash: str
+    job_hash: str  # the job's config hash as the suite computed it (the rows carry it)
     db: str
 
 
@@ -97,144 +98,82 @@ def cmd_layers(args: argparse.Namespace) -> int:
     return 0
 
 
-def _model_data_metric(args: argparse.Namespace):
-    """The model, calibration and evaluation data and metric that bench, tune and sensitivity share."""
-    from qbench.data import load_npz, split_for_calibration, synthetic_dataset
-    from qbench.metrics import get_metric
-    from qbench.zoo import DEMO, lookup
+def _subject(args: argparse.Namespace) -> Subject:
+    """The subject bench, tune, profile and sensitivity share, from the command line."""
+    return Subject(
+        model=args.model or _demo_name(),
+        data=args.data,
+        calib_data=args.calib_data,
+        metric=args.metric,
+        workload=str(args.workload) if getattr(args, "workload", None) else None,
+        shapes=tuple(args.shape),
+    )
 
-    entry = lookup(args.model or DEMO.name)
-    zoo_data = entry is not None and args.data is None
-    if zoo_data:  # a zoo model brings its data, metric and workload
-        files = entry.files()
-        args.data, args.calib_data = str(files.evaluation), args.calib_data or str(files.calibration)
-        args.metric = args.metric or entry.metric
-    if "workload" in args and args.workload is None:
-        args.workload = Workload.parse(entry.workload if zoo_data else "batch")
-    model = _load_model(args.model, args.shape)
-    if args.data is None and args.command != "bench":
-        raise QbenchError(
-            f"--data is required for {args.command} on your own model: an .npz with one array per model input "
-            "(see README); `qbench bench` alone can time a model on synthetic inputs"
-        )
-    if args.data is None:  # latency without data, as benchmark_app and trtexec allow
-        if args.metric not in (None, "cosine"):
-            raise QbenchError(
-                f"--metric {args.metric} needs --data: without it, bench scores fidelity (cosine) to fp32"
-            )
-        calibration = load_npz(args.calib_data, model) if args.calib_data else synthetic_dataset(model, seed=1)
-        return model, calibration, synthetic_dataset(model), get_metric("cosine", False)
-    evaluation = load_npz(args.data, model)
-    if args.calib_data:
-        calibration = load_npz(args.calib_data, model)
-    else:
-        calibration, evaluation = split_for_calibration(evaluation)
-        log.info(
-            "calibrating on the first %d samples of %s and evaluating on the other %d",
-            len(calibration),
-            args.data,
-            len(evaluation),
-        )
-    return model, calibration, evaluation, get_metric(args.metric, evaluation.labels is not None)
+
+def _demo_name() -> str:
+    from qbench.zoo import DEMO
+
+    return DEMO.name
+
+
+def _spec(args: argparse.Namespace, recipes: tuple[str, ...] = ()) -> RunSpec:
+    """The normalized run spec of a bench, tune, profile or sensitivity command line."""
+    from qbench.api import normalized
+
+    timing = Timing(
+        protocol="quick" if getattr(args, "quick", False) else "standard",
+        min_seconds=getattr(args, "min_seconds", None),
+        profile=getattr(args, "profile", False),
+    )
+    target = Target(args.backend, args.threads, getattr(args, "batch", 1))
+    return normalized(RunSpec(_subject(args), target, timing, recipes))
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from dataclasses import replace
-
-    from qbench.backends import get_backend
-    from qbench.bench import BenchSettings, run_bench
+    from qbench.api import execute_bench, normalized
     from qbench.machine import current_machine
-    from qbench.measure import QUICK_PROTOCOL, Protocol
-    from qbench.plan import recipe_plan
     from qbench.progress import step_printer
     from qbench.report import build_report, write_report
     from qbench.report.tables import latest_per_plan, ranked
     from qbench.store import safe_url
 
-    backend = get_backend(args.backend)
-    if args.recipe is None:  # the runtime's own int8 is the floor every plan is read against
-        native = "native" in backend.option_choices().get("quantizer", ())
-        args.recipe = "fp32,int8,native-int8" if native else "fp32,int8"
-    recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
-    if not recipes:
+    if args.recipe is not None and not [r for r in args.recipe.split(",") if r.strip()]:
         raise QbenchError("--recipe is empty; pass e.g. --recipe fp32,int8")
-    if "native-int8" in recipes and "native" not in backend.option_choices().get("quantizer", ()):
-        log.warning("%s has no native one-line int8 quantizer; skipping recipe native-int8", backend.name)
-        recipes.remove("native-int8")
-    model, calibration, evaluation, metric = _model_data_metric(args)
-    plans = [
-        recipe_plan(r, ((layer.name, layer.op_type, layer.constant_weight) for layer in model.layers)) for r in recipes
-    ]
-    protocol = QUICK_PROTOCOL if args.quick else Protocol()
-    if args.min_seconds is not None:
-        protocol = replace(
-            protocol, min_seconds=args.min_seconds, max_seconds=max(protocol.max_seconds, args.min_seconds * 4)
-        )
-    machine = current_machine()
-    settings = BenchSettings(
-        threads=args.threads or machine.default_threads(),
-        batch_size=args.batch,
-        workload=args.workload,
-        protocol=protocol,
-        job=args.job.job if args.job else None,
-        job_hash=args.job.job_hash if args.job else None,
-        profile=args.profile,
-    )
+    recipes = tuple(r.strip() for r in (args.recipe or "").split(",") if r.strip())
+    spec = normalized(args.job.spec) if args.job else _spec(args, recipes)
     board = _open_board(args)  # fail on an unreachable database before measuring anything
-    reference = _reference_workload(machine, args.results_dir / "cache") if args.job is not None else None
     try:
-        rows = run_bench(
-            model=model,
-            calibration_data=calibration,
-            evaluation_data=evaluation,
-            metric=metric,
-            plans=plans,
-            backend=backend,
-            machine=machine,
-            settings=settings,
+        run = execute_bench(
+            spec,
             board=board,
-            workdir=args.results_dir / "cache",
+            results_dir=args.results_dir,
             progress=step_printer(args.quiet),
-            reference=reference,
+            job=args.job.job if args.job else None,
+            job_hash=args.job.job_hash if args.job else None,
         )
         _check_recorded(board)
         frame = board.frame()
-        mine = frame[frame.run_id == rows[0].run_id]
+        mine = frame[frame.run_id == run.rows[0].run_id]
         print(
-            f"{model.name} on {backend.name} · {settings.threads} threads · batch {rows[0].batch_size} · "
-            f"metric {metric.name} on {len(evaluation)} samples · machine {machine.fingerprint_hash}"
+            f"{run.model_name} on {spec.target.backend} · {spec.target.threads} threads · "
+            f"batch {run.rows[0].batch_size} · metric {run.metric} on {run.samples} samples · "
+            f"machine {current_machine().fingerprint_hash}"
         )
         print(ranked(latest_per_plan(mine)).to_string(index=False))
-        if args.data is None:
+        if run.synthetic:
             print(
                 "note: no --data: timed on synthetic inputs (normal noise, valid ids); cosine is fidelity to fp32 "
                 "on those inputs, not accuracy on real data"
             )
         written = write_report(build_report(frame), args.results_dir, html=False)
-        print(f"recorded {len(rows)} rows in {safe_url(board.url)}; tables: {written[0].parent}")
+        print(f"recorded {len(run.rows)} rows in {safe_url(board.url)}; tables: {written[0].parent}")
     finally:
         board.close()
-        if reference is not None:
-            reference.close()
-    failed = [not r.ok for r in rows]
-    if failed[0] or (len(rows) > 1 and all(failed[1:])):  # nothing to compare against, or nothing measured
-        print(f"qbench: {sum(failed)} of {len(rows)} plans failed; the status column says why", file=sys.stderr)
+    if run.failed:
+        failed = sum(not r.ok for r in run.rows)
+        print(f"qbench: {failed} of {len(run.rows)} plans failed; the status column says why", file=sys.stderr)
         return 1
     return 0
-
-
-def _reference_workload(machine, workdir: pathlib.Path):
-    """The nightly reference workload (ONNX Runtime, the demo in fp32), or None, with a warning,
-    where it cannot run: the job is then compared by its raw medians."""
-    from qbench.backends import get_backend
-    from qbench.errors import describe
-    from qbench.reference import ReferenceWorkload
-
-    try:
-        return ReferenceWorkload(get_backend("onnxruntime"), machine, workdir)
-    except Exception as exc:
-        log.warning("no reference workload (%s); this job's latency will not be normalized", describe(exc))
-        return None
 
 
 def cmd_profile(args: argparse.Namespace) -> int:
@@ -246,17 +185,19 @@ def cmd_profile(args: argparse.Namespace) -> int:
     from qbench.progress import step_printer
 
     backend = get_backend(args.backend)
-    model, calibration, evaluation, _metric = _model_data_metric(args)
-    recipes = [r.strip() for r in args.recipe.split(",") if r.strip()]
+    spec = _spec(args, tuple(r.strip() for r in args.recipe.split(",") if r.strip()))
+    loaded = load_subject(spec.subject, args.command)
+    model = loaded.model
     plans = [
-        recipe_plan(r, ((layer.name, layer.op_type, layer.constant_weight) for layer in model.layers)) for r in recipes
+        recipe_plan(r, ((layer.name, layer.op_type, layer.constant_weight) for layer in model.layers))
+        for r in spec.recipes
     ]
     machine = current_machine()
-    threads = args.threads or machine.default_threads()
+    threads = spec.target.threads
     profiles = profile_plans(
         model=model,
-        calibration_data=calibration,
-        evaluation_data=evaluation,
+        calibration_data=loaded.calibration,
+        evaluation_data=loaded.evaluation,
         plans=plans,
         backend=backend,
         machine=machine,
@@ -287,32 +228,33 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     from qbench.search import analyze_sensitivity, build_space, default_grouping, default_precisions
 
     backend = get_backend(args.backend)
-    model, calibration, evaluation, metric = _model_data_metric(args)
-    machine = current_machine()
+    spec = _spec(args, ("fp32",))
+    loaded = load_subject(spec.subject, args.command)
+    model, metric, workload = loaded.model, loaded.metric, spec.workload
     harness = Harness(
         backend=backend,
         model=model,
-        calibration_data=calibration,
-        evaluation_data=evaluation,
+        calibration_data=loaded.calibration,
+        evaluation_data=loaded.evaluation,
         metric=metric,
-        machine=machine,
-        threads=args.threads or machine.default_threads(),
+        machine=current_machine(),
+        threads=spec.target.threads,
         workdir=args.results_dir / "cache",
         quick_samples=args.quick_samples,
-        workload=args.workload,
+        workload=workload,
     )
-    low = default_precisions(args.workload)[1]  # the tuner's first choice: int8, or int4-weight for an LLM
+    low = default_precisions(workload)[1]  # the tuner's first choice: int8, or int4-weight for an LLM
     try:
         harness.require_baseline()
         space = build_space(
-            model, backend.precisions, PlanOptions(), allowed=("fp32", low), grouping=default_grouping(args.workload)
+            model, backend.precisions, PlanOptions(), allowed=("fp32", low), grouping=default_grouping(workload)
         )
         report = analyze_sensitivity(harness, space, low, step_printer(args.quiet))
     finally:
         harness.close()
     print(
         f"{model.name} on {backend.name}, metric {metric.name} on {len(harness.quick_data)} samples, "
-        f"workload {args.workload}: fp32 {report.fp32_ms:.3f} ms; {low} everywhere {report.uniform_ms:.3f} ms, "
+        f"workload {workload}: fp32 {report.fp32_ms:.3f} ms; {low} everywhere {report.uniform_ms:.3f} ms, "
         f"drop {report.uniform_drop:+.4f}"
     )
     print(
@@ -335,30 +277,17 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 def cmd_tune(args: argparse.Namespace) -> int:
     import optuna
 
-    from qbench.backends import get_backend
-    from qbench.machine import current_machine
-    from qbench.measure import QUICK_PROTOCOL
+    from qbench.api import run_tune
     from qbench.plan import PrecisionPlan
     from qbench.progress import bar, step_printer
     from qbench.report import build_report, write_report
     from qbench.report.tables import latest_per_plan, ranked
-    from qbench.search import (
-        FINAL_PROTOCOL,
-        StudySettings,
-        feasible_trials,
-        finished_count,
-        role_summary_text,
-        split_holdout,
-        tune,
-    )
-    from qbench.store import safe_url
+    from qbench.search import StudySettings, feasible_trials, finished_count, role_summary_text
 
     # Optuna sets its own logger to INFO when first used, overriding main(); one line per trial
     # would drown the progress bar.
     optuna.logging.set_verbosity(logging.DEBUG if args.verbose else logging.WARNING)
-    backend = get_backend(args.backend)
-    model, calibration, evaluation, metric = _model_data_metric(args)
-    tuning, holdout = split_holdout(evaluation, args.holdout)
+    spec = _spec(args, ("fp32",))
     settings = StudySettings(
         max_drop=args.max_drop,
         n_trials=args.trials,
@@ -369,8 +298,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
         max_mb=args.max_mb,
         sequential=not args.exhaustive,
     )
-    machine = current_machine()
-    storage = args.storage or f"sqlite:///{(args.results_dir / 'tuning.db').resolve()}"
     args.results_dir.mkdir(parents=True, exist_ok=True)
     board = _open_board(args)
     progress_bar = bar(settings.n_trials, "trials", args.quiet)
@@ -382,28 +309,20 @@ def cmd_tune(args: argparse.Namespace) -> int:
         progress_bar.refresh()
 
     try:
-        result = tune(
-            model=model,
-            calibration_data=calibration,
-            tuning_data=tuning,
-            holdout_data=holdout,
-            metric=metric,
-            backend=backend,
-            machine=machine,
-            threads=args.threads or machine.default_threads(),
-            settings=settings,
-            storage_url=storage,
-            study_name=args.study,
+        result = run_tune(
+            spec,
+            settings,
             board=board,
             results_dir=args.results_dir,
-            final_protocol=QUICK_PROTOCOL if args.quick else FINAL_PROTOCOL,
+            holdout=args.holdout,
+            precisions=args.precisions,
+            grouping=args.group,
+            storage=args.storage,
+            study_name=args.study,
+            quick_samples=args.quick_samples,
             profile=args.profile,
             progress=step_printer(args.quiet),
             on_trial=on_trial,
-            quick_samples=args.quick_samples,
-            workload=args.workload,
-            precisions=args.precisions,
-            grouping=args.group,
         )
         _check_recorded(board)
         frame = board.frame()
@@ -411,22 +330,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
     finally:
         progress_bar.close()
         board.close()
-    print(f"study {result.study_name}: {result.trials} (storage {safe_url(storage)})")
-    _print_phases(result.phases)
-    print(f"\nPareto front (tuning data, {len(tuning)} samples):")
-    print(result.front.to_string(index=False) if not result.front.empty else "  (no timed trial)")
-    mine = frame[frame.run_id == result.baseline.run_id]
-    memory = f", weights <= {settings.max_mb:g} MB" if settings.max_mb is not None else ""
-    print(
-        f"\nfinal selection on {len(holdout)} held-out samples, workload {args.workload}, "
-        f"budget: drop <= {settings.max_drop:g} ({metric.name}){memory}:"
-    )
-    print(ranked(latest_per_plan(mine)).to_string(index=False))
-    if result.race is not None:
-        print("\nhead to head (the plans that could still win, timed in the same rounds):")
-        print(result.race.to_string(index=False))
-    for note in result.notes:
-        print(f"note: {note}")
+    _print_tune(result, spec, settings, frame, ranked(latest_per_plan(frame[frame.run_id == result.baseline.run_id])))
     if result.winner is None:
         print("\nresult: keep fp32 — no plan within the budget is measurably faster")
         return 0
@@ -441,8 +345,29 @@ def cmd_tune(args: argparse.Namespace) -> int:
         f"\nwinner {w.plan_name}: {s.ratio:.2f}× vs fp32 (95% CI {s.ci_low:.2f}–{s.ci_high:.2f}), "
         f"{w.median_ms:.3f} ms, drop {w.accuracy_drop:+.4f}; plan and model in {result.output_dir}"
     )
-    print(f"chosen per layer kind: {role_summary_text(model, PrecisionPlan.from_json(w.plan))}")
+    print(f"chosen per layer kind: {role_summary_text(result.model, PrecisionPlan.from_json(w.plan))}")
     return 0
+
+
+def _print_tune(result, spec: RunSpec, settings, frame, table) -> None:
+    """The study, where the time went, the Pareto front and the final selection's table."""
+    from qbench.store import safe_url
+
+    print(f"study {result.study_name}: {result.trials} (storage {safe_url(result.storage_url)})")
+    _print_phases(result.phases)
+    print(f"\nPareto front (tuning data, {result.tuning_samples} samples):")
+    print(result.front.to_string(index=False) if not result.front.empty else "  (no timed trial)")
+    memory = f", weights <= {settings.max_mb:g} MB" if settings.max_mb is not None else ""
+    print(
+        f"\nfinal selection on {result.holdout_samples} held-out samples, workload {spec.workload}, "
+        f"budget: drop <= {settings.max_drop:g} ({result.baseline.metric}){memory}:"
+    )
+    print(table.to_string(index=False))
+    if result.race is not None:
+        print("\nhead to head (the plans that could still win, timed in the same rounds):")
+        print(result.race.to_string(index=False))
+    for note in result.notes:
+        print(f"note: {note}")
 
 
 def _print_phases(table) -> None:

@@ -26,8 +26,9 @@ from qbench import __version__
 from qbench.codeversion import code_version
 from qbench.errors import QbenchError
 from qbench.machine import Machine
+from qbench.runspec import file_hash
 from qbench.store import Leaderboard, ResultRow, safe_url
-from qbench.suite import Suite, SuiteJob, file_hash
+from qbench.suite import Suite, SuiteJob
 
 log = logging.getLogger(__name__)
 OUTPUT_TAIL = 2000  # characters of a failed worker's output kept in its row
@@ -61,7 +62,7 @@ def run_suite(
         reason = available(job.backend)
         if reason:
             outcomes.append(JobOutcome(job, "unavailable", detail=reason))
-        elif not force and _already_measured(board, machine, config):
+        elif not force and _already_measured(board, machine, job, config):
             outcomes.append(JobOutcome(job, "skipped", detail="measured before with this code on this machine"))
         else:
             on_job(job, "running")
@@ -82,9 +83,10 @@ def inside(folder: os.PathLike, relative: str) -> str:
     return path
 
 
-def _already_measured(board: Leaderboard, machine: Machine, config: str) -> bool:
-    done = board.count(job_hash=config, machine_hash=machine.fingerprint_hash, code_version=code_version(), status="ok")
-    return done > 0
+def _already_measured(board: Leaderboard, machine: Machine, job: SuiteJob, config: str) -> bool:
+    """Whether this job has ok rows of this very run (its config hash) with this code here."""
+    mine = {"job": job.job_id, "job_hash": config, "machine_hash": machine.fingerprint_hash}
+    return board.count(**mine, code_version=code_version(), status="ok") > 0
 
 
 def worker_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
@@ -113,12 +115,19 @@ def _run_worker(
     # -P: nothing is imported from the current directory. The job, with the leaderboard URL
     # (which may hold a password), goes to stdin, never to argv where `ps` shows it.
     command = [sys.executable, "-P", "-m", "qbench.worker"]
-    bench_args = [*job.bench_args(threads), "--quiet", "--results-dir", os.fspath(results_dir)]
-    spec = {"bench_args": bench_args, "db": board.url, "job": job.job_id, "job_hash": config}
-    rows_before = board.count(job_hash=config)
+    run_spec = job.run_spec(threads).to_dict()
+    spec = {
+        "run_spec": run_spec,
+        "results_dir": os.fspath(results_dir),
+        "db": board.url,
+        "job": job.job_id,
+        "job_hash": config,
+    }
+    rows_before = board.count(job=job.job_id, job_hash=config)
     start = time.perf_counter()
     with open(log_file, "w+", encoding="utf-8", errors="replace") as output:
-        output.write(f"$ qbench bench {' '.join(bench_args)}  # job {job.job_id}, leaderboard {safe_url(board.url)}\n")
+        output.write(f"$ qbench worker  # job {job.job_id}, leaderboard {safe_url(board.url)}, run spec:\n")
+        output.write(f"$ {json.dumps(run_spec, sort_keys=True)}\n")
         output.flush()
         # Its own session, so a timeout kills the worker and anything it started.
         worker = subprocess.Popen(
@@ -141,7 +150,7 @@ def _run_worker(
         output.seek(0)
         tail = output.read()[-OUTPUT_TAIL:]
     seconds = time.perf_counter() - start
-    recorded = board.count(job_hash=config) - rows_before
+    recorded = board.count(job=job.job_id, job_hash=config) - rows_before
     if code == 0:
         return JobOutcome(job, "ok", seconds, f"{recorded} row(s)")
     if code is None:

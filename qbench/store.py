@@ -28,7 +28,7 @@ from qbench.errors import QbenchError, first_line
 from qbench.statistics import LatencyStats, speedup
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 6
+SCHEMA_VERSION = 7
 SCHEMA_LOCK_KEY = 0x71BE7C  # PostgreSQL advisory lock held while creating or migrating the schema
 
 _meta = sa.MetaData()
@@ -113,6 +113,11 @@ results = sa.Table(
     # JSON: this plan against the previous run of its suite job, measured in this process
     # (qbench.previous): method, previous row id, before/after medians, ratio with CI, p (v6).
     sa.Column("comparison", sa.Text),
+    # JSON: the run's settings (``qbench.runspec.RunSpec``), enough to run it again, and the hash of
+    # those settings with the contents of the files they name; equal for a CLI run, a suite job and
+    # an API call with the same settings (v7).
+    sa.Column("run_spec", sa.Text),
+    sa.Column("config_hash", sa.String(32)),
 )
 
 
@@ -143,6 +148,11 @@ def _add_comparison_columns(conn: Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE results ADD COLUMN {column}"))
 
 
+def _add_run_spec_columns(conn: Connection) -> None:
+    for column in ("run_spec TEXT", "config_hash VARCHAR(32)"):
+        conn.execute(sa.text(f"ALTER TABLE results ADD COLUMN {column}"))
+
+
 # Migrations from version N to N+1, applied in order inside one transaction each.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_job_columns,
@@ -150,10 +160,11 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     3: _add_solo_column,
     4: _add_workload_column,
     5: _add_comparison_columns,
+    6: _add_run_spec_columns,
 }
 
 RESULT_COLUMNS = tuple(c.name for c in results.columns if c.name != "id")
-JSON_COLUMNS = ("plan", "backend_settings", "protocol", "realized", "profile", "comparison")
+JSON_COLUMNS = ("plan", "backend_settings", "protocol", "realized", "profile", "comparison", "run_spec")
 
 
 def default_url(results_dir: pathlib.Path) -> str:
@@ -225,6 +236,8 @@ class ResultRow:
     artifact_key: str | None = None
     reference_ms: float | None = None
     comparison: dict[str, Any] | None = None
+    run_spec: dict[str, Any] | None = None
+    config_hash: str | None = None
     created_at: dt.datetime | None = None
     id: int | None = field(default=None, compare=False)
 

@@ -18,8 +18,6 @@ name files under the results directory, so they can never point outside it.
 
 from __future__ import annotations
 
-import hashlib
-import json
 import pathlib
 import re
 import tomllib
@@ -27,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from qbench.errors import QbenchError
+from qbench.runspec import RunSpec, Subject, Target, Timing, metric_file
 
 SUITE_KEYS = {"name": str, "timeout_s": (int, float), "regression_threshold": float, "accuracy_tolerance": float}
 JOB_KEYS: dict[str, type | tuple[type, ...]] = {
@@ -86,34 +85,21 @@ class SuiteJob:
         """How the leaderboard names this job across nights: ``suite:name/backend``."""
         return f"{self.suite}:{self.name}/{self.backend}"
 
+    def run_spec(self, threads: int) -> RunSpec:
+        """The run this job is: the same ``RunSpec`` (and config hash) as ``qbench bench`` or
+        ``qbench.bench`` with these settings builds."""
+        spec = RunSpec(
+            Subject(self.model, self.data, self.calib_data, self.metric, self.workload, self.shape),
+            Target(self.backend, threads, self.batch),
+            Timing(self.protocol, self.min_seconds),
+            self.recipes,
+        )
+        return spec.normalized(threads=threads, default_recipes=self.recipes)
+
     def config_hash(self, threads: int) -> str:
         """Everything that defines the measurement, files included by content: a rerun with an
         identical hash (same code, same machine) measures nothing new."""
-        config = {k: v for k, v in self.__dict__.items() if k not in ("threads", "timeout_s")}
-        if self.workload == "batch":  # the default leaves the hashes of older suites' jobs as they were
-            del config["workload"]
-        config["threads"] = threads
-        config["files"] = {
-            spec: file_hash(spec)
-            for spec in (self.model, self.data, self.calib_data, *self.recipes, metric_file(self.metric))
-            if spec
-        }
-        return hashlib.sha256(json.dumps(config, sort_keys=True, default=list).encode()).hexdigest()[:16]
-
-    def bench_args(self, threads: int) -> list[str]:
-        """The ``qbench bench`` arguments that run this job."""
-        args = [self.model, "--backend", self.backend, "--recipe", ",".join(self.recipes), "--threads", str(threads)]
-        args += ["--batch", str(self.batch), "--workload", self.workload]
-        for flag, value in (("--data", self.data), ("--calib-data", self.calib_data), ("--metric", self.metric)):
-            if value:
-                args += [flag, value]
-        if self.protocol == "quick":
-            args.append("--quick")
-        if self.min_seconds is not None:
-            args += ["--min-seconds", str(self.min_seconds)]
-        for name, dims in self.shape:
-            args += ["--shape", f"{name}={','.join(map(str, dims))}"]
-        return args
+        return self.run_spec(threads).config_hash()
 
 
 @dataclass(frozen=True)
@@ -125,21 +111,6 @@ class Suite:
     regression_threshold: float = 0.10
     accuracy_tolerance: float = 0.005
     overrides: dict[str, Any] = field(default_factory=dict)
-
-
-def file_hash(spec: str) -> str | None:
-    """The first 16 hex digits of the file's SHA-256 (as OnnxModel.content_hash), or None when
-    ``spec`` is no file: a zoo name or a built-in recipe, whose identity is its name."""
-    path = pathlib.Path(spec)
-    if not path.is_file():
-        return None
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
-
-
-def metric_file(metric: str | None) -> str | None:
-    """The Python file of a ``path/to/file.py:function`` metric, else None."""
-    module = (metric or "").partition(":")[0]
-    return module if module.endswith(".py") else None
 
 
 def parse_override(text: str) -> tuple[str, Any]:

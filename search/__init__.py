@@ -19,7 +19,9 @@ from qbench.search._study import (
 )
 from qbench.search._tune import (
     FINAL_PROTOCOL,
+    TuneInputs,
     TuneResult,
+    TuneSettings,
     default_grouping,
     default_precisions,
     default_study_name,
@@ -38,7 +40,9 @@ __all__ = [
     "StudySettings",
     "Timing",
     "time_against_baseline",
+    "TuneInputs",
     "TuneResult",
+    "TuneSettings",
     "analyze_sensitivity",
     "build_space",
     "default_grouping",

@@ -23,6 +23,7 @@ from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
 from qbench.report.tables import markdown_table
+from qbench.runspec import RunSpec
 from qbench.search._select import relative, select
 from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
 from qbench.search._space import SearchSpace, build_space
@@ -107,19 +108,16 @@ class TuneResult:
     winner_speedup: Speedup | None = None  # against fp32, paired (the head-to-head race when there was one)
     race: pd.DataFrame | None = None  # the final head-to-head table, if plans were raced
     phases: pd.DataFrame | None = None  # wall seconds per stage and activity (``qbench.phases``)
+    model: OnnxModel | None = None
+    storage_url: str = ""
+    tuning_samples: int = 0
+    holdout_samples: int = 0
 
 
-def default_study_name(
-    model: OnnxModel,
-    backend: Backend,
-    machine: Machine,
-    metric: Metric,
-    settings: StudySettings,
-    tuning_data: Dataset,
-    space: SearchSpace,
-    workload: Workload = BATCH,
-) -> str:
+def default_study_name(inputs: TuneInputs, tune_settings: TuneSettings, space: SearchSpace) -> str:
     """A name that changes with anything that makes trials incomparable or the space different."""
+    model, backend, machine, metric = inputs.model, inputs.backend, inputs.machine, inputs.metric
+    settings, tuning_data, workload = tune_settings.study, inputs.tuning_data, tune_settings.workload
     key = "|".join(
         [
             model.content_hash,
@@ -148,195 +146,234 @@ def split_holdout(data: Dataset, fraction: float) -> tuple[Dataset, Dataset]:
     return data.take(0, cut), data.take(cut, len(data))
 
 
+@dataclass(frozen=True)
+class TuneInputs:
+    """What a tune works on: the model, its data split three ways, the metric, where it runs."""
+
+    model: OnnxModel
+    calibration_data: Dataset
+    tuning_data: Dataset  # searched on
+    holdout_data: Dataset  # the final selection's
+    metric: Metric
+    backend: Backend
+    machine: Machine
+
+    def harness(self, settings: TuneSettings, evaluation: Dataset, **extra) -> Harness:
+        return Harness(
+            backend=self.backend,
+            model=self.model,
+            calibration_data=self.calibration_data,
+            evaluation_data=evaluation,
+            metric=self.metric,
+            machine=self.machine,
+            threads=settings.threads,
+            workdir=settings.results_dir / "cache",
+            workload=settings.workload,
+            **extra,
+        )
+
+
+@dataclass(frozen=True)
+class TuneSettings:
+    """How the tuner runs: the study's budgets and stopping rules (``study``), what a layer may
+    become, where the study and the outputs are kept, and the final selection's protocol."""
+
+    study: StudySettings
+    threads: int
+    storage_url: str
+    results_dir: pathlib.Path
+    study_name: str | None = None
+    workload: Workload = BATCH
+    precisions: Sequence[str] | None = None  # default: ``default_precisions(workload)``
+    grouping: str | None = None  # default: ``default_grouping(workload)``
+    options: PlanOptions = field(default_factory=PlanOptions)
+    quick_samples: int = FIRST_LOOK
+    final_protocol: Protocol = FINAL_PROTOCOL
+    profile: bool = False
+    run_spec: RunSpec | None = None  # stored with every final-selection row
+
+
 def tune(
-    *,
-    model: OnnxModel,
-    calibration_data: Dataset,
-    tuning_data: Dataset,
-    holdout_data: Dataset,
-    metric: Metric,
-    backend: Backend,
-    machine: Machine,
-    threads: int,
-    settings: StudySettings,
-    storage_url: str,
-    study_name: str | None,
+    inputs: TuneInputs,
+    settings: TuneSettings,
     board: Leaderboard,
-    results_dir: pathlib.Path,
-    options: PlanOptions | None = None,
-    quick_samples: int = FIRST_LOOK,
-    final_protocol: Protocol = FINAL_PROTOCOL,
-    profile: bool = False,
     progress: Callable[[str], None] = lambda _msg: None,
     on_trial: Callable | None = None,
-    workload: Workload = BATCH,
-    precisions: Sequence[str] | None = None,
-    grouping: str | None = None,
 ) -> TuneResult:
-    """Search per-layer precisions among ``precisions`` (default: ``default_precisions``), one
-    choice per layer or per repeated position (``grouping``; default: repeated for LLM workloads),
-    timing ``workload``; then measure the finalists, each uniform plan and the runtime's own int8
+    """Search per-layer precisions (one choice per layer or per repeated position), timing the
+    settings' workload; then measure the finalists, each uniform plan and the runtime's own int8
     on held-out data and return the fastest within the budgets."""
     timer = phases.PhaseTimer()
     with timer.running():
-        workdir = results_dir / "cache"
-        availability = backend.probe()
+        availability = inputs.backend.probe()
         if not availability.available:
-            raise QbenchError(f"backend {backend.name!r} is not usable here: {availability.reason}")
-        low = [p for p in dict.fromkeys(precisions or default_precisions(workload)) if p != "fp32"]
-        grouping = grouping or default_grouping(workload)
-        space = build_space(
-            model,
-            backend.precisions,
-            options or PlanOptions(),
-            allowed=("fp32", *low),
-            option_choices=searched_options(backend, machine, model, low),
-            grouping=grouping,
-        )
-        offered = [p for p in low if any(p in g.choices for g in space.groups)]
-        if not offered:
-            raise QbenchError(
-                f"{model.name} has no layer that {backend.name} can run in {' or '.join(low)}; nothing to tune "
-                "(`qbench layers` lists what each layer can take; pick others with --precisions)"
-            )
+            raise QbenchError(f"backend {inputs.backend.name!r} is not usable here: {availability.reason}")
+        space, offered = tuning_space(inputs, settings)
         # A random order makes every prefix a random subset: sensitivity's quick subset and the
         # sequential accuracy checks score prefixes.
-        tuning_data = tuning_data.shuffled()
-        study_name = study_name or default_study_name(
-            model, backend, machine, metric, settings, tuning_data, space, workload
-        )
+        inputs = replace(inputs, tuning_data=inputs.tuning_data.shuffled())
+        study_name = settings.study_name or default_study_name(inputs, settings, space)
         progress(f"study {study_name}: {len(space.groups)} layer groups, {space.size} plans in the space")
-        study, created = open_study(storage_url, study_name, settings)  # an unusable storage fails before any work
-        harness = Harness(
-            backend=backend,
-            model=model,
-            calibration_data=calibration_data,
-            evaluation_data=tuning_data,
-            metric=metric,
-            machine=machine,
-            threads=threads,
-            workdir=workdir,
-            quick_samples=quick_samples,
-            workload=workload,
-        )
+        study, created = open_study(settings.storage_url, study_name, settings.study)  # fails before any work
+        harness = inputs.harness(settings, inputs.tuning_data, quick_samples=settings.quick_samples)
         try:
-            harness.require_baseline()
-            with timer.stage("sensitivity"):
-                report = analyze_sensitivity(harness, space, offered[0], progress, full=False)
-            seed_study(study, space, report, settings.ladder, creator=created, precisions=offered)
-            progress(
-                f"search: up to {settings.n_trials} trials; uniform {offered[0]} drop {report.uniform_drop:+.4f} "
-                "(quick set)"
-            )
-            with timer.stage("search"):
-                run_study(study, harness, space, settings, _counting(timer, on_trial))
+            report = _search(study, created, harness, space, offered, settings.study, timer, progress, on_trial)
+            plans, native = final_plans(study, harness, space, offered, inputs, settings.study.max_drop)
         finally:
             harness.close()
-        feasible = feasible_trials(study)
-        front = pareto_front(study)
-        # Each uniform plan is measured beside the finalists (a finalist that is one takes its name),
-        # so the winner is never slower than one.
-        uniform = [harness.resolve(space.plan(space.uniform(p), f"uniform-{p}")) for p in offered]
-        known = {plan.content_hash for plan in uniform}
-        anchors = [t for t in front + feasible if trial_plan(t).content_hash in known]
-        finalists = _finalists(feasible, front, settings.max_drop, harness.resolve(PrecisionPlan(name="fp32")), anchors)
-        finalists = [plan for plan in finalists if plan.content_hash not in known]
-        native = _native_plan(backend, model)
-        notes = []
-        if not feasible:
-            notes.append(
-                f"no plan with low-precision layers met the budget (max drop {settings.max_drop:g}) on the tuning data"
-            )
-        progress(
-            f"final selection: {len(finalists)} tuned and {len(uniform)} uniform plans against fp32 "
-            f"on {len(holdout_data)} held-out samples"
-        )
-        harness_args = dict(
-            backend=backend,
-            model=model,
-            calibration_data=calibration_data,
-            evaluation_data=holdout_data,
-            metric=metric,
-            machine=machine,
-            threads=threads,
-            workdir=workdir,
-            workload=workload,
-        )
-        screen_protocol = final_protocol
-        if settings.sequential:
-            screen_protocol = replace(final_protocol, min_seconds=min(final_protocol.min_seconds, SCREEN_SECONDS))
         with timer.stage("final selection"):
-            rows = run_bench(
-                model=model,
-                calibration_data=calibration_data,
-                evaluation_data=holdout_data,
-                metric=metric,
-                plans=finalists + uniform + ([native] if native else []),
-                backend=backend,
-                machine=machine,
-                board=board,
-                workdir=workdir,
-                progress=progress,
-                settings=BenchSettings(
-                    threads=threads, protocol=screen_protocol, kind="tune", profile=profile, workload=workload
-                ),
+            rows, selection = _final_selection(inputs, settings, plans, board, progress)
+        winner, speed, notes = judge(rows, selection, native, settings.study.max_drop)
+        if not feasible_trials(study):
+            notes.insert(
+                0,
+                f"no plan with low-precision layers met the budget (max drop {settings.study.max_drop:g}) "
+                "on the tuning data",
             )
-            baseline, candidates = rows[0], rows[1:]
-            native_row = next((r for r in candidates if native and r.plan_hash == native.content_hash), None)
-
-            def fits(r: ResultRow) -> bool:
-                small = settings.max_mb is None or (r.artifact_bytes or 0) / 1e6 <= settings.max_mb
-                return r.ok and r.accuracy_drop <= settings.max_drop and small
-
-            within = [r for r in candidates if fits(r)]
-            with _HeadToHead(harness_args, final_protocol, progress) as race:
-                selection = select(within, race.time if baseline.ok else None)
-        notes += selection.notes
-        winner, speed = selection.winner, selection.winner_speedup
-        if winner is not None and winner is native_row:
-            # The floor: a tuned plan slower than the runtime's own int8 within the budget is never returned.
-            notes.append(
-                "native-int8 met the budget on held-out data and no tuned plan was faster; "
-                "returning it (the tuner's space did not beat the runtime's own quantization here)"
-            )
-        elif native_row is not None and native_row.ok and native_row.accuracy_drop > settings.max_drop:
-            notes.append(
-                f"native-int8: {native_row.speedup:.2f}× fp32, drop {native_row.accuracy_drop:+.4f}, outside the budget"
-            )
-        if winner is not None and speed.ci_high < 1.0:
-            notes.append(
-                f"the best plan within the budget ({winner.plan_name}) is slower than fp32 "
-                f"({speed.ratio:.2f}×); keep fp32"
-            )
-            winner = None
-        elif winner is not None and speed.ci_low <= 1.0:
-            notes.append(
-                f"{winner.plan_name} is not measurably faster than fp32 "
-                f"(speedup {speed.ratio:.2f}×, 95% CI {speed.ci_low:.2f}–{speed.ci_high:.2f})"
-            )
-        tuned = [r for r in candidates if r.ok and r.plan_name.startswith("tuned-")]
-        for r in tuned:
-            if r.accuracy_drop > settings.max_drop:
-                notes.append(
-                    f"{r.plan_name} met the budget while tuning but dropped {r.accuracy_drop:+.4f} on held-out data"
-                )
         result = TuneResult(
             winner,
-            baseline,
+            rows[0],
             rows,
-            _front_table(front),
+            _front_table(pareto_front(study)),
             report,
             study_name,
             trial_summary(study),
             notes,
-            winner_speedup=speed if winner is not None else None,
+            winner_speedup=speed,
             race=selection.race,
+            model=inputs.model,
+            storage_url=settings.storage_url,
+            tuning_samples=len(inputs.tuning_data),
+            holdout_samples=len(inputs.holdout_data),
         )
         with timer.stage("outputs"):
-            result.output_dir = _write_outputs(result, model, backend, workdir, results_dir, calibration_data, machine)
+            result.output_dir = _write_outputs(result, inputs, settings.results_dir)
     result.phases = timer.table()
     _store_phases(study, timer)
     return result
+
+
+def tuning_space(inputs: TuneInputs, settings: TuneSettings) -> tuple[SearchSpace, list[str]]:
+    """The search space and the low precisions it offers (a QbenchError when there are none)."""
+    model, backend = inputs.model, inputs.backend
+    low = [p for p in dict.fromkeys(settings.precisions or default_precisions(settings.workload)) if p != "fp32"]
+    space = build_space(
+        model,
+        backend.precisions,
+        settings.options,
+        allowed=("fp32", *low),
+        option_choices=searched_options(backend, inputs.machine, model, low),
+        grouping=settings.grouping or default_grouping(settings.workload),
+    )
+    offered = [p for p in low if any(p in g.choices for g in space.groups)]
+    if not offered:
+        raise QbenchError(
+            f"{model.name} has no layer that {backend.name} can run in {' or '.join(low)}; nothing to tune "
+            "(`qbench layers` lists what each layer can take; pick others with --precisions)"
+        )
+    return space, offered
+
+
+def _search(study, created, harness, space, offered, study_settings, timer, progress, on_trial):
+    """Sensitivity (the order of the seeds), the seeds, then the study; returns the sensitivity."""
+    harness.require_baseline()
+    with timer.stage("sensitivity"):
+        report = analyze_sensitivity(harness, space, offered[0], progress, full=False)
+    seed_study(study, space, report, study_settings.ladder, creator=created, precisions=offered)
+    progress(
+        f"search: up to {study_settings.n_trials} trials; uniform {offered[0]} drop {report.uniform_drop:+.4f} "
+        "(quick set)"
+    )
+    with timer.stage("search"):
+        run_study(study, harness, space, study_settings, _counting(timer, on_trial))
+    return report
+
+
+def final_plans(study, harness, space, offered, inputs: TuneInputs, max_drop: float):
+    """The plans the final selection measures: the finalists, each uniform plan (a finalist that
+    is one takes its name, so the winner is never slower than one) and the runtime's own int8."""
+    uniform = [harness.resolve(space.plan(space.uniform(p), f"uniform-{p}")) for p in offered]
+    known = {plan.content_hash for plan in uniform}
+    feasible, front = feasible_trials(study), pareto_front(study)
+    anchors = [t for t in front + feasible if trial_plan(t).content_hash in known]
+    finalists = _finalists(feasible, front, max_drop, harness.resolve(PrecisionPlan(name="fp32")), anchors)
+    finalists = [plan for plan in finalists if plan.content_hash not in known]
+    native = _native_plan(inputs.backend, inputs.model)
+    return finalists + uniform + ([native] if native else []), native
+
+
+def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, progress):
+    """Screen ``plans`` on the held-out data (bench rows), then race the ones that could still win."""
+    progress(f"final selection: {len(plans)} plans against fp32 on {len(inputs.holdout_data)} held-out samples")
+    final = settings.final_protocol
+    screen = replace(final, min_seconds=min(final.min_seconds, SCREEN_SECONDS)) if settings.study.sequential else final
+    bench_settings = BenchSettings(
+        threads=settings.threads,
+        protocol=screen,
+        kind="tune",
+        profile=settings.profile,
+        workload=settings.workload,
+        spec=settings.run_spec,
+        config_hash=settings.run_spec.config_hash() if settings.run_spec else None,
+    )
+    rows = run_bench(
+        model=inputs.model,
+        calibration_data=inputs.calibration_data,
+        evaluation_data=inputs.holdout_data,
+        metric=inputs.metric,
+        plans=plans,
+        backend=inputs.backend,
+        machine=inputs.machine,
+        board=board,
+        workdir=settings.results_dir / "cache",
+        progress=progress,
+        settings=bench_settings,
+    )
+    study = settings.study
+    within = [r for r in rows[1:] if _fits(r, study.max_drop, study.max_mb)]
+    with _HeadToHead(lambda: inputs.harness(settings, inputs.holdout_data, score=False), final, progress) as race:
+        return rows, select(within, race.time if rows[0].ok else None)
+
+
+def _fits(row: ResultRow, max_drop: float, max_mb: float | None) -> bool:
+    small = max_mb is None or (row.artifact_bytes or 0) / 1e6 <= max_mb
+    return row.ok and row.accuracy_drop <= max_drop and small
+
+
+def judge(rows: Sequence[ResultRow], selection, native: PrecisionPlan | None, max_drop: float):
+    """The winner of the final selection as the tuner returns it, its speedup and the notes:
+    native-int8 is the floor, and a winner not measurably faster than fp32 is said to be so
+    (and dropped if it is slower). Pure: tested on recorded rows."""
+    candidates = rows[1:]
+    native_row = next((r for r in candidates if native and r.plan_hash == native.content_hash), None)
+    notes = list(selection.notes)
+    winner, speed = selection.winner, selection.winner_speedup
+    if winner is not None and winner is native_row:
+        # The floor: a tuned plan slower than the runtime's own int8 within the budget is never returned.
+        notes.append(
+            "native-int8 met the budget on held-out data and no tuned plan was faster; "
+            "returning it (the tuner's space did not beat the runtime's own quantization here)"
+        )
+    elif native_row is not None and native_row.ok and native_row.accuracy_drop > max_drop:
+        notes.append(
+            f"native-int8: {native_row.speedup:.2f}× fp32, drop {native_row.accuracy_drop:+.4f}, outside the budget"
+        )
+    if winner is not None and speed.ci_high < 1.0:
+        notes.append(
+            f"the best plan within the budget ({winner.plan_name}) is slower than fp32 ({speed.ratio:.2f}×); keep fp32"
+        )
+        winner = None
+    elif winner is not None and speed.ci_low <= 1.0:
+        notes.append(
+            f"{winner.plan_name} is not measurably faster than fp32 "
+            f"(speedup {speed.ratio:.2f}×, 95% CI {speed.ci_low:.2f}–{speed.ci_high:.2f})"
+        )
+    for r in candidates:
+        if r.ok and r.plan_name.startswith("tuned-") and r.accuracy_drop > max_drop:
+            notes.append(
+                f"{r.plan_name} met the budget while tuning but dropped {r.accuracy_drop:+.4f} on held-out data"
+            )
+    return winner, speed if winner is not None else None, notes
 
 
 def _counting(timer: phases.PhaseTimer, on_trial: Callable | None) -> Callable:
@@ -360,8 +397,10 @@ class _HeadToHead:
     """Times the final contenders head to head with fp32, loading each once for all batches
     (artifacts come from the build cache); the harness is made only if a race is needed."""
 
-    def __init__(self, harness_args: dict, protocol: Protocol, progress: Callable[[str], None]) -> None:
-        self.harness_args, self.protocol, self.progress = harness_args, protocol, progress
+    def __init__(
+        self, make_harness: Callable[[], Harness], protocol: Protocol, progress: Callable[[str], None]
+    ) -> None:
+        self.make_harness, self.protocol, self.progress = make_harness, protocol, progress
         self.harness: Harness | None = None
         self.loaded: dict[str, Loaded] = {}
 
@@ -370,7 +409,7 @@ class _HeadToHead:
 
     def time(self, contenders: Sequence[ResultRow]):
         if self.harness is None:
-            self.harness = Harness(**self.harness_args, score=False)
+            self.harness = self.make_harness()
             self.harness.require_baseline()
         for row in contenders:
             if row.plan_hash not in self.loaded:
@@ -447,15 +486,9 @@ def _front_table(front) -> pd.DataFrame:
     )
 
 
-def _write_outputs(
-    result: TuneResult,
-    model: OnnxModel,
-    backend: Backend,
-    workdir: pathlib.Path,
-    results_dir: pathlib.Path,
-    calibration_data: Dataset,
-    machine: Machine,
-) -> pathlib.Path:
+def _write_outputs(result: TuneResult, inputs: TuneInputs, results_dir: pathlib.Path) -> pathlib.Path:
+    """The Pareto front, and the winner's plan and built model, under ``results_dir/tuned``."""
+    model, backend, workdir = inputs.model, inputs.backend, results_dir / "cache"
     out = results_dir / "tuned" / f"{model.name}-{model.content_hash[:8]}-{backend.name}"
     out.mkdir(parents=True, exist_ok=True)
     result.front.to_csv(out / "pareto.csv", index=False)
@@ -464,7 +497,7 @@ def _write_outputs(
         plan = PrecisionPlan.from_json(result.winner.plan)
         (out / "plan.json").write_text(plan.to_json())
         calibration = (
-            backend.calibrate(model, calibration_data, plan.options.calibration, workdir)
+            backend.calibrate(model, inputs.calibration_data, plan.options.calibration, workdir)
             if plan.needs_calibration
             else None
         )

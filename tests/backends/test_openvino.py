@@ -57,7 +57,9 @@ def test_nncf_quantizer_keeps_exactly_the_planned_fp32_layers(
 def test_bf16_inference_precision_runs_float_layers_in_bf16(openvino, demo_model, tmp_path):
     if "bf16" not in openvino.option_choices()["inference_precision"]:
         with pytest.raises(QbenchError, match="inference_precision='bf16'"):
-            openvino.build(demo_model, PrecisionPlan(options=PlanOptions(runtime={"inference_precision": "bf16"})), None, tmp_path)
+            openvino.build(
+                demo_model, PrecisionPlan(options=PlanOptions(runtime={"inference_precision": "bf16"})), None, tmp_path
+            )
         return
     machine = current_machine()
     fp32 = openvino.resolve_plan(PrecisionPlan(), machine)

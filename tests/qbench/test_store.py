@@ -107,7 +107,7 @@ def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
     with board.engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ix_results_job"))
         dropped = ("code_version", "job", "job_hash", "profile", "solo_median_ms", "workload")
-        for column in (*dropped, "artifact_key", "reference_ms", "comparison"):
+        for column in (*dropped, "artifact_key", "reference_ms", "comparison", "run_spec", "config_hash"):
             conn.execute(sa.text(f"ALTER TABLE results DROP COLUMN {column}"))
         conn.execute(schema_info.update().values(value="1"))
         conn.execute(sa.text("INSERT INTO machines VALUES ('m1', '{}', '2026-01-01')"))
@@ -121,7 +121,7 @@ def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
     board.close()
     migrated = Leaderboard(url)
     try:
-        assert migrated.schema_version == SCHEMA_VERSION == 6
+        assert migrated.schema_version == SCHEMA_VERSION == 7
         frame = migrated.frame()
         assert list(frame.model_name) == ["old"] and frame.job.isna().all() and frame.profile.isna().all()
         assert frame.solo_median_ms.isna().all() and list(frame.workload) == ["batch"]

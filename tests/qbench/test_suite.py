@@ -47,8 +47,9 @@ protocol = "quick"
     first, _, own = suite.jobs
     assert first.model == "digits-cnn" and first.recipes == ("fp32", str(tmp_path / "plans" / "mine.json"))
     assert own.model == str(tmp_path / "models" / "net.onnx") and own.data == str(tmp_path / "data" / "net.npz")
-    args = own.bench_args(threads=2)
-    assert args[:2] == [own.model, "--backend"] and "--quick" in args and "--data" in args
+    spec = own.run_spec(threads=2)
+    assert spec.subject.model == own.model and spec.subject.data == own.data
+    assert spec.timing.protocol == "quick" and spec.target.threads == 2
 
 
 def test_config_hash_follows_settings_and_file_contents(tmp_path):

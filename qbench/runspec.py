@@ -1,0 +1,254 @@
+"""One run's settings as a typed value: what is measured, where, and how it is timed.
+
+``RunSpec(subject, target, timing, recipes)`` is built by the command line, a suite job and the
+Python API alike (``normalized`` fills every default the same way), travels to a nightly worker
+as JSON, and is stored with each leaderboard row with its ``config_hash``, so a row says exactly
+how to reproduce it:
+
+    qbench bench MODEL --data D --backend B --threads T --recipe R …
+    RunSpec.from_json(row.run_spec) == the spec that command builds
+
+Paths are stored absolute; the hash covers the files' contents, not their names.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import pathlib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, replace
+from typing import Any
+
+from qbench.errors import QbenchError
+from qbench.workload import Workload
+
+RUN_SPEC_VERSION = 1
+TIMING_PROTOCOLS = ("standard", "quick")
+
+
+@dataclass(frozen=True)
+class Subject:
+    """What is measured: a model, its data and metric, and what one timed call runs."""
+
+    model: str  # a zoo name or an .onnx path
+    data: str | None = None  # an .npz; None: the zoo model's data, or synthetic inputs
+    calib_data: str | None = None  # an .npz; None: the zoo model's, or the first 20 % of ``data``
+    metric: str | None = None  # a built-in name, file.py:function or module:function
+    workload: str | None = None  # batch, prefill[:N], decode[:N]; None: the zoo model's, else batch
+    shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()  # fixed dynamic dimensions, by input
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise QbenchError("a run needs a model: a zoo name or an .onnx path")
+        if self.workload is not None:
+            Workload.parse(self.workload)  # one-line error for a bad workload
+        shapes = tuple(sorted((str(name), tuple(int(d) for d in dims)) for name, dims in dict(self.shapes).items()))
+        object.__setattr__(self, "shapes", shapes)
+
+
+@dataclass(frozen=True)
+class Target:
+    """Where it runs: the backend, its intra-op threads and the batch size."""
+
+    backend: str = "onnxruntime"
+    threads: int | None = None  # None: the machine's physical cores (``Machine.default_threads``)
+    batch: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("threads", "batch"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+                raise QbenchError(f"`{name}` must be a whole number of at least 1, but got {value!r}")
+
+
+@dataclass(frozen=True)
+class Timing:
+    """How it is timed: the protocol by name, an optional longer sampling time, a profile."""
+
+    protocol: str = "standard"  # standard, or quick for smoke tests
+    min_seconds: float | None = None
+    profile: bool = False  # store a per-op profile with every row
+
+    def __post_init__(self) -> None:
+        if self.protocol not in TIMING_PROTOCOLS:
+            raise QbenchError(f"timing protocol {self.protocol!r}: use one of {', '.join(TIMING_PROTOCOLS)}")
+        if self.min_seconds is not None and not 0 < self.min_seconds <= 24 * 3600:
+            raise QbenchError(f"min_seconds = {self.min_seconds!r}: use a positive number of seconds up to a day")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    subject: Subject
+    target: Target = field(default_factory=Target)
+    timing: Timing = field(default_factory=Timing)
+    recipes: tuple[str, ...] = ()  # built-in recipe names or plan .json paths; () : the backend's default
+
+    def normalized(self, *, threads: int, default_recipes: tuple[str, ...]) -> RunSpec:
+        """Every default filled in (zoo workload and metric, threads, recipes) and every path
+        absolute: the form that is stored, hashed and sent to workers."""
+        from qbench.zoo import lookup
+
+        s = self.subject
+        entry = lookup(s.model)
+        zoo_data = entry is not None and s.data is None
+        subject = replace(
+            s,
+            model=s.model if entry else _absolute(s.model),
+            data=_absolute(s.data),
+            calib_data=_absolute(s.calib_data),
+            metric=_absolute_metric(s.metric or (entry.metric if zoo_data else None)),
+            workload=str(Workload.parse(s.workload or (entry.workload if zoo_data else "batch"))),
+        )
+        recipes = tuple(_absolute(r) if r.endswith(".json") else r for r in (self.recipes or default_recipes))
+        return replace(
+            self, subject=subject, target=replace(self.target, threads=self.target.threads or threads), recipes=recipes
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"qbench_run": RUN_SPEC_VERSION, **asdict(self)}
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), sort_keys=True, default=list)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any], source: str = "run spec") -> RunSpec:
+        if not isinstance(data, Mapping) or data.get("qbench_run") != RUN_SPEC_VERSION:
+            raise QbenchError(f'{source} is not a qbench run spec: expected "qbench_run": {RUN_SPEC_VERSION}')
+        parts = {}
+        for name, kind in (("subject", Subject), ("target", Target), ("timing", Timing)):
+            given = data.get(name, {})
+            known = {f.name for f in fields(kind)}
+            if not isinstance(given, Mapping) or set(given) - known:
+                raise QbenchError(f"{source}: {name} must be an object with keys among {sorted(known)}")
+            parts[name] = kind(**given)
+        recipes = data.get("recipes", ())
+        if not isinstance(recipes, list | tuple) or not all(isinstance(r, str) for r in recipes):
+            raise QbenchError(f"{source}: recipes must be a list of recipe names or plan files")
+        return cls(recipes=tuple(recipes), **parts)
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "run spec") -> RunSpec:
+        try:
+            return cls.from_dict(json.loads(text), source)
+        except json.JSONDecodeError as exc:
+            raise QbenchError(f"{source} is not valid JSON: {exc}") from None
+
+    def config_hash(self) -> str:
+        """The spec and the contents of every file it names: an equal hash (same code, same
+        machine) means an equal measurement, wherever the files lie."""
+        s = self.subject
+        named = (s.model, s.data, s.calib_data, *self.recipes, metric_file(s.metric))
+        files = {spec: file_hash(spec) for spec in named if spec}
+        payload = {**self.to_dict(), "files": {k: v for k, v in files.items() if v}}
+        for part in ("model", "data", "calib_data"):  # by content, so a moved file keeps its hash
+            if payload["files"].get(payload["subject"][part]):
+                payload["subject"][part] = payload["files"][payload["subject"][part]]
+        payload["files"] = sorted(payload["files"].values())
+        return hashlib.sha256(json.dumps(payload, sort_keys=True, default=list).encode()).hexdigest()[:16]
+
+    @property
+    def workload(self) -> Workload:
+        return Workload.parse(self.subject.workload or "batch")
+
+
+def _absolute(path: str | None) -> str | None:
+    return None if path is None else os.path.abspath(path)
+
+
+def metric_file(metric: str | None) -> str | None:
+    """The Python file of a ``path/to/file.py:function`` metric, else None."""
+    module = (metric or "").partition(":")[0]
+    return module if module.endswith(".py") else None
+
+
+def _absolute_metric(metric: str | None) -> str | None:
+    if metric_file(metric) is None:
+        return metric
+    module, _, function = metric.partition(":")
+    return f"{os.path.abspath(module)}:{function}"
+
+
+def file_hash(spec: str) -> str | None:
+    """The first 16 hex digits of the file's SHA-256, or None when ``spec`` is no file (a zoo
+    name or a built-in recipe, whose identity is its name)."""
+    path = pathlib.Path(spec)
+    if not path.is_file():
+        return None
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()[:16]
+
+
+@dataclass
+class Loaded:
+    """A spec's subject made real: the model, calibration and evaluation data, and the metric."""
+
+    model: Any  # qbench.model.OnnxModel
+    calibration: Any  # qbench.data.Dataset
+    evaluation: Any
+    metric: Any  # qbench.metrics.Metric
+    synthetic: bool  # no data was given: timed on synthetic inputs, scored by fidelity to fp32
+
+
+def load_subject(subject: Subject, command: str = "bench", metric: Any = None) -> Loaded:
+    """Load what ``subject`` names. Only ``bench`` may run without data (synthetic inputs, as
+    benchmark_app and trtexec allow); ``metric``, when given, is a ready ``Metric`` object."""
+    import logging
+
+    from qbench.data import load_npz, split_for_calibration, synthetic_dataset
+    from qbench.metrics import get_metric
+    from qbench.model import OnnxModel
+    from qbench.zoo import lookup
+
+    entry = lookup(subject.model)
+    model = OnnxModel.load(entry.files().model if entry else subject.model)
+    if entry:
+        model.name = entry.name
+    if subject.shapes:
+        model = model.with_shapes(dict(subject.shapes))
+    data, calib_data = subject.data, subject.calib_data
+    if entry is not None and data is None:  # a zoo model brings its data
+        files = entry.files()
+        data, calib_data = str(files.evaluation), calib_data or str(files.calibration)
+    if data is None and command != "bench":
+        raise QbenchError(
+            f"--data is required for {command} on your own model: an .npz with one array per model input "
+            "(see the docs); `qbench bench` alone can time a model on synthetic inputs"
+        )
+    if data is None:
+        if subject.metric not in (None, "cosine") or metric is not None:
+            raise QbenchError(
+                f"metric {subject.metric or metric.name} needs data: without it, bench scores fidelity (cosine) to fp32"
+            )
+        calibration = load_npz(calib_data, model) if calib_data else synthetic_dataset(model, seed=1)
+        return Loaded(model, calibration, synthetic_dataset(model), get_metric("cosine", False), True)
+    evaluation = load_npz(data, model)
+    if calib_data:
+        calibration = load_npz(calib_data, model)
+    else:
+        calibration, evaluation = split_for_calibration(evaluation)
+        logging.getLogger("qbench").info(
+            "calibrating on the first %d samples of %s and evaluating on the other %d",
+            len(calibration),
+            data,
+            len(evaluation),
+        )
+    return Loaded(
+        model, calibration, evaluation, metric or get_metric(subject.metric, evaluation.labels is not None), False
+    )
+
+
+def timing_protocol(timing: Timing):
+    """The ``qbench.measure`` protocol ``timing`` names, with its sampling time raised if asked."""
+    from qbench.measure import QUICK_PROTOCOL, Protocol
+
+    protocol = QUICK_PROTOCOL if timing.protocol == "quick" else Protocol()
+    if timing.min_seconds is None:
+        return protocol
+    return replace(
+        protocol, min_seconds=timing.min_seconds, max_seconds=max(protocol.max_seconds, timing.min_seconds * 4)
+    )
