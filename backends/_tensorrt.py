@@ -51,7 +51,7 @@ TENSORRT_QDQ_OPS = (
     "GlobalAveragePool",
     "Concat",
 )
-MAX_BATCH = 64  # the evaluation batch (qbench.bench.EVAL_BATCH) must fit the profile
+MAX_BATCH = 64  # the evaluation batch (qbench.benchmark.EVAL_BATCH) must fit the profile
 _INSTALL = "pip install 'qbench[tensorrt]'"
 
 

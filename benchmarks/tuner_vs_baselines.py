@@ -23,14 +23,22 @@ import optuna
 import pandas as pd
 
 from qbench.backends import get_backend
-from qbench.bench import BenchSettings, run_bench
+from qbench.benchmark import BenchSettings, run_bench
 from qbench.data import Dataset, load_npz
 from qbench.harness import Harness
 from qbench.machine import current_machine
 from qbench.metrics import get_metric
 from qbench.model import OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan
-from qbench.search import StudySettings, analyze_sensitivity, build_space, greedy_accuracy_control, tune
+from qbench.search import (
+    StudySettings,
+    TuneInputs,
+    TuneSettings,
+    analyze_sensitivity,
+    build_space,
+    greedy_accuracy_control,
+    tune,
+)
 from qbench.search._tune import FINAL_PROTOCOL
 from qbench.store import Leaderboard
 from qbench.zoo import ZOO
@@ -98,20 +106,16 @@ def compare(name: str, trials: int, threads: int, workdir: pathlib.Path) -> None
 
     started = time.perf_counter()
     result = tune(
-        model=model,
-        calibration_data=calibration,
-        tuning_data=tuning,
-        holdout_data=selection,
-        metric=metric,
-        backend=backend,
-        machine=machine,
-        threads=threads,
-        board=board,
-        results_dir=workdir,
-        settings=StudySettings(max_drop=budget, n_trials=trials, patience=None),
-        storage_url=f"sqlite:///{workdir / 'tuning.db'}",
-        study_name=f"bench-{name}",
-        quick_samples=quick,
+        TuneInputs(model, calibration, tuning, selection, metric, backend, machine),
+        TuneSettings(
+            study=StudySettings(max_drop=budget, n_trials=trials, patience=None),
+            threads=threads,
+            storage_url=f"sqlite:///{workdir / 'tuning.db'}",
+            results_dir=workdir,
+            study_name=f"bench-{name}",
+            quick_samples=quick,
+        ),
+        board,
     )
     tune_s = time.perf_counter() - started
     print(

@@ -56,7 +56,6 @@ def leaderboard(url: str | None = None, results_dir: str = "results"):
         board.close()
 
 
-
 def __getattr__(name: str):
     """``qbench.bench`` and ``qbench.tune``, loaded on first use: the API sits above the
     backends and the tuner, which import the core (and so this package) themselves."""

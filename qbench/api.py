@@ -98,7 +98,7 @@ def execute_bench(
     """Run a normalized ``spec``; ``job`` names the suite job it belongs to (the nightly worker),
     which also times the reference workload and the previous night's plans beside it."""
     from qbench.backends import get_backend
-    from qbench.bench import BenchSettings, run_bench
+    from qbench.benchmark import BenchSettings, run_bench
     from qbench.machine import current_machine
     from qbench.plan import recipe_plan
 

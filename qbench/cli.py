@@ -178,7 +178,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 def cmd_profile(args: argparse.Namespace) -> int:
     from qbench.backends import get_backend
-    from qbench.bench import profile_plans
+    from qbench.benchmark import profile_plans
     from qbench.machine import current_machine
     from qbench.plan import recipe_plan
     from qbench.profile import render

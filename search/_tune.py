@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 
 from qbench import phases
-from qbench.bench import BenchSettings, run_bench
+from qbench.benchmark import BenchSettings, run_bench
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.harness import FIRST_LOOK, Harness, Loaded

@@ -150,15 +150,15 @@ def test_a_read_only_leaderboard_is_refused_before_measuring(tmp_path, board_dir
 
 def test_rows_survive_a_leaderboard_deleted_mid_run(tmp_path, files, monkeypatch, capsys):
     """The file vanishes after the rows are measured: they go to a fallback file, exit 2 says where."""
-    import qbench.bench
+    import qbench.benchmark
 
-    real_record = qbench.bench._record
+    real_record = qbench.benchmark._record
 
     def delete_then_record(*args, **kwargs):
         (tmp_path / "leaderboard.db").unlink()
         return real_record(*args, **kwargs)
 
-    monkeypatch.setattr(qbench.bench, "_record", delete_then_record)
+    monkeypatch.setattr(qbench.benchmark, "_record", delete_then_record)
     argv = ["bench", "--data", str(files["small"]), "--quick", "--recipe", "fp32,int8"]
     assert main([*argv, "--results-dir", str(tmp_path), "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]

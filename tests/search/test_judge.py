@@ -1,0 +1,65 @@
+"""The tuner's last word on recorded final-selection rows: the floor, fp32 and held-out misses."""
+
+from __future__ import annotations
+
+from qbench.plan import recipe_plan
+from qbench.search._select import select
+from qbench.search._tune import judge
+from qbench.store import ResultRow
+
+NATIVE = recipe_plan("native-int8", [("conv", "Conv")])
+BUDGET = 0.01
+
+
+def _row(name: str, speedup: float, drop: float = 0.0, width: float = 0.02, plan_hash: str | None = None):
+    return ResultRow(
+        run_id="r",
+        kind="tune",
+        status="ok",
+        machine_hash="m",
+        qbench_version="0",
+        model_name="m",
+        model_hash="h",
+        plan_name=name,
+        plan_hash=plan_hash or name,
+        plan="{}",
+        backend="onnxruntime",
+        median_ms=2.0 / speedup,
+        speedup=speedup,
+        speedup_ci_low=speedup * (1 - width),
+        speedup_ci_high=speedup * (1 + width),
+        accuracy_drop=drop,
+    )
+
+
+def _judge(*candidates: ResultRow):
+    rows = [_row("fp32", 1.0, width=0.0), *candidates]
+    within = [r for r in rows[1:] if r.accuracy_drop <= BUDGET]
+    return judge(rows, select(within, None), NATIVE, BUDGET)
+
+
+def test_the_native_quantizer_is_returned_when_no_tuned_plan_beats_it():
+    native = _row("native-int8", 2.0, plan_hash=NATIVE.content_hash)
+    winner, speed, notes = _judge(_row("tuned-t1", 1.5), native)
+    assert winner is native and speed.ratio == 2.0
+    assert any("no tuned plan was faster" in n for n in notes)
+
+
+def test_a_tuned_plan_faster_than_native_wins_and_native_outside_the_budget_is_named():
+    native = _row("native-int8", 2.5, drop=0.05, plan_hash=NATIVE.content_hash)
+    winner, _, notes = _judge(_row("tuned-t1", 1.8), native)
+    assert winner.plan_name == "tuned-t1"
+    assert any(n.startswith("native-int8: 2.50× fp32, drop +0.0500, outside the budget") for n in notes)
+
+
+def test_a_winner_slower_than_fp32_is_dropped_and_one_not_measurably_faster_is_said_so():
+    winner, speed, notes = _judge(_row("tuned-t1", 0.8))
+    assert winner is None and speed is None and any("keep fp32" in n for n in notes)
+    winner, _, notes = _judge(_row("tuned-t1", 1.01, width=0.05))
+    assert winner.plan_name == "tuned-t1" and any("not measurably faster" in n for n in notes)
+
+
+def test_a_tuned_plan_that_missed_the_budget_on_held_out_data_is_named():
+    winner, _, notes = _judge(_row("uniform-int8", 1.5), _row("tuned-t4", 2.0, drop=0.03))
+    assert winner.plan_name == "uniform-int8"
+    assert any("tuned-t4 met the budget while tuning but dropped +0.0300 on held-out data" in n for n in notes)
