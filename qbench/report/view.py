@@ -6,7 +6,6 @@ page and the terminal only lay out what this module decided.
 
 from __future__ import annotations
 
-import pathlib
 from dataclasses import dataclass, field
 
 import pandas as pd
@@ -92,14 +91,3 @@ def build_report(
         machines.append(MachineSection(str(machine_hash), str(per_machine.cpu_model.iloc[0]), models))
     return Report(machines, changes, len(frame))
 
-
-def write_report(report: Report, results_dir: pathlib.Path, html: bool = True) -> list[pathlib.Path]:
-    """Every file of ``report`` under ``results_dir``: the tables (and, with ``html``, the page and
-    regressions.md); returns the files written."""
-    from qbench.report.html import write_html
-    from qbench.report.markdown import write_markdown, write_regressions
-
-    written = write_markdown(report, results_dir)
-    if html:
-        written += [write_regressions(report, results_dir), write_html(report, results_dir)]
-    return written
