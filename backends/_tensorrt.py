@@ -2,8 +2,8 @@
 
 Since TensorRT 11 (and in TensorRT-RTX) precision is a property of the graph, not of builder
 flags: int8 layers get symmetric signed Q/DQ pairs (per-channel weights, biases left in float)
-from the shared QDQ writer, fp16/bf16 layers get Cast regions (``_casts``), weight-only layers a
-DequantizeLinear of int4 (blocked) or int8 weights (``_blockdq``). The engine is built
+from the shared QDQ writer, fp16/bf16 layers get Cast regions (``_tensorrt_casts``), weight-only layers a
+DequantizeLinear of int4 (blocked) or int8 weights (``_tensorrt_blockdq``). The engine is built
 from that graph with a strongly-typed network, an optimization profile for dynamic batch
 sizes, a workspace limit and a timing cache per GPU and TensorRT version, and cached by content
 hash. Either the full ``tensorrt`` module or ``tensorrt_rtx`` is used; the RTX builder works
@@ -26,8 +26,8 @@ import onnx
 
 from qbench.backends import _qdq as qdq
 from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner
-from qbench.backends._blockdq import write_weight_dq
-from qbench.backends._casts import write_cast_regions
+from qbench.backends._tensorrt_blockdq import write_weight_dq
+from qbench.backends._tensorrt_casts import write_cast_regions
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.machine import Machine, current_machine

@@ -24,7 +24,7 @@ from qbench.backends import get_backend
 from qbench.data import load_npz
 from qbench.harness import timed_call
 from qbench.machine import current_machine
-from qbench.measure import Protocol, measure
+from qbench.measure import TimingProtocol, measure
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
 from qbench.store import Leaderboard, default_url
@@ -46,7 +46,7 @@ def harness_vs_bare(threads: int, blocks: int, per_block: int, workdir: pathlib.
     model = OnnxModel.load(DEMO.files().model)
     calibration = backend.calibrate(model, load_npz(DEMO.files().calibration, model), "minmax", workdir)
     feeds = {"image": load_npz(DEMO.files().evaluation, model).inputs["image"][:1]}
-    protocol = Protocol(warmup_count=10, warmup_seconds=0.2, min_count=per_block, min_seconds=0.0)
+    protocol = TimingProtocol(warmup_count=10, warmup_seconds=0.2, min_count=per_block, min_seconds=0.0)
     rows = []
     for recipe in ("fp32", "int8"):
         plan = PrecisionPlan.uniform(model.layer_names(), recipe) if recipe == "int8" else PrecisionPlan()

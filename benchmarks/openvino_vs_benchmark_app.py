@@ -31,7 +31,7 @@ from qbench.backends import get_backend
 from qbench.data import load_npz
 from qbench.harness import timed_call
 from qbench.machine import current_machine
-from qbench.measure import Protocol, measure
+from qbench.measure import TimingProtocol, measure
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
 from qbench.statistics import median_with_ci
@@ -67,7 +67,7 @@ def worker(ir: str, threads: int, seconds: int) -> None:
     path = pathlib.Path(ir)
     artifact = Artifact(path, "benchmark", 0.0, True, (path.with_suffix(".bin"),))
     runner = backend.load(artifact, threads, shared_process=False)
-    samples = measure(timed_call(runner, feeds), Protocol(min_seconds=seconds, max_seconds=seconds * 3))
+    samples = measure(timed_call(runner, feeds), TimingProtocol(min_seconds=seconds, max_seconds=seconds * 3))
     runner.close()
     print(json.dumps({"median_ms": float(np.median(samples)) / 1e6, "settings": dict(runner.settings)}))
 

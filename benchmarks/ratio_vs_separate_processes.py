@@ -28,7 +28,7 @@ from qbench.backends import get_backend
 from qbench.data import load_npz
 from qbench.harness import timed_call
 from qbench.machine import current_machine
-from qbench.measure import ROUND_ROBIN, Protocol, measure_interleaved
+from qbench.measure import ROUND_ROBIN, TimingProtocol, measure_interleaved
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
 from qbench.statistics import median_with_ci, speedup
@@ -71,7 +71,7 @@ def build(name: str, workdir: pathlib.Path, batch: int = 1):
     return backend, artifacts, feeds
 
 
-def in_process(backend, artifacts, feeds, threads: int, protocol: Protocol, shared: bool = False):
+def in_process(backend, artifacts, feeds, threads: int, protocol: TimingProtocol, shared: bool = False):
     runners = [backend.load(a, threads, shared_process=shared) for a in artifacts]
     try:
         samples = measure_interleaved({str(i): timed_call(r, feeds) for i, r in enumerate(runners)}, protocol)
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1, help="batch size (a larger batch makes a slow model)")
     args = parser.parse_args()
     print(f"machine: {current_machine().describe()}; {args.threads} threads; batch {args.batch}")
-    blocks = Protocol(min_seconds=args.seconds, max_seconds=args.seconds * 5)
+    blocks = TimingProtocol(min_seconds=args.seconds, max_seconds=args.seconds * 5)
     rounds = dataclasses.replace(blocks, **ROUND_ROBIN)
     lines = []
     with tempfile.TemporaryDirectory(prefix="qbench-ratio-") as tmp:

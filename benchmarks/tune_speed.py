@@ -32,7 +32,7 @@ from qbench.backends import Artifact, get_backend
 from qbench.data import load_npz
 from qbench.harness import timed_call
 from qbench.machine import current_machine
-from qbench.measure import Protocol, measure_interleaved
+from qbench.measure import TimingProtocol, measure_interleaved
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
 from qbench.statistics import speedup
@@ -126,7 +126,7 @@ def head_to_head(name: str, default: pathlib.Path, compared: pathlib.Path, secon
     }
     try:
         samples = measure_interleaved(
-            {k: timed_call(r, feeds) for k, r in runners.items()}, Protocol(min_seconds=seconds)
+            {k: timed_call(r, feeds) for k, r in runners.items()}, TimingProtocol(min_seconds=seconds)
         )
     finally:
         for runner in runners.values():

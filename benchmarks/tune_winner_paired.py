@@ -22,7 +22,7 @@ import tempfile
 from qbench.backends import get_backend
 from qbench.data import load_npz
 from qbench.harness import timed_call
-from qbench.measure import Protocol, measure_interleaved
+from qbench.measure import TimingProtocol, measure_interleaved
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
 from qbench.statistics import speedup
@@ -56,7 +56,7 @@ def check(name: str, results: pathlib.Path, budget: float, seconds: float) -> li
         runners[r.plan_name] = backend.load(artifact, int(r.threads), shared_process=False)
     try:
         samples = measure_interleaved(
-            {k: timed_call(v, feeds) for k, v in runners.items()}, Protocol(min_seconds=seconds)
+            {k: timed_call(v, feeds) for k, v in runners.items()}, TimingProtocol(min_seconds=seconds)
         )
     finally:
         for runner in runners.values():

@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 
 from qbench.data import Dataset, load_npz  # noqa: E402
 from qbench.errors import QbenchError  # noqa: E402
-from qbench.measure import Protocol, measure, measure_interleaved  # noqa: E402
+from qbench.measure import TimingProtocol, measure, measure_interleaved  # noqa: E402
 from qbench.metrics import get_metric  # noqa: E402
 from qbench.model import OnnxModel  # noqa: E402
 from qbench.plan import PlanOptions, PrecisionPlan  # noqa: E402
@@ -24,7 +24,7 @@ __all__ = [
     "OnnxModel",
     "PlanOptions",
     "PrecisionPlan",
-    "Protocol",
+    "TimingProtocol",
     "QbenchError",
     "RunSpec",
     "Subject",

@@ -135,10 +135,10 @@ def _reference_workload(machine, workdir: pathlib.Path):
     where it cannot run: the job is then compared by its raw medians."""
     from qbench.backends import get_backend
     from qbench.errors import describe
-    from qbench.reference import ReferenceWorkload
+    from qbench.nightly.drift import DriftWorkload
 
     try:
-        return ReferenceWorkload(get_backend("onnxruntime"), machine, workdir)
+        return DriftWorkload(get_backend("onnxruntime"), machine, workdir)
     except Exception as exc:
         log.warning("no reference workload (%s); this job's latency will not be normalized", describe(exc))
         return None

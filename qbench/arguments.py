@@ -12,8 +12,8 @@ from typing import NoReturn
 
 from qbench import __version__
 from qbench.errors import QbenchError
+from qbench.nightly.suite import MAX_SECONDS
 from qbench.plan import GROUPINGS, PRECISIONS
-from qbench.suite import MAX_SECONDS
 from qbench.workload import Workload
 
 EXIT_REGRESSION = 3

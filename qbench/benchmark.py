@@ -24,13 +24,13 @@ from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, describe
 from qbench.harness import FP32, TIMED_SESSIONS_SHARED, TIMING_CHUNK, Harness, Loaded, chunks
 from qbench.machine import Machine
-from qbench.measure import Protocol
+from qbench.measure import TimingProtocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
+from qbench.nightly.drift import DRIFT, DriftWorkload
+from qbench.nightly.previous_run import AGAIN, PREVIOUS, PreviousPlan, find_previous_plan
 from qbench.plan import PrecisionPlan
-from qbench.previous import AGAIN, PREVIOUS, Partner, find_partner
 from qbench.profile import PROFILE_RUNS, Profile
-from qbench.reference import REFERENCE, ReferenceWorkload
 from qbench.runspec import RunSpec, timing_protocol
 from qbench.store import Leaderboard, ResultRow
 from qbench.workload import Workload
@@ -46,7 +46,7 @@ Progress = Callable[[str], None]
 class BenchSettings:
     threads: int
     batch_size: int = 1
-    protocol: Protocol = field(default_factory=Protocol)
+    protocol: TimingProtocol = field(default_factory=TimingProtocol)
     kind: str = "bench"
     job: str | None = None  # the suite job this run belongs to, if any
     job_hash: str | None = None
@@ -101,7 +101,7 @@ class Candidate:
     profile: Profile | None = None
     error: str | None = None
     session: Loaded | None = None  # while its chunk is loaded
-    partner: Partner | None = None  # the previous run's same plan (suite jobs)
+    partner: PreviousPlan | None = None  # the previous run's same plan (suite jobs)
     comparison: dict[str, Any] | None = None
     reference_ms: float | None = None
 
@@ -162,7 +162,7 @@ def run_bench(
     board: Leaderboard,
     workdir: pathlib.Path,
     progress: Progress = lambda _msg: None,
-    reference: ReferenceWorkload | None = None,
+    reference: DriftWorkload | None = None,
 ) -> list[ResultRow]:
     """Measure ``plans`` (plus the fp32 baseline) and record one leaderboard row per plan.
 
@@ -170,7 +170,7 @@ def run_bench(
     interleaved with the fp32 session the harness keeps loaded, so memory does not grow with
     the number of plans and every speedup is a ratio measured side by side with fp32, and with
     the ``reference`` workload when given. For a suite job, each plan is then timed alone with
-    its counterpart from the job's previous run (``qbench.previous``)."""
+    its counterpart from the job's previous run (``qbench.nightly.previous_run``)."""
     availability, candidates = _checked_candidates(backend, model, machine, plans)
     board.record_machine(machine.to_dict())
     progress(f"load and score fp32 on {len(evaluation_data)} samples")
@@ -263,7 +263,7 @@ def _find_partners(
     progress(f"find the plans of the previous run ({previous.run_id.iloc[0][:8]})")
     for c in candidates:
         if c.error is None:
-            c.partner = find_partner(previous, c.plan.name, harness, version, str(settings.workload))
+            c.partner = find_previous_plan(previous, c.plan.name, harness, version, str(settings.workload))
 
 
 def _prepare(c: Candidate, harness: Harness) -> None:
@@ -304,15 +304,15 @@ def _time(
     harness: Harness,
     baseline: Candidate,
     ready: list[Candidate],
-    protocol: Protocol,
-    reference: ReferenceWorkload | None,
+    protocol: TimingProtocol,
+    reference: DriftWorkload | None,
 ) -> None:
     """Time a chunk interleaved with fp32 and the reference workload, then each plan that has a
     counterpart from the job's previous run interleaved with it alone (the in-process A/B)."""
     first = harness.baseline is not None and baseline.samples_ns is None  # fp32 keeps its first chunk's samples
     timed = [*ready, baseline] if first else ready
     samples = harness.time(
-        {c.key: c.session.runner for c in ready}, protocol, {REFERENCE: reference.call} if reference else {}
+        {c.key: c.session.runner for c in ready}, protocol, {DRIFT: reference.call} if reference else {}
     )
     for c in ready:
         c.samples_ns, c.baseline_ns, c.block = samples[c.key], samples.get(FP32), samples.block
@@ -322,11 +322,11 @@ def _time(
         baseline.block = samples.block
         baseline.runner_settings.update(harness.baseline.runner.timing_notes(), samples_per_block=samples.block)
     for c in timed:
-        c.reference_ms = float(np.median(samples[REFERENCE])) / 1e6 if REFERENCE in samples else None
+        c.reference_ms = float(np.median(samples[DRIFT])) / 1e6 if DRIFT in samples else None
     # Each pair is timed on its own: among a chunk's sessions, two of one artifact differed by 9 %.
     # A second session of tonight's artifact is timed in the same rounds: that A/A ratio is the
     # noise floor of the night, sessions that differ included (OpenVINO's compiled models of one
-    # IR did by up to 14 % on an EPYC), and a verdict beyond it is withheld (``qbench.previous``).
+    # IR did by up to 14 % on an EPYC), and a verdict beyond it is withheld (``qbench.nightly.previous_run``).
     for c in timed:
         if c.partner is not None and c.partner.ready:
             tonight = c.session.runner if c.session is not None else harness.baseline.runner

@@ -459,10 +459,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 def cmd_nightly(args: argparse.Namespace) -> int:
     from qbench.backends import get_backend
     from qbench.machine import current_machine
-    from qbench.nightly import run_suite, summary
+    from qbench.nightly.runner import run_suite, summary
+    from qbench.nightly.suite import load_suite, missing_inputs, parse_override
     from qbench.progress import bar
     from qbench.store import safe_url
-    from qbench.suite import load_suite, missing_inputs, parse_override
 
     suite = load_suite(args.suite, dict(parse_override(o) for o in args.overrides))
     problem = missing_inputs(suite)

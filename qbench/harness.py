@@ -25,8 +25,7 @@ from qbench import phases
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, describe
 from qbench.machine import Machine
-from qbench.measure import Protocol as TimingProtocol
-from qbench.measure import Samples, measure_interleaved
+from qbench.measure import Samples, TimingProtocol, measure_interleaved
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan

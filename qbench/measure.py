@@ -25,7 +25,7 @@ RunFn = Callable[[], object]
 
 
 @dataclass(frozen=True)
-class Protocol:
+class TimingProtocol:
     """How long to warm up and sample. Both the count and the duration minimum must be met.
 
     Sampling alternates blocks of runs of each candidate: every block has the same number of
@@ -83,7 +83,7 @@ class Protocol:
         return kept + dropped, kept
 
 
-QUICK_PROTOCOL = Protocol(
+QUICK_PROTOCOL = TimingProtocol(
     warmup_count=3, warmup_seconds=0.1, min_count=20, min_seconds=0.5, max_seconds=10.0, min_blocks=8
 )
 #: Block rounds before an early ``stop`` is asked: with 4 ratios the order-statistic interval of
@@ -102,7 +102,7 @@ class Samples(dict):
         self.block = block
 
 
-def measure(run: RunFn, protocol: Protocol, on_sample: Callable[[], None] | None = None) -> np.ndarray:
+def measure(run: RunFn, protocol: TimingProtocol, on_sample: Callable[[], None] | None = None) -> np.ndarray:
     """Warm up, then time ``run`` until the protocol's count and duration minimums are both met."""
     return measure_interleaved({"_": run}, protocol, on_sample)["_"]
 
@@ -115,7 +115,7 @@ def _timed(fn: RunFn, clock: Callable[[], int]) -> int:
 
 def measure_interleaved(
     runs: Mapping[str, RunFn],
-    protocol: Protocol,
+    protocol: TimingProtocol,
     on_round: Callable[[], None] | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
     stop: Callable[[Samples], bool] | None = None,
@@ -123,7 +123,7 @@ def measure_interleaved(
     """Time several candidates in alternating blocks (A B C, B C A, C A B, ...) in this process.
 
     Warm-up runs each candidate ``warmup_count`` times in turn (and for ``warmup_seconds``), and
-    sizes the blocks from the fastest one's warm-up (``Protocol.block_shape``). Sampling stops
+    sizes the blocks from the fastest one's warm-up (``TimingProtocol.block_shape``). Sampling stops
     once every candidate has ``min_count`` kept samples and ``min_seconds`` of its own run time
     over at least ``min_blocks`` block rounds, or when ``max_seconds`` of wall time have passed.
     ``stop``, asked after each round from ``DECIDE_BLOCKS`` rounds on, ends sampling early when

@@ -244,9 +244,9 @@ def load_subject(subject: Subject, command: str = "bench", metric: Any = None) -
 
 def timing_protocol(timing: Timing):
     """The ``qbench.measure`` protocol ``timing`` names, with its sampling time raised if asked."""
-    from qbench.measure import QUICK_PROTOCOL, Protocol
+    from qbench.measure import QUICK_PROTOCOL, TimingProtocol
 
-    protocol = QUICK_PROTOCOL if timing.protocol == "quick" else Protocol()
+    protocol = QUICK_PROTOCOL if timing.protocol == "quick" else TimingProtocol()
     if timing.min_seconds is None:
         return protocol
     return replace(

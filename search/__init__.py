@@ -3,7 +3,6 @@
 if __name__ != "qbench.search":  # a source checkout on sys.path makes `import search` possible
     raise ImportError("import qbench.search, not search: the folder installs as qbench.search")
 
-from qbench.search._evaluator import TRIAL_PROTOCOL, Timing, time_against_baseline
 from qbench.search._greedy import greedy_accuracy_control
 from qbench.search._roles import layer_roles, role_summary_text, summarize_by_role
 from qbench.search._sensitivity import GroupSensitivity, SensitivityReport, analyze_sensitivity
@@ -17,6 +16,7 @@ from qbench.search._study import (
     run_study,
     seed_study,
 )
+from qbench.search._trial_timing import TRIAL_PROTOCOL, TrialTiming, time_against_baseline
 from qbench.search._tune import (
     FINAL_PROTOCOL,
     TuneInputs,
@@ -38,7 +38,7 @@ __all__ = [
     "SearchSpace",
     "SensitivityReport",
     "StudySettings",
-    "Timing",
+    "TrialTiming",
     "time_against_baseline",
     "TuneInputs",
     "TuneResult",

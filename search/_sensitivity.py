@@ -24,14 +24,14 @@ import numpy as np
 
 from qbench.cache import atomic_cached, content_key
 from qbench.harness import TIMING_CHUNK, Harness, chunks
-from qbench.measure import Protocol
+from qbench.measure import TimingProtocol
 from qbench.plan import PrecisionPlan
-from qbench.search._evaluator import time_against_baseline
 from qbench.search._space import SearchSpace
+from qbench.search._trial_timing import time_against_baseline
 
 #: Revert costs only break ties in the order of the search's seeds: half the trial protocol's
 #: blocks and seconds, shorter blocks.
-SENSITIVITY_PROTOCOL = Protocol(
+SENSITIVITY_PROTOCOL = TimingProtocol(
     warmup_count=5, warmup_seconds=0.1, min_count=20, min_seconds=0.2, min_blocks=4, block_seconds=0.02
 )
 

@@ -23,9 +23,9 @@ from optuna.trial import FrozenTrial, TrialState
 from qbench.errors import QbenchError, describe, first_line
 from qbench.harness import FIRST_LOOK, DropEstimate, Evaluator
 from qbench.plan import PrecisionPlan
-from qbench.search._evaluator import TRIAL_PROTOCOL, Timing, clearly_slower, time_against_baseline
 from qbench.search._sensitivity import SensitivityReport
 from qbench.search._space import OPTION_PREFIX, SearchSpace
+from qbench.search._trial_timing import TRIAL_PROTOCOL, TrialTiming, clearly_slower, time_against_baseline
 from qbench.statistics import Speedup
 from qbench.store import safe_url, without_password
 
@@ -313,7 +313,7 @@ class _Objective:
         trial.set_constraint(BUDGET_CONSTRAINT, drop - self.settings.max_drop)
         return drop
 
-    def _measure(self, trial: optuna.Trial, runner) -> tuple[float, Timing | None]:
+    def _measure(self, trial: optuna.Trial, runner) -> tuple[float, TrialTiming | None]:
         """The drop and, unless it is over the budget (outside ``--pareto``), the timing.
 
         Sequentially: the first look at accuracy rejects a plan clearly over the budget; then

@@ -18,7 +18,7 @@ from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.harness import FIRST_LOOK, Harness, Loaded
 from qbench.machine import Machine
-from qbench.measure import Protocol
+from qbench.measure import TimingProtocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
@@ -47,7 +47,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-FINAL_PROTOCOL = Protocol(warmup_count=10, warmup_seconds=0.5, min_count=100, min_seconds=3.0, max_seconds=60.0)
+FINAL_PROTOCOL = TimingProtocol(warmup_count=10, warmup_seconds=0.5, min_count=100, min_seconds=3.0, max_seconds=60.0)
 #: A sequential tune screens the finalists with this much of each one's run time, and races the
 #: plans that could still win with the full protocol.
 SCREEN_SECONDS = 1.0
@@ -188,7 +188,7 @@ class TuneSettings:
     grouping: str | None = None  # default: ``default_grouping(workload)``
     options: PlanOptions = field(default_factory=PlanOptions)
     quick_samples: int = FIRST_LOOK
-    final_protocol: Protocol = FINAL_PROTOCOL
+    final_protocol: TimingProtocol = FINAL_PROTOCOL
     profile: bool = False
     run_spec: RunSpec | None = None  # stored with every final-selection row
 
@@ -398,7 +398,7 @@ class _HeadToHead:
     (artifacts come from the build cache); the harness is made only if a race is needed."""
 
     def __init__(
-        self, make_harness: Callable[[], Harness], protocol: Protocol, progress: Callable[[str], None]
+        self, make_harness: Callable[[], Harness], protocol: TimingProtocol, progress: Callable[[str], None]
     ) -> None:
         self.make_harness, self.protocol, self.progress = make_harness, protocol, progress
         self.harness: Harness | None = None

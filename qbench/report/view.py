@@ -90,4 +90,3 @@ def build_report(
             models.append(ModelSection(str(model_name), str(model_hash), per_model, history, across, groups))
         machines.append(MachineSection(str(machine_hash), str(per_machine.cpu_model.iloc[0]), models))
     return Report(machines, changes, len(frame))
-

@@ -13,8 +13,8 @@ import pytest
 from onnx import TensorProto, numpy_helper
 
 from qbench.backends import get_backend
-from qbench.backends._casts import write_cast_regions
 from qbench.backends._tensorrt import tensorrt_module
+from qbench.backends._tensorrt_casts import write_cast_regions
 from qbench.data import load_npz
 from qbench.errors import QbenchError
 from qbench.machine import current_machine

@@ -19,7 +19,7 @@ from qbench.data import check_fits_in_memory, dataset_from_arrays
 from qbench.errors import QbenchError
 from qbench.metrics import get_metric
 from qbench.model import OnnxModel
-from qbench.nightly import worker_environment
+from qbench.nightly.runner import worker_environment
 from qbench.report.tables import csv_safe, markdown_table
 from qbench.store import Leaderboard, default_url
 from tests.conftest import write_mlp_model

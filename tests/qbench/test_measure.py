@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from qbench.errors import QbenchError
-from qbench.measure import ROUND_ROBIN, Protocol, measure_interleaved
+from qbench.measure import ROUND_ROBIN, TimingProtocol, measure_interleaved
 from qbench.statistics import LatencyStats, median_ci_indices, speedup
 
 
@@ -69,7 +69,7 @@ class FakeMachine:
         return {name: (lambda name=name: run(name)) for name in self.cost}
 
 
-BLOCKS_OF_3 = Protocol(
+BLOCKS_OF_3 = TimingProtocol(
     warmup_count=2,
     warmup_seconds=0.0,
     min_count=7,
@@ -101,7 +101,7 @@ def test_round_robin_runs_one_of_each_at_a_time():
 
 def test_blocks_size_themselves_from_the_fastest_candidate():
     fake = FakeMachine(dict(a=1_000_000, b=4_000_000), dict(a=0, b=0))  # 1 ms and 4 ms
-    protocol = Protocol(warmup_count=2, warmup_seconds=0.0, min_count=1, min_seconds=0.0, min_blocks=2)
+    protocol = TimingProtocol(warmup_count=2, warmup_seconds=0.0, min_count=1, min_seconds=0.0, min_blocks=2)
     samples = measure_interleaved(fake.runs(), protocol, clock=fake.clock)
     per_block, kept = protocol.block_shape(1_000_000)
     assert samples.block == kept == 50 and per_block == 50 + 20  # 50 ms kept, 20 ms (and 20 %) dropped
@@ -111,7 +111,7 @@ def test_blocks_remove_the_cache_cold_bias_that_round_robin_has():
     """Two equally fast models, one with more weights to fetch after the other ran: one run at a
     time makes the small one look faster; in blocks they tie, as each alone in its process."""
     fake = FakeMachine(dict(big=5_000_000, small=5_000_000), dict(big=900_000, small=200_000))
-    blocks = Protocol(warmup_count=3, warmup_seconds=0.0, min_count=20, min_seconds=0.0)
+    blocks = TimingProtocol(warmup_count=3, warmup_seconds=0.0, min_count=20, min_seconds=0.0)
     samples = measure_interleaved(fake.runs(), blocks, clock=fake.clock)
     assert speedup(samples["big"], samples["small"], samples.block).ratio == pytest.approx(1.0)
     fake = FakeMachine(dict(big=5_000_000, small=5_000_000), dict(big=900_000, small=200_000))
@@ -131,6 +131,6 @@ def test_block_speedup_is_the_median_of_block_ratios_with_an_order_statistic_int
 
 def test_protocol_validation():
     with pytest.raises(QbenchError, match="min_count"):
-        Protocol(min_count=0)
+        TimingProtocol(min_count=0)
     with pytest.raises(QbenchError, match="max_seconds"):
-        Protocol(min_seconds=5, max_seconds=1)
+        TimingProtocol(min_seconds=5, max_seconds=1)

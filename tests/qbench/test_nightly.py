@@ -15,7 +15,7 @@ import pytest
 
 from qbench.cli import EXIT_REGRESSION, main
 from qbench.machine import current_machine
-from qbench.previous import unstable
+from qbench.nightly.previous_run import unstable
 from qbench.store import Leaderboard, default_url
 from qbench.zoo import DEMO
 from tests.conftest import write_demo_subset

@@ -6,7 +6,7 @@ import types
 
 import pandas as pd
 
-from qbench.previous import Partner, find_partner
+from qbench.nightly.previous_run import PreviousPlan, find_previous_plan
 
 
 def _previous(**changes) -> pd.DataFrame:
@@ -40,12 +40,12 @@ def _harness():
 
 
 def test_a_plan_the_previous_run_lacked_has_no_partner():
-    assert find_partner(_previous(), "fp32", _harness(), "1.32.0", "batch") is None
-    assert find_partner(pd.DataFrame(), "int8", _harness(), "1.32.0", "batch") is None
+    assert find_previous_plan(_previous(), "fp32", _harness(), "1.32.0", "batch") is None
+    assert find_previous_plan(pd.DataFrame(), "int8", _harness(), "1.32.0", "batch") is None
 
 
 def test_another_runtime_version_cannot_share_the_process():
-    partner = find_partner(_previous(), "int8", _harness(), "1.33.0", "batch")
+    partner = find_previous_plan(_previous(), "int8", _harness(), "1.33.0", "batch")
     assert partner.why_not == "onnxruntime 1.32.0 → 1.33.0: they cannot share a process"
     assert partner.comparison() == {"previous_id": 7, "previous_run": "r1", "method": None, "why_not": partner.why_not}
 
@@ -53,16 +53,16 @@ def test_another_runtime_version_cannot_share_the_process():
 def test_another_workload_or_batch_is_not_compared_in_process():
     assert (
         "workload changed"
-        in find_partner(_previous(workload="decode:128"), "int8", _harness(), "1.32.0", "batch").why_not
+        in find_previous_plan(_previous(workload="decode:128"), "int8", _harness(), "1.32.0", "batch").why_not
     )
     assert (
         "batch 4 → batch, batch 1"
-        in find_partner(_previous(batch_size=4), "int8", _harness(), "1.32.0", "batch").why_not
+        in find_previous_plan(_previous(batch_size=4), "int8", _harness(), "1.32.0", "batch").why_not
     )
 
 
 def test_an_artifact_gone_with_its_model_file_changed_is_said():
-    partner = find_partner(_previous(), "int8", _harness(), "1.32.0", "batch")
+    partner = find_previous_plan(_previous(), "int8", _harness(), "1.32.0", "batch")
     assert partner.why_not == "the previous artifact left the cache and its model file changed since"
 
 
@@ -78,7 +78,7 @@ def test_a_session_whose_settings_changed_is_refused():
     runner = _Runner({"threads": 2, "graph_optimization_level": "basic"})
     backend = types.SimpleNamespace(load=lambda *_args, **_kw: runner)
     stored = '{"threads": 2, "graph_optimization_level": "all", "device_ms": 1.0}'
-    partner = Partner({"id": 1, "run_id": "r", "threads": 2, "backend_settings": stored}, artifact=object())
+    partner = PreviousPlan({"id": 1, "run_id": "r", "threads": 2, "backend_settings": stored}, artifact=object())
     partner.load(backend)
     assert partner.why_not == "session settings changed (graph_optimization_level: all → basic)"
     assert runner.closed and not partner.ready

@@ -184,7 +184,7 @@ def test_the_a_a_check_widens_the_verdict_and_withholds_what_the_machine_cannot_
         assert bool(changes.regression.iloc[0]) == (verdict == "regression")
 
 
-@pytest.mark.parametrize("name", ["Protocol", "QUICK_PROTOCOL"])
+@pytest.mark.parametrize("name", ["TimingProtocol", "QUICK_PROTOCOL"])
 def test_every_protocol_times_enough_blocks_to_reach_significance(name):
     """A Wilcoxon test over n block ratios cannot go below p = 2 / 2**n: with too few blocks a
     protocol could never flag a regression, however large."""

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from qbench.errors import QbenchError
-from qbench.suite import load_suite, parse_override
+from qbench.nightly.suite import load_suite, parse_override
 
 
 def _write(tmp_path, text: str):
@@ -106,7 +106,7 @@ def test_missing_suite_file_and_bad_override(tmp_path):
 
 
 def test_log_paths_stay_inside_the_results_dir(tmp_path):
-    from qbench.nightly import inside
+    from qbench.nightly.runner import inside
 
     assert inside(tmp_path, "nightly-logs/ci/job__onnxruntime.log").startswith(str(tmp_path.resolve()))
     (tmp_path / "link").symlink_to("/tmp")

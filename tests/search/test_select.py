@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from qbench.harness import FP32
+from qbench.harness import FP32, Harness
 from qbench.measure import Samples
 from qbench.report.tables import ranked
 from qbench.search._select import by_speedup, relative, row_speedup, select
@@ -175,7 +175,8 @@ def test_the_head_to_head_times_the_contenders_with_fp32_in_blocks_on_real_sessi
         threads=machine.default_threads(),
         workdir=tmp_path,
     )
-    with _HeadToHead(harness_args, QUICK_PROTOCOL, lambda _msg: None) as race:
+    make_harness = lambda: Harness(**harness_args, score=False)  # noqa: E731
+    with _HeadToHead(make_harness, QUICK_PROTOCOL, lambda _msg: None) as race:
         first, second = race.time(rows), race.time(rows)
         assert len(race.loaded) == 2  # loaded once, timed twice
     for samples in (first, second):

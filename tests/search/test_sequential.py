@@ -9,10 +9,10 @@ import pytest
 from qbench.backends import get_backend
 from qbench.harness import DROP_CHUNK, FIRST_LOOK, FP32, Harness
 from qbench.machine import current_machine
-from qbench.measure import DECIDE_BLOCKS, Protocol, Samples, measure_interleaved
+from qbench.measure import DECIDE_BLOCKS, Samples, TimingProtocol, measure_interleaved
 from qbench.metrics import get_metric
 from qbench.plan import PrecisionPlan
-from qbench.search._evaluator import clearly_slower
+from qbench.search._trial_timing import clearly_slower
 from qbench.statistics import Speedup, drop_bounds
 
 
@@ -99,7 +99,7 @@ def test_measure_interleaved_asks_stop_from_the_fourth_round_and_ends_there():
         asked.append(len(samples["a"]) // samples.block)
         return True
 
-    protocol = Protocol(warmup_count=1, warmup_seconds=0, min_count=1, min_seconds=100, max_seconds=1000)
+    protocol = TimingProtocol(warmup_count=1, warmup_seconds=0, min_count=1, min_seconds=100, max_seconds=1000)
     samples = measure_interleaved({"a": lambda: None, "b": lambda: None}, protocol, clock=clock, stop=stop)
     assert asked == [DECIDE_BLOCKS]
     assert len(samples["a"]) == DECIDE_BLOCKS * samples.block

@@ -12,7 +12,7 @@ a change past the threshold possible, the verdict is withheld, neither flagged n
 (``unstable``). Where the pair cannot reproduce the
 previous run (another runtime version, workload, batch or session settings; the artifact and
 its model file both gone) the row says why, and the report falls back to medians normalized by
-the reference workload (``qbench.reference``).
+the reference workload (``qbench.nightly.drift``).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ AGAIN = "again"
 
 
 @dataclass
-class Partner:
+class PreviousPlan:
     """The previous run's row of one plan, and its artifact loaded beside tonight's."""
 
     row: Mapping[str, Any]
@@ -107,9 +107,9 @@ class Partner:
             self.runner = None
 
 
-def find_partner(
+def find_previous_plan(
     previous: pd.DataFrame, plan_name: str, harness: Harness, backend_version: str | None, workload: str
-) -> Partner | None:
+) -> PreviousPlan | None:
     """The previous run's row of ``plan_name`` with its artifact found or rebuilt (not loaded),
     or None when the previous run has no such plan."""
     if previous.empty:
@@ -118,7 +118,7 @@ def find_partner(
     if rows.empty:
         return None
     row = rows.iloc[-1].to_dict()
-    partner = Partner(row)
+    partner = PreviousPlan(row)
     backend, model = harness.backend, harness.model
     if row["backend_version"] != backend_version:
         partner.why_not = f"{backend.name} {row['backend_version']} → {backend_version}: they cannot share a process"

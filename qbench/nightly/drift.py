@@ -1,4 +1,5 @@
-"""The reference workload a nightly worker times interleaved with every plan of its job.
+"""The drift workload a nightly worker times interleaved with every plan of its job (stored as
+the row's ``reference_ms``).
 
 A fixed small model (the demo ``digits-cnn`` in fp32, batch 1, on ONNX Runtime with the machine's
 default thread count whatever the job's) whose latency only the machine can change. A job's
@@ -22,16 +23,16 @@ from qbench.zoo import lookup
 if TYPE_CHECKING:
     from qbench.backends import Backend
 
-REFERENCE_MODEL = "digits-cnn"
-#: The key of the reference's samples among the interleaved calls.
-REFERENCE = "__reference__"
+DRIFT_MODEL = "digits-cnn"
+#: The key of the drift workload's samples among the interleaved calls.
+DRIFT = "__drift__"
 
 
-class ReferenceWorkload:
+class DriftWorkload:
     """The demo's fp32 session, loaded once; ``call`` is one timed inference. Close it when done."""
 
     def __init__(self, backend: Backend, machine: Machine, workdir: pathlib.Path) -> None:
-        files = lookup(REFERENCE_MODEL).files()
+        files = lookup(DRIFT_MODEL).files()
         model = OnnxModel.load(files.model)
         feeds = next(load_npz(files.evaluation, model).batches(1))
         plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)

@@ -13,18 +13,18 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from qbench.harness import FP32, Evaluator
-from qbench.measure import Protocol, Samples
+from qbench.measure import Samples, TimingProtocol
 from qbench.search._select import relative
 from qbench.statistics import Speedup, speedup
 
 if TYPE_CHECKING:
     from qbench.backends import Runner
 
-TRIAL_PROTOCOL = Protocol(warmup_count=5, warmup_seconds=0.1, min_count=30, min_seconds=0.4, max_seconds=10.0)
+TRIAL_PROTOCOL = TimingProtocol(warmup_count=5, warmup_seconds=0.1, min_count=30, min_seconds=0.4, max_seconds=10.0)
 
 
 @dataclass(frozen=True)
-class Timing:
+class TrialTiming:
     latency_ms: float  # fp32 reference median / speedup
     speedup: float
     speedup_ci_low: float
@@ -35,16 +35,16 @@ def time_against_baseline(
     evaluator: Evaluator,
     runners: Mapping[str, Runner],
     reference_ms: float,
-    protocol: Protocol = TRIAL_PROTOCOL,
+    protocol: TimingProtocol = TRIAL_PROTOCOL,
     stop: Callable[[Samples], bool] | None = None,
-) -> dict[str, Timing]:
-    """Time loaded candidates interleaved with fp32; one Timing per candidate. ``stop`` may end
+) -> dict[str, TrialTiming]:
+    """Time loaded candidates interleaved with fp32; one TrialTiming per candidate. ``stop`` may end
     the timing early (``measure_interleaved``)."""
     samples = evaluator.time(runners, protocol, stop=stop)
     timings = {}
     for key in runners:
         ratio = speedup(samples[FP32], samples[key], getattr(samples, "block", 1))
-        timings[key] = Timing(reference_ms / ratio.ratio, ratio.ratio, ratio.ci_low, ratio.ci_high)
+        timings[key] = TrialTiming(reference_ms / ratio.ratio, ratio.ratio, ratio.ci_low, ratio.ci_high)
     return timings
 
 

@@ -26,9 +26,9 @@ from qbench import __version__
 from qbench.codeversion import code_version
 from qbench.errors import QbenchError
 from qbench.machine import Machine
+from qbench.nightly.suite import Suite, SuiteJob
 from qbench.runspec import file_hash
 from qbench.store import Leaderboard, ResultRow, safe_url
-from qbench.suite import Suite, SuiteJob
 
 log = logging.getLogger(__name__)
 OUTPUT_TAIL = 2000  # characters of a failed worker's output kept in its row
