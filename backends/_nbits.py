@@ -1,9 +1,9 @@
 """Weight-only layers on ONNX Runtime: ``MatMulNBits`` (4- or 8-bit blocked weights, float
 activations), and the ``accuracy_level`` this CPU runs it fastest at.
 
-The level decides the kernel: on AMD EPYC Zen 3 (AVX2, no VNNI) an 8-bit FFN pair at one token
-ran 0.07x fp32 at level 0 and 3.28x at level 4 (int8 activations), and no CPU feature flag
-predicts that, so the default is measured once per machine and runtime version and cached.
+The level decides the kernel, its speed differs by an order of magnitude between levels on
+some CPUs (docs/decisions.md), and no CPU feature flag predicts which is faster, so the default
+is measured once per machine and runtime version and cached.
 """
 
 from __future__ import annotations

@@ -128,8 +128,8 @@ class OnnxRuntimeRunner(Runner):
 def native_int8_options(machine_is_x86: bool) -> dict[str, Any]:
     """What ``native-int8`` passes to ``quantize_static``: ORT's defaults (QDQ, per-tensor,
     MinMax, no reduce_range) except the activation type, which ORT's docs pick per CPU: on
-    x86-64 U8S8 (its AVX2/AVX-512 kernels multiply u8 x s8; S8S8 ran 0.75x fp32 on the
-    mobilenet-blocks fixture on AMD EPYC Zen 3 against 1.14x for U8S8), elsewhere S8S8."""
+    x86-64 U8S8 (its AVX2/AVX-512 kernels multiply u8 x s8; S8S8 can be slower than fp32 there),
+    elsewhere S8S8."""
     from onnxruntime.quantization import QuantType
 
     return {"activation_type": QuantType.QUInt8 if machine_is_x86 else QuantType.QInt8, "weight_type": QuantType.QInt8}
@@ -300,7 +300,7 @@ class OnnxRuntimeBackend(Backend):
         so.inter_op_num_threads = 1
         so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning idle threads of one session steal the cores of another (measured 2.3x slower).
+        # Spinning idle threads of one session steal the cores of another (docs/decisions.md).
         so.add_session_config_entry("session.intra_op.allow_spinning", "0" if shared_process else "1")
         so.log_severity_level = 3
         return so

@@ -131,7 +131,7 @@ class OpenVinoRunner(Runner):
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         import openvino
 
-        # Binding arrays to the request costs about 50 us a call (10 % of the int8 demo), so
+        # Binding arrays to the request costs a noticeable share of a small model's call, so
         # arrays already bound (a timing loop passes the same ones) are not bound again, as
         # benchmark_app fills its input tensors once. The tensors share the arrays' memory.
         if feeds.keys() != self._bound.keys() or any(self._bound[k] is not v for k, v in feeds.items()):
@@ -161,8 +161,8 @@ class OpenVinoBackend(Backend):
     Options = OpenVinoOptions
     artifact_suffix = ".xml"
     companion_suffixes = (".bin",)
-    # Measured on the EPYC, OpenVINO 2026.4, mobilenet-blocks fp32, 3 compiled models of one IR
-    # interleaved: 1.00 / 1.12 / 1.14 (pinning off alike); ONNX Runtime sessions: within 0.4 %.
+    # Compiled models of one IR interleaved in one process can differ in speed, unlike ONNX
+    # Runtime sessions (docs/decisions.md): the nightly A/A band covers it.
 
     def __init__(self, device: str = "CPU") -> None:
         self.device = device.upper()
@@ -207,19 +207,19 @@ class OpenVinoBackend(Backend):
         return {**super().searched_options(), "preset": frozenset({"int8"}), "inference_precision": None}
 
     def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
-        # NNCF by default: on an AVX2 CPU without VNNI (AMD EPYC Zen 3) the QDQ route with
-        # symmetric signed activations lost 11 points of top-1 on a MobileNet-style model where
-        # NNCF lost none. Float layers stay f32 unless the plan asks for bf16: OpenVINO's own
-        # default on AMX/AVX-512-BF16 CPUs is bf16, which would make "fp32" layers lose precision.
+        # NNCF by default: on an AVX2 CPU without VNNI the QDQ route with symmetric signed
+        # activations lost far more accuracy than NNCF (docs/decisions.md). Float layers stay f32
+        # unless the plan asks for bf16: OpenVINO's own default on AMX/AVX-512-BF16 CPUs is bf16,
+        # which would make "fp32" layers lose precision.
         if plan.is_native:
             return plan if plan.options.get("inference_precision") else plan.with_options(inference_precision="f32")
         defaults: dict[str, Any] = {"quantizer": "nncf", "inference_precision": "f32"}
         if plan.layers_in(*WEIGHT_ONLY_BITS):
             defaults["block_size"] = BLOCK_SIZES[0]  # NNCF's own default group is 128; 32 as on ONNX Runtime
         if (plan.options.quantizer or "nncf") == "qdq":
-            # The QDQ route: symmetric signed int8 ran 3.9x fp32 on the demo on an AMX Xeon where
-            # asymmetric signed activations ran 1.2x *slower*; without VNNI, unsigned asymmetric
-            # activations keep accuracy (OpenVINO's own pre-VNNI choice) at some speed.
+            # The QDQ route: with VNNI, symmetric signed int8 is fast where asymmetric signed
+            # activations can be slower than fp32; without VNNI, unsigned asymmetric activations
+            # keep accuracy (OpenVINO's own pre-VNNI choice) at some speed (docs/decisions.md).
             vnni = machine.has_vnni
             defaults.update(
                 activation_type="int8" if vnni else "uint8",

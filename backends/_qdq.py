@@ -6,7 +6,7 @@ in ``nodes_to_exclude``. Every op between two int8 layers (activations, Add, Con
 Resize) then gets the quantizer's own treatment, so a uniform int8 plan is exactly the
 runtime's native int8 graph. Quantizing only the listed layers instead (``nodes_to_quantize``)
 leaves a float ``Clip`` between two Q/DQ pairs after every int8 conv, which the runtime cannot
-fuse: measured 0.71x vs 1.15x on the mobilenet-blocks fixture (AMD EPYC, AVX2, 2 threads).
+fuse, and the int8 plan runs slower than fp32 (docs/decisions.md).
 Activation ranges cover every float tensor of the pre-processed model, so one calibration
 serves any plan on any backend.
 """
@@ -33,8 +33,8 @@ from qbench.plan import PrecisionPlan
 log = logging.getLogger(__name__)
 CALIBRATION_METHODS = {"minmax": "MinMax", "entropy": "Entropy", "percentile": "Percentile"}
 # The calibrator makes every float tensor a graph output, so the runtime keeps all of a batch's
-# activations at once: PP-OCR rec peaked at 13.0 GB RSS with batches of 32, 3.5 GB with 8 and
-# 1.1 GB with 2 (64 samples, AMD EPYC). Ranges and histograms do not depend on the batch size.
+# activations at once, and memory grows with the batch (docs/decisions.md). Ranges and
+# histograms do not depend on the batch size.
 _CALIBRATION_BATCH = 4
 
 
@@ -63,8 +63,8 @@ def named_model_path(model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path:
 
 def prepared_model_path(model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path:
     """The named model after ONNX Runtime's ``quant_pre_process`` (shape inference, Conv+BN
-    folding, constant folding), the step ORT's docs put before ``quantize_static``. On PP-OCR rec
-    it halves the Q/DQ pairs (586 -> 349) and turns int8 from 1.00x into 1.17x (AMD EPYC, AVX2).
+    folding, constant folding), the step ORT's docs put before ``quantize_static``: fewer Q/DQ
+    pairs, faster int8.
     Layer names survive it (checked on every zoo model); if one does not, the named model is used.
     Symbolic shape inference fails on some graphs (Resize without roi, PP-OCR det); it is then
     skipped, as ORT's own error message advises."""

@@ -323,10 +323,10 @@ def _time(
         baseline.runner_settings.update(harness.baseline.runner.timing_notes(), samples_per_block=samples.block)
     for c in timed:
         c.reference_ms = float(np.median(samples[DRIFT])) / 1e6 if DRIFT in samples else None
-    # Each pair is timed on its own: among a chunk's sessions, two of one artifact differed by 9 %.
-    # A second session of tonight's artifact is timed in the same rounds: that A/A ratio is the
-    # noise floor of the night, sessions that differ included (OpenVINO's compiled models of one
-    # IR did by up to 14 % on an EPYC), and a verdict beyond it is withheld (``qbench.nightly.previous_run``).
+    # Each pair is timed on its own: sessions of one artifact in a chunk can differ. A second
+    # session of tonight's artifact is timed in the same rounds: that A/A ratio is the noise
+    # floor of the night, sessions that differ included, and a verdict beyond it is withheld
+    # (``qbench.nightly.previous_run``; the measurements are in docs/decisions.md).
     for c in timed:
         if c.partner is not None and c.partner.ready:
             tonight = c.session.runner if c.session is not None else harness.baseline.runner

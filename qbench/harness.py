@@ -5,8 +5,8 @@ A harness holds, for one (model, data, backend, threads), the fp32 baseline sess
 its whole life, so every candidate is timed interleaved with it), the fp32 reference outputs
 and accuracy, and the calibrations (computed once per method). Candidates are loaded by the
 caller a few at a time (``TIMING_CHUNK``) and closed after timing, so memory is bounded by the
-chunk, not by the number of plans: 52 sessions of a 51-layer OCR model at once ran out of
-24 GiB. This module drives a backend object it is given and never imports ``backends``.
+chunk, not by the number of plans (all of an OCR model's per-layer plans at once exhausted
+the memory: docs/decisions.md). This module drives a backend object it is given and never imports ``backends``.
 """
 
 from __future__ import annotations
@@ -48,8 +48,8 @@ SOLO_PROTOCOL = TimingProtocol(warmup_count=10, warmup_seconds=0.3, min_count=50
 T = TypeVar("T")
 #: Timed sessions keep the runtime's default threading (idle threads spin), as deployed. Timed
 #: one run at a time, two such sessions stole each other's cores, so spinning was off; but that
-#: moved ratios 10-34 % away from each plan alone in its own process (Xeon, demo and
-#: mobilenet-blocks), while blocks (``qbench.measure``) drop the runs a spinning neighbour slows.
+#: moved ratios far from each plan alone in its own process (docs/decisions.md), while blocks
+#: (``qbench.measure``) drop the runs a spinning neighbour slows.
 TIMED_SESSIONS_SHARED = False
 
 

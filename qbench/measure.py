@@ -1,11 +1,11 @@
 """Latency measurement: warm-up, sampling and block interleaving (the statistics are in ``statistics``).
 
-Absolute times drift 5-25 % between processes on shared machines, while ratios of candidates
+Absolute times drift between processes on shared machines, while ratios of candidates
 alternated inside one process hold to a few percent; so speedups always come from
 ``measure_interleaved``. Candidates alternate in *blocks*, not one run at a time: a run that
-follows another model's run finds its weights evicted from the cache, which made small models'
-int8 look 1.08-1.10x faster than fp32 on a Zen 2 where, each alone in its own process, they
-tied (blocks of 3-200 runs: 1.000-1.005x). The first runs of every block are dropped as its
+follows another model's run finds its weights evicted from the cache, which biases small
+models' ratios away from each plan alone in its own process (docs/decisions.md). The first
+runs of every block are dropped as its
 warm-up, and each block pair gives one paired ratio (``statistics.speedup(block=...)``).
 """
 
@@ -32,7 +32,7 @@ class TimingProtocol:
     runs for all candidates. Its first runs are dropped as warm-up: at least one, the fraction
     ``block_warmup`` of the kept ones, and enough for the fastest candidate to run
     ``block_warmup_seconds`` (the previous block's session keeps its idle threads spinning for
-    a while: on a Xeon the demo's fp32 ran 6 ms instead of 2.2 in its block's 3rd and 5th runs).
+    a while and slows the first runs of the next block).
     Then at least ``block_runs`` runs are kept, and enough for the fastest to run
     ``block_seconds``. ``min_blocks`` block rounds give the paired ratio its interval.
     ``ROUND_ROBIN`` is the old method, one run of each at a time, nothing dropped."""

@@ -4,9 +4,9 @@ Two plans are compared one way only (the rule every ranking and note follows):
 
 - timed in the same block rounds: the median of their per-block ratios (``statistics.speedup``);
 - otherwise each one's speedup against fp32 timed in its own rounds, divided, with both
-  intervals carried (``relative``). Never by absolute medians of different chunks: two chunks
-  of one run drifted 20 % apart on a busy 2-core machine, and the tuner returned a plan its own
-  table showed 10-14 % slower than another within the budget.
+  intervals carried (``relative``). Never by absolute medians of different chunks: chunks of
+  one run drift apart on a busy machine, and ranking by them once returned a plan its own
+  table showed slower than another within the budget (docs/decisions.md).
 
 The plans that could still win (their interval against the leader's includes 1) are raced head
 to head in one set of rounds with fp32: batches of the protocol until the leader's paired ratio

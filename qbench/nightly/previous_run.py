@@ -1,12 +1,13 @@
 """Tonight's plans against the previous run of their suite job, timed in one process.
 
-Raw medians of two nights differ by 15-24 % on a shared machine with nothing changed (a fresh
-process lands differently), while two sessions alternated in one process agree to a few percent.
+Raw medians of two nights differ by far more than a regression threshold on a shared machine
+with nothing changed (a fresh process lands differently), while two sessions alternated in one
+process agree to a few percent (docs/decisions.md).
 So a nightly worker loads, beside each of tonight's plans, the artifact the previous run of the
 job measured (from the build cache by its key, or rebuilt from the stored plan when the cache
 lost it) with the previous run's thread count, and times the two alone, in alternating blocks:
-the change is a paired ratio under identical conditions (unchanged nights: within 2.2 % on the
-EPYC). A second session of tonight's artifact is timed in the same rounds, and the A/B interval
+the change is a paired ratio under identical conditions. A second session of tonight's
+artifact is timed in the same rounds, and the A/B interval
 is widened by how far that A/A ratio strays from 1 (``widened``); when the machine's noise leaves
 a change past the threshold possible, the verdict is withheld, neither flagged nor passed
 (``unstable``). Where the pair cannot reproduce the
@@ -162,8 +163,8 @@ def widened(comparison: Mapping[str, Any]) -> Change:
 def unstable(comparison: Mapping[str, Any], threshold: float) -> str | None:
     """Why this A/B, not flagged, still cannot rule out a change past ``threshold``, when the
     machine is the reason (the A/A band is over a quarter of the threshold, or the A/B interval
-    alone is wider than it); None when it can. A plan against itself on a loaded machine (load
-    average 9-11 on 2 cores) once measured +19 % by raw samples."""
+    alone is wider than it); None when it can. On a loaded machine a plan against itself can
+    look far slower by its raw samples."""
     change, band = widened(comparison), aa_band(comparison)
     if not (change.ci_high > 1.0 + threshold or change.ci_low < 1.0 - threshold):
         return None  # within the threshold even at the widened ends: no change

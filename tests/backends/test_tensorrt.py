@@ -82,7 +82,7 @@ def test_int8_graph_is_symmetric_signed_per_channel_with_float_bias_and_matches_
     fake_quant = _run(graph, data, optimize=False)
     if current_machine().has_vnni:
         # ONNX Runtime fuses the Q/DQ into int8 kernels. Without VNNI its signed x signed kernels
-        # saturate 16-bit sums (cosine 0.18 on an AMD EPYC Zen 3), so they prove nothing there.
+        # saturate 16-bit sums, so they prove nothing there.
         assert _cosine(_run(graph, data), fake_quant) > 0.999
     reference = _run(model.path, data)
     # Quantized, and still the same function (the demo's planted outlier channel costs int8 a little).

@@ -199,8 +199,8 @@ def test_of_tied_plans_the_one_that_drops_less_accuracy_is_chosen():
 
 
 def test_a_tied_plan_that_drops_less_is_not_chosen_when_native_int8_is_measurably_faster():
-    """The demo on the Xeon: tuned-t3 tied with the leader (uniform-int8) within 2 % and dropped
-    less, but native-int8 was faster than it by the paired data (0.996x, CI 0.990-0.998). Here:
+    """A case seen on the demo: tuned-t3 tied with the leader (uniform-int8) and dropped less,
+    but native-int8 was measurably faster than it by the paired data. Here:
     per-round times where uniform leads against fp32, ties both others head to head, and
     native beats tuned-t3 in every round; the floor must win over the steadier plan."""
     import dataclasses
