@@ -22,7 +22,16 @@ from qbench import __version__
 from qbench.codeversion import code_version
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, describe
-from qbench.harness import FP32, TIMED_SESSIONS_SHARED, TIMING_CHUNK, Harness, Loaded, chunks
+from qbench.harness import (
+    FP32,
+    QUICK_SOLO_PROTOCOL,
+    SOLO_PROTOCOL,
+    TIMED_SESSIONS_SHARED,
+    TIMING_CHUNK,
+    Harness,
+    Loaded,
+    chunks,
+)
 from qbench.machine import Machine
 from qbench.measure import TimingProtocol
 from qbench.metrics import Metric
@@ -52,6 +61,7 @@ class BenchSettings:
     job_hash: str | None = None
     profile: bool = False  # take a per-op profile of every measured plan, after timing
     workload: Workload = field(default_factory=Workload)  # what one timed call runs
+    solo_protocol: TimingProtocol = SOLO_PROTOCOL  # the deployed-style pass after timing
     spec: RunSpec | None = None  # the run's settings, stored with each row
     config_hash: str | None = None  # ``spec.config_hash()``, computed once
 
@@ -66,6 +76,7 @@ class BenchSettings:
             threads=spec.target.threads,
             batch_size=spec.target.batch,
             protocol=timing_protocol(spec.timing),
+            solo_protocol=QUICK_SOLO_PROTOCOL if spec.timing.protocol == "quick" else SOLO_PROTOCOL,
             kind=kind,
             job=job,
             job_hash=job_hash,
@@ -221,7 +232,7 @@ def run_bench(
         for c in candidates:
             if c.error is None and c.samples_ns is not None:
                 progress(f"solo pass of {c.plan.name} (default threading)")
-                c.solo_median_ms = _solo(harness, c)
+                c.solo_median_ms = _solo(harness, c, settings.solo_protocol)
     finally:
         for c in candidates:
             c.close()
@@ -291,10 +302,10 @@ def _prepare(c: Candidate, harness: Harness) -> None:
         c.close()
 
 
-def _solo(harness: Harness, c: Candidate) -> float | None:
+def _solo(harness: Harness, c: Candidate, protocol: TimingProtocol) -> float | None:
     """The deployed-style absolute median; a failure here is logged, the plan stays measured."""
     try:
-        return harness.solo_median_ms(c.artifact)
+        return harness.solo_median_ms(c.artifact, protocol)
     except Exception as exc:
         log.warning("no solo median of %s: %s", c.plan.name, describe(exc))
         return None

@@ -45,6 +45,10 @@ TIMING_CHUNK = 4
 FP32 = "__fp32__"
 #: The short solo pass each measured plan gets after the interleaved timing.
 SOLO_PROTOCOL = TimingProtocol(warmup_count=10, warmup_seconds=0.3, min_count=50, min_seconds=1.0, max_seconds=20.0)
+#: The solo pass of a quick (smoke-test) run: as short as the quick protocol's own timing.
+QUICK_SOLO_PROTOCOL = TimingProtocol(
+    warmup_count=3, warmup_seconds=0.1, min_count=20, min_seconds=0.25, max_seconds=5.0
+)
 T = TypeVar("T")
 #: Timed sessions keep the runtime's default threading (idle threads spin), as deployed. Timed
 #: one run at a time, two such sessions stole each other's cores, so spinning was off; but that

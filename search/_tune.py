@@ -16,7 +16,7 @@ from qbench import phases
 from qbench.benchmark import BenchSettings, run_bench
 from qbench.data import Dataset
 from qbench.errors import QbenchError
-from qbench.harness import FIRST_LOOK, Harness, Loaded
+from qbench.harness import FIRST_LOOK, SOLO_PROTOCOL, Harness, Loaded
 from qbench.machine import Machine
 from qbench.measure import TimingProtocol
 from qbench.metrics import Metric
@@ -189,6 +189,7 @@ class TuneSettings:
     options: PlanOptions = field(default_factory=PlanOptions)
     quick_samples: int = FIRST_LOOK
     final_protocol: TimingProtocol = FINAL_PROTOCOL
+    solo_protocol: TimingProtocol = SOLO_PROTOCOL  # the finalists' deployed-style pass
     profile: bool = False
     run_spec: RunSpec | None = None  # stored with every final-selection row
 
@@ -313,6 +314,7 @@ def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, p
         kind="tune",
         profile=settings.profile,
         workload=settings.workload,
+        solo_protocol=settings.solo_protocol,
         spec=settings.run_spec,
         config_hash=settings.run_spec.config_hash() if settings.run_spec else None,
     )
