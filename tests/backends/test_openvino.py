@@ -4,7 +4,6 @@ option, devices, unreadable graphs, and rows beside ONNX Runtime's. Real OpenVIN
 from __future__ import annotations
 
 import importlib.util
-import json
 
 import numpy as np
 import onnx
@@ -117,21 +116,3 @@ def test_an_op_openvino_cannot_read_is_a_clear_error_and_a_recorded_failure(open
     rows = board.frame()
     board.close()
     assert list(rows.status) == ["failed"] and "Frobnicate" in rows.error.iloc[0]
-
-
-def test_openvino_rows_sit_beside_onnx_runtime_rows(tmp_path, demo_400):
-    """The default recipes (fp32, int8 and the runtime's own native-int8) on both CPU backends."""
-    for backend in ("onnxruntime", "openvino"):
-        assert main(["bench", *demo_400, "--backend", backend, "--quick", "-q", "--results-dir", str(tmp_path)]) == 0
-    board = Leaderboard(default_url(tmp_path))
-    rows = board.frame()
-    board.close()
-    assert set(zip(rows.backend, rows.plan_name, strict=True)) == {
-        (b, p) for b in ("onnxruntime", "openvino") for p in ("fp32", "int8", "native-int8")
-    }
-    assert rows.model_hash.nunique() == 1 and rows.machine_hash.nunique() == 1 and set(rows.status) == {"ok"}
-    ov_int8 = rows[(rows.backend == "openvino") & (rows.plan_name == "int8")].iloc[0]
-    assert set(json.loads(ov_int8.realized).values()) == {"int8"}
-    table = next(tmp_path.glob("*/digits-cnn-*.md")).read_text()
-    across = table.split("## across backends")[1].split("\n## ")[0]
-    assert across.count("| openvino") == 3 and across.count("| onnxruntime") == 3

@@ -17,13 +17,14 @@ from qbench.zoo import DEMO
 
 
 @pytest.fixture(scope="module")
-def benched(tmp_path_factory):
+def benched(tmp_path_factory, demo_400):
     """A results dir holding one quick bench of the demo (fp32 + int8 + a half-int8 plan file)."""
     results = tmp_path_factory.mktemp("results")
     layers = [line for line in _layer_names()]
     plan_file = results.parent / "half.json"
     plan_file.write_text(PrecisionPlan({name: "int8" for name in layers[::2]}, name="half-int8").to_json())
-    code = main(["bench", "--quick", "--results-dir", str(results), "--recipe", f"fp32,int8,{plan_file}", "-q"])
+    recipes = f"fp32,int8,{plan_file}"
+    code = main(["bench", *demo_400, "--quick", "--results-dir", str(results), "--recipe", recipes, "-q"])
     assert code == 0
     return results
 
@@ -168,10 +169,17 @@ def test_console_script_exits_2_without_traceback(tmp_path):
     assert "Traceback" not in proc.stderr and "model file not found" in proc.stderr
 
 
-def test_sensitivity_prints_every_layer(tmp_path, capsys, demo_400):
-    assert main(["sensitivity", *demo_400, "--quick-samples", "64", "--results-dir", str(tmp_path), "-q"]) == 0
+def test_sensitivity_prints_every_layer(tmp_path, capsys):
+    """On a two-layer model with unlabeled data (cosine to fp32): the command, not the demo."""
+    from tests.conftest import write_mlp_model
+
+    model = write_mlp_model(tmp_path / "mlp.onnx", hidden=64)
+    data = tmp_path / "mlp.npz"
+    np.savez(data, x=np.random.default_rng(0).standard_normal((96, 16, 64)).astype(np.float32))
+    args = [str(model), "--data", str(data), "--quick-samples", "32", "--results-dir", str(tmp_path), "-q"]
+    assert main(["sensitivity", *args]) == 0
     out = capsys.readouterr().out
-    assert "int8 everywhere" in out and all(name in out for name in _layer_names())
+    assert "metric cosine" in out and "int8 everywhere" in out and "ffn/up" in out and "ffn/down" in out
 
 
 def test_bench_without_data_times_synthetic_inputs(tmp_path, capsys):

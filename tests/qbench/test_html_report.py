@@ -3,6 +3,7 @@ Chromium without errors (Debian's `chromium` package; .ci/run installs it)."""
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -10,6 +11,7 @@ import subprocess
 import pytest
 
 from qbench.cli import main
+from qbench.store import Leaderboard, default_url
 
 
 @pytest.fixture(scope="module")
@@ -24,6 +26,25 @@ def report(tmp_path_factory, demo_400):
         assert main([*quick, "--backend", backend]) == 0
     assert main(["report", "-q", "--results-dir", str(results)]) == 0
     return results / "report.html", bool(backends)
+
+
+def test_openvino_rows_sit_beside_onnx_runtime_rows(report):
+    """The default recipes (fp32, int8 and the runtime's own native-int8) on both CPU backends."""
+    path, two_backends = report
+    if not two_backends:
+        pytest.skip("OpenVINO is not installed: pip install -e '.[test]'")
+    board = Leaderboard(default_url(path.parent))
+    rows = board.frame()
+    board.close()
+    assert set(zip(rows.backend, rows.plan_name, strict=True)) == {
+        (b, p) for b in ("onnxruntime", "openvino") for p in ("fp32", "int8", "native-int8")
+    }
+    assert rows.model_hash.nunique() == 1 and rows.machine_hash.nunique() == 1 and set(rows.status) == {"ok"}
+    ov_int8 = rows[(rows.backend == "openvino") & (rows.plan_name == "int8")].iloc[0]
+    assert set(json.loads(ov_int8.realized).values()) == {"int8"}
+    table = next(path.parent.glob("*/digits-cnn-*.md")).read_text()
+    across = table.split("## across backends")[1].split("\n## ")[0]
+    assert across.count("| openvino") == 3 and across.count("| onnxruntime") == 3
 
 
 def _has_openvino() -> bool:

@@ -22,8 +22,8 @@ from qbench.store import Leaderboard, default_url
 from qbench.zoo import DEMO
 from tests.conftest import write_demo_subset
 
-TRIALS = 10
-SAMPLES, TUNING_SAMPLES = 1080, 648  # half the demo's evaluation set; the tune searches on 60 % of it
+TRIALS = 8
+SAMPLES, TUNING_SAMPLES = 720, 432  # a third of the demo's evaluation set; the tune searches on 60 % of it
 
 
 def _uniform_int8_drop(results) -> float:
