@@ -28,6 +28,7 @@ from qbench.search._select import relative, select
 from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
 from qbench.search._space import SearchSpace, build_space
 from qbench.search._study import (
+    SEEDED_ATTR,
     StudySettings,
     feasible_trials,
     open_study,
@@ -276,15 +277,17 @@ def tuning_space(inputs: TuneInputs, settings: TuneSettings) -> tuple[SearchSpac
 
 
 def _search(study, created, harness, space, offered, study_settings, timer, progress, on_trial):
-    """Sensitivity (the order of the seeds), the seeds, then the study; returns the sensitivity."""
+    """Sensitivity (the order of the seeds), the seeds, then the study; returns the sensitivity,
+    or None where the study was seeded already (resumed, or joined by another worker): the
+    sensitivity pass only orders the seeds."""
     harness.require_baseline()
-    with timer.stage("sensitivity"):
-        report = analyze_sensitivity(harness, space, offered[0], progress, full=False)
+    report = None
+    if created or SEEDED_ATTR not in study.user_attrs:
+        with timer.stage("sensitivity"):
+            report = analyze_sensitivity(harness, space, offered[0], progress, full=False)
     seed_study(study, space, report, study_settings.ladder, creator=created, precisions=offered)
-    progress(
-        f"search: up to {study_settings.n_trials} trials; uniform {offered[0]} drop {report.uniform_drop:+.4f} "
-        "(quick set)"
-    )
+    drop = f"; uniform {offered[0]} drop {report.uniform_drop:+.4f} (quick set)" if report else " (seeded already)"
+    progress(f"search: up to {study_settings.n_trials} trials{drop}")
     with timer.stage("search"):
         run_study(study, harness, space, study_settings, _counting(timer, on_trial))
     return report

@@ -233,7 +233,7 @@ def test_tune_an_llm_decode_under_a_perplexity_and_a_weight_budget(sliced, tmp_p
     results = tmp_path / "results"
     args = ["tune", str(sliced / "model.onnx"), "--data", str(sliced / "eval.npz")]
     args += ["--calib-data", str(sliced / "calib.npz"), "--metric", "perplexity", "--workload", "decode:32"]
-    args += ["--max-drop", "5%", "--max-mb", f"{0.8 * fp32_mb:.0f}", "--trials", "4", "--patience", "0"]
+    args += ["--max-drop", "5%", "--max-mb", f"{0.8 * fp32_mb:.0f}", "--trials", "3", "--patience", "0"]
     args += ["--precisions", "int4-weight,int8-weight"]  # two of the LLM formats keep the test short
     args += ["--quick", "--study", "llm", "--results-dir", str(results), "-q"]
     assert main(args) == 0
