@@ -30,6 +30,7 @@ from qbench.machine import current_machine
 from qbench.metrics import get_metric
 from qbench.model import OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan
+from qbench.runspec import LoadedSubject
 from qbench.search import (
     StudySettings,
     TuneInputs,
@@ -130,11 +131,8 @@ def compare(name: str, trials: int, threads: int, workdir: pathlib.Path) -> None
         tuned = PrecisionPlan.from_json(result.winner.plan)
         plans.append(PrecisionPlan(tuned.layers, tuned.options, "qbench-tune"))
     rows = run_bench(
-        model=model,
-        calibration_data=calibration,
-        evaluation_data=test,
-        metric=metric,
-        plans=plans,
+        LoadedSubject(model, calibration, test, metric, synthetic=False),
+        plans,
         backend=backend,
         machine=machine,
         board=board,

@@ -108,30 +108,27 @@ def execute_bench(
     plans = [recipe_plan(r, layers) for r in spec.recipes]
     machine = current_machine()
     settings = BenchSettings.from_spec(spec, job=job, job_hash=job_hash)
-    reference = _reference_workload(machine, results_dir / "cache") if job is not None else None
+    drift = _drift_workload(machine, results_dir / "cache") if job is not None else None
     try:
         rows = run_bench(
-            model=loaded.model,
-            calibration_data=loaded.calibration,
-            evaluation_data=loaded.evaluation,
-            metric=loaded.metric,
-            plans=plans,
+            loaded,
+            plans,
             backend=backend,
             machine=machine,
             settings=settings,
             board=board,
             workdir=results_dir / "cache",
             progress=progress,
-            reference=reference,
+            drift=drift,
         )
     finally:
-        if reference is not None:
-            reference.close()
+        if drift is not None:
+            drift.close()
     return BenchRun(spec, rows, loaded.model.name, loaded.metric.name, len(loaded.evaluation), loaded.synthetic)
 
 
-def _reference_workload(machine, workdir: pathlib.Path):
-    """The nightly reference workload (ONNX Runtime, the demo in fp32), or None, with a warning,
+def _drift_workload(machine, workdir: pathlib.Path):
+    """The nightly drift workload (ONNX Runtime, the demo in fp32), or None, with a warning,
     where it cannot run: the job is then compared by its raw medians."""
     from qbench.backends import get_backend
     from qbench.errors import describe
@@ -140,7 +137,7 @@ def _reference_workload(machine, workdir: pathlib.Path):
     try:
         return DriftWorkload(get_backend("onnxruntime"), machine, workdir)
     except Exception as exc:
-        log.warning("no reference workload (%s); this job's latency will not be normalized", describe(exc))
+        log.warning("no drift workload (%s); this job's latency will not be normalized", describe(exc))
         return None
 
 

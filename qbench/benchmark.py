@@ -40,7 +40,7 @@ from qbench.nightly.drift import DRIFT, DriftWorkload
 from qbench.nightly.previous_run import AGAIN, PREVIOUS, PreviousPlan, find_previous_plan
 from qbench.plan import PrecisionPlan
 from qbench.profile import PROFILE_RUNS, Profile
-from qbench.runspec import RunSpec, timing_protocol
+from qbench.runspec import LoadedSubject, RunSpec, timing_protocol
 from qbench.store import Leaderboard, ResultRow
 from qbench.workload import Workload
 
@@ -161,27 +161,26 @@ def _checked_candidates(backend: Backend, model: OnnxModel, machine: Machine, pl
 
 
 def run_bench(
-    *,
-    model: OnnxModel,
-    calibration_data: Dataset,
-    evaluation_data: Dataset,
-    metric: Metric,
+    subject: LoadedSubject,
     plans: Sequence[PrecisionPlan],
+    *,
     backend: Backend,
     machine: Machine,
     settings: BenchSettings,
     board: Leaderboard,
     workdir: pathlib.Path,
     progress: Progress = lambda _msg: None,
-    reference: DriftWorkload | None = None,
+    drift: DriftWorkload | None = None,
 ) -> list[ResultRow]:
-    """Measure ``plans`` (plus the fp32 baseline) and record one leaderboard row per plan.
+    """Measure ``plans`` (plus the fp32 baseline) of the loaded ``subject`` (model, data and
+    metric) and record one leaderboard row per plan.
 
     The plans are loaded, scored and timed a chunk at a time (``TIMING_CHUNK``), each chunk
     interleaved with the fp32 session the harness keeps loaded, so memory does not grow with
     the number of plans and every speedup is a ratio measured side by side with fp32, and with
-    the ``reference`` workload when given. For a suite job, each plan is then timed alone with
+    the ``drift`` workload when given. For a suite job, each plan is then timed alone with
     its counterpart from the job's previous run (``qbench.nightly.previous_run``)."""
+    model, calibration_data, evaluation_data = subject.model, subject.calibration, subject.evaluation
     availability, candidates = _checked_candidates(backend, model, machine, plans)
     board.record_machine(machine.to_dict())
     progress(f"load and score fp32 on {len(evaluation_data)} samples")
@@ -190,7 +189,7 @@ def run_bench(
         model=model,
         calibration_data=calibration_data,
         evaluation_data=evaluation_data,
-        metric=metric,
+        metric=subject.metric,
         machine=machine,
         threads=settings.threads,
         workdir=workdir,
@@ -219,7 +218,7 @@ def run_bench(
             if ready:
                 progress(f"time {len(ready)} plans interleaved with fp32 ({number}/{-(-len(pending) // size)})")
                 try:
-                    _time(harness, baseline, ready, settings.protocol, reference)
+                    _time(harness, baseline, ready, settings.protocol, drift)
                 except QbenchError:
                     raise
                 except Exception as exc:  # out of memory mid-run, say: these plans fail, the rows are kept
@@ -228,7 +227,7 @@ def run_bench(
             for c in chunk:
                 c.close()
         if baseline.error is None and baseline.samples_ns is None:  # no other plan: time fp32 alone
-            _time(harness, baseline, [], settings.protocol, reference)
+            _time(harness, baseline, [], settings.protocol, drift)
         for c in candidates:
             if c.error is None and c.samples_ns is not None:
                 progress(f"solo pass of {c.plan.name} (default threading)")
@@ -248,7 +247,7 @@ def run_bench(
         model,
         calibration_data,
         evaluation_data,
-        metric,
+        subject.metric,
         backend,
         availability.version,
         machine,

@@ -34,14 +34,15 @@ class JobTag:
     db: str
 
 
-def _open_board(args: argparse.Namespace, writes: bool = True):
-    """The leaderboard; ``main`` reports rows it could not take (kept in a fallback file)."""
+def _open_board(args: argparse.Namespace, writes: bool = True, db: str | None = None):
+    """The leaderboard (``db``, else ``--db``, else the results dir's); a command that writes
+    reports rows it could not take (kept in a fallback file) with ``_check_recorded``."""
     from qbench.store import Leaderboard, default_url
 
-    board = Leaderboard(args.db or default_url(args.results_dir), fallback=args.results_dir / "unrecorded-rows.jsonl")
+    url = db or args.db or default_url(args.results_dir)
+    board = Leaderboard(url, fallback=args.results_dir / "unrecorded-rows.jsonl")
     if writes:
         board.check_writable()
-    args.board = board
     return board
 
 
@@ -129,7 +130,8 @@ def _spec(args: argparse.Namespace, recipes: tuple[str, ...] = ()) -> RunSpec:
     return normalized(RunSpec(_subject(args), target, timing, recipes))
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
+def cmd_bench(args: argparse.Namespace, job: JobTag | None = None) -> int:
+    """``qbench bench``, or a nightly worker's job (``job``: its run spec, suite job and database)."""
     from qbench.api import execute_bench, normalized
     from qbench.machine import current_machine
     from qbench.progress import step_printer
@@ -140,16 +142,16 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.recipe is not None and not [r for r in args.recipe.split(",") if r.strip()]:
         raise QbenchError("--recipe is empty; pass e.g. --recipe fp32,int8")
     recipes = tuple(r.strip() for r in (args.recipe or "").split(",") if r.strip())
-    spec = normalized(args.job.spec) if args.job else _spec(args, recipes)
-    board = _open_board(args)  # fail on an unreachable database before measuring anything
+    spec = normalized(job.spec) if job else _spec(args, recipes)
+    board = _open_board(args, db=job.db if job else None)  # fail on an unreachable database before measuring
     try:
         run = execute_bench(
             spec,
             board=board,
             results_dir=args.results_dir,
             progress=step_printer(args.quiet),
-            job=args.job.job if args.job else None,
-            job_hash=args.job.job_hash if args.job else None,
+            job=job.job if job else None,
+            job_hash=job.job_hash if job else None,
         )
         _check_recorded(board)
         frame = board.frame()
@@ -511,6 +513,7 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     print(", ".join(f"{n} {state}" for state, n in counts.items()) + f"; leaderboard {safe_url(board.url)}")
     print(f"report: {args.results_dir / 'report.html'}")
     regressed = _print_changes(changes)
+    _check_recorded(board)  # failure rows this process wrote for workers that recorded nothing
     if regressed and args.fail_on_regression:
         return EXIT_REGRESSION
     return 1 if counts.get("failed") else 0
@@ -535,9 +538,6 @@ def main(argv: Sequence[str] | None = None, *, job: JobTag | None = None) -> int
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse printed usage and the error (2), or --help / --version (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
-    args.job = job
-    if job is not None:
-        args.db = job.db
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
         format="%(levelname)s %(name)s: %(message)s",
@@ -549,9 +549,9 @@ def main(argv: Sequence[str] | None = None, *, job: JobTag | None = None) -> int
         if args.results_dir.exists() and not args.results_dir.is_dir():
             raise QbenchError(f"--results-dir {args.results_dir} is a file; pass a folder (it is created if missing)")
         artifact_cache_limit()  # a bad $QBENCH_ARTIFACT_CACHE_GB stops here, not as a failed row per plan
-        code = COMMANDS[args.command](args)
-        _check_recorded(getattr(args, "board", None))
-        return code
+        if job is not None:  # a nightly worker: its job is a bench
+            return cmd_bench(args, job)
+        return COMMANDS[args.command](args)
     except QbenchError as exc:
         print(f"qbench: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR

@@ -184,7 +184,7 @@ def file_hash(spec: str) -> str | None:
 
 
 @dataclass
-class Loaded:
+class LoadedSubject:
     """A spec's subject made real: the model, calibration and evaluation data, and the metric."""
 
     model: Any  # qbench.model.OnnxModel
@@ -194,7 +194,7 @@ class Loaded:
     synthetic: bool  # no data was given: timed on synthetic inputs, scored by fidelity to fp32
 
 
-def load_subject(subject: Subject, command: str = "bench", metric: Any = None) -> Loaded:
+def load_subject(subject: Subject, command: str = "bench", metric: Any = None) -> LoadedSubject:
     """Load what ``subject`` names. Only ``bench`` may run without data (synthetic inputs, as
     benchmark_app and trtexec allow); ``metric``, when given, is a ready ``Metric`` object."""
     import logging
@@ -225,7 +225,7 @@ def load_subject(subject: Subject, command: str = "bench", metric: Any = None) -
                 f"metric {subject.metric or metric.name} needs data: without it, bench scores fidelity (cosine) to fp32"
             )
         calibration = load_npz(calib_data, model) if calib_data else synthetic_dataset(model, seed=1)
-        return Loaded(model, calibration, synthetic_dataset(model), get_metric("cosine", False), True)
+        return LoadedSubject(model, calibration, synthetic_dataset(model), get_metric("cosine", False), True)
     evaluation = load_npz(data, model)
     if calib_data:
         calibration = load_npz(calib_data, model)
@@ -237,7 +237,7 @@ def load_subject(subject: Subject, command: str = "bench", metric: Any = None) -
             data,
             len(evaluation),
         )
-    return Loaded(
+    return LoadedSubject(
         model, calibration, evaluation, metric or get_metric(subject.metric, evaluation.labels is not None), False
     )
 

@@ -23,7 +23,7 @@ from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
 from qbench.report.tables import markdown_table
-from qbench.runspec import RunSpec
+from qbench.runspec import LoadedSubject, RunSpec
 from qbench.search._select import relative, select
 from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
 from qbench.search._space import SearchSpace, build_space
@@ -322,11 +322,8 @@ def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, p
         config_hash=settings.run_spec.config_hash() if settings.run_spec else None,
     )
     rows = run_bench(
-        model=inputs.model,
-        calibration_data=inputs.calibration_data,
-        evaluation_data=inputs.holdout_data,
-        metric=inputs.metric,
-        plans=plans,
+        LoadedSubject(inputs.model, inputs.calibration_data, inputs.holdout_data, inputs.metric, synthetic=False),
+        plans,
         backend=inputs.backend,
         machine=inputs.machine,
         board=board,
