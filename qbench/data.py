@@ -89,6 +89,26 @@ def load_npz(path: str | pathlib.Path, model: OnnxModel) -> Dataset:
 def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, source: str) -> Dataset:
     arrays = dict(arrays)
     labels = arrays.pop(LABELS_KEY, None)
+    n = _sample_count(arrays, model, source)
+    inputs = {spec.name: _checked_input(arrays[spec.name], spec, source) for spec in model.inputs}
+    batch = fixed_batch_size(model)
+    if batch is not None and n < batch:
+        raise QbenchError(f"{source}: {n} samples, but the model's fixed batch size is {batch}")
+    if labels is not None:
+        labels = _checked_labels(np.asarray(labels), n, source)
+    data = Dataset(inputs, labels, source)
+    if batch is not None and n % batch:
+        # A fixed batch dimension cannot take a short last batch; score the same samples everywhere.
+        log.warning(
+            "%s: using %d of %d samples, a multiple of the model's fixed batch size %d", source, n - n % batch, n, batch
+        )
+        data = data.take(0, n - n % batch)
+    return data
+
+
+def _sample_count(arrays: Mapping[str, np.ndarray], model: OnnxModel, source: str) -> int:
+    """The samples every input array holds (axis 0), after checking the arrays name exactly the
+    model's inputs."""
     expected = [spec.name for spec in model.inputs]
     missing = [name for name in expected if name not in arrays]
     extra = [name for name in arrays if name not in expected]
@@ -101,49 +121,42 @@ def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, sour
     counts = {name: len(arrays[name]) if arrays[name].ndim else 0 for name in expected}
     if len(set(counts.values())) != 1 or 0 in counts.values():
         raise QbenchError(f"{source}: every input needs the same number of samples on axis 0, got {counts}")
-    inputs = {}
-    for spec in model.inputs:
-        array = arrays[spec.name]
-        if array.ndim != len(spec.shape):
+    return next(iter(counts.values()))
+
+
+def _checked_input(array: np.ndarray, spec, source: str) -> np.ndarray:
+    """``array`` as the model input ``spec`` takes it: its rank and fixed dimensions, its dtype
+    (values kept), and finite values."""
+    if array.ndim != len(spec.shape):
+        raise QbenchError(
+            f"{source}: array {spec.name!r} has shape {list(array.shape)}, but the model input is "
+            f"{spec.describe()} (axis 0 of the array indexes samples and feeds the batch dimension)"
+        )
+    for axis, (want, have) in enumerate(zip(spec.shape[1:], array.shape[1:], strict=True), start=1):
+        if isinstance(want, int) and want != have:
             raise QbenchError(
                 f"{source}: array {spec.name!r} has shape {list(array.shape)}, but the model input is "
-                f"{spec.describe()} (axis 0 of the array indexes samples and feeds the batch dimension)"
+                f"{spec.describe()} (axis {axis} differs); resize the data or pass --shape"
             )
-        for axis, (want, have) in enumerate(zip(spec.shape[1:], array.shape[1:], strict=True), start=1):
-            if isinstance(want, int) and want != have:
-                raise QbenchError(
-                    f"{source}: array {spec.name!r} has shape {list(array.shape)}, but the model input is "
-                    f"{spec.describe()} (axis {axis} differs); resize the data or pass --shape"
-                )
-        if array.dtype != np.dtype(spec.dtype):
-            array = _cast(array, np.dtype(spec.dtype), spec.name, spec.describe(), source)
-        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-            bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
-            first = int(np.argwhere(~np.isfinite(array))[0][0])
-            raise QbenchError(
-                f"{source}: array {spec.name!r} holds {bad} NaN or infinite value(s) (first in sample {first}); "
-                "they would poison calibration ranges and scores: clean the data"
-            )
-        inputs[spec.name] = np.ascontiguousarray(array)
-    batch = fixed_batch_size(model)
-    n = next(iter(counts.values()))
-    if batch is not None and n < batch:
-        raise QbenchError(f"{source}: {n} samples, but the model's fixed batch size is {batch}")
-    if labels is not None:
-        labels = np.asarray(labels)
-        if labels.dtype.kind in "OV":
-            raise QbenchError(f"{source}: '{LABELS_KEY}' must be a plain numeric or string array, not {labels.dtype}")
-        if labels.ndim == 0 or len(labels) != n:
-            got = "a scalar" if labels.ndim == 0 else f"{len(labels)}"
-            raise QbenchError(f"{source}: '{LABELS_KEY}' has {got} entries, but the inputs hold {n} samples")
-    data = Dataset(inputs, labels, source)
-    if batch is not None and n % batch:
-        # A fixed batch dimension cannot take a short last batch; score the same samples everywhere.
-        log.warning(
-            "%s: using %d of %d samples, a multiple of the model's fixed batch size %d", source, n - n % batch, n, batch
+    if array.dtype != np.dtype(spec.dtype):
+        array = _cast(array, np.dtype(spec.dtype), spec.name, spec.describe(), source)
+    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+        bad = int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+        first = int(np.argwhere(~np.isfinite(array))[0][0])
+        raise QbenchError(
+            f"{source}: array {spec.name!r} holds {bad} NaN or infinite value(s) (first in sample {first}); "
+            "they would poison calibration ranges and scores: clean the data"
         )
-        data = data.take(0, n - n % batch)
-    return data
+    return np.ascontiguousarray(array)
+
+
+def _checked_labels(labels: np.ndarray, n: int, source: str) -> np.ndarray:
+    if labels.dtype.kind in "OV":
+        raise QbenchError(f"{source}: '{LABELS_KEY}' must be a plain numeric or string array, not {labels.dtype}")
+    if labels.ndim == 0 or len(labels) != n:
+        got = "a scalar" if labels.ndim == 0 else f"{len(labels)}"
+        raise QbenchError(f"{source}: '{LABELS_KEY}' has {got} entries, but the inputs hold {n} samples")
+    return labels
 
 
 def _cast(array: np.ndarray, want: np.dtype, name: str, describe: str, source: str) -> np.ndarray:

@@ -99,15 +99,41 @@ def select(within: Sequence[ResultRow], time_batch: TimeBatch | None) -> Selecti
     ranked = by_speedup([r for r in within if r.speedup is not None])
     if not ranked:
         return Selection(None, [])
+    contenders = _contenders(ranked)
+    if len(contenders) < 2 or time_batch is None:
+        leader = ranked[0]
+        return Selection(leader, ranked, row_speedup(leader), notes=_notes(leader, ranked, None))
+    race = Race()
+    order = _race(race, contenders, time_batch)
+    order, tie_notes = _prefer_steadier(race, order)
+    leader = order[0]
+    raced = {r.plan_hash for r in order}
+    ranked = order + [r for r in ranked if r.plan_hash not in raced]
+    notes = [
+        f"raced head to head in one set of rounds ({len(race.batches)} batch(es), paired by block): "
+        + ", ".join(r.plan_name for r in order),
+        *tie_notes,
+    ]
+    return Selection(
+        leader, ranked, race.vs_fp32(leader.plan_hash), _race_table(race, order), notes + _notes(leader, ranked, race)
+    )
+
+
+def _contenders(ranked: Sequence[ResultRow]) -> list[ResultRow]:
+    """The leader, the plans whose interval against it includes 1 (at most ``MAX_RACED``), and
+    native-int8 (the floor is decided by paired data too) when there is a race at all."""
     leader = ranked[0]
     contenders = [leader] + [r for r in ranked[1:] if relative(row_speedup(leader), row_speedup(r)).ci_low <= 1.0]
     contenders = contenders[:MAX_RACED]
     native = next((r for r in ranked if r.plan_name == NATIVE), None)
     if native is not None and native not in contenders and len(contenders) > 1:
-        contenders.append(native)  # the floor is decided by paired data too
-    if len(contenders) < 2 or time_batch is None:
-        return Selection(leader, ranked, row_speedup(leader), notes=_notes(leader, ranked, None))
-    race = Race()
+        contenders.append(native)
+    return contenders
+
+
+def _race(race: Race, contenders: list[ResultRow], time_batch: TimeBatch) -> list[ResultRow]:
+    """Batches of head-to-head timing until the leader is settled against every rival (or
+    ``MAX_BATCHES``); returns the contenders, the leader first."""
     for _ in range(MAX_BATCHES):
         race.batches.append(time_batch(contenders))
         order = sorted(contenders, key=lambda r: -race.vs_fp32(r.plan_hash).ratio)
@@ -118,9 +144,14 @@ def select(within: Sequence[ResultRow], time_batch: TimeBatch | None) -> Selecti
         order = [leader] + [r for r in order if r is not leader]
         if all(_settled(race.faster(leader.plan_hash, r.plan_hash)) for r in order[1:]):
             break
-    notes = []
-    # Tied with the leader and measurably slower than no raced plan (native-int8, the floor,
-    # included): never trade speed the data can see for accuracy.
+    return order
+
+
+def _prefer_steadier(race: Race, order: list[ResultRow]) -> tuple[list[ResultRow], list[str]]:
+    """Of the plans tied with the leader and measurably slower than no raced plan (native-int8,
+    the floor, included), the one that drops the least accuracy leads: speed the data can see is
+    never traded for accuracy."""
+    leader = order[0]
     tied = [
         r
         for r in order[1:]
@@ -128,16 +159,18 @@ def select(within: Sequence[ResultRow], time_batch: TimeBatch | None) -> Selecti
         and all(race.faster(r.plan_hash, q.plan_hash).ci_high >= 1.0 for q in order if q is not r)
     ]
     steadier = min([leader, *tied], key=lambda r: r.accuracy_drop)  # the leader, unless a tie drops less
-    if steadier is not leader:
-        notes.append(
-            f"{steadier.plan_name} is tied with {leader.plan_name} on speed (paired CI within {TIE:.0%}) "
-            f"and drops less accuracy ({steadier.accuracy_drop:+.4f} vs {leader.accuracy_drop:+.4f}): chosen"
-        )
-        leader = steadier
-        order = [leader] + [r for r in order if r is not leader]
-    raced = {r.plan_hash for r in order}
-    ranked = order + [r for r in ranked if r.plan_hash not in raced]
-    table = pd.DataFrame(
+    if steadier is leader:
+        return order, []
+    note = (
+        f"{steadier.plan_name} is tied with {leader.plan_name} on speed (paired CI within {TIE:.0%}) "
+        f"and drops less accuracy ({steadier.accuracy_drop:+.4f} vs {leader.accuracy_drop:+.4f}): chosen"
+    )
+    return [steadier] + [r for r in order if r is not steadier], [note]
+
+
+def _race_table(race: Race, order: list[ResultRow]) -> pd.DataFrame:
+    leader = order[0]
+    return pd.DataFrame(
         [
             {
                 "plan": r.plan_name,
@@ -148,12 +181,6 @@ def select(within: Sequence[ResultRow], time_batch: TimeBatch | None) -> Selecti
             for r in order
         ]
     )
-    notes.insert(
-        0,
-        f"raced head to head in one set of rounds ({len(race.batches)} batch(es), paired by block): "
-        + ", ".join(r.plan_name for r in order),
-    )
-    return Selection(leader, ranked, race.vs_fp32(leader.plan_hash), table, notes + _notes(leader, ranked, race))
 
 
 def _tied(s: Speedup) -> bool:

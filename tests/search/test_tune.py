@@ -22,7 +22,7 @@ from qbench.store import Leaderboard, default_url
 from qbench.zoo import DEMO
 from tests.conftest import write_demo_subset
 
-TRIALS = 8
+TRIALS = 6
 SAMPLES, TUNING_SAMPLES = 720, 432  # a third of the demo's evaluation set; the tune searches on 60 % of it
 
 
