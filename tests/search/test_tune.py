@@ -12,7 +12,6 @@ import pandas as pd
 import pytest
 from optuna.trial import TrialState
 
-from qbench.cli import main
 from qbench.plan import PrecisionPlan
 from qbench.search._select import relative
 from qbench.search._space import OPTION_PREFIX
@@ -31,14 +30,35 @@ def _uniform_int8_drop(results) -> float:
     one it breaks, and it loses 2.45 % of the demo on a Xeon with AMX, 3.80 % on an EPYC Zen 3
     and about 1 % on an EPYC Zen 5, 0.77 % of these samples there (the demo's planted outlier
     channel; per-channel loses none)."""
+    from qbench.backends import get_backend
+    from qbench.data import load_npz
+    from qbench.harness import Harness
+    from qbench.machine import current_machine
+    from qbench.metrics import get_metric
+    from qbench.model import OnnxModel
+    from qbench.plan import PrecisionPlan
+
     tuning = write_demo_subset(results / "tuning.npz", TUNING_SAMPLES)
-    probe = results / "probe"
-    args = ["--data", str(tuning), "--calib-data", str(DEMO.files().calibration), "--recipe", "fp32,int8"]
-    assert main(["bench", *args, "--quick", "-q", "--results-dir", str(probe)]) == 0
-    board = Leaderboard(default_url(probe))
-    rows = board.frame()
-    board.close()
-    return float(rows[rows.plan_name == "int8"].accuracy_drop.iloc[0])
+    model = OnnxModel.load(DEMO.files().model)
+    machine = current_machine()
+    harness = Harness(  # scored in process: no timing, which the budget does not need
+        backend=get_backend("onnxruntime"),
+        model=model,
+        calibration_data=load_npz(DEMO.files().calibration, model),
+        evaluation_data=load_npz(tuning, model),
+        metric=get_metric("top1", True),
+        machine=machine,
+        threads=machine.default_threads(),
+        workdir=results / "probe",
+    )
+    try:
+        loaded = harness.load(harness.resolve(PrecisionPlan.uniform(model.layer_names(), "int8")))
+        try:
+            return harness.accuracy_drop(loaded.runner, quick=False)
+        finally:
+            loaded.close()
+    finally:
+        harness.close()
 
 
 def _tune_cmd(results, budget: float, study="demo") -> list[str]:
