@@ -286,11 +286,10 @@ class _board:
     """The leaderboard of ``results_dir`` (or ``db``), checked writable, closed on exit."""
 
     def __init__(self, results_dir: pathlib.Path, db: str | None) -> None:
-        from qbench.store import Leaderboard, default_url
+        from qbench.store import open_leaderboard
 
         results_dir.mkdir(parents=True, exist_ok=True)
-        self.board = Leaderboard(db or default_url(results_dir), fallback=results_dir / "unrecorded-rows.jsonl")
-        self.board.check_writable()
+        self.board = open_leaderboard(results_dir, db)
 
     def __enter__(self) -> Leaderboard:
         return self.board

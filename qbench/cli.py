@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from qbench.arguments import EXIT_REGRESSION, build_parser
 from qbench.cache import artifact_cache_limit
 from qbench.errors import QbenchError
-from qbench.runspec import RunSpec, Subject, Target, Timing, load_subject
+from qbench.runspec import RunSpec, Subject, Target, Timing, load_model, load_subject
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -37,13 +37,9 @@ class JobTag:
 def _open_board(args: argparse.Namespace, writes: bool = True, db: str | None = None):
     """The leaderboard (``db``, else ``--db``, else the results dir's); a command that writes
     reports rows it could not take (kept in a fallback file) with ``_check_recorded``."""
-    from qbench.store import Leaderboard, default_url
+    from qbench.store import open_leaderboard
 
-    url = db or args.db or default_url(args.results_dir)
-    board = Leaderboard(url, fallback=args.results_dir / "unrecorded-rows.jsonl")
-    if writes:
-        board.check_writable()
-    return board
+    return open_leaderboard(args.results_dir, db or args.db, writes)
 
 
 def _check_recorded(board) -> None:
@@ -73,22 +69,10 @@ def cmd_backends(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_model(spec: str | None, shapes: Sequence[tuple[str, tuple[int, ...]]] = ()):
-    """A model file, or a zoo model by name (the demo when none is given)."""
-    from qbench.model import OnnxModel
-    from qbench.zoo import DEMO, lookup
-
-    entry = lookup(spec or DEMO.name)
-    model = OnnxModel.load(entry.files().model if entry else spec)
-    if entry:
-        model.name = entry.name
-    return model.with_shapes(dict(shapes)) if shapes else model
-
-
 def cmd_layers(args: argparse.Namespace) -> int:
     from qbench.backends import get_backend
 
-    model = _load_model(args.model)
+    model = load_model(args.model or _demo_name())
     backend = get_backend(args.backend)
     print(
         f"{model.name} ({model.content_hash}): {len(model.layers)} quantizable layers; inputs "
@@ -139,9 +123,9 @@ def cmd_bench(args: argparse.Namespace, job: JobTag | None = None) -> int:
     from qbench.report.tables import latest_per_plan, ranked
     from qbench.store import safe_url
 
-    if args.recipe is not None and not [r for r in args.recipe.split(",") if r.strip()]:
-        raise QbenchError("--recipe is empty; pass e.g. --recipe fp32,int8")
     recipes = tuple(r.strip() for r in (args.recipe or "").split(",") if r.strip())
+    if args.recipe is not None and not recipes:
+        raise QbenchError("--recipe is empty; pass e.g. --recipe fp32,int8")
     spec = normalized(job.spec) if job else _spec(args, recipes)
     board = _open_board(args, db=job.db if job else None)  # fail on an unreachable database before measuring
     try:

@@ -194,6 +194,18 @@ class LoadedSubject:
     synthetic: bool  # no data was given: timed on synthetic inputs, scored by fidelity to fp32
 
 
+def load_model(model: str, shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()):
+    """An ``.onnx`` file, or a zoo model by name (named after it), with ``shapes`` fixed."""
+    from qbench.model import OnnxModel
+    from qbench.zoo import lookup
+
+    entry = lookup(model)
+    loaded = OnnxModel.load(entry.files().model if entry else model)
+    if entry:
+        loaded.name = entry.name
+    return loaded.with_shapes(dict(shapes)) if shapes else loaded
+
+
 def load_subject(subject: Subject, command: str = "bench", metric: Any = None) -> LoadedSubject:
     """Load what ``subject`` names. Only ``bench`` may run without data (synthetic inputs, as
     benchmark_app and trtexec allow); ``metric``, when given, is a ready ``Metric`` object."""
@@ -201,15 +213,10 @@ def load_subject(subject: Subject, command: str = "bench", metric: Any = None) -
 
     from qbench.data import load_npz, split_for_calibration, synthetic_dataset
     from qbench.metrics import get_metric
-    from qbench.model import OnnxModel
     from qbench.zoo import lookup
 
     entry = lookup(subject.model)
-    model = OnnxModel.load(entry.files().model if entry else subject.model)
-    if entry:
-        model.name = entry.name
-    if subject.shapes:
-        model = model.with_shapes(dict(subject.shapes))
+    model = load_model(subject.model, subject.shapes)
     data, calib_data = subject.data, subject.calib_data
     if entry is not None and data is None:  # a zoo model brings its data
         files = entry.files()

@@ -171,6 +171,15 @@ def default_url(results_dir: pathlib.Path) -> str:
     return f"sqlite:///{(results_dir / 'leaderboard.db').resolve()}"
 
 
+def open_leaderboard(results_dir: pathlib.Path, url: str | None = None, writes: bool = True) -> Leaderboard:
+    """The leaderboard at ``url`` (default: the results dir's SQLite file), keeping rows it cannot
+    take in the results dir's fallback file; checked writable first when the caller ``writes``."""
+    board = Leaderboard(url or default_url(results_dir), fallback=results_dir / "unrecorded-rows.jsonl")
+    if writes:
+        board.check_writable()
+    return board
+
+
 def samples_to_bytes(samples_ns: np.ndarray) -> bytes:
     return np.asarray(samples_ns, dtype="<i8").tobytes()
 
