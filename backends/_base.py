@@ -21,10 +21,10 @@ from qbench.plan import WEIGHT_ONLY_BITS, PrecisionPlan
 from qbench.profile import OpTime
 
 #: Shared plan options the tuner may search, each with the precisions it changes (None: every
-#: plan): the static int8 scheme and the weight-only block size. Adapters add their own.
+#: plan): the static int8 scheme and the weight-only block size and symmetry. Adapters add their own.
 SHARED_SEARCHED_OPTIONS: dict[str, frozenset[str] | None] = {
     **dict.fromkeys(("quantizer", "activation_type", "per_channel", "reduce_range"), frozenset({"int8"})),
-    "block_size": frozenset(WEIGHT_ONLY_BITS),
+    **dict.fromkeys(("block_size", "weight_symmetric"), frozenset(WEIGHT_ONLY_BITS)),
 }
 
 
@@ -250,11 +250,12 @@ class Backend(abc.ABC):
 
         self.runtime_options(plan)
         choices = self.option_choices()
-        for option in ("quantizer", *(name for name, _ in plan.options.runtime)):
+        must_offer = ("quantizer", "weight_symmetric")
+        for option in (*must_offer, *(name for name, _ in plan.options.runtime)):
             value = plan.options.get(option)
-            honoured = option == "quantizer" or option in choices  # a quantizer must be offered
+            honoured = option in must_offer or option in choices
             if value is not None and honoured and value not in choices.get(option, ()):
-                offered = f"; it offers {', '.join(choices[option])}" if choices.get(option) else ""
+                offered = f"; it offers {', '.join(map(str, choices[option]))}" if choices.get(option) else ""
                 raise QbenchError(f"backend {self.name!r} cannot honour plan option {option}={value!r}{offered}")
         check_plan_layers(plan, model.layer_names())
         if plan.is_native and len(plan.layers_in("int8")) != len(model.layers):

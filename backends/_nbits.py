@@ -22,6 +22,10 @@ from qbench.cache import atomic_cached, content_key
 from qbench.machine import Machine
 from qbench.plan import WEIGHT_ONLY_BITS, PrecisionPlan
 
+#: ``metadata_props`` key of a model whose embedding Gather and LM head MatMul share values:
+#: ``"<gather node>=<LM head output>"`` (qbench's zoo LLM writes it).
+TIED_EMBEDDING = "qbench.tied_embedding"
+
 log = logging.getLogger(__name__)
 
 # Probe shapes: a decode step and a short prompt through one LLM-sized projection.
@@ -35,13 +39,15 @@ _PROBE_BLOCK = 32  # the default block size (OnnxRuntimeBackend.resolve_plan)
 ACCURACY_LEVELS = (0, 4)
 
 
-def _compress(model: Any, bits: int, block_size: int, level: int, layers: list[str] | None = None) -> Any:
+def _compress(
+    model: Any, bits: int, block_size: int, level: int, layers: list[str] | None = None, symmetric: bool = True
+) -> Any:
     """``model`` with the MatMuls named in ``layers`` (all with constant weights when None) as
-    symmetric MatMulNBits."""
+    MatMulNBits, symmetric (a scale per block) or asymmetric (a scale and a zero point)."""
     from onnxruntime.quantization.matmul_nbits_quantizer import DefaultWeightOnlyQuantConfig, MatMulNBitsQuantizer
 
     config = DefaultWeightOnlyQuantConfig(
-        block_size=block_size, is_symmetric=True, accuracy_level=level, op_types_to_quantize=("MatMul",), bits=bits
+        block_size=block_size, is_symmetric=symmetric, accuracy_level=level, op_types_to_quantize=("MatMul",), bits=bits
     )
     # By exclusion: the quantizer takes every MatMul of op_types_to_quantize and adds
     # nodes_to_include to them, so including the plan's layers alone would convert them all.
@@ -62,8 +68,9 @@ def write_weight_only(source: pathlib.Path, out: pathlib.Path, plan: PrecisionPl
     for precision, bits in WEIGHT_ONLY_BITS.items():
         layers = plan.layers_in(precision)
         if layers:
-            model = _compress(model, bits, plan.options.block_size, plan.options.get("accuracy_level"), layers)
-    onnx.save(model, str(out))
+            o = plan.options
+            model = _compress(model, bits, o.block_size, o.get("accuracy_level"), layers, o.weight_symmetric)
+    onnx.save(share_tied_embedding(model), str(out))
 
 
 def _probe_model(bits: int | None, level: int, tokens: int) -> bytes:
@@ -144,3 +151,57 @@ def best_level(speedups: dict[str, dict[str, float]], bits: Iterable[int]) -> in
     """The level with the best geometric-mean speedup over the bit widths a plan uses."""
     wanted = [str(b) for b in bits]
     return max(ACCURACY_LEVELS, key=lambda level: sum(np.log(speedups[b][str(level)]) for b in wanted))
+
+
+def share_tied_embedding(model: Any) -> Any:
+    """Where ``model`` says its embedding Gather and LM head share values (``TIED_EMBEDDING``
+    metadata) and the LM head became MatMulNBits, the Gather reads the same blocks through
+    ``GatherBlockQuantized``: the fp32 table, the largest tensor of a small LLM, is gone."""
+    from onnx import helper, numpy_helper
+
+    tie = {p.key: p.value for p in model.metadata_props}.get(TIED_EMBEDDING)
+    if not tie:
+        return model
+    gather_name, head_name = tie.split("=")
+    graph = model.graph
+    gather = next((n for n in graph.node if n.name == gather_name and n.op_type == "Gather"), None)
+    head = next((n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == head_name), None)
+    if gather is None or head is None:
+        return model
+    attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
+    bits, block, rows = attrs["bits"], attrs["block_size"], attrs["N"]
+    initializers = {t.name: t for t in graph.initializer}
+    arrays = [numpy_helper.to_array(initializers[name]) for name in head.input[1:4] if name in initializers]
+    blocks = -(-attrs["K"] // block)
+    inputs = [
+        graph_const(graph, f"{gather_name}.q", arrays[0].reshape(rows, -1)),
+        gather.input[1],
+        graph_const(graph, f"{gather_name}.scales", arrays[1].reshape(rows, blocks)),
+    ]
+    if len(arrays) > 2:  # asymmetric: zero points, packed as the data is
+        inputs.append(graph_const(graph, f"{gather_name}.zero_points", arrays[2].reshape(rows, -1)))
+    quantized = helper.make_node(
+        "GatherBlockQuantized",
+        inputs,
+        list(gather.output),
+        name=gather_name,
+        domain="com.microsoft",
+        bits=bits,
+        block_size=block,
+        gather_axis=0,
+        quantize_axis=1,
+    )
+    index = list(graph.node).index(gather)
+    graph.node.remove(gather)
+    graph.node.insert(index, quantized)
+    table = gather.input[0]
+    if not any(table in n.input for n in graph.node):
+        graph.initializer.remove(initializers[table])
+    return model
+
+
+def graph_const(graph: Any, name: str, value: np.ndarray) -> str:
+    from onnx import numpy_helper
+
+    graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))
+    return name

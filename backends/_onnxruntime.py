@@ -183,6 +183,7 @@ class OnnxRuntimeBackend(Backend):
             "per_channel": (False, True),
             "reduce_range": (False, True),
             "block_size": BLOCK_SIZES,
+            "weight_symmetric": (True, False),
             "accuracy_level": nbits.ACCURACY_LEVELS,
         }
 
@@ -204,6 +205,7 @@ class OnnxRuntimeBackend(Backend):
         weight_only = {WEIGHT_ONLY_BITS[p] for p in plan.layers.values() if p in WEIGHT_ONLY_BITS}
         if weight_only:  # only then, so other plans keep their hashes
             defaults["block_size"] = 32  # GGUF's Q4/Q8 block; 64 and 128 are smaller and coarser
+            defaults["weight_symmetric"] = True
             if o.get("accuracy_level") is None:
                 defaults["accuracy_level"] = nbits.best_level(nbits.level_speedups(machine, cache_root()), weight_only)
         changes = {k: v for k, v in defaults.items() if o.get(k) is None}

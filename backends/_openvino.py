@@ -2,8 +2,8 @@
 
 OpenVINO reads explicit-quantization ONNX directly and runs each Q/DQ-wrapped convolution or
 MatMul in int8; the plan's fp32 layers stay in float. Weight-only layers go through
-``nncf.compress_weights`` (int4: INT4_SYM per group of ``block_size``; int8: INT8_ASYM per output
-channel), which the CPU plugin runs as FullyConnected with decompression on the fly. The
+``nncf.compress_weights`` (int4 per group of ``block_size``, int8 per output channel; symmetric
+or asymmetric by the plan's ``weight_symmetric``), which the CPU plugin runs as FullyConnected with decompression on the fly. The
 artifact is OpenVINO IR (``.xml`` and ``.bin``), cached by content hash; the runtime options a
 plan sets travel inside the IR.
 """
@@ -201,6 +201,7 @@ class OpenVinoBackend(Backend):
             "inference_precision": hints,
             "preset": NNCF_PRESETS,
             "block_size": BLOCK_SIZES,
+            "weight_symmetric": (True, False),
         }
 
     def searched_options(self) -> dict[str, frozenset[str] | None]:
@@ -216,6 +217,8 @@ class OpenVinoBackend(Backend):
         defaults: dict[str, Any] = {"quantizer": "nncf", "inference_precision": "f32"}
         if plan.layers_in(*WEIGHT_ONLY_BITS):
             defaults["block_size"] = BLOCK_SIZES[0]  # NNCF's own default group is 128; 32 as on ONNX Runtime
+            # NNCF's own defaults: int4 symmetric, int8 asymmetric (a plan of both gets symmetric).
+            defaults["weight_symmetric"] = bool(plan.layers_in("int4-weight"))
         if (plan.options.quantizer or "nncf") == "qdq":
             # The QDQ route: with VNNI, symmetric signed int8 is fast where asymmetric signed
             # activations can be slower than fp32; without VNNI, unsigned asymmetric activations
@@ -314,7 +317,12 @@ class OpenVinoBackend(Backend):
             import nncf
         except ImportError as exc:
             raise QbenchError("weight-only layers on OpenVINO need NNCF: pip install 'qbench[openvino]'") from exc
-        modes = {"int4-weight": nncf.CompressWeightsMode.INT4_SYM, "int8-weight": nncf.CompressWeightsMode.INT8_ASYM}
+        Mode = nncf.CompressWeightsMode
+        symmetric = plan.options.weight_symmetric is not False
+        modes = {
+            "int4-weight": Mode.INT4_SYM if symmetric else Mode.INT4_ASYM,
+            "int8-weight": Mode.INT8_SYM if symmetric else Mode.INT8_ASYM,
+        }
         for precision, mode in modes.items():
             layers = plan.layers_in(precision)
             if not layers:

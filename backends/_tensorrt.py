@@ -116,14 +116,14 @@ class TensorRtBackend(Backend):
 
     def option_choices(self) -> dict[str, tuple[Any, ...]]:
         # Since TensorRT 10 the Q/DQ graph is the way to int8.
-        return {"quantizer": ("qdq",), "block_size": BLOCK_SIZES}
+        return {"quantizer": ("qdq",), "block_size": BLOCK_SIZES, "weight_symmetric": (True,)}
 
     def resolve_plan(self, plan: PrecisionPlan, machine: Machine) -> PrecisionPlan:
         # TensorRT's explicit quantization is symmetric and signed; per-channel weights cost
         # nothing on its kernels.
         defaults = {"activation_type": "int8", "weight_type": "int8", "per_channel": True, "reduce_range": False}
         if plan.layers_in(*WEIGHT_ONLY_BITS):
-            defaults["block_size"] = BLOCK_SIZES[0]
+            defaults.update(block_size=BLOCK_SIZES[0], weight_symmetric=True)
         changes = {k: v for k, v in defaults.items() if plan.options.get(k) is None}
         return plan.with_options(**changes) if changes else plan
 

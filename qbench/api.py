@@ -103,7 +103,7 @@ def execute_bench(
     from qbench.plan import recipe_plan
 
     backend = get_backend(spec.target.backend)
-    loaded = load_subject(spec.subject, "bench", metric)
+    loaded = load_subject(spec.subject, "bench", metric, spec.target.backend)
     layers = [(layer.name, layer.op_type, layer.constant_weight) for layer in loaded.model.layers]
     plans = [recipe_plan(r, layers) for r in spec.recipes]
     machine = current_machine()
@@ -252,7 +252,7 @@ def run_tune(
     from qbench.search import FINAL_PROTOCOL, TuneInputs, TuneSettings, split_holdout
     from qbench.search import tune as search
 
-    loaded = load_subject(spec.subject, "tune", metric)
+    loaded = load_subject(spec.subject, "tune", metric, spec.target.backend)
     tuning, held_out = split_holdout(loaded.evaluation, holdout)
     inputs = TuneInputs(
         loaded.model,

@@ -172,7 +172,7 @@ def cmd_profile(args: argparse.Namespace) -> int:
 
     backend = get_backend(args.backend)
     spec = _spec(args, tuple(r.strip() for r in args.recipe.split(",") if r.strip()))
-    loaded = load_subject(spec.subject, args.command)
+    loaded = load_subject(spec.subject, args.command, backend=args.backend)
     model = loaded.model
     plans = [
         recipe_plan(r, ((layer.name, layer.op_type, layer.constant_weight) for layer in model.layers))
@@ -215,7 +215,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
     backend = get_backend(args.backend)
     spec = _spec(args, ("fp32",))
-    loaded = load_subject(spec.subject, args.command)
+    loaded = load_subject(spec.subject, args.command, backend=args.backend)
     model, metric, workload = loaded.model, loaded.metric, spec.workload
     harness = Harness(
         backend=backend,

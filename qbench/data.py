@@ -1,4 +1,8 @@
-"""Calibration and evaluation data: ``.npz`` files of arrays keyed by model input name."""
+"""Calibration and evaluation data: ``.npz`` files of arrays keyed by model input name.
+
+For a decoder LLM the file may hold its token ids alone: the cache and the bookkeeping inputs of
+a prefill (attention mask, positions, sequence lengths) are written per batch (``qbench.decoder``).
+"""
 
 from __future__ import annotations
 
@@ -7,12 +11,13 @@ import logging
 import math
 import pathlib
 import zipfile
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 
 import numpy as np
 
+from qbench.decoder import DecoderInputs
 from qbench.errors import QbenchError
 from qbench.model import OnnxModel
 
@@ -31,6 +36,8 @@ class Dataset:
     inputs: Mapping[str, np.ndarray]
     labels: np.ndarray | None
     source: str
+    #: Completes each batch into a model call (a decoder's token ids into a prefill), or None.
+    complete: Callable[[dict[str, np.ndarray]], dict[str, np.ndarray]] | None = field(default=None, compare=False)
 
     def __len__(self) -> int:
         return len(next(iter(self.inputs.values())))
@@ -47,14 +54,16 @@ class Dataset:
 
     def take(self, start: int, stop: int) -> Dataset:
         labels = None if self.labels is None else self.labels[start:stop]
-        return Dataset({k: v[start:stop] for k, v in self.inputs.items()}, labels, f"{self.source}[{start}:{stop}]")
+        inputs = {k: v[start:stop] for k, v in self.inputs.items()}
+        return replace(self, inputs=inputs, labels=labels, source=f"{self.source}[{start}:{stop}]")
 
     def shuffled(self, seed: int = 0) -> Dataset:
         """The samples in a fixed random order, so every prefix is a random subset (files are
         often sorted by class or source)."""
         order = np.random.default_rng(seed).permutation(len(self))
         labels = None if self.labels is None else self.labels[order]
-        return Dataset({k: v[order] for k, v in self.inputs.items()}, labels, f"{self.source} (shuffled)")
+        inputs = {k: v[order] for k, v in self.inputs.items()}
+        return replace(self, inputs=inputs, labels=labels, source=f"{self.source} (shuffled)")
 
     def batches(self, batch_size: int, keep_tail: bool = True) -> Iterator[dict[str, np.ndarray]]:
         """Consecutive feeds of ``batch_size`` samples, then the shorter tail unless ``keep_tail``
@@ -62,7 +71,8 @@ class Dataset:
         n = len(self)
         stop = n if keep_tail else n - n % batch_size
         for start in range(0, stop, batch_size):
-            yield {k: v[start : min(start + batch_size, stop)] for k, v in self.inputs.items()}
+            feeds = {k: v[start : min(start + batch_size, stop)] for k, v in self.inputs.items()}
+            yield self.complete(feeds) if self.complete else feeds
 
 
 def fixed_batch_size(model: OnnxModel) -> int | None:
@@ -89,14 +99,18 @@ def load_npz(path: str | pathlib.Path, model: OnnxModel) -> Dataset:
 def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, source: str) -> Dataset:
     arrays = dict(arrays)
     labels = arrays.pop(LABELS_KEY, None)
-    n = _sample_count(arrays, model, source)
-    inputs = {spec.name: _checked_input(arrays[spec.name], spec, source) for spec in model.inputs}
+    decoder = DecoderInputs.of(model)
+    fed = model.inputs
+    if decoder is not None and set(arrays) == {decoder.tokens.name}:
+        fed = [decoder.tokens]  # token ids alone: every batch is completed into a prefill
+    n = _sample_count(arrays, fed, source)
+    inputs = {spec.name: _checked_input(arrays[spec.name], spec, source) for spec in fed}
     batch = fixed_batch_size(model)
     if batch is not None and n < batch:
         raise QbenchError(f"{source}: {n} samples, but the model's fixed batch size is {batch}")
     if labels is not None:
         labels = _checked_labels(np.asarray(labels), n, source)
-    data = Dataset(inputs, labels, source)
+    data = Dataset(inputs, labels, source, decoder.complete if len(fed) == 1 and decoder else None)
     if batch is not None and n % batch:
         # A fixed batch dimension cannot take a short last batch; score the same samples everywhere.
         log.warning(
@@ -106,10 +120,10 @@ def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, sour
     return data
 
 
-def _sample_count(arrays: Mapping[str, np.ndarray], model: OnnxModel, source: str) -> int:
+def _sample_count(arrays: Mapping[str, np.ndarray], specs, source: str) -> int:
     """The samples every input array holds (axis 0), after checking the arrays name exactly the
-    model's inputs."""
-    expected = [spec.name for spec in model.inputs]
+    inputs ``specs``."""
+    expected = [spec.name for spec in specs]
     missing = [name for name in expected if name not in arrays]
     extra = [name for name in arrays if name not in expected]
     if missing or extra:
@@ -185,6 +199,7 @@ def split_for_calibration(data: Dataset, fraction: float = 0.2, most: int = 256)
 
 
 SYNTHETIC_SAMPLES = 64
+SYNTHETIC_TOKENS = 32  # prompt length of a decoder's synthetic samples
 #: Share of the memory available now that one array qbench makes may take: the model, its
 #: sessions and the runtime's activations need the rest.
 MEMORY_SHARE = 0.5
@@ -214,10 +229,15 @@ def synthetic_dataset(model: OnnxModel, samples: int = SYNTHETIC_SAMPLES, seed: 
     id_limits = {
         node.input[1]: tables[node.input[0]]
         for node in model.proto.graph.node
-        if node.op_type == "Gather" and len(node.input) > 1 and node.input[0] in tables
+        if node.op_type in ("Gather", "GatherBlockQuantized") and len(node.input) > 1 and node.input[0] in tables
     }
     batch = fixed_batch_size(model)
     count = samples if batch is None else max(batch, samples - samples % batch)
+    decoder = DecoderInputs.of(model)
+    if decoder is not None:  # token ids of a short prompt; the cache and bookkeeping follow from them
+        name = decoder.tokens.name
+        ids = rng.integers(0, id_limits.get(name, 2), size=(count, SYNTHETIC_TOKENS)).astype(decoder.tokens.dtype)
+        return Dataset({name: ids}, None, "synthetic token ids (no --data)", decoder.complete)
     arrays = {}
     for spec in model.inputs:
         rest = spec.shape[1:]

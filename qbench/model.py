@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import pathlib
 from collections.abc import Mapping
@@ -85,7 +86,8 @@ class OnnxModel:
 
     @classmethod
     def load(cls, path: str | pathlib.Path) -> OnnxModel:
-        path = pathlib.Path(path)
+        folder = pathlib.Path(path) if pathlib.Path(path).is_dir() else None
+        path = model_file(path)
         if not path.is_file():
             raise QbenchError(f"model file not found: {path} (pass the path of an .onnx file)")
         raw = path.read_bytes()
@@ -108,7 +110,7 @@ class OnnxModel:
                 "upgrade onnx and onnxruntime or export with an older opset"
             )
         _name_nodes(proto)
-        return cls(proto, path.stem, digest.hexdigest()[:16], path)
+        return cls(proto, folder.name if folder else path.stem, digest.hexdigest()[:16], path)
 
     def layer_names(self) -> tuple[str, ...]:
         return tuple(layer.name for layer in self.layers)
@@ -149,6 +151,29 @@ class OnnxModel:
 
 #: Protobuf cannot serialize a message over 2 GiB: bigger models keep their weights in side files.
 MAX_INLINE_BYTES = 2**31 - 2**20
+
+
+def model_file(path: str | pathlib.Path) -> pathlib.Path:
+    """The ONNX file ``path`` names: itself, or in a model folder the decoder its
+    ``genai_config.json`` names (onnxruntime-genai's model builder writes one), else its only
+    ``.onnx`` file."""
+    path = pathlib.Path(path)
+    if not path.is_dir():
+        return path
+    config = path / "genai_config.json"
+    if config.is_file():
+        try:
+            name = json.loads(config.read_text())["model"]["decoder"]["filename"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise QbenchError(f"{config} names no decoder file (model.decoder.filename): {exc!r}") from None
+        return path / name
+    found = sorted(path.glob("*.onnx"))
+    if len(found) != 1:
+        raise QbenchError(
+            f"model folder {path} holds {len(found)} .onnx files; pass the file itself, or a folder with one "
+            "(or with onnxruntime-genai's genai_config.json)"
+        )
+    return found[0]
 
 
 def _load_external_data(proto: onnx.ModelProto, path: pathlib.Path) -> list[pathlib.Path]:

@@ -51,6 +51,9 @@ class PlanOptions:
     quantizer: str | None = None
     #: Weight-only layers: input channels per quantization block.
     block_size: int | None = None
+    #: Weight-only layers: symmetric blocks (a scale each) or asymmetric (a scale and a zero point
+    #: each, as GGUF's Q4_1), which fits a block whose values are not centred on zero.
+    weight_symmetric: bool | None = None
     #: One runtime's own options, as sorted ``(name, value)`` pairs (a mapping is accepted).
     runtime: tuple[tuple[str, Any], ...] = ()
 
@@ -68,7 +71,7 @@ class PlanOptions:
             value = getattr(self, name)
             if value is not None and value not in INT8_TYPES:
                 raise QbenchError(f"plan option `{name}` must be one of {INT8_TYPES}, but got {value!r}")
-        for name in ("per_channel", "reduce_range", "activation_symmetric"):
+        for name in ("per_channel", "reduce_range", "activation_symmetric", "weight_symmetric"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, bool):
                 raise QbenchError(f"plan option `{name}` must be true or false, but got {value!r}")

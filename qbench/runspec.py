@@ -172,8 +172,10 @@ def _absolute_metric(metric: str | None) -> str | None:
 
 def file_hash(spec: str) -> str | None:
     """The first 16 hex digits of the file's SHA-256, or None when ``spec`` is no file (a zoo
-    name or a built-in recipe, whose identity is its name)."""
-    path = pathlib.Path(spec)
+    name or a built-in recipe, whose identity is its name); a model folder hashes its model file."""
+    from qbench.model import model_file
+
+    path = model_file(spec) if pathlib.Path(spec).is_dir() else pathlib.Path(spec)
     if not path.is_file():
         return None
     digest = hashlib.sha256()
@@ -194,21 +196,24 @@ class LoadedSubject:
     synthetic: bool  # no data was given: timed on synthetic inputs, scored by fidelity to fp32
 
 
-def load_model(model: str, shapes: tuple[tuple[str, tuple[int, ...]], ...] = ()):
-    """An ``.onnx`` file, or a zoo model by name (named after it), with ``shapes`` fixed."""
+def load_model(model: str, shapes: tuple[tuple[str, tuple[int, ...]], ...] = (), backend: str | None = None):
+    """An ``.onnx`` file, or a zoo model by name (named after it; the graph made for ``backend``
+    where the zoo has one), with ``shapes`` fixed."""
     from qbench.model import OnnxModel
     from qbench.zoo import lookup
 
     entry = lookup(model)
-    loaded = OnnxModel.load(entry.files().model if entry else model)
+    loaded = OnnxModel.load(entry.files().model_for(backend) if entry else model)
     if entry:
         loaded.name = entry.name
     return loaded.with_shapes(dict(shapes)) if shapes else loaded
 
 
-def load_subject(subject: Subject, command: str = "bench", metric: Any = None) -> LoadedSubject:
-    """Load what ``subject`` names. Only ``bench`` may run without data (synthetic inputs, as
-    benchmark_app and trtexec allow); ``metric``, when given, is a ready ``Metric`` object."""
+def load_subject(
+    subject: Subject, command: str = "bench", metric: Any = None, backend: str | None = None
+) -> LoadedSubject:
+    """Load what ``subject`` names, for ``backend``. Only ``bench`` may run without data (synthetic
+    inputs, as benchmark_app and trtexec allow); ``metric``, when given, is a ready ``Metric`` object."""
     import logging
 
     from qbench.data import load_npz, split_for_calibration, synthetic_dataset
@@ -216,7 +221,7 @@ def load_subject(subject: Subject, command: str = "bench", metric: Any = None) -
     from qbench.zoo import lookup
 
     entry = lookup(subject.model)
-    model = load_model(subject.model, subject.shapes)
+    model = load_model(subject.model, subject.shapes, backend)
     data, calib_data = subject.data, subject.calib_data
     if entry is not None and data is None:  # a zoo model brings its data
         files = entry.files()

@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from qbench.data import Dataset, check_fits_in_memory
+from qbench.decoder import DecoderInputs
 from qbench.errors import QbenchError
-from qbench.model import InputSpec, OnnxModel
+from qbench.model import OnnxModel
 
 KINDS = ("batch", "prefill", "decode")
 DEFAULT_CONTEXT = 128
@@ -50,54 +51,37 @@ class Workload:
         """New tokens one call processes (None for a plain batch)."""
         return {"batch": None, "prefill": self.context, "decode": 1}[self.kind]
 
-    def memory_bytes(self, caches: list[InputSpec], batch: int) -> int:
+    def memory_bytes(self, decoder: DecoderInputs, batch: int) -> int:
         """A floor on the memory one call needs: the key/value cache in and out, and for a
         prefill one layer's attention scores and their softmax (tokens x tokens per head)."""
+        per_token = decoder.kv_bytes_per_token(batch)
         if self.kind == "prefill":
-            scores = 2 * batch * caches[0].shape[1] * self.context**2 * 4 if caches else 0
-            return _kv_bytes(caches, batch, self.context) + scores
-        return _kv_bytes(caches, batch, self.context) + _kv_bytes(caches, batch, self.context + 1)
+            return per_token * self.context + 2 * batch * decoder.caches[0].shape[1] * self.context**2 * 4
+        return per_token * (2 * self.context + 1)
 
     def feeds(self, model: OnnxModel, data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
         """The inputs of one timed call."""
         if self.kind == "batch":
             return next(data.batches(batch_size))
-        tokens, caches = decoder_inputs(model, str(self))
-        ids = data.inputs[tokens.name].reshape(-1)
+        decoder = decoder_inputs(model, str(self))
+        ids = data.inputs[decoder.tokens.name].reshape(-1)
         length = self.context if self.kind == "prefill" else 1
-        check_fits_in_memory(self.memory_bytes(caches, batch_size), f"workload {self} at batch {batch_size}")
-        feeds = {tokens.name: np.resize(ids, (batch_size, length)).astype(tokens.dtype)}
+        check_fits_in_memory(self.memory_bytes(decoder, batch_size), f"workload {self} at batch {batch_size}")
         cached = 0 if self.kind == "prefill" else self.context
-        rng = np.random.default_rng(0)  # attention costs the same whatever the cached values are
-        for spec in caches:
-            shape = (batch_size, spec.shape[1], cached, spec.shape[3])
-            feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype, copy=False)
-        return feeds
+        return decoder.feeds(np.resize(ids, (batch_size, length)), cached, np.random.default_rng(0))
 
 
 BATCH = Workload()
 
 
-def _kv_bytes(caches: list[InputSpec], batch: int, tokens: int) -> int:
-    return sum(batch * s.shape[1] * tokens * s.shape[3] * 4 for s in caches)
-
-
-def cache_inputs(model: OnnxModel) -> list[InputSpec]:
-    """The key/value cache inputs of a decoder: ``past*``, ``[batch, heads, tokens, head_dim]``."""
-    return [s for s in model.inputs if s.name.startswith("past") and len(s.shape) == 4]
-
-
-def decoder_inputs(model: OnnxModel, why: str) -> tuple[InputSpec, list[InputSpec]]:
-    """The token-id input and the key/value cache inputs of a decoder; a clear error for any
-    other model."""
-    tokens = [s for s in model.inputs if s.dtype.startswith("int") and len(s.shape) == 2]
-    caches = cache_inputs(model)
-    fixed = all(isinstance(s.shape[1], int) and isinstance(s.shape[3], int) for s in caches)
-    if len(tokens) != 1 or not caches or not fixed or len(tokens) + len(caches) != len(model.inputs):
+def decoder_inputs(model: OnnxModel, why: str) -> DecoderInputs:
+    """The decoder roles of ``model``'s inputs; a clear error for any other model."""
+    decoder = DecoderInputs.of(model)
+    if decoder is None:
         raise QbenchError(
             f"workload {why} needs a decoder with one token-id input [batch, tokens] and key/value cache inputs "
             f"named past* of shape [batch, heads, tokens, head_dim]; {model.name} has "
             + ", ".join(s.describe() for s in model.inputs[:4])
             + (" …" if len(model.inputs) > 4 else "")
         )
-    return tokens[0], caches
+    return decoder

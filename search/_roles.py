@@ -7,9 +7,9 @@ from __future__ import annotations
 import re
 from collections import Counter
 
+from qbench.decoder import DecoderInputs
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
-from qbench.workload import cache_inputs
 
 ROLES = ("attention", "FFN", "LM head", "output head", "other")
 # Matched against the lower-cased layer name; Hugging Face, optimum and qbench's own export names.
@@ -23,7 +23,7 @@ def layer_roles(model: OnnxModel) -> dict[str, str]:
     is an LM head when so named or when the model takes a key/value cache."""
     outputs = set(model.output_names)
     writes_output = {n.name for n in model.proto.graph.node if outputs.intersection(n.output)}
-    decoder = bool(cache_inputs(model))
+    decoder = DecoderInputs.of(model) is not None
     roles = {}
     for layer in model.layers:
         name = layer.name.lower()

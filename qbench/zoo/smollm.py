@@ -380,6 +380,134 @@ def build_graph(config: LlamaConfig, weights: dict[str, np.ndarray], layers: int
     return model
 
 
+#: Where the fused graph's rotary tables end: SmolLM2's trained context.
+MAX_POSITIONS = 8192
+FUSED_OPSET = 21  # opset 21: MatMulNBits' int4 neighbours; ORT registers its contrib ops beside it
+#: ``metadata_props`` key naming an embedding Gather and the LM head output that shares its values
+#: (the backends' weight-only writer reads it: ``qbench.backends._nbits.TIED_EMBEDDING``).
+TIED_EMBEDDING = "qbench.tied_embedding"
+
+
+def fused_past_names(layer: int) -> tuple[str, str]:
+    return f"past_key_values.{layer}.key", f"past_key_values.{layer}.value"
+
+
+def build_fused_graph(
+    config: LlamaConfig, weights: dict[str, np.ndarray], layers: int | None = None, max_positions: int = MAX_POSITIONS
+) -> onnx.ModelProto:
+    """The decoder as ONNX Runtime's own generator runs it: per block one packed Q/K/V MatMul into
+    ``GroupQueryAttention`` (rotary, cache append and causal attention in one op), RMSNorm as
+    ``SimplifiedLayerNormalization`` fused with the residual add (``SkipSimplifiedLayerNormalization``).
+    Inputs follow onnxruntime-genai's builder: ``input_ids``, ``attention_mask`` ``[batch, past + new]``
+    and ``past_key_values.<i>.key/value``; outputs ``logits`` and ``present.<i>.key/value``.
+    Only ONNX Runtime runs it; OpenVINO and TensorRT take ``build_graph``'s standard ops."""
+    layers = config.layers if layers is None else layers
+    g = _Graph()
+    hd, kv = config.head_dim, config.kv_heads
+    ms = "com.microsoft"
+
+    def linear(x: str, weight: np.ndarray, name: str) -> str:
+        return g.op("MatMul", [x, g.const(f"{name}.weight", weight.T.copy())], name)
+
+    def norm(x: str, skip: str | None, weight: str, name: str) -> tuple[str, str]:
+        """RMSNorm of ``x`` (+ ``skip``): the normalized value and the residual sum it normalized."""
+        gamma = g.const(weight, weights[weight])
+        if skip is None:
+            g.nodes.append(
+                helper.make_node(
+                    "SimplifiedLayerNormalization", [x, gamma], [name], name=name, axis=-1, epsilon=config.eps
+                )
+            )
+            return name, x
+        residual = f"{name}/residual"
+        g.nodes.append(
+            helper.make_node(
+                "SkipSimplifiedLayerNormalization",
+                [x, skip, gamma],
+                [name, "", "", residual],
+                name=name,
+                domain=ms,
+                epsilon=config.eps,
+            )
+        )
+        return name, residual
+
+    # seqlens_k: tokens per sequence minus one; total_sequence_length: the mask's width.
+    mask_sum = g.op("ReduceSum", ["attention_mask", g.const("axis_1", np.array([1], np.int64))], "mask/sum", keepdims=0)
+    seqlens = g.op(
+        "Cast", [g.op("Sub", [mask_sum, g.const("one", np.array(1, np.int64))], "mask/last")], "seqlens_k", to=6
+    )
+    width = g.op("Gather", [g.op("Shape", ["attention_mask"], "mask/shape"), "one"], "mask/width", axis=0)
+    total = g.op("Cast", [width], "total_sequence_length", to=TensorProto.INT32)
+    inv_freq = 1.0 / config.rope_base ** (np.arange(0, hd, 2, dtype=np.float64) / hd)
+    angles = np.outer(np.arange(max_positions, dtype=np.float64), inv_freq)
+    cos = g.const("cos_cache", np.cos(angles).astype(np.float32))
+    sin = g.const("sin_cache", np.sin(angles).astype(np.float32))
+
+    x = g.op(
+        "Gather",
+        [g.const("model.embed_tokens.weight", weights["model.embed_tokens.weight"]), "input_ids"],
+        "embed_tokens",
+        axis=0,
+    )
+    h, residual = norm(x, None, "model.layers.0.input_layernorm.weight", "layers.0/input_norm")
+    outputs = []
+    for i in range(layers):
+        p, n = f"model.layers.{i}", f"layers.{i}"
+        packed = np.concatenate([weights[f"{p}.self_attn.{t}_proj.weight"] for t in "qkv"])
+        qkv = linear(h, packed, f"{n}/attn/qkv_proj")
+        past_k, past_v = fused_past_names(i)
+        attention, key, value = f"{n}/attn/gqa", f"present.{i}.key", f"present.{i}.value"
+        g.nodes.append(
+            helper.make_node(
+                "GroupQueryAttention",
+                [qkv, "", "", past_k, past_v, seqlens, total, cos, sin],
+                [attention, key, value],
+                name=attention,
+                domain=ms,
+                num_heads=config.heads,
+                kv_num_heads=kv,
+                do_rotary=1,
+                rotary_interleaved=0,
+                scale=float(1.0 / np.sqrt(hd)),
+            )
+        )
+        outputs += [key, value]
+        attended = linear(attention, weights[f"{p}.self_attn.o_proj.weight"], f"{n}/attn/o_proj")
+        h, residual = norm(attended, residual, f"{p}.post_attention_layernorm.weight", f"{n}/ffn_norm")
+        gate = linear(h, weights[f"{p}.mlp.gate_proj.weight"], f"{n}/mlp/gate_proj")
+        silu = g.op("Mul", [gate, g.op("Sigmoid", [gate], f"{n}/mlp/sigmoid")], f"{n}/mlp/silu")
+        up = linear(h, weights[f"{p}.mlp.up_proj.weight"], f"{n}/mlp/up_proj")
+        down = linear(
+            g.op("Mul", [silu, up], f"{n}/mlp/product"), weights[f"{p}.mlp.down_proj.weight"], f"{n}/mlp/down_proj"
+        )
+        last = i == layers - 1
+        weight = "model.norm.weight" if last else f"model.layers.{i + 1}.input_layernorm.weight"
+        h, residual = norm(down, residual, weight, "norm" if last else f"layers.{i + 1}/input_norm")
+    logits = g.op("MatMul", [h, g.const("lm_head.weight.T", weights["model.embed_tokens.weight"].T.copy())], "lm_head")
+
+    cache_shape = ["batch", kv, "past", hd]
+    inputs = [
+        helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
+        helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
+    ]
+    for i in range(layers):
+        inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, cache_shape) for name in fused_past_names(i)]
+    graph_outputs = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch", "seq", config.vocab])]
+    graph_outputs += [
+        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", kv, "total", hd]) for name in outputs
+    ]
+    graph = helper.make_graph(g.nodes, "smollm2-135m-fused", inputs, graph_outputs, g.initializers)
+    model = helper.make_model(
+        graph,
+        opset_imports=[helper.make_opsetid("", FUSED_OPSET), helper.make_opsetid(ms, 1)],
+        producer_name="qbench.zoo.smollm",
+    )
+    model.ir_version = 10
+    helper.set_model_props(model, {TIED_EMBEDDING: "embed_tokens=lm_head"})
+    return model
+
+
 def empty_cache(config: LlamaConfig, layers: int, batch: int) -> dict[str, np.ndarray]:
     """The cache of no tokens, as a prefill takes it."""
     empty = np.zeros((batch, config.kv_heads, 0, config.head_dim), np.float32)
@@ -387,7 +515,8 @@ def empty_cache(config: LlamaConfig, layers: int, batch: int) -> dict[str, np.nd
 
 
 def export(target: pathlib.Path, layers: int | None = None, reader=None) -> None:
-    """``model.onnx``, ``calib.npz`` and ``eval.npz`` in ``target``; ``reader``: an open
+    """``model.onnx`` (standard ops), ``model.ort.onnx`` (fused, for ONNX Runtime), ``calib.npz``
+    and ``eval.npz`` (token ids and labels) in ``target``; ``reader``: an open
     ``gguf.GGUFReader`` of the packaged file, to skip the seconds that opening it again takes."""
     if reader is None:
         import gguf
@@ -395,13 +524,14 @@ def export(target: pathlib.Path, layers: int | None = None, reader=None) -> None
         reader = gguf.GGUFReader(gguf_path())
     config = read_config(reader)
     layers = config.layers if layers is None else layers
-    model = build_graph(config, read_weights(reader, config, layers), layers)
-    onnx.save(model, target / "model.onnx")
+    weights = read_weights(reader, config, layers)
+    onnx.save(build_graph(config, weights, layers), target / "model.onnx")
+    max_positions = int(_field(reader, "llama.context_length"))
+    onnx.save(build_fused_graph(config, weights, layers, max_positions), target / "model.ort.onnx")
     ids, labels = token_windows(tokenizer_from_gguf(reader))
     calib, evaluation = slice(0, CALIBRATION_WINDOWS), slice(CALIBRATION_WINDOWS, None)
     for name, part in (("calib.npz", calib), ("eval.npz", evaluation)):
-        count = len(ids[part])
-        np.savez(target / name, input_ids=ids[part], labels=labels[part], **empty_cache(config, layers, count))
+        np.savez(target / name, input_ids=ids[part], labels=labels[part])
 
 
 def greedy_continuation(session, tokenizer, prompt: str, new_tokens: int = 40) -> str:

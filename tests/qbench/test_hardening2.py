@@ -226,12 +226,15 @@ def test_synthetic_data_that_cannot_fit_in_memory_is_refused_up_front(tmp_path, 
 
 
 def test_an_llm_workload_too_big_for_memory_is_refused_before_it_runs():
+    from qbench.decoder import DecoderInputs
     from qbench.model import InputSpec
     from qbench.workload import Workload
 
     caches = [InputSpec(f"past.{i}", "float32", ("batch", 3, "past", 64)) for i in range(60)]  # SmolLM2-135M's
-    assert Workload.parse("prefill:32768").memory_bytes(caches, 1) > 24 * 2**30
-    assert Workload.parse("decode:128").memory_bytes(caches, 1) < 2**30
+    decoder = DecoderInputs(InputSpec("input_ids", "int64", ("batch", "seq")), tuple(caches))
+    assert decoder.kv_bytes_per_token() == 60 * 3 * 64 * 4
+    assert Workload.parse("prefill:32768").memory_bytes(decoder, 1) > 24 * 2**30
+    assert Workload.parse("decode:128").memory_bytes(decoder, 1) < 2**30
 
 
 # 13-15. silently odd -----------------------------------------------------------------------------

@@ -44,8 +44,14 @@ def sliced(gguf_reader, tmp_path_factory) -> pathlib.Path:
     return folder
 
 
-def _session(folder: pathlib.Path):
-    return ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"])
+def _session(folder: pathlib.Path, name: str = "model.onnx"):
+    return ort.InferenceSession(str(folder / name), providers=["CPUExecutionProvider"])
+
+
+def _prefill(model: pathlib.Path, ids: np.ndarray, cached: int = 0) -> dict[str, np.ndarray]:
+    from qbench.decoder import DecoderInputs
+
+    return DecoderInputs.of(OnnxModel.load(model)).feeds(ids, cached)
 
 
 def test_tokenizer_round_trips_and_keeps_chat_markers_whole(gguf_reader):
@@ -64,12 +70,9 @@ def test_decode_with_the_cache_matches_the_full_forward_pass(sliced):
     """Prefill all but the last token, then one decode step on the returned cache: the last
     position's logits equal those of one pass over the whole sequence."""
     session = _session(sliced)
-    data = dict(np.load(sliced / "eval.npz"))
-    data.pop("labels")
-    ids = data["input_ids"][:2]
-    empty = {k: v[:2] for k, v in data.items() if k.startswith("past.")}
-    full = session.run(None, {"input_ids": ids, **empty})[0]
-    prefix = session.run(None, {"input_ids": ids[:, :-1], **empty})
+    ids = np.load(sliced / "eval.npz")["input_ids"][:2]
+    full = session.run(None, _prefill(sliced / "model.onnx", ids))[0]
+    prefix = session.run(None, _prefill(sliced / "model.onnx", ids[:, :-1]))
     names = [o.name for o in session.get_outputs()]
     cache = {n.replace("present.", "past."): v for n, v in zip(names[1:], prefix[1:], strict=True)}
     step = session.run(None, {"input_ids": ids[:, -1:], **cache})[0]
@@ -192,8 +195,7 @@ def test_export_matches_transformers(gguf_reader, sliced, tmp_path):
     files = [tmp_path / name for name in ("weights.npz", "config.json", "ids.npy", "reference.npz")]
     subprocess.run([python, str(script), *map(str, files)], check=True, timeout=600)
     reference = np.load(files[-1])
-    empty = {k: v[:4] for k, v in data.items() if k.startswith("past.")}
-    logits = _session(sliced).run(None, {"input_ids": ids, **empty})[0]
+    logits = _session(sliced).run(None, _prefill(sliced / "model.onnx", ids))[0]
     assert np.abs(logits - reference["logits"]).max() < 1e-3
     assert (logits.argmax(-1) == reference["logits"].argmax(-1)).all()
 
@@ -212,10 +214,12 @@ def test_layer_kinds_and_the_options_weight_only_plans_search(sliced):
     assert {roles[f"layers.0/mlp/{p}"] for p in ("gate_proj", "up_proj", "down_proj")} == {"FFN"}
     demo = OnnxModel.load(DEMO.files().model)  # a CNN: its classifier is no LM head
     assert set(layer_roles(demo).values()) == {"output head", "other"}
-    # Weight-only plans search the block size and MatMulNBits' accuracy level, not the int8 scheme.
+    # Weight-only plans search the block size, its symmetry and MatMulNBits' accuracy level, not
+    # the int8 scheme.
     backend, machine = get_backend("onnxruntime"), current_machine()
     weight_only = searched_options(backend, machine, model, ["int4-weight", "int8-weight"])
-    assert set(weight_only) == {"block_size", "accuracy_level"} and weight_only["block_size"][0] == 32
+    assert set(weight_only) == {"block_size", "weight_symmetric", "accuracy_level"}
+    assert weight_only["block_size"][0] == 32 and set(weight_only["weight_symmetric"]) == {True, False}
     static = searched_options(backend, machine, OnnxModel.load(DEMO.files().model), ["int8"])
     assert {"activation_type", "per_channel"} <= set(static) and "block_size" not in static
 
@@ -261,3 +265,97 @@ def test_tune_an_llm_decode_under_a_perplexity_and_a_weight_budget(sliced, tmp_p
         faster = [r.plan_name for r in within.itertuples() if relative(row_speedup(r), row_speedup(winner)).ci_low > 1]
         assert not faster, f"{faster} measurably faster than the winner {winner.plan_name}"
     assert "chosen per layer kind: attention:" in out and "LM head: 1 " in out
+
+
+def test_the_fused_graph_computes_what_the_standard_one_does(sliced):
+    """ONNX Runtime's graph (GroupQueryAttention with rotary, packed QKV, SkipSimplifiedLayer-
+    Normalization) against the standard-op graph: prefill, then one decode step on each one's cache."""
+    ids = np.load(sliced / "eval.npz")["input_ids"][:2]
+    plain, fused = _session(sliced), _session(sliced, "model.ort.onnx")
+    assert {"GroupQueryAttention", "SkipSimplifiedLayerNormalization"} <= {
+        n.op_type for n in OnnxModel.load(sliced / "model.ort.onnx").proto.graph.node
+    }
+    first_plain = plain.run(None, _prefill(sliced / "model.onnx", ids[:, :-1]))
+    first_fused = fused.run(None, _prefill(sliced / "model.ort.onnx", ids[:, :-1]))
+    np.testing.assert_allclose(first_fused[0], first_plain[0], atol=1e-3)
+    step_plain = _prefill(sliced / "model.onnx", ids[:, -1:], ids.shape[1] - 1)
+    step_plain.update({f"past.{i // 2}.{('key', 'value')[i % 2]}": v for i, v in enumerate(first_plain[1:])})
+    step_fused = _prefill(sliced / "model.ort.onnx", ids[:, -1:], ids.shape[1] - 1)
+    step_fused.update({f"past_key_values.{i // 2}.{('key', 'value')[i % 2]}": v for i, v in enumerate(first_fused[1:])})
+    np.testing.assert_allclose(fused.run(None, step_fused)[0], plain.run(None, step_plain)[0], atol=1e-3)
+    # Packed Q/K/V is one layer per block; the zoo gives ONNX Runtime this graph, others the standard one.
+    layers = OnnxModel.load(sliced / "model.ort.onnx").layer_names()
+    assert "layers.0/attn/qkv_proj" in layers and not any("q_proj" in name for name in layers)
+    files = ZOO["smollm2-135m"].files()
+    assert files.model_for("onnxruntime").name == "model.ort.onnx"
+    assert files.model_for("openvino:CPU") == files.model_for(None) == files.model
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_a_weight_only_lm_head_takes_the_tied_embedding_with_it(sliced, tmp_path, symmetric):
+    """The embedding table becomes GatherBlockQuantized over the LM head's own blocks (and zero
+    points when asymmetric): the fp32 table is gone and each row dequantizes to within a step."""
+    from qbench.backends import get_backend
+    from qbench.machine import current_machine
+    from qbench.plan import PrecisionPlan
+
+    backend = get_backend("onnxruntime")
+    model = OnnxModel.load(sliced / "model.ort.onnx")
+    plan = PrecisionPlan({"lm_head": "int4-weight"}).with_options(weight_symmetric=symmetric)
+    artifact = backend.build(model, backend.resolve_plan(plan, current_machine()), None, tmp_path)
+    built = __import__("onnx").load(str(artifact.path))
+    ops = {n.name: n for n in built.graph.node}
+    assert ops["embed_tokens"].op_type == "GatherBlockQuantized"
+    assert len(ops["embed_tokens"].input) == (3 if symmetric else 4)
+    assert "model.embed_tokens.weight" not in {t.name for t in built.graph.initializer}
+    assert artifact.path.stat().st_size < 0.5 * (sliced / "model.ort.onnx").stat().st_size
+    ids = np.arange(0, 49152, 4099)[None]
+    feeds = _prefill(sliced / "model.ort.onnx", ids)
+    built.graph.output.append(__import__("onnx").helper.make_tensor_value_info("embed_tokens", 1, None))
+    session = ort.InferenceSession(built.SerializeToString(), providers=["CPUExecutionProvider"])
+    rows = session.run(["embed_tokens"], feeds)[0][0]
+    table = OnnxModel.load(sliced / "model.ort.onnx").proto.graph.initializer
+    embedding = next(
+        __import__("onnx").numpy_helper.to_array(t) for t in table if t.name == "model.embed_tokens.weight"
+    )
+    error = np.abs(rows - embedding[ids[0]]).max(axis=1) / np.abs(embedding[ids[0]]).max(axis=1)
+    assert (error < 0.1).all() and error.mean() > 0.01  # within a 4-bit step, and really quantized
+
+
+def test_a_builder_style_model_folder_is_benchmarked_directly(sliced, tmp_path, capsys):
+    """A folder as onnxruntime-genai's model builder writes it (``genai_config.json`` naming the
+    decoder, which takes ``seqlens_k``/``total_sequence_length`` and ``position_ids`` here), with
+    data of token ids alone: qbench recognises every input and times prefill and decode."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    proto = onnx.load(str(sliced / "model.ort.onnx"))
+    graph = proto.graph
+    # Take seqlens_k and total_sequence_length as inputs, as builder graphs without a mask do.
+    dropped = {"mask/sum", "mask/last", "seqlens_k", "mask/shape", "mask/width", "total_sequence_length"}
+    kept = [n for n in graph.node if n.name not in dropped]
+    del graph.node[:]
+    graph.node.extend(kept)
+    del graph.input[1]
+    graph.input.extend(
+        [
+            helper.make_tensor_value_info("seqlens_k", TensorProto.INT32, ["batch"]),
+            helper.make_tensor_value_info("total_sequence_length", TensorProto.INT32, []),
+            helper.make_tensor_value_info("position_ids", TensorProto.INT64, ["batch", "seq"]),
+        ]
+    )
+    folder = tmp_path / "my-builder-model"
+    folder.mkdir()
+    onnx.save(proto, str(folder / "decoder.onnx"), save_as_external_data=True, location="decoder.onnx.data")
+    (folder / "genai_config.json").write_text(json.dumps({"model": {"decoder": {"filename": "decoder.onnx"}}}))
+    from qbench.decoder import DecoderInputs
+
+    roles = DecoderInputs.of(OnnxModel.load(folder))
+    assert roles.seqlens_k.name == "seqlens_k" and roles.position_ids.name == "position_ids"
+    assert len(roles.caches) == 2 * LAYERS and roles.kv_bytes_per_token() == 2 * LAYERS * 3 * 64 * 4
+    for workload in ("prefill:16", "decode:64"):
+        args = ["bench", str(folder), "--data", str(sliced / "eval.npz"), "--calib-data", str(sliced / "calib.npz")]
+        args += ["--metric", "perplexity", "--workload", workload, "--recipe", "fp32,int4-weight", "--quick", "-q"]
+        assert main([*args, "--min-seconds", "0.1", "--results-dir", str(tmp_path / "r")]) == 0
+    out = capsys.readouterr().out
+    assert "my-builder-model" in out and "tokens/s" in out

@@ -1,0 +1,98 @@
+"""Decoder LLM graphs as exporters write them, recognised by their inputs, and fed from token ids.
+
+A decoder takes token ids and the key/value cache of the tokens before them, plus, depending on
+who exported it, some bookkeeping the runtime needs:
+
+- qbench's zoo graph: ``input_ids`` and ``past.<i>.key``/``.value`` only;
+- optimum / transformers exports: ``attention_mask`` ``[batch, past + new]`` and often
+  ``position_ids`` ``[batch, new]``, the cache as ``past_key_values.<i>.key``/``.value``;
+- onnxruntime-genai's model builder (``GroupQueryAttention``): ``attention_mask`` only, or
+  ``seqlens_k`` ``[batch]`` (int32, total length minus one) and ``total_sequence_length`` (an
+  int32 scalar) when the graph takes them directly.
+
+``DecoderInputs.of(model)`` finds these roles; ``feeds`` writes every input of one call from the
+token ids and the cache length, so data files hold token ids and labels only, whatever graph they
+score.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from qbench.errors import QbenchError
+from qbench.model import InputSpec, OnnxModel
+
+_CACHE_PREFIXES = ("past", "cache")
+_ROLES = ("attention_mask", "position_ids", "seqlens_k", "total_sequence_length")
+
+
+@dataclass(frozen=True)
+class DecoderInputs:
+    """The roles of a decoder's inputs; ``caches`` are ``[batch, kv_heads, tokens, head_dim]``."""
+
+    tokens: InputSpec
+    caches: tuple[InputSpec, ...]
+    attention_mask: InputSpec | None = None
+    position_ids: InputSpec | None = None
+    seqlens_k: InputSpec | None = None
+    total_sequence_length: InputSpec | None = None
+
+    @classmethod
+    def of(cls, model: OnnxModel) -> DecoderInputs | None:
+        """The decoder roles of ``model``'s inputs, or None when it is not a decoder with a cache."""
+        caches = tuple(s for s in model.inputs if s.name.startswith(_CACHE_PREFIXES) and len(s.shape) == 4)
+        if not caches:
+            return None
+        named = {s.name: s for s in model.inputs}
+        roles = {role: named.get(role) for role in _ROLES}
+        known = {s.name for s in caches} | {s.name for s in roles.values() if s is not None}
+        tokens = [s for s in model.inputs if s.name not in known and s.dtype.startswith("int") and len(s.shape) == 2]
+        others = [s for s in model.inputs if s.name not in known and s not in tokens]
+        fixed = all(isinstance(s.shape[1], int) and isinstance(s.shape[3], int) for s in caches)
+        if len(tokens) != 1 or others or not fixed:
+            raise QbenchError(
+                f"{model.name} has key/value cache inputs but qbench cannot tell what to feed it: it needs one "
+                "token-id input [batch, tokens], caches past*/cache* of shape [batch, kv_heads, tokens, head_dim] "
+                f"with fixed heads and head size, and optionally {', '.join(_ROLES)}; it has "
+                + ", ".join(s.describe() for s in model.inputs if s.name not in {c.name for c in caches[2:]})
+            )
+        return cls(tokens[0], caches, **roles)
+
+    @property
+    def bookkeeping(self) -> tuple[InputSpec, ...]:
+        """The inputs ``feeds`` derives from token ids and cache length (not the ids themselves)."""
+        extra = (self.attention_mask, self.position_ids, self.seqlens_k, self.total_sequence_length)
+        return (*self.caches, *(s for s in extra if s is not None))
+
+    def kv_bytes_per_token(self, batch: int = 1) -> int:
+        """Bytes the cache grows by per token: keys and values of every layer."""
+        return sum(batch * s.shape[1] * s.shape[3] * np.dtype(s.dtype).itemsize for s in self.caches)
+
+    def feeds(self, ids: np.ndarray, cached: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
+        """Every input of one call on token ids ``[batch, new]`` after ``cached`` tokens: an empty
+        cache (``cached`` 0) or one of random values (attention costs the same whatever they are)."""
+        batch, new = ids.shape
+        total = cached + new
+        feeds = {self.tokens.name: ids.astype(self.tokens.dtype, copy=False)}
+        for spec in self.caches:
+            shape = (batch, spec.shape[1], cached, spec.shape[3])
+            if cached and rng is not None:
+                feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype, copy=False)
+            else:
+                feeds[spec.name] = np.zeros(shape, spec.dtype)
+        if self.attention_mask is not None:
+            feeds[self.attention_mask.name] = np.ones((batch, total), self.attention_mask.dtype)
+        if self.position_ids is not None:
+            positions = np.arange(cached, total, dtype=self.position_ids.dtype)
+            feeds[self.position_ids.name] = np.broadcast_to(positions, (batch, new)).copy()
+        if self.seqlens_k is not None:
+            feeds[self.seqlens_k.name] = np.full((batch,), total - 1, self.seqlens_k.dtype)
+        if self.total_sequence_length is not None:
+            feeds[self.total_sequence_length.name] = np.array(total, self.total_sequence_length.dtype)
+        return feeds
+
+    def complete(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """A batch of token ids (and nothing else the graph takes) completed into a prefill call."""
+        return {**feeds, **self.feeds(feeds[self.tokens.name], 0)}
