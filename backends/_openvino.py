@@ -3,9 +3,9 @@
 OpenVINO reads explicit-quantization ONNX directly and runs each Q/DQ-wrapped convolution or
 MatMul in int8; the plan's fp32 layers stay in float. Weight-only layers go through
 ``nncf.compress_weights`` (int4 per group of ``block_size``, int8 per output channel; symmetric
-or asymmetric by the plan's ``weight_symmetric``), which the CPU plugin runs as FullyConnected with decompression on the fly. The
-artifact is OpenVINO IR (``.xml`` and ``.bin``), cached by content hash; the runtime options a
-plan sets travel inside the IR.
+or asymmetric by the plan's ``weight_symmetric``), which the CPU plugin runs as FullyConnected
+with decompression on the fly. The artifact is OpenVINO IR (``.xml`` and ``.bin``), cached by
+content hash; the runtime options a plan sets travel inside the IR.
 """
 
 from __future__ import annotations

@@ -72,6 +72,8 @@ class BenchRun:
     metric: str
     samples: int
     synthetic: bool  # timed on synthetic inputs: accuracy is fidelity to fp32 on them
+    #: A decoder's key/value cache growth per token at batch 1 (None for other models).
+    kv_bytes_per_token: int | None = None
 
     def frame(self) -> pd.DataFrame:
         import pandas as pd
@@ -99,6 +101,7 @@ def execute_bench(
     which also times the reference workload and the previous night's plans beside it."""
     from qbench.backends import get_backend
     from qbench.benchmark import BenchSettings, run_bench
+    from qbench.decoder import DecoderInputs
     from qbench.machine import current_machine
     from qbench.plan import recipe_plan
 
@@ -124,7 +127,9 @@ def execute_bench(
     finally:
         if drift is not None:
             drift.close()
-    return BenchRun(spec, rows, loaded.model.name, loaded.metric.name, len(loaded.evaluation), loaded.synthetic)
+    decoder = DecoderInputs.of(loaded.model)
+    kv = decoder.kv_bytes_per_token() if decoder else None
+    return BenchRun(spec, rows, loaded.model.name, loaded.metric.name, len(loaded.evaluation), loaded.synthetic, kv)
 
 
 def _drift_workload(machine, workdir: pathlib.Path):

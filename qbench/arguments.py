@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
     layers.add_argument("--backend", default="onnxruntime")
 
-    _add_bench(sub, [common, data_args, workload_args])
+    _add_bench(sub, [common, data_args])
     _add_profile(sub, [common, data_args])
     sub.add_parser(
         "sensitivity",
@@ -197,6 +197,13 @@ def _add_bench(sub, parents: list) -> None:
         help="comma-separated recipes: fp32, int8, native-int8 (the runtime's own whole-model int8), "
         "int8-dynamic, int4-weight, int8-weight (weight-only MatMuls), or plan .json files "
         "(default: fp32,int8,native-int8 where the backend has a native int8)",
+    )
+    bench.add_argument(
+        "--workload",
+        type=_workloads,
+        help="what one timed call runs: batch (of the data), or for a decoder LLM with a KV cache "
+        "prefill[:TOKENS] or decode[:CACHED] (default 128 tokens); comma-separated to time several, e.g. "
+        "decode:128,decode:1024, as a chat's cost grows with its context (default: the zoo model's; else batch)",
     )
     bench.add_argument("--batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
     bench.add_argument("--min-seconds", type=_seconds, help="minimum sampling time per plan (default: 2)")
@@ -345,6 +352,13 @@ def _precisions(text: str) -> tuple[str, ...]:
     if set(names) == {"fp32"}:
         raise argparse.ArgumentTypeError("name at least one precision besides fp32, e.g. int8 or int4-weight")
     return names
+
+
+def _workloads(text: str) -> tuple[Workload, ...]:
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise argparse.ArgumentTypeError("name a workload, e.g. decode:128")
+    return tuple(_workload(part) for part in parts)
 
 
 def _workload(text: str) -> Workload:

@@ -115,7 +115,14 @@ def _spec(args: argparse.Namespace, recipes: tuple[str, ...] = ()) -> RunSpec:
 
 
 def cmd_bench(args: argparse.Namespace, job: JobTag | None = None) -> int:
-    """``qbench bench``, or a nightly worker's job (``job``: its run spec, suite job and database)."""
+    """``qbench bench``, or a nightly worker's job (``job``: its run spec, suite job and database);
+    several ``--workload``s (a decoder at several contexts) run one after another."""
+    given = getattr(args, "workload", None)
+    workloads = given if isinstance(given, tuple) else (given,)
+    return max(_bench_one(argparse.Namespace(**{**vars(args), "workload": w}), job) for w in workloads)
+
+
+def _bench_one(args: argparse.Namespace, job: JobTag | None) -> int:
     from qbench.api import execute_bench, normalized
     from qbench.machine import current_machine
     from qbench.progress import step_printer
@@ -144,6 +151,7 @@ def cmd_bench(args: argparse.Namespace, job: JobTag | None = None) -> int:
             f"{run.model_name} on {spec.target.backend} · {spec.target.threads} threads · "
             f"batch {run.rows[0].batch_size} · metric {run.metric} on {run.samples} samples · "
             f"machine {current_machine().fingerprint_hash}"
+            + (_kv_note(run.kv_bytes_per_token, spec.subject.workload) if run.kv_bytes_per_token else "")
         )
         print(ranked(latest_per_plan(mine)).to_string(index=False))
         if run.synthetic:
@@ -160,6 +168,15 @@ def cmd_bench(args: argparse.Namespace, job: JobTag | None = None) -> int:
         print(f"qbench: {failed} of {len(run.rows)} plans failed; the status column says why", file=sys.stderr)
         return 1
     return 0
+
+
+def _kv_note(per_token: int, workload: str) -> str:
+    """`` · KV cache 22.5 KiB/token (2.8 MiB at 128 tokens)`` for a decoder workload."""
+    from qbench.workload import Workload
+
+    tokens = Workload.parse(workload).context
+    total = f" ({per_token * tokens / 2**20:.1f} MiB at {tokens} tokens)" if tokens else ""
+    return f" · KV cache {per_token / 2**10:.1f} KiB/token{total}"
 
 
 def cmd_profile(args: argparse.Namespace) -> int:

