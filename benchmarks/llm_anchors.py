@@ -24,11 +24,9 @@ with a bootstrap interval (scipy).
 
 from __future__ import annotations
 
-import argparse
 import json
 import pathlib
 import subprocess
-import sys
 import tempfile
 import time
 
@@ -168,3 +166,119 @@ def paired_ratio(numerator: list[float], denominator: list[float]) -> tuple[floa
         return float(np.median(ratios)), float("nan"), float("nan")
     interval = bootstrap((ratios,), np.median, n_resamples=2000, random_state=0).confidence_interval
     return float(np.median(ratios)), float(interval.low), float(interval.high)
+
+
+# -- the anchors, each in its own Python --------------------------------------------------------
+
+# Shared by both runners: resident memory, and timing one prompt then `tokens` decode steps.
+_RUNNER_HEAD = """
+import json, sys, time
+import numpy as np
+
+def rss_mb():
+    for line in open("/proc/self/status"):
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+
+job = json.loads(sys.stdin.read())
+"""
+
+_LLAMA_RUNNER = (
+    _RUNNER_HEAD
+    + """
+from llama_cpp import Llama
+
+def load(logits_all):
+    return Llama(model_path=job["gguf"], n_threads=job["threads"], n_threads_batch=job["threads"],
+                 n_ctx=job["n_ctx"], n_batch=512, logits_all=logits_all, verbose=False)
+
+before = rss_mb()
+llm = load(False)
+out = {"prefill_ms": {}, "decode_tok_s": {}}
+for context in job["contexts"]:
+    prefill, decode = [], []
+    for _ in range(job["rounds"]):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(job["stream"][:context])
+        prefill.append(1e3 * (time.perf_counter() - start))
+        start = time.perf_counter()
+        for token in job["stream"][context:context + job["tokens"]]:
+            llm.eval([token])
+        decode.append(job["tokens"] / (time.perf_counter() - start))
+    out["prefill_ms"][context], out["decode_tok_s"][context] = float(np.median(prefill)), float(np.median(decode))
+out["mb"] = rss_mb() - before
+del llm
+scorer, nll = load(True), []
+for window, labels in zip(job["windows"], job["labels"]):
+    scorer.reset()
+    scorer.eval(window)
+    logits = np.asarray(scorer.scores[: len(window)], np.float64)
+    top = logits.max(-1, keepdims=True)
+    log_z = (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[:, 0]
+    nll += list(log_z - logits[np.arange(len(window)), labels])
+out["perplexity"] = float(np.exp(np.mean(nll)))
+print(json.dumps(out))
+"""
+)
+
+_GENAI_RUNNER = (
+    _RUNNER_HEAD
+    + """
+import onnxruntime_genai as og
+
+before = rss_mb()
+config = og.Config(job["folder"])
+config.overlay(json.dumps({"model": {"decoder": {"session_options": {
+    "intra_op_num_threads": job["threads"], "inter_op_num_threads": 1}}}}))
+model = og.Model(config)
+out = {"prefill_ms": {}, "decode_tok_s": {}}
+for context in job["contexts"]:
+    prefill, decode = [], []
+    for _ in range(job["rounds"]):
+        params = og.GeneratorParams(model)
+        params.set_search_options(max_length=context + job["tokens"] + 1, do_sample=False)
+        generator = og.Generator(model, params)
+        start = time.perf_counter()
+        generator.append_tokens(np.array([job["stream"][:context]], np.int32))
+        prefill.append(1e3 * (time.perf_counter() - start))
+        start = time.perf_counter()
+        for _ in range(job["tokens"]):
+            generator.generate_next_token()
+        decode.append(job["tokens"] / (time.perf_counter() - start))
+        del generator
+    out["prefill_ms"][context], out["decode_tok_s"][context] = float(np.median(prefill)), float(np.median(decode))
+out["mb"] = rss_mb() - before
+print(json.dumps(out))
+"""
+)
+
+
+def run_anchor(python: str, runner: str, job: dict) -> dict:
+    """One anchor in its own process: ``runner`` reads ``job`` (JSON) on stdin, prints its result."""
+    done = subprocess.run([python, "-c", runner], input=json.dumps(job), capture_output=True, text=True, timeout=3600)
+    if done.returncode:
+        raise RuntimeError(f"{python} failed: {done.stderr.strip().splitlines()[-1:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def anchor_job(threads: int, rounds: int, tokens: int, contexts: list[int]) -> dict:
+    """What every anchor is given: the token stream (qbench's evaluation windows, end to end), the
+    contexts to prefill before decoding, and the windows perplexity is scored on."""
+    from qbench.data import load_npz
+    from qbench.model import OnnxModel
+
+    files = ZOO["smollm2-135m"].files()
+    data = load_npz(files.evaluation, OnnxModel.load(files.model))
+    stream = data.inputs["input_ids"].reshape(-1)
+    stream = np.resize(stream, max(contexts) + tokens).tolist()  # repeats to reach the longest context
+    return {
+        "threads": threads,
+        "rounds": rounds,
+        "tokens": tokens,
+        "contexts": contexts,
+        "stream": stream,
+        "n_ctx": max(contexts) + tokens + 8,
+        "windows": data.inputs["input_ids"].tolist(),
+        "labels": data.labels.tolist(),
+    }

@@ -13,6 +13,11 @@ who exported it, some bookkeeping the runtime needs:
 ``DecoderInputs.of(model)`` finds these roles; ``feeds`` writes every input of one call from the
 token ids and the cache length, so data files hold token ids and labels only, whatever graph they
 score.
+
+A ``GroupQueryAttention`` graph can also run as onnxruntime-genai runs it: past and present
+cache are one buffer, with room for the new token, that the op appends to in place (no copy of
+the cache per token). Decode feeds for such a graph are ``SharedCacheFeeds``, which tell a runtime
+that can bind outputs to input buffers (ONNX Runtime) to do so.
 """
 
 from __future__ import annotations
@@ -30,6 +35,15 @@ _CACHE_PREFIXES = ("past", "cache")
 _ROLES = ("attention_mask", "position_ids", "seqlens_k", "total_sequence_length")
 
 
+class SharedCacheFeeds(dict):
+    """Feeds whose cache inputs are also their present outputs' buffers: ``shared`` maps each
+    cache input to its output. A runtime that cannot bind outputs runs them as plain feeds."""
+
+    def __init__(self, feeds: dict[str, np.ndarray], shared: dict[str, str]) -> None:
+        super().__init__(feeds)
+        self.shared = shared
+
+
 @dataclass(frozen=True)
 class DecoderInputs:
     """The roles of a decoder's inputs; ``caches`` are ``[batch, kv_heads, tokens, head_dim]``."""
@@ -40,6 +54,9 @@ class DecoderInputs:
     position_ids: InputSpec | None = None
     seqlens_k: InputSpec | None = None
     total_sequence_length: InputSpec | None = None
+    #: Cache input -> its present output, where past and present may share one buffer (a
+    #: GroupQueryAttention graph); empty for graphs that concatenate the cache.
+    shared_outputs: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def of(cls, model: OnnxModel) -> DecoderInputs | None:
@@ -61,7 +78,7 @@ class DecoderInputs:
                 f"with fixed heads and head size, and optionally {', '.join(_ROLES)}; it has "
                 + ", ".join(s.describe() for s in model.inputs if s.name not in {c.name for c in caches[2:]})
             )
-        return cls(tokens[0], caches, **roles)
+        return cls(tokens[0], caches, **roles, shared_outputs=_shared_outputs(model, caches))
 
     @property
     def bookkeeping(self) -> tuple[InputSpec, ...]:
@@ -75,12 +92,14 @@ class DecoderInputs:
 
     def feeds(self, ids: np.ndarray, cached: int, rng: np.random.Generator | None = None) -> dict[str, np.ndarray]:
         """Every input of one call on token ids ``[batch, new]`` after ``cached`` tokens: an empty
-        cache (``cached`` 0) or one of random values (attention costs the same whatever they are)."""
+        cache (``cached`` 0) or one of random values (attention costs the same whatever they are).
+        With ``rng`` and a graph that can share its cache buffers, ``SharedCacheFeeds``."""
         batch, new = ids.shape
         total = cached + new
+        shared = bool(cached and rng is not None and self.shared_outputs)
         feeds = {self.tokens.name: ids.astype(self.tokens.dtype, copy=False)}
         for spec in self.caches:
-            shape = (batch, spec.shape[1], cached, spec.shape[3])
+            shape = (batch, spec.shape[1], total if shared else cached, spec.shape[3])
             if cached and rng is not None:
                 feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype, copy=False)
             else:
@@ -94,11 +113,23 @@ class DecoderInputs:
             feeds[self.seqlens_k.name] = np.full((batch,), total - 1, self.seqlens_k.dtype)
         if self.total_sequence_length is not None:
             feeds[self.total_sequence_length.name] = np.array(total, self.total_sequence_length.dtype)
-        return feeds
+        return SharedCacheFeeds(feeds, dict(self.shared_outputs)) if shared else feeds
 
     def complete(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch of token ids (and nothing else the graph takes) completed into a prefill call."""
         return {**feeds, **self.feeds(feeds[self.tokens.name], 0)}
+
+
+def _shared_outputs(model: OnnxModel, caches: tuple[InputSpec, ...]) -> tuple[tuple[str, str], ...]:
+    """Each cache input and the output GroupQueryAttention writes it to (same position, by name:
+    ``past_key_values.3.key`` -> ``present.3.key``), when every cache input feeds one such op."""
+    writers = {}
+    for node in model.proto.graph.node:
+        if node.op_type == "GroupQueryAttention" and len(node.input) > 4 and len(node.output) > 2:
+            writers[node.input[3]], writers[node.input[4]] = node.output[1], node.output[2]
+    if not all(spec.name in writers for spec in caches):
+        return ()
+    return tuple((spec.name, writers[spec.name]) for spec in caches)
 
 
 def _with_config_dims(caches: tuple[InputSpec, ...], model: OnnxModel) -> tuple[InputSpec, ...]:

@@ -359,3 +359,29 @@ def test_a_builder_style_model_folder_is_benchmarked_directly(sliced, tmp_path, 
         assert main([*args, "--min-seconds", "0.1", "--results-dir", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "my-builder-model" in out and "tokens/s" in out
+
+
+def test_decode_on_the_fused_graph_appends_to_the_cache_in_place(sliced):
+    """A GroupQueryAttention graph decodes as onnxruntime-genai runs it: past and present cache
+    share one buffer with room for the new token; the logits equal those of a plain call."""
+    from qbench.backends import get_backend
+    from qbench.backends._base import Artifact
+    from qbench.data import load_npz
+    from qbench.decoder import SharedCacheFeeds
+
+    fused, plain = OnnxModel.load(sliced / "model.ort.onnx"), OnnxModel.load(sliced / "model.onnx")
+    data = load_npz(sliced / "eval.npz", fused)
+    feeds = Workload.parse("decode:32").feeds(fused, data, 1)
+    assert isinstance(feeds, SharedCacheFeeds) and feeds["past_key_values.0.key"].shape == (1, 3, 33, 64)
+    assert not isinstance(
+        Workload.parse("decode:32").feeds(plain, load_npz(sliced / "eval.npz", plain), 1), SharedCacheFeeds
+    )
+    copied = {k: v[:, :, :32].copy() if k in feeds.shared else v for k, v in feeds.items()}
+    backend = get_backend("onnxruntime")
+    runner = backend.load(Artifact(sliced / "model.ort.onnx", "fused", 0.0, False), threads=1)
+    try:
+        expected = runner.run(copied)[0]
+        for _ in range(2):  # the second call reuses the binding and writes the same slot
+            np.testing.assert_array_equal(runner.run(feeds)[0], expected)
+    finally:
+        runner.close()
