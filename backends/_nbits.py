@@ -153,16 +153,23 @@ def best_level(speedups: dict[str, dict[str, float]], bits: Iterable[int]) -> in
     return max(ACCURACY_LEVELS, key=lambda level: sum(np.log(speedups[b][str(level)]) for b in wanted))
 
 
+def tied_embedding(model: Any) -> tuple[str, str] | None:
+    """``(embedding Gather node, LM head output)`` of a model whose metadata ties them, else None."""
+    tie = {p.key: p.value for p in model.metadata_props}.get(TIED_EMBEDDING, "")
+    gather, _, head = tie.partition("=")
+    return (gather, head) if gather and head else None
+
+
 def share_tied_embedding(model: Any) -> Any:
     """Where ``model`` says its embedding Gather and LM head share values (``TIED_EMBEDDING``
     metadata) and the LM head became MatMulNBits, the Gather reads the same blocks through
     ``GatherBlockQuantized``: the fp32 table, the largest tensor of a small LLM, is gone."""
     from onnx import helper, numpy_helper
 
-    tie = {p.key: p.value for p in model.metadata_props}.get(TIED_EMBEDDING)
-    if not tie:
+    tie = tied_embedding(model)
+    if tie is None:
         return model
-    gather_name, head_name = tie.split("=")
+    gather_name, head_name = tie
     graph = model.graph
     gather = next((n for n in graph.node if n.name == gather_name and n.op_type == "Gather"), None)
     head = next((n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == head_name), None)

@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from qbench.backends import _nbits as nbits
 from qbench.backends import _qdq as qdq
 from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner, choice_check
 from qbench.data import Dataset
@@ -268,7 +269,7 @@ class OpenVinoBackend(Backend):
             if static and plan.options.quantizer in ("nncf", "native"):
                 ov_model = self._nncf_quantize(ov_model, model, plan, calibration)
             if plan.layers_in(*WEIGHT_ONLY_BITS):
-                ov_model = self._compress_weights(ov_model, plan)
+                ov_model = self._compress_weights(ov_model, plan, nbits.tied_embedding(model.proto))
             ov_model.set_rt_info(plan.options.get("inference_precision"), _RT_INFO)
             # compress_to_fp16 defaults to True; fp32 layers must keep fp32 weights.
             openvino.save_model(ov_model, str(out), compress_to_fp16=False)
@@ -310,9 +311,10 @@ class OpenVinoBackend(Backend):
             )
 
     @staticmethod
-    def _compress_weights(ov_model: Any, plan: PrecisionPlan) -> Any:
+    def _compress_weights(ov_model: Any, plan: PrecisionPlan, tie: tuple[str, str] | None = None) -> Any:
         """The plan's weight-only MatMuls compressed by NNCF, one pass per format; every other
-        compressible operation is in the ignored scope (NNCF would otherwise take them all)."""
+        compressible operation is in the ignored scope (NNCF would otherwise take them all). An
+        embedding ``tie``d to the LM head (``(gather, head)``) follows the head's format."""
         try:
             import nncf
         except ImportError as exc:
@@ -328,6 +330,9 @@ class OpenVinoBackend(Backend):
             if not layers:
                 continue
             targets = {name for layer in layers for name in _ov_names(ov_model, layer)}
+            if tie is not None and tie[1] in layers:
+                gathers = (op for op in ov_model.get_ops() if op.get_type_name() == "Gather")
+                targets |= {op.get_friendly_name() for op in gathers if _is_part_of(op.get_friendly_name(), tie[0])}
             ignored = [
                 op.get_friendly_name()
                 for op in ov_model.get_ops()

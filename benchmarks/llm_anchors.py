@@ -24,6 +24,7 @@ with a bootstrap interval (scipy).
 
 from __future__ import annotations
 
+import argparse
 import json
 import pathlib
 import subprocess
@@ -110,15 +111,17 @@ def eval_windows() -> np.ndarray:
 # -- same harness: one decode step through plain InferenceSession.run ---------------------------
 
 
-def qbench_graph(precision: str, workdir: pathlib.Path, backend_name: str = "onnxruntime", **options) -> pathlib.Path:
-    """The ONNX file qbench runs for the zoo model in ``precision`` (a built-in recipe)."""
+def qbench_graph(precision: str, workdir: pathlib.Path, fused: bool = True, **options) -> pathlib.Path:
+    """The ONNX file qbench's ONNX Runtime backend runs for the zoo model in ``precision`` (a
+    built-in recipe), from the fused graph or the standard-op one the other backends take."""
     from qbench.backends import get_backend
     from qbench.machine import current_machine
     from qbench.model import OnnxModel
     from qbench.plan import recipe_plan
 
-    backend = get_backend(backend_name)
-    model = OnnxModel.load(ZOO["smollm2-135m"].files().model_for(backend_name))
+    backend = get_backend("onnxruntime")
+    files = ZOO["smollm2-135m"].files()
+    model = OnnxModel.load(files.model_for("onnxruntime") if fused else files.model)
     plan = recipe_plan(precision, ((x.name, x.op_type, x.constant_weight) for x in model.layers))
     plan = backend.resolve_plan(plan.with_options(**options) if options else plan, current_machine())
     return backend.build(model, plan, None, workdir).path
@@ -282,3 +285,162 @@ def anchor_job(threads: int, rounds: int, tokens: int, contexts: list[int]) -> d
         "windows": data.inputs["input_ids"].tolist(),
         "labels": data.labels.tolist(),
     }
+
+
+# -- qbench's own plans --------------------------------------------------------------------------
+
+
+def qbench_rows(backend: str, recipes: list[str], workloads: list[str], threads: int, results: pathlib.Path) -> list:
+    """``qbench.bench`` of the zoo model per workload: one row per plan (tokens/s or prefill ms,
+    perplexity, MB), all plans of a workload timed interleaved in one process."""
+    import qbench
+
+    rows = []
+    for workload in workloads:
+        run = qbench.bench(
+            "smollm2-135m", backend=backend, recipes=recipes, workload=workload, threads=threads, results_dir=results
+        )
+        rows += [(workload, row) for row in run.rows]
+    return rows
+
+
+def _plan_file(backend: str, symmetric: bool, folder: pathlib.Path) -> str:
+    """int4-weight on every MatMul, symmetric or asymmetric, as a plan file (a recipe names neither)."""
+    from qbench.model import OnnxModel
+    from qbench.plan import recipe_plan
+
+    model = OnnxModel.load(ZOO["smollm2-135m"].files().model_for(backend))
+    plan = recipe_plan("int4-weight", ((x.name, x.op_type, x.constant_weight) for x in model.layers))
+    plan = plan.with_options(weight_symmetric=symmetric)
+    data = {**plan.to_dict(), "name": f"int4-{'sym' if symmetric else 'asym'}"}
+    path = folder / f"{backend}-{data['name']}.json"
+    path.write_text(json.dumps(data))
+    return str(path)
+
+
+def _cell(value: float | None, digits: int) -> str:
+    return "—" if value is None or value != value else f"{value:.{digits}f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--llama-python", help="a Python with llama-cpp-python")
+    parser.add_argument("--genai-python", help="a Python with onnxruntime-genai, torch and transformers")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--tokens", type=int, default=128, help="decode steps per timed run")
+    parser.add_argument("--contexts", default="128,1024", help="tokens before the timed decode steps")
+    parser.add_argument("--backends", default="onnxruntime,openvino")
+    parser.add_argument("--workdir", type=pathlib.Path, default=WORK)
+    parser.add_argument("--write-hf-folder", type=pathlib.Path, help="only write the Hugging Face folder here")
+    args = parser.parse_args()
+    if args.write_hf_folder:
+        write_hf_folder(args.write_hf_folder)
+        return
+    contexts = [int(c) for c in args.contexts.split(",")]
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    job = anchor_job(args.threads, args.rounds, args.tokens, contexts)
+    table: list[dict] = []
+    genai_folders = {}
+    if args.llama_python:
+        result = run_anchor(args.llama_python, _LLAMA_RUNNER, {**job, "gguf": str(smollm.gguf_path())})
+        table.append({"system": "llama.cpp (llama-cpp-python)", "precision": "Q4_1 (the shipped GGUF)", **result})
+    if args.genai_python:
+        hf = args.workdir / "hf"
+        if not (hf / "config.json").is_file():
+            write_hf_folder(hf)
+        for precision in ("int4", "fp32"):
+            folder = build_genai(args.genai_python, hf, args.workdir / f"genai-{precision}", precision)
+            genai_folders[precision] = folder
+            result = run_anchor(args.genai_python, _GENAI_RUNNER, {**job, "folder": str(folder)})
+            result["perplexity"] = _qbench_perplexity(folder, args.workdir)
+            table.append({"system": "onnxruntime-genai builder", "precision": precision, **result})
+    for backend in args.backends.split(","):
+        recipes = [
+            "fp32",
+            "int8-weight",
+            _plan_file(backend, True, args.workdir),
+            _plan_file(backend, False, args.workdir),
+        ]
+        workloads = [f"decode:{c}" for c in contexts] + [f"prefill:{PROMPT_TOKENS}"]
+        by_plan: dict[str, dict] = {}
+        for workload, row in qbench_rows(backend, recipes, workloads, args.threads, args.workdir / "results"):
+            entry = by_plan.setdefault(row.plan_name, {"prefill_ms": {}, "decode_tok_s": {}})
+            kind, _, tokens = workload.partition(":")
+            if kind == "decode":
+                entry["decode_tok_s"][int(tokens)] = 1e3 / row.median_ms
+            else:
+                entry["prefill_ms"][int(tokens)] = row.median_ms
+            entry["mb"], entry["perplexity"] = row.rss_delta_mb, row.accuracy
+        for plan, entry in by_plan.items():
+            table.append({"system": f"qbench, {backend}", "precision": plan, **entry})
+    print(render(table, contexts, args))
+    if genai_folders:
+        print(render_same_harness(genai_folders, args))
+
+
+def _qbench_perplexity(folder: pathlib.Path, workdir: pathlib.Path) -> float:
+    """Perplexity of a builder folder on qbench's windows, scored by qbench itself."""
+    import qbench
+
+    run = qbench.bench(
+        str(folder),
+        data=str(ZOO["smollm2-135m"].files().evaluation),
+        metric="perplexity",
+        recipes=["fp32"],
+        workload="decode:8",
+        quick=True,
+        results_dir=workdir / "results",
+    )
+    return run.rows[0].accuracy
+
+
+def render(table: list[dict], contexts: list[int], args) -> str:
+    decode = " | ".join(f"decode tok/s @{c}" for c in contexts)
+    lines = [
+        f"{args.threads} threads, {args.tokens} decode steps after each context, median of {args.rounds} runs",
+        "",
+        f"| system | precision | {decode} | prefill {PROMPT_TOKENS} ms | MB | perplexity |",
+        "|---|---|" + "---|" * (len(contexts) + 3),
+    ]
+    for row in table:
+        speeds = " | ".join(_cell(_get(row["decode_tok_s"], c), 1) for c in contexts)
+        prefill = _cell(_get(row["prefill_ms"], PROMPT_TOKENS), 0)
+        name = pathlib.Path(row["precision"]).stem
+        lines.append(
+            f"| {row['system']} | {name} | {speeds} | {prefill} | {_cell(row['mb'], 0)} | "
+            f"{_cell(row['perplexity'], 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def _get(values: dict, key: int):
+    return values.get(key, values.get(str(key)))
+
+
+def render_same_harness(genai_folders: dict[str, pathlib.Path], args) -> str:
+    graphs = {}
+    for precision, recipe in (("fp32", "fp32"), ("int4", "int4-weight")):
+        graphs[f"builder {precision}"] = genai_folders[precision] / "model.onnx"
+        # The builder's int4 CPU defaults: symmetric, block 32, accuracy level 4.
+        options = {"accuracy_level": 4} if precision == "int4" else {}
+        graphs[f"qbench fused {precision}"] = qbench_graph(recipe, args.workdir / "graphs", **options)
+        graphs[f"qbench standard-op {precision}"] = qbench_graph(recipe, args.workdir / "graphs", False, **options)
+    times = same_harness(graphs, args.threads, max(args.rounds, 5), 30, PROMPT_TOKENS)
+    lines = [
+        "",
+        f"Same harness: one decode step at {PROMPT_TOKENS} cached tokens, plain InferenceSession.run, "
+        f"{max(args.rounds, 5)} interleaved rounds",
+        "",
+        "| graph | median ms | time ratio to the builder's graph (95% CI) |",
+        "|---|---|---|",
+    ]
+    for name, values in times.items():
+        reference = times[f"builder {name.split()[-1]}"]
+        ratio, low, high = paired_ratio(values, reference)
+        lines.append(f"| {name} | {np.median(values):.2f} | {ratio:.3f} ({low:.3f}–{high:.3f}) |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()

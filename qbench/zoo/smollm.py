@@ -377,6 +377,7 @@ def build_graph(config: LlamaConfig, weights: dict[str, np.ndarray], layers: int
     graph = helper.make_graph(g.nodes, "smollm2-135m", inputs, graph_outputs, g.initializers)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qbench.zoo.smollm")
     model.ir_version = 8
+    helper.set_model_props(model, {TIED_EMBEDDING: "embed_tokens=lm_head"})
     return model
 
 
