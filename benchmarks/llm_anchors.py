@@ -111,20 +111,46 @@ def eval_windows() -> np.ndarray:
 # -- same harness: one decode step through plain InferenceSession.run ---------------------------
 
 
-def qbench_graph(precision: str, workdir: pathlib.Path, fused: bool = True, **options) -> pathlib.Path:
-    """The ONNX file qbench's ONNX Runtime backend runs for the zoo model in ``precision`` (a
-    built-in recipe), from the fused graph or the standard-op one the other backends take."""
+def zoo_plan(precision: str, fused: bool = True, **options):
+    """A built-in recipe on the zoo model's layers (its fused graph, or the standard-op one)."""
+    from qbench.model import OnnxModel
+    from qbench.plan import recipe_plan
+
+    files = ZOO["smollm2-135m"].files()
+    model = OnnxModel.load(files.model_for("onnxruntime") if fused else files.model)
+    plan = recipe_plan(precision, ((x.name, x.op_type, x.constant_weight) for x in model.layers))
+    return plan.with_options(**options) if options else plan
+
+
+def qbench_graph(plan, workdir: pathlib.Path, fused: bool = True) -> pathlib.Path:
+    """The ONNX file qbench's ONNX Runtime backend builds for ``plan`` on the zoo model's fused
+    graph, or on the standard-op one the other backends take."""
     from qbench.backends import get_backend
     from qbench.machine import current_machine
     from qbench.model import OnnxModel
-    from qbench.plan import recipe_plan
 
     backend = get_backend("onnxruntime")
     files = ZOO["smollm2-135m"].files()
     model = OnnxModel.load(files.model_for("onnxruntime") if fused else files.model)
-    plan = recipe_plan(precision, ((x.name, x.op_type, x.constant_weight) for x in model.layers))
-    plan = backend.resolve_plan(plan.with_options(**options) if options else plan, current_machine())
-    return backend.build(model, plan, None, workdir).path
+    return backend.build(model, backend.resolve_plan(plan, current_machine()), None, workdir).path
+
+
+def genai_folder_for(graph: pathlib.Path, builder_folder: pathlib.Path, out: pathlib.Path) -> pathlib.Path:
+    """A folder onnxruntime-genai can load for one of qbench's graphs: its inputs and cache names
+    are the builder's, so the builder's ``genai_config.json`` serves with the logits output renamed."""
+    import onnx
+
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("tokenizer.json", "tokenizer_config.json"):
+        (out / name).write_bytes((builder_folder / name).read_bytes())
+    link = out / "model.onnx"
+    link.unlink(missing_ok=True)
+    link.symlink_to(graph.resolve())
+    config = json.loads((builder_folder / "genai_config.json").read_text())
+    logits = onnx.load(str(graph), load_external_data=False).graph.output[0].name
+    config["model"]["decoder"]["outputs"]["logits"] = logits
+    (out / "genai_config.json").write_text(json.dumps(config, indent=1))
+    return out
 
 
 def decode_step_feeds(path: pathlib.Path, cached: int) -> dict[str, np.ndarray]:
@@ -304,20 +330,6 @@ def qbench_rows(backend: str, recipes: list[str], workloads: list[str], threads:
     return rows
 
 
-def _plan_file(backend: str, symmetric: bool, folder: pathlib.Path) -> str:
-    """int4-weight on every MatMul, symmetric or asymmetric, as a plan file (a recipe names neither)."""
-    from qbench.model import OnnxModel
-    from qbench.plan import recipe_plan
-
-    model = OnnxModel.load(ZOO["smollm2-135m"].files().model_for(backend))
-    plan = recipe_plan("int4-weight", ((x.name, x.op_type, x.constant_weight) for x in model.layers))
-    plan = plan.with_options(weight_symmetric=symmetric)
-    data = {**plan.to_dict(), "name": f"int4-{'sym' if symmetric else 'asym'}"}
-    path = folder / f"{backend}-{data['name']}.json"
-    path.write_text(json.dumps(data))
-    return str(path)
-
-
 def _cell(value: float | None, digits: int) -> str:
     return "—" if value is None or value != value else f"{value:.{digits}f}"
 
@@ -326,6 +338,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--llama-python", help="a Python with llama-cpp-python")
     parser.add_argument("--genai-python", help="a Python with onnxruntime-genai, torch and transformers")
+    parser.add_argument("--plan", action="append", default=[], help="a plan file (ONNX Runtime) to add, e.g. tuned")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--tokens", type=int, default=128, help="decode steps per timed run")
@@ -339,29 +352,54 @@ def main() -> None:
         return
     contexts = [int(c) for c in args.contexts.split(",")]
     args.workdir.mkdir(parents=True, exist_ok=True)
-    job = anchor_job(args.threads, args.rounds, args.tokens, contexts)
-    table: list[dict] = []
-    genai_folders = {}
-    if args.llama_python:
-        result = run_anchor(args.llama_python, _LLAMA_RUNNER, {**job, "gguf": str(smollm.gguf_path())})
-        table.append({"system": "llama.cpp (llama-cpp-python)", "precision": "Q4_1 (the shipped GGUF)", **result})
+    extra = {pathlib.Path(path).stem: _load_plan(path) for path in args.plan}
+    plans = builtin_plans(fused=True) | extra
+    own = qbench_table(extra, contexts, args)
+    print(
+        "qbench's own harness (decode: one token after N cached, interleaved plans, shared KV buffer on ONNX Runtime)"
+    )
+    print(render(own, contexts, args))
+    if args.llama_python or args.genai_python:
+        perplexity = {row["precision"]: row["perplexity"] for row in own if row["system"] == "qbench, onnxruntime"}
+        print("\nAs deployed: each system in its own process, interleaved by round; qbench's ONNX Runtime graphs run")
+        print("inside onnxruntime-genai's generator (same inputs and cache as the builder's)")
+        print(render(deployed_table(plans, perplexity, contexts, args), contexts, args, ratio=True))
     if args.genai_python:
-        hf = args.workdir / "hf"
-        if not (hf / "config.json").is_file():
-            write_hf_folder(hf)
-        for precision in ("int4", "fp32"):
-            folder = build_genai(args.genai_python, hf, args.workdir / f"genai-{precision}", precision)
-            genai_folders[precision] = folder
-            result = run_anchor(args.genai_python, _GENAI_RUNNER, {**job, "folder": str(folder)})
-            result["perplexity"] = _qbench_perplexity(folder, args.workdir)
-            table.append({"system": "onnxruntime-genai builder", "precision": precision, **result})
+        print(render_same_harness(args))
+
+
+def _load_plan(path: str):
+    from qbench.plan import PrecisionPlan
+
+    return PrecisionPlan.from_dict(json.loads(pathlib.Path(path).read_text()), path)
+
+
+#: The plans every table shows: name -> (recipe, plan options).
+BUILTIN_PLANS = {
+    "fp32": ("fp32", {}),
+    "int8-weight": ("int8-weight", {}),
+    "int4-sym": ("int4-weight", {"weight_symmetric": True}),
+    "int4-asym": ("int4-weight", {"weight_symmetric": False}),
+}
+
+
+def builtin_plans(fused: bool) -> dict:
+    return {name: zoo_plan(recipe, fused, **options) for name, (recipe, options) in BUILTIN_PLANS.items()}
+
+
+def qbench_table(extra: dict, contexts: list[int], args) -> list[dict]:
+    """qbench.bench per backend and workload: decode tok/s, prefill ms, MB added, perplexity.
+    ``extra`` plans (tuned ones) name the fused graph's layers: ONNX Runtime only."""
+    folder = args.workdir / "plans"
+    folder.mkdir(exist_ok=True)
+    table = []
     for backend in args.backends.split(","):
-        recipes = [
-            "fp32",
-            "int8-weight",
-            _plan_file(backend, True, args.workdir),
-            _plan_file(backend, False, args.workdir),
-        ]
+        fused = backend == "onnxruntime"
+        recipes = []
+        for name, plan in (builtin_plans(fused) | (extra if fused else {})).items():
+            path = folder / f"{backend}-{name}.json"
+            path.write_text(json.dumps({**plan.to_dict(), "name": name}))
+            recipes.append(str(path))
         workloads = [f"decode:{c}" for c in contexts] + [f"prefill:{PROMPT_TOKENS}"]
         by_plan: dict[str, dict] = {}
         for workload, row in qbench_rows(backend, recipes, workloads, args.threads, args.workdir / "results"):
@@ -372,11 +410,63 @@ def main() -> None:
             else:
                 entry["prefill_ms"][int(tokens)] = row.median_ms
             entry["mb"], entry["perplexity"] = row.rss_delta_mb, row.accuracy
-        for plan, entry in by_plan.items():
-            table.append({"system": f"qbench, {backend}", "precision": plan, **entry})
-    print(render(table, contexts, args))
-    if genai_folders:
-        print(render_same_harness(genai_folders, args))
+        table += [{"system": f"qbench, {backend}", "precision": plan, **entry} for plan, entry in by_plan.items()]
+    return table
+
+
+def deployed_table(plans: dict, perplexity: dict, contexts: list[int], args) -> list[dict]:
+    """llama.cpp, the builder's graphs and qbench's, each run by its own tool in a fresh process
+    per round, rounds interleaved; decode ratios are to the builder's int4 in the same round."""
+    job = anchor_job(args.threads, 1, args.tokens, contexts)
+    systems: list[tuple[str, str, str, str, dict]] = []
+    if args.llama_python:
+        extra = {"gguf": str(smollm.gguf_path())}
+        systems.append(
+            ("llama.cpp (llama-cpp-python)", "Q4_1 (the shipped GGUF)", args.llama_python, _LLAMA_RUNNER, extra)
+        )
+    if args.genai_python:
+        hf = args.workdir / "hf"
+        if not (hf / "config.json").is_file():
+            write_hf_folder(hf)
+        builder = {p: build_genai(args.genai_python, hf, args.workdir / f"genai-{p}", p) for p in ("int4", "fp32")}
+        for precision, folder in builder.items():
+            perplexity[f"builder {precision}"] = _qbench_perplexity(folder, args.workdir)
+            systems.append(
+                (
+                    "onnxruntime-genai builder",
+                    f"builder {precision}",
+                    args.genai_python,
+                    _GENAI_RUNNER,
+                    {"folder": str(folder)},
+                )
+            )
+        for name, plan in plans.items():
+            graph = qbench_graph(plan, args.workdir / "graphs")
+            folder = genai_folder_for(graph, builder["int4"], args.workdir / "in-genai" / name)
+            systems.append(("qbench graph in genai", name, args.genai_python, _GENAI_RUNNER, {"folder": str(folder)}))
+    runs: dict[str, list[dict]] = {precision: [] for _, precision, *_ in systems}
+    for _ in range(args.rounds):
+        for _, precision, python, runner, extra in systems:
+            runs[precision].append(run_anchor(python, runner, {**job, **extra}))
+    table = []
+    reference = runs.get("builder int4")
+    for system, precision, *_ in systems:
+        results = runs[precision]
+        row = {
+            "system": system,
+            "precision": precision,
+            "decode_tok_s": {c: float(np.median([_get(r["decode_tok_s"], c) for r in results])) for c in contexts},
+            "prefill_ms": {c: float(np.median([_get(r["prefill_ms"], c) for r in results])) for c in contexts},
+            "mb": float(np.median([r["mb"] for r in results])),
+            "perplexity": results[0].get("perplexity", perplexity.get(precision)),
+        }
+        if reference:  # time ratio: the builder's per-token time over this system's, per round
+            row["ratio"] = paired_ratio(
+                [1 / _get(r["decode_tok_s"], contexts[0]) for r in reference],
+                [1 / _get(r["decode_tok_s"], contexts[0]) for r in results],
+            )
+        table.append(row)
+    return table
 
 
 def _qbench_perplexity(folder: pathlib.Path, workdir: pathlib.Path) -> float:
@@ -395,22 +485,26 @@ def _qbench_perplexity(folder: pathlib.Path, workdir: pathlib.Path) -> float:
     return run.rows[0].accuracy
 
 
-def render(table: list[dict], contexts: list[int], args) -> str:
+def render(table: list[dict], contexts: list[int], args, ratio: bool = False) -> str:
     decode = " | ".join(f"decode tok/s @{c}" for c in contexts)
+    extra = f" | speed vs builder int4 @{contexts[0]} (95% CI)" if ratio else ""
     lines = [
         f"{args.threads} threads, {args.tokens} decode steps after each context, median of {args.rounds} runs",
         "",
-        f"| system | precision | {decode} | prefill {PROMPT_TOKENS} ms | MB | perplexity |",
-        "|---|---|" + "---|" * (len(contexts) + 3),
+        f"| system | precision | {decode} | prefill {PROMPT_TOKENS} ms | MB | perplexity{extra} |",
+        "|---|---|" + "---|" * (len(contexts) + 3 + bool(ratio)),
     ]
     for row in table:
         speeds = " | ".join(_cell(_get(row["decode_tok_s"], c), 1) for c in contexts)
         prefill = _cell(_get(row["prefill_ms"], PROMPT_TOKENS), 0)
-        name = pathlib.Path(row["precision"]).stem
-        lines.append(
-            f"| {row['system']} | {name} | {speeds} | {prefill} | {_cell(row['mb'], 0)} | "
-            f"{_cell(row['perplexity'], 2)} |"
-        )
+        cells = f"| {row['system']} | {row['precision']} | {speeds} | {prefill} | {_cell(row['mb'], 0)} | "
+        cells += f"{_cell(row['perplexity'], 2)} |"
+        if ratio and "ratio" in row:
+            value, low, high = row["ratio"]
+            cells += f" {value:.3f} ({low:.3f}–{high:.3f}) |"
+        elif ratio:
+            cells += " — |"
+        lines.append(cells)
     return "\n".join(lines)
 
 
@@ -418,19 +512,21 @@ def _get(values: dict, key: int):
     return values.get(key, values.get(str(key)))
 
 
-def render_same_harness(genai_folders: dict[str, pathlib.Path], args) -> str:
+def render_same_harness(args) -> str:
     graphs = {}
     for precision, recipe in (("fp32", "fp32"), ("int4", "int4-weight")):
-        graphs[f"builder {precision}"] = genai_folders[precision] / "model.onnx"
+        graphs[f"builder {precision}"] = args.workdir / f"genai-{precision}" / "model.onnx"
         # The builder's int4 CPU defaults: symmetric, block 32, accuracy level 4.
         options = {"accuracy_level": 4} if precision == "int4" else {}
-        graphs[f"qbench fused {precision}"] = qbench_graph(recipe, args.workdir / "graphs", **options)
-        graphs[f"qbench standard-op {precision}"] = qbench_graph(recipe, args.workdir / "graphs", False, **options)
-    times = same_harness(graphs, args.threads, max(args.rounds, 5), 30, PROMPT_TOKENS)
+        for fused, label in ((True, "fused"), (False, "standard-op")):
+            plan = zoo_plan(recipe, fused, **options)
+            graphs[f"qbench {label} {precision}"] = qbench_graph(plan, args.workdir / "graphs", fused)
+    rounds = max(args.rounds, 5)
+    times = same_harness(graphs, args.threads, rounds, 30, PROMPT_TOKENS)
     lines = [
         "",
         f"Same harness: one decode step at {PROMPT_TOKENS} cached tokens, plain InferenceSession.run, "
-        f"{max(args.rounds, 5)} interleaved rounds",
+        f"{rounds} interleaved rounds",
         "",
         "| graph | median ms | time ratio to the builder's graph (95% CI) |",
         "|---|---|---|",
