@@ -177,6 +177,8 @@ def share_tied_embedding(model: Any) -> Any:
         return model
     attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
     bits, block, rows = attrs["bits"], attrs["block_size"], attrs["N"]
+    if attrs["K"] % block:  # the head's last block is padded: its rows are not the table's
+        return model
     initializers = {t.name: t for t in graph.initializer}
     arrays = [numpy_helper.to_array(initializers[name]) for name in head.input[1:4] if name in initializers]
     blocks = -(-attrs["K"] // block)

@@ -258,6 +258,7 @@ class OnnxRuntimeBackend(Backend):
         workdir: pathlib.Path,
         out: pathlib.Path,
     ) -> None:
+        import onnx
         from onnxruntime.quantization import QuantType, quantize_dynamic
 
         dynamic = plan.layers_in("int8-dynamic")
@@ -282,6 +283,8 @@ class OnnxRuntimeBackend(Backend):
                         reduce_range=plan.options.reduce_range,
                         weight_type=types[plan.options.weight_type],
                         nodes_to_quantize=dynamic,
+                        # Types behind contrib ops (GroupQueryAttention) that shape inference skips.
+                        extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                     )
                 current = dynamic_out
             # Last: the int8 writers leave weight-only layers float, with their weights constant.

@@ -186,6 +186,7 @@ def write_qdq_graph(
     symmetric = symmetric_activations or bool(o.activation_symmetric)
     extra = {"ActivationSymmetric": True, "WeightSymmetric": True} if symmetric else {}
     extra["QuantizeBias"] = quantize_bias
+    extra["DefaultTensorType"] = onnx.TensorProto.FLOAT  # for tensors behind contrib ops shape inference skips
     source = prepared_model_path(model, workdir)
     graph = onnx.load(str(source), load_external_data=False).graph
     layers = model.layer_names()
