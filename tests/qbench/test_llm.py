@@ -291,6 +291,48 @@ def test_the_fused_graph_computes_what_the_standard_one_does(sliced):
     assert files.model_for("openvino:CPU") == files.model_for(None) == files.model
 
 
+def test_a_padded_lm_head_leaves_the_embedding_float(sliced, tmp_path):
+    """Hidden 576 in blocks of 128: the head's last block is padded, so its rows are not the
+    table's and the embedding stays a float Gather (the model still loads and runs)."""
+    from qbench.backends import get_backend
+    from qbench.machine import current_machine
+    from qbench.plan import PrecisionPlan
+
+    backend = get_backend("onnxruntime")
+    model = OnnxModel.load(sliced / "model.ort.onnx")
+    plan = PrecisionPlan({"lm_head": "int4-weight"}).with_options(block_size=128)
+    artifact = backend.build(model, backend.resolve_plan(plan, current_machine()), None, tmp_path)
+    built = __import__("onnx").load(str(artifact.path))
+    assert next(n for n in built.graph.node if n.name == "embed_tokens").op_type == "Gather"
+    session = ort.InferenceSession(built.SerializeToString(), providers=["CPUExecutionProvider"])
+    assert session.run(None, _prefill(sliced / "model.ort.onnx", np.array([[1, 2, 3]])))[0].shape == (1, 3, 49152)
+
+
+def test_weight_symmetry_is_a_plan_option_each_backend_checks(sliced, tmp_path):
+    """OpenVINO writes unsigned 4-bit weights with zero points for an asymmetric plan and signed
+    ones for a symmetric plan; TensorRT, whose block quantization is symmetric, refuses it."""
+    from qbench.backends import get_backend
+    from qbench.machine import current_machine
+    from qbench.plan import PlanOptions, PrecisionPlan
+
+    with pytest.raises(QbenchError, match="weight_symmetric"):
+        PlanOptions(weight_symmetric="no")
+    model = OnnxModel.load(sliced / "model.onnx")
+    plan = PrecisionPlan({"layers.0/mlp/up_proj": "int4-weight"})
+    tensorrt = get_backend("tensorrt")
+    with pytest.raises(QbenchError, match="cannot honour plan option weight_symmetric=False"):
+        tensorrt.check_plan(plan.with_options(weight_symmetric=False), model)
+    openvino = get_backend("openvino")
+    if not openvino.probe().available:
+        pytest.skip(openvino.probe().reason)
+    types = {}
+    for symmetric in (True, False):
+        resolved = openvino.resolve_plan(plan.with_options(weight_symmetric=symmetric), current_machine())
+        xml = openvino.build(model, resolved, None, tmp_path / str(symmetric)).path.read_text()
+        types[symmetric] = {t for t in ("i4", "u4") if f'element_type="{t}"' in xml}
+    assert types == {True: {"i4"}, False: {"u4"}}
+
+
 @pytest.mark.parametrize("symmetric", [True, False])
 def test_a_weight_only_lm_head_takes_the_tied_embedding_with_it(sliced, tmp_path, symmetric):
     """The embedding table becomes GatherBlockQuantized over the LM head's own blocks (and zero
@@ -353,12 +395,16 @@ def test_a_builder_style_model_folder_is_benchmarked_directly(sliced, tmp_path, 
     roles = DecoderInputs.of(OnnxModel.load(folder))
     assert roles.seqlens_k.name == "seqlens_k" and roles.position_ids.name == "position_ids"
     assert len(roles.caches) == 2 * LAYERS and roles.kv_bytes_per_token() == 2 * LAYERS * 3 * 64 * 4
-    for workload in ("prefill:16", "decode:64"):
-        args = ["bench", str(folder), "--data", str(sliced / "eval.npz"), "--calib-data", str(sliced / "calib.npz")]
-        args += ["--metric", "perplexity", "--workload", workload, "--recipe", "fp32,int4-weight", "--quick", "-q"]
-        assert main([*args, "--min-seconds", "0.1", "--results-dir", str(tmp_path / "r")]) == 0
+    args = ["bench", str(folder), "--data", str(sliced / "eval.npz"), "--calib-data", str(sliced / "calib.npz")]
+    args += ["--metric", "perplexity", "--workload", "prefill:16,decode:64", "--recipe", "fp32,int4-weight"]
+    assert main([*args, "--quick", "-q", "--min-seconds", "0.1", "--results-dir", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
-    assert "my-builder-model" in out and "tokens/s" in out
+    assert "my-builder-model" in out and "tokens/s" in out and "KV cache 3.0 KiB/token (0.2 MiB at 64 tokens)" in out
+    rows = __import__("pandas").read_csv(next((tmp_path / "r").glob("*/*.csv")))
+    assert set(rows.workload) == {"prefill:16", "decode:64"} and (rows.status == "ok").all()
+    # Without data: synthetic token ids, scored by fidelity to fp32.
+    assert main(["bench", str(folder), "--workload", "decode:8", "--recipe", "fp32", "--quick", "-q"]) == 0
+    assert "synthetic" in capsys.readouterr().out
 
 
 def test_decode_on_the_fused_graph_appends_to_the_cache_in_place(sliced):
