@@ -231,7 +231,9 @@ class OnnxRuntimeBackend(Backend):
         weight_only = {WEIGHT_ONLY_BITS[p] for p in plan.layers.values() if p in WEIGHT_ONLY_BITS}
         if weight_only:  # only then, so other plans keep their hashes
             defaults["block_size"] = 32  # GGUF's Q4/Q8 block; 64 and 128 are smaller and coarser
-            defaults["weight_symmetric"] = True
+            # int4: asymmetric (zero points), as fast as symmetric and far closer to fp32 on
+            # SmolLM2 (docs/llms.md); int8 alone keeps the symmetric kernel path.
+            defaults["weight_symmetric"] = 4 not in weight_only
             if o.get("accuracy_level") is None:
                 defaults["accuracy_level"] = nbits.best_level(nbits.level_speedups(machine, cache_root()), weight_only)
         changes = {k: v for k, v in defaults.items() if o.get(k) is None}
