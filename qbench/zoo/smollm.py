@@ -509,12 +509,6 @@ def build_fused_graph(
     return model
 
 
-def empty_cache(config: LlamaConfig, layers: int, batch: int) -> dict[str, np.ndarray]:
-    """The cache of no tokens, as a prefill takes it."""
-    empty = np.zeros((batch, config.kv_heads, 0, config.head_dim), np.float32)
-    return {name: empty for i in range(layers) for name in past_names(i)}
-
-
 def export(target: pathlib.Path, layers: int | None = None, reader=None) -> None:
     """``model.onnx`` (standard ops), ``model.ort.onnx`` (fused, for ONNX Runtime), ``calib.npz``
     and ``eval.npz`` (token ids and labels) in ``target``; ``reader``: an open
