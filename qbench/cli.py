@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import pathlib
 import sys
 import time
@@ -72,11 +73,12 @@ def cmd_backends(args: argparse.Namespace) -> int:
 def cmd_layers(args: argparse.Namespace) -> int:
     from qbench.backends import get_backend
 
-    model = load_model(args.model or _demo_name())
+    model = load_model(args.model or _demo_name(), backend=args.backend)
     backend = get_backend(args.backend)
+    shown = [spec.describe() for spec in model.inputs[:6]]
+    more = f", … ({len(model.inputs) - 6} more)" if len(model.inputs) > 6 else ""
     print(
-        f"{model.name} ({model.content_hash}): {len(model.layers)} quantizable layers; inputs "
-        + ", ".join(spec.describe() for spec in model.inputs)
+        f"{model.name} ({model.content_hash}): {len(model.layers)} quantizable layers; inputs {', '.join(shown)}{more}"
     )
     for layer in model.layers:
         print(f"  {layer.name:<40} {layer.op_type:<14} {', '.join(backend.precisions(layer))}")
@@ -556,6 +558,9 @@ def main(argv: Sequence[str] | None = None, *, job: JobTag | None = None) -> int
     except QbenchError as exc:
         print(f"qbench: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
+    except BrokenPipeError:  # stdout piped into `head`: stop quietly, as other command-line tools do
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout again at exit
+        return 0
     except OSError as exc:  # a read-only results folder, a full disk, a path that is a file
         where = f": {exc.filename}" if exc.filename else ""
         print(f"qbench: error: {exc.strerror or exc}{where} (check --results-dir and its permissions)", file=sys.stderr)

@@ -400,8 +400,12 @@ def test_a_builder_style_model_folder_is_benchmarked_directly(sliced, tmp_path, 
     assert main([*args, "--quick", "-q", "--min-seconds", "0.1", "--results-dir", str(tmp_path / "r")]) == 0
     out = capsys.readouterr().out
     assert "my-builder-model" in out and "tokens/s" in out and "KV cache 3.0 KiB/token (0.2 MiB at 64 tokens)" in out
-    rows = __import__("pandas").read_csv(next((tmp_path / "r").glob("*/*.csv")))
-    assert set(rows.workload) == {"prefill:16", "decode:64"} and (rows.status == "ok").all()
+    from qbench.store import Leaderboard, default_url
+
+    board = Leaderboard(default_url(tmp_path / "r"))
+    rows = board.frame()
+    board.close()
+    assert set(rows.workload) == {"prefill:16", "decode:64"} and (rows.status == "ok").all() and len(rows) == 4
     # Without data: synthetic token ids, scored by fidelity to fp32.
     assert main(["bench", str(folder), "--workload", "decode:8", "--recipe", "fp32", "--quick", "-q"]) == 0
     assert "synthetic" in capsys.readouterr().out
@@ -431,3 +435,13 @@ def test_decode_on_the_fused_graph_appends_to_the_cache_in_place(sliced):
             np.testing.assert_array_equal(runner.run(feeds)[0], expected)
     finally:
         runner.close()
+
+
+def test_layers_lists_the_graph_each_backend_gets(capsys):
+    """`qbench layers smollm2-135m`: ONNX Runtime's fused graph (packed QKV, 151 layers) and
+    OpenVINO's standard-op one (271); a decoder's 62 inputs are cut short."""
+    assert main(["layers", "smollm2-135m"]) == 0
+    fused = capsys.readouterr().out
+    assert "151 quantizable layers" in fused and "(56 more)" in fused and "layers.0/attn/qkv_proj" in fused
+    assert main(["layers", "smollm2-135m", "--backend", "openvino"]) == 0
+    assert "271 quantizable layers" in capsys.readouterr().out
