@@ -407,7 +407,8 @@ def test_a_builder_style_model_folder_is_benchmarked_directly(sliced, tmp_path, 
     board.close()
     assert set(rows.workload) == {"prefill:16", "decode:64"} and (rows.status == "ok").all() and len(rows) == 4
     # Without data: synthetic token ids, scored by fidelity to fp32.
-    assert main(["bench", str(folder), "--workload", "decode:8", "--recipe", "fp32", "--quick", "-q"]) == 0
+    synthetic = ["bench", str(folder), "--workload", "decode:8", "--recipe", "fp32", "--quick", "-q"]
+    assert main([*synthetic, "--results-dir", str(tmp_path / "synthetic")]) == 0
     assert "synthetic" in capsys.readouterr().out
 
 
