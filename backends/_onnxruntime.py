@@ -118,7 +118,9 @@ class OnnxRuntimeRunner(Runner):
     def __init__(self, session: Any, settings: Mapping[str, Any]) -> None:
         self._session = session
         self.settings = dict(settings)
-        self._bound: tuple[Mapping[str, np.ndarray], Any] | None = None
+        #: The feeds last bound, their IO binding, and per output the cache buffer it writes into
+        #: (None: ORT allocates it, the logits).
+        self._bound: tuple[SharedCacheFeeds, Any, list[np.ndarray | None]] | None = None
 
     def run(self, feeds: Mapping[str, np.ndarray]) -> list[np.ndarray]:
         if isinstance(feeds, SharedCacheFeeds):
@@ -133,19 +135,18 @@ class OnnxRuntimeRunner(Runner):
             binding = self._session.io_binding()
             for name, array in feeds.items():
                 binding.bind_cpu_input(name, array)
-            for output in self._session.get_outputs():
-                source = next((k for k, v in feeds.shared.items() if v == output.name), None)
-                if source is None:
+            into = {output: feeds[source] for source, output in feeds.shared.items()}
+            buffers = [into.get(output.name) for output in self._session.get_outputs()]
+            for output, buffer in zip(self._session.get_outputs(), buffers, strict=True):
+                if buffer is None:
                     binding.bind_output(output.name)
                 else:
-                    buffer = feeds[source]
                     binding.bind_output(output.name, "cpu", 0, buffer.dtype, list(buffer.shape), buffer.ctypes.data)
-            self._bound = (feeds, binding)
-        binding = self._bound[1]
+            self._bound = (feeds, binding, buffers)
+        _, binding, buffers = self._bound
         self._session.run_with_iobinding(binding)
-        outputs = dict(zip((o.name for o in self._session.get_outputs()), binding.get_outputs(), strict=True))
-        shared = {v: feeds[k] for k, v in feeds.shared.items()}
-        return [shared[name] if name in shared else value.numpy() for name, value in outputs.items()]
+        values = binding.get_outputs()
+        return [value.numpy() if buffer is None else buffer for buffer, value in zip(buffers, values, strict=True)]
 
     def close(self) -> None:
         self._session = self._bound = None
