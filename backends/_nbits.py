@@ -23,7 +23,7 @@ from qbench.machine import Machine
 from qbench.plan import WEIGHT_ONLY_BITS, PrecisionPlan
 
 #: ``metadata_props`` key of a model whose embedding Gather and LM head MatMul share values:
-#: ``"<gather node>=<LM head output>"`` (qbench's zoo LLM writes it).
+#: ``"<gather node>=<LM head node>"`` (qbench's zoo LLM writes it).
 TIED_EMBEDDING = "qbench.tied_embedding"
 
 log = logging.getLogger(__name__)
@@ -65,12 +65,17 @@ def write_weight_only(source: pathlib.Path, out: pathlib.Path, plan: PrecisionPl
     import onnx
 
     model = onnx.load(str(source))
+    tie = tied_embedding(model)
+    # The head keeps its output name when it becomes MatMulNBits; its node name changes.
+    head_output = next((n.output[0] for n in model.graph.node if tie and n.name == tie[1]), None)
     for precision, bits in WEIGHT_ONLY_BITS.items():
         layers = plan.layers_in(precision)
         if layers:
             o = plan.options
             model = _compress(model, bits, o.block_size, o.get("accuracy_level"), layers, o.weight_symmetric)
-    onnx.save(share_tied_embedding(model), str(out))
+    if tie and head_output:
+        share_tied_embedding(model, tie[0], head_output)
+    onnx.save(model, str(out))
 
 
 def _probe_model(bits: int | None, level: int, tokens: int) -> bytes:
@@ -154,41 +159,37 @@ def best_level(speedups: dict[str, dict[str, float]], bits: Iterable[int]) -> in
 
 
 def tied_embedding(model: Any) -> tuple[str, str] | None:
-    """``(embedding Gather node, LM head output)`` of a model whose metadata ties them, else None."""
+    """``(embedding Gather node, LM head MatMul node)`` of a model whose metadata ties them, else None."""
     tie = {p.key: p.value for p in model.metadata_props}.get(TIED_EMBEDDING, "")
     gather, _, head = tie.partition("=")
     return (gather, head) if gather and head else None
 
 
-def share_tied_embedding(model: Any) -> Any:
-    """Where ``model`` says its embedding Gather and LM head share values (``TIED_EMBEDDING``
-    metadata) and the LM head became MatMulNBits, the Gather reads the same blocks through
-    ``GatherBlockQuantized``: the fp32 table, the largest tensor of a small LLM, is gone."""
+def share_tied_embedding(model: Any, gather_name: str, head_output: str) -> None:
+    """Where the LM head writing ``head_output`` became MatMulNBits, the tied embedding Gather
+    ``gather_name`` reads the same blocks through ``GatherBlockQuantized`` (in place): the fp32
+    table, the largest tensor of a small LLM, is gone."""
     from onnx import helper, numpy_helper
 
-    tie = tied_embedding(model)
-    if tie is None:
-        return model
-    gather_name, head_name = tie
     graph = model.graph
     gather = next((n for n in graph.node if n.name == gather_name and n.op_type == "Gather"), None)
-    head = next((n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == head_name), None)
+    head = next((n for n in graph.node if n.op_type == "MatMulNBits" and n.output[0] == head_output), None)
     if gather is None or head is None:
-        return model
+        return
     attrs = {a.name: helper.get_attribute_value(a) for a in head.attribute}
     bits, block, rows = attrs["bits"], attrs["block_size"], attrs["N"]
     if attrs["K"] % block:  # the head's last block is padded: its rows are not the table's
-        return model
+        return
     initializers = {t.name: t for t in graph.initializer}
     arrays = [numpy_helper.to_array(initializers[name]) for name in head.input[1:4] if name in initializers]
     blocks = -(-attrs["K"] // block)
     inputs = [
-        graph_const(graph, f"{gather_name}.q", arrays[0].reshape(rows, -1)),
+        _add_initializer(graph, f"{gather_name}.q", arrays[0].reshape(rows, -1)),
         gather.input[1],
-        graph_const(graph, f"{gather_name}.scales", arrays[1].reshape(rows, blocks)),
+        _add_initializer(graph, f"{gather_name}.scales", arrays[1].reshape(rows, blocks)),
     ]
     if len(arrays) > 2:  # asymmetric: zero points, packed as the data is
-        inputs.append(graph_const(graph, f"{gather_name}.zero_points", arrays[2].reshape(rows, -1)))
+        inputs.append(_add_initializer(graph, f"{gather_name}.zero_points", arrays[2].reshape(rows, -1)))
     quantized = helper.make_node(
         "GatherBlockQuantized",
         inputs,
@@ -206,10 +207,9 @@ def share_tied_embedding(model: Any) -> Any:
     table = gather.input[0]
     if not any(table in n.input for n in graph.node):
         graph.initializer.remove(initializers[table])
-    return model
 
 
-def graph_const(graph: Any, name: str, value: np.ndarray) -> str:
+def _add_initializer(graph: Any, name: str, value: np.ndarray) -> str:
     from onnx import numpy_helper
 
     graph.initializer.append(numpy_helper.from_array(np.ascontiguousarray(value), name))

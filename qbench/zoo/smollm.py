@@ -384,8 +384,8 @@ def build_graph(config: LlamaConfig, weights: dict[str, np.ndarray], layers: int
 #: Where the fused graph's rotary tables end: SmolLM2's trained context.
 MAX_POSITIONS = 8192
 FUSED_OPSET = 21  # opset 21: MatMulNBits' int4 neighbours; ORT registers its contrib ops beside it
-#: ``metadata_props`` key naming an embedding Gather and the LM head output that shares its values
-#: (the backends' weight-only writer reads it: ``qbench.backends._nbits.TIED_EMBEDDING``).
+#: ``metadata_props`` key naming an embedding Gather node and the LM head MatMul node that shares
+#: its values (the backends' weight-only writers read it: ``qbench.backends._nbits.TIED_EMBEDDING``).
 TIED_EMBEDDING = "qbench.tied_embedding"
 
 
