@@ -102,7 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     layers.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
     layers.add_argument("--backend", default="onnxruntime")
 
-    _add_bench(sub, [common, data_args])
+    _add_bench(sub, [common, data_args, _workload_args(several=True)])
     _add_profile(sub, [common, data_args])
     sub.add_parser(
         "sensitivity",
@@ -164,15 +164,20 @@ def _data() -> argparse.ArgumentParser:
     return data_args
 
 
-def _workload_args() -> argparse.ArgumentParser:
-    """What one timed call runs."""
+def _workload_args(several: bool = False) -> argparse.ArgumentParser:
+    """What one timed call runs; ``several``: a comma-separated list (bench times each)."""
     workload_args = argparse.ArgumentParser(add_help=False)
+    listed = (
+        "; comma-separated to time several, e.g. decode:128,decode:1024, as a chat's cost grows with its context"
+        if several
+        else ""
+    )
     workload_args.add_argument(
         "--workload",
-        type=_workload,
+        type=_workloads if several else _workload,
         help="what one timed call runs: batch (of the data), or for a decoder LLM with a KV cache "
-        "prefill[:TOKENS] (a prompt) or decode[:CACHED] (one new token after CACHED tokens), both 128 by default "
-        "(default: the zoo model's, decode:128 for smollm2-135m; else batch)",
+        "prefill[:TOKENS] (a prompt) or decode[:CACHED] (one new token after CACHED tokens), both 128 by default"
+        f"{listed} (default: the zoo model's, decode:128 for smollm2-135m; else batch)",
     )
     return workload_args
 
@@ -197,13 +202,6 @@ def _add_bench(sub, parents: list) -> None:
         help="comma-separated recipes: fp32, int8, native-int8 (the runtime's own whole-model int8), "
         "int8-dynamic, int4-weight, int8-weight (weight-only MatMuls), or plan .json files "
         "(default: fp32,int8,native-int8 where the backend has a native int8)",
-    )
-    bench.add_argument(
-        "--workload",
-        type=_workloads,
-        help="what one timed call runs: batch (of the data), or for a decoder LLM with a KV cache "
-        "prefill[:TOKENS] or decode[:CACHED] (default 128 tokens); comma-separated to time several, e.g. "
-        "decode:128,decode:1024, as a chat's cost grows with its context (default: the zoo model's; else batch)",
     )
     bench.add_argument("--batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
     bench.add_argument("--min-seconds", type=_seconds, help="minimum sampling time per plan (default: 2)")
