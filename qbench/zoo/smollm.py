@@ -243,6 +243,18 @@ class _Graph:
         return name
 
 
+def _decoder_graph(
+    g: _Graph, config: LlamaConfig, name: str, inputs: list, caches: list[str], logits: str, presents: list[str]
+) -> onnx.GraphProto:
+    """``g`` as a decoder graph: ``inputs``, then the ``caches`` ``[batch, kv, past, head_dim]`` in;
+    the logits ``[batch, seq, vocab]`` and the grown caches (``presents``) out."""
+    kv, hd = config.kv_heads, config.head_dim
+    cache_in = [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", kv, "past", hd]) for n in caches]
+    outputs = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch", "seq", config.vocab])]
+    outputs += [helper.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", kv, "total", hd]) for n in presents]
+    return helper.make_graph(g.nodes, name, [*inputs, *cache_in], outputs, g.initializers)
+
+
 def past_names(layer: int) -> tuple[str, str]:
     return f"past.{layer}.key", f"past.{layer}.value"
 
@@ -366,15 +378,9 @@ def build_graph(config: LlamaConfig, weights: dict[str, np.ndarray], layers: int
     # that weight-only and int8 plans can lower on their own.
     logits = g.op("MatMul", [x, g.const("lm_head.weight.T", weights["model.embed_tokens.weight"].T.copy())], "lm_head")
 
-    cache_shape = ["batch", kv, "past", hd]
-    inputs = [helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])]
-    for i in range(layers):
-        inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, cache_shape) for name in past_names(i)]
-    graph_outputs = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch", "seq", config.vocab])]
-    graph_outputs += [
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", kv, "total", hd]) for name in outputs
-    ]
-    graph = helper.make_graph(g.nodes, "smollm2-135m", inputs, graph_outputs, g.initializers)
+    ids = helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"])
+    caches = [name for i in range(layers) for name in past_names(i)]
+    graph = _decoder_graph(g, config, "smollm2-135m", [ids], caches, logits, outputs)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="qbench.zoo.smollm")
     model.ir_version = 8
     helper.set_model_props(model, {TIED_EMBEDDING: "embed_tokens=lm_head"})
@@ -487,18 +493,12 @@ def build_fused_graph(
         h, residual = norm(down, residual, weight, "norm" if last else f"layers.{i + 1}/input_norm")
     logits = g.op("MatMul", [h, g.const("lm_head.weight.T", weights["model.embed_tokens.weight"].T.copy())], "lm_head")
 
-    cache_shape = ["batch", kv, "past", hd]
     inputs = [
         helper.make_tensor_value_info("input_ids", TensorProto.INT64, ["batch", "seq"]),
         helper.make_tensor_value_info("attention_mask", TensorProto.INT64, ["batch", "total"]),
     ]
-    for i in range(layers):
-        inputs += [helper.make_tensor_value_info(name, TensorProto.FLOAT, cache_shape) for name in fused_past_names(i)]
-    graph_outputs = [helper.make_tensor_value_info(logits, TensorProto.FLOAT, ["batch", "seq", config.vocab])]
-    graph_outputs += [
-        helper.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", kv, "total", hd]) for name in outputs
-    ]
-    graph = helper.make_graph(g.nodes, "smollm2-135m-fused", inputs, graph_outputs, g.initializers)
+    caches = [name for i in range(layers) for name in fused_past_names(i)]
+    graph = _decoder_graph(g, config, "smollm2-135m-fused", inputs, caches, logits, outputs)
     model = helper.make_model(
         graph,
         opset_imports=[helper.make_opsetid("", FUSED_OPSET), helper.make_opsetid(ms, 1)],
