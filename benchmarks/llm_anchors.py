@@ -108,10 +108,6 @@ def prompt_ids() -> np.ndarray:
     return np.load(files.evaluation)["input_ids"].reshape(-1)[:PROMPT_TOKENS]
 
 
-def eval_windows() -> np.ndarray:
-    return np.load(ZOO["smollm2-135m"].files().evaluation)["input_ids"]
-
-
 # -- same harness: one decode step through plain InferenceSession.run ---------------------------
 
 

@@ -100,9 +100,9 @@ def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, sour
     arrays = dict(arrays)
     labels = arrays.pop(LABELS_KEY, None)
     decoder = DecoderInputs.of(model)
-    fed = model.inputs
+    fed, complete = model.inputs, None
     if decoder is not None and set(arrays) == {decoder.tokens.name}:
-        fed = [decoder.tokens]  # token ids alone: every batch is completed into a prefill
+        fed, complete = [decoder.tokens], decoder.complete  # token ids alone: each batch becomes a prefill
     n = _sample_count(arrays, fed, source)
     inputs = {spec.name: _checked_input(arrays[spec.name], spec, source) for spec in fed}
     batch = fixed_batch_size(model)
@@ -110,7 +110,7 @@ def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, sour
         raise QbenchError(f"{source}: {n} samples, but the model's fixed batch size is {batch}")
     if labels is not None:
         labels = _checked_labels(np.asarray(labels), n, source)
-    data = Dataset(inputs, labels, source, decoder.complete if len(fed) == 1 and decoder else None)
+    data = Dataset(inputs, labels, source, complete)
     if batch is not None and n % batch:
         # A fixed batch dimension cannot take a short last batch; score the same samples everywhere.
         log.warning(

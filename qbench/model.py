@@ -86,8 +86,8 @@ class OnnxModel:
 
     @classmethod
     def load(cls, path: str | pathlib.Path) -> OnnxModel:
-        folder = pathlib.Path(path) if pathlib.Path(path).is_dir() else None
-        path = model_file(path)
+        given = pathlib.Path(path)
+        path = model_file(given)
         if not path.is_file():
             raise QbenchError(f"model file not found: {path} (pass the path of an .onnx file)")
         raw = path.read_bytes()
@@ -110,7 +110,7 @@ class OnnxModel:
                 "upgrade onnx and onnxruntime or export with an older opset"
             )
         _name_nodes(proto)
-        return cls(proto, folder.name if folder else path.stem, digest.hexdigest()[:16], path)
+        return cls(proto, given.name if given.is_dir() else path.stem, digest.hexdigest()[:16], path)
 
     def layer_names(self) -> tuple[str, ...]:
         return tuple(layer.name for layer in self.layers)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import pathlib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -175,7 +174,7 @@ def file_hash(spec: str) -> str | None:
     name or a built-in recipe, whose identity is its name); a model folder hashes its model file."""
     from qbench.model import model_file
 
-    path = model_file(spec) if pathlib.Path(spec).is_dir() else pathlib.Path(spec)
+    path = model_file(spec)
     if not path.is_file():
         return None
     digest = hashlib.sha256()
