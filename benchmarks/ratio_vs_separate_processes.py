@@ -1,119 +1,142 @@
-"""Does qbench's in-process speedup match deployment? Each plan alone in its own process is the
-ground truth; the in-process ratio must land within 2 % of it.
+"""Does qbench's timing match deployment? Each plan alone in its own process is the ground truth;
+the engine's speedup ratio must land within 2 % of it, its p50 within 3 % and its p90 within 5 %.
 
-For each model: fp32 and uniform int8 are built by qbench's ONNX Runtime adapter. Ground truth:
-pairs of separate processes, alternated A B A B, each a plain default ``InferenceSession`` on
-one artifact timing the same batch-1 call for ``--seconds``; the speedup is the median of the
-pairs' ratios (fp32 / int8). Then both in this process, two ways: as qbench timed before block
-interleaving (sessions with spinning off, one run of each at a time), and as it times now
-(sessions with the runtime's default threading, in blocks: ``qbench.measure``'s default protocol).
+For each model: fp32 and one low-precision plan (uniform int8; int4-weight for a decoder LLM) are
+built by qbench's ONNX Runtime adapter, for the model's own workload (``decode:128`` for
+SmolLM2). Then, on the same timed call:
+
+- **alone**: a fresh process per plan, holding it with the runtime's deployed defaults and
+  nothing else, timing one long run after a warm-up.
+- **engine** (how qbench times now): each plan in its own worker process, blocks alternated by
+  the controller, idle workers frozen (``qbench.workers``, the default protocol).
+- **in-process blocks** (how qbench timed before): both sessions in this process, the runtime's
+  default spinning, blocks of runs (``qbench.measure``).
+
+Repetitions run alone A, alone B, engine, in-process, so that each method is compared with the
+truth of its own repetition (a shared machine drifts by more than the targets between minutes):
+every figure is the median over repetitions of the method's value over alone's.
 
     python benchmarks/ratio_vs_separate_processes.py [MODEL ...] [--pairs 5] [--seconds 2] [--batch 1]
 
-MODEL is a zoo name (default: digits-cnn mobilenet-blocks minilm-l6 ppocr-det).
+MODEL is a zoo name (default: digits-cnn mobilenet-blocks minilm-l6 ppocr-det yolo-blocks smollm2-135m).
 """
 
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import pathlib
-import subprocess
-import sys
 import tempfile
 
 import numpy as np
 
 from qbench.backends import get_backend
 from qbench.data import load_npz
+from qbench.doctor import alone_samples, engine_samples
 from qbench.harness import timed_call
 from qbench.machine import current_machine
-from qbench.measure import ROUND_ROBIN, TimingProtocol, measure_interleaved
+from qbench.measure import TimingProtocol, measure_interleaved
 from qbench.model import OnnxModel
-from qbench.plan import PrecisionPlan
+from qbench.plan import PrecisionPlan, recipe_plan
 from qbench.statistics import median_with_ci, speedup
+from qbench.workers import Deployment
 from qbench.workload import Workload
 from qbench.zoo import ZOO
 
-ALONE = """
-import sys, time
-import numpy as np, onnxruntime as ort
-feeds = dict(np.load(sys.argv[2]))
-options = ort.SessionOptions()
-options.intra_op_num_threads = int(sys.argv[4])
-session = ort.InferenceSession(sys.argv[1], options, providers=["CPUExecutionProvider"])
-start = time.perf_counter()
-while time.perf_counter() - start < 0.5:
-    session.run(None, feeds)
-samples, start = [], time.perf_counter()
-while len(samples) < 20 or time.perf_counter() - start < float(sys.argv[3]):
-    t0 = time.perf_counter_ns(); session.run(None, feeds); samples.append(time.perf_counter_ns() - t0)
-print(float(np.median(samples)) / 1e6)
-"""
+PERCENTILES = (50, 90, 99)
+DEFAULT_MODELS = ["digits-cnn", "mobilenet-blocks", "minilm-l6", "ppocr-det", "yolo-blocks", "smollm2-135m"]
 
 
-def alone_ms(artifact: pathlib.Path, feeds: pathlib.Path, seconds: float, threads: int) -> float:
-    cmd = [sys.executable, "-c", ALONE, str(artifact), str(feeds), str(seconds), str(threads)]
-    return float(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip())
-
-
-def build(name: str, workdir: pathlib.Path, batch: int = 1):
+def build(name: str, workdir: pathlib.Path, batch: int, threads: int) -> tuple[list[Deployment], str, str]:
     backend, machine = get_backend("onnxruntime"), current_machine()
-    files = ZOO[name].files()
-    model = OnnxModel.load(files.model)
-    calibration = backend.calibrate(model, load_npz(files.calibration, model), "minmax", workdir)
-    feeds = Workload.parse(ZOO[name].workload).feeds(model, load_npz(files.evaluation, model), batch)
-    int8 = PrecisionPlan.uniform([layer.name for layer in model.layers if "int8" in backend.precisions(layer)], "int8")
-    artifacts = [
-        backend.build(model, backend.resolve_plan(plan, machine), calibration, workdir)
-        for plan in (PrecisionPlan(name="fp32"), int8)
-    ]
-    return backend, artifacts, feeds
+    entry = ZOO[name]
+    files = entry.files()
+    model = OnnxModel.load(files.model_for(backend.name))
+    workload = Workload.parse(entry.workload)
+    feeds = workload.feeds(model, load_npz(files.evaluation, model), batch)
+    recipe = "int8" if workload.kind == "batch" else "int4-weight"
+    low = recipe_plan(recipe, ((x.name, x.op_type, x.constant_weight) for x in model.layers))
+    calibration = None
+    if low.needs_calibration:
+        calibration = backend.calibrate(model, load_npz(files.calibration, model), "minmax", workdir)
+    plans = [backend.resolve_plan(plan, machine) for plan in (PrecisionPlan(name="fp32"), low)]
+    deployments = [Deployment(backend, backend.build(model, p, calibration, workdir), threads, feeds) for p in plans]
+    return deployments, recipe, str(workload)
 
 
-def in_process(backend, artifacts, feeds, threads: int, protocol: TimingProtocol, shared: bool = False):
-    runners = [backend.load(a, threads, shared_process=shared) for a in artifacts]
+def engine(deployments: list[Deployment], protocol: TimingProtocol):
+    return engine_samples({"fp32": deployments[0], "low": deployments[1]}, protocol)
+
+
+def alone(deployment: Deployment, seconds: float):
+    return alone_samples(deployment, seconds)
+
+
+def in_process_blocks(deployments: list[Deployment], protocol: TimingProtocol):
+    runners = [d.backend.load(d.artifact, d.threads, shared_process=False) for d in deployments]
     try:
-        samples = measure_interleaved({str(i): timed_call(r, feeds) for i, r in enumerate(runners)}, protocol)
+        calls = {key: timed_call(r, d.feeds) for key, r, d in zip(("fp32", "low"), runners, deployments, strict=True)}
+        return measure_interleaved(calls, protocol)
     finally:
         for r in runners:
             r.close()
-    return speedup(samples["0"], samples["1"], samples.block), samples
+
+
+def percentiles(samples_ns: np.ndarray) -> np.ndarray:
+    """p50, p90, p99 (ms) and the stall share: runs slower than 1.8x the median (co_resident_stalls.py's measure)."""
+    ms = np.asarray(samples_ns) / 1e6
+    return np.append(np.percentile(ms, PERCENTILES), np.mean(ms > 1.8 * np.median(ms)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("models", nargs="*", default=["digits-cnn", "mobilenet-blocks", "minilm-l6", "ppocr-det"])
+    parser.add_argument("models", nargs="*", default=DEFAULT_MODELS)
     parser.add_argument("--pairs", type=int, default=5, help="alternated pairs of separate processes")
-    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per process")
+    parser.add_argument("--seconds", type=float, default=2.0, help="timed seconds per process and per plan")
     parser.add_argument("--threads", type=int, default=current_machine().default_threads())
     parser.add_argument("--batch", type=int, default=1, help="batch size (a larger batch makes a slow model)")
     args = parser.parse_args()
     print(f"machine: {current_machine().describe()}; {args.threads} threads; batch {args.batch}")
-    blocks = TimingProtocol(min_seconds=args.seconds, max_seconds=args.seconds * 5)
-    rounds = dataclasses.replace(blocks, **ROUND_ROBIN)
-    lines = []
+    protocol = TimingProtocol(min_seconds=args.seconds, max_seconds=args.seconds * 5)
+    print(
+        "model / plan          method          ratio (vs alone)      "
+        + "  ".join(f"p{p} ms (vs alone)  " for p in PERCENTILES)
+        + "  runs > 1.8x median"
+    )
     with tempfile.TemporaryDirectory(prefix="qbench-ratio-") as tmp:
         for name in args.models:
-            workdir = pathlib.Path(tmp) / name
-            backend, artifacts, feeds = build(name, workdir, args.batch)
-            np.savez(workdir / "feeds.npz", **feeds)
-            ratios, fp32_ms = [], []
+            deployments, recipe, workload = build(name, pathlib.Path(tmp) / name, args.batch, args.threads)
+            truth, truth_pct = [], []
+            found: dict[str, tuple[list, list]] = {"engine": ([], []), "in-process": ([], [])}
             for _ in range(args.pairs):
-                a, b = (alone_ms(x.path, workdir / "feeds.npz", args.seconds, args.threads) for x in artifacts)
-                ratios.append(a / b)
-                fp32_ms.append(a)
-            truth = median_with_ci(np.array(ratios))
-            old, _ = in_process(backend, artifacts, feeds, args.threads, rounds, shared=True)
-            new, samples = in_process(backend, artifacts, feeds, args.threads, blocks)
-            line = (
-                f"{name:<17} fp32 {np.median(fp32_ms):7.3f} ms | separate processes {truth[0]:.3f}× "
-                f"(pairs {min(ratios):.3f}–{max(ratios):.3f}) | one at a time {old.ratio:.3f}× "
-                f"({old.ratio / truth[0] - 1:+.1%}) | blocks of {samples.block} kept {new.ratio:.3f}× "
-                f"({new.ci_low:.3f}–{new.ci_high:.3f}, {new.ratio / truth[0] - 1:+.1%})"
-            )
-            print(line, flush=True)
-            lines.append(line)
+                alone_ns = [alone(d, args.seconds) for d in deployments]
+                truth.append(np.median(alone_ns[0]) / np.median(alone_ns[1]))
+                truth_pct.append([percentiles(a) for a in alone_ns])
+                for method, measure in (("engine", engine), ("in-process", in_process_blocks)):
+                    samples = measure(deployments, protocol)
+                    ratio = speedup(samples["fp32"], samples["low"], samples.block).ratio
+                    found[method][0].append(ratio / truth[-1])
+                    found[method][1].append([percentiles(samples[k]) for k in ("fp32", "low")])
+            ratio, low, high = median_with_ci(np.array(truth))
+            print(f"{name} ({workload}): alone {ratio:.3f}× (pairs {min(truth):.3f}–{max(truth):.3f})")
+            truth_pct = np.array(truth_pct)  # repetition, plan, (p50, p90, p99, stall share)
+            alone_pct = np.median(truth_pct, axis=0)
+            for i, plan in enumerate(("fp32", recipe)):
+                stalls = f"{alone_pct[i][-1]:6.1%}"
+                print(
+                    f"  {plan:<19} alone           {'':22}"
+                    + "".join(f"{v:8.3f}{'':13}" for v in alone_pct[i][:-1])
+                    + stalls
+                )
+                for method, (ratios, pcts) in found.items():
+                    pcts = np.array(pcts)
+                    off = np.median(pcts[:, i, :-1] / truth_pct[:, i, :-1], axis=0) - 1
+                    shown = f"{np.median(ratios) * ratio:.3f}× ({np.median(ratios) - 1:+.1%})" if i == 1 else ""
+                    print(
+                        f"  {'':<19} {method:<15} {shown:<22}"
+                        + "".join(f"{v * (1 + o):8.3f} ({o:+6.1%})  " for v, o in zip(alone_pct[i], off, strict=False))
+                        + f"{np.median(pcts[:, i, -1]):6.1%}"
+                    )
+            print(flush=True)
 
 
 if __name__ == "__main__":

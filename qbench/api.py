@@ -251,7 +251,7 @@ def run_tune(
     """Tune a normalized ``spec`` (its subject, backend and threads; quick timing shortens the
     final selection) with the ``StudySettings`` ``study``: what ``qbench tune`` and ``qbench.tune`` run."""
     from qbench.backends import get_backend
-    from qbench.harness import FIRST_LOOK, QUICK_SOLO_PROTOCOL, SOLO_PROTOCOL
+    from qbench.harness import FIRST_LOOK
     from qbench.machine import current_machine
     from qbench.measure import QUICK_PROTOCOL
     from qbench.search import FINAL_PROTOCOL, TuneInputs, TuneSettings, split_holdout
@@ -280,7 +280,6 @@ def run_tune(
         grouping=grouping,
         quick_samples=quick_samples or FIRST_LOOK,
         final_protocol=QUICK_PROTOCOL if spec.timing.protocol == "quick" else FINAL_PROTOCOL,
-        solo_protocol=QUICK_SOLO_PROTOCOL if spec.timing.protocol == "quick" else SOLO_PROTOCOL,
         profile=profile,
         run_spec=spec,
     )

@@ -111,6 +111,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     _add_tune(sub, [common, data_args, quick_args, workload_args])
+    doctor = sub.add_parser(
+        "doctor",
+        parents=[common],
+        help="check on this machine that qbench's timings match each plan alone in its own process",
+    )
+    doctor.add_argument("--repeats", type=_int_at_least(2), default=3, help="alone/engine repetitions per model")
+    doctor.add_argument("--seconds", type=_seconds, default=1.0, help="timed seconds per plan and repetition")
     _add_reports(sub, [common])
     _add_nightly(sub, [common])
     return parser

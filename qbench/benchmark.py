@@ -1,8 +1,11 @@
 """``qbench bench``: build, load, check accuracy and time several plans of one model together.
 
-All plans are measured interleaved in one process with the fp32 baseline, so each plan's
-speedup is a ratio taken under the same conditions; accuracy is measured on the very session
-that was timed. A plan that fails is recorded as failed with its error and the rest go on.
+Every plan is timed in a worker process of its own, in alternating blocks with the fp32
+baseline's worker (``qbench.workers``), so each plan's speedup is a paired ratio taken under the
+same conditions and its median and tails are those of the plan alone in its process; accuracy
+is measured on the very artifact that was timed. fp32 is timed against a second worker of itself
+in the same rounds (the A/A check): when the two differ by more than the run can resolve, the rows
+say the machine was unsteady. A plan that fails is recorded as failed with its error and the rest go on.
 Scoring and timing go through ``qbench.harness``; this module decides what to measure and
 records it.
 """
@@ -22,16 +25,7 @@ from qbench import __version__
 from qbench.codeversion import code_version
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, describe
-from qbench.harness import (
-    FP32,
-    QUICK_SOLO_PROTOCOL,
-    SOLO_PROTOCOL,
-    TIMED_SESSIONS_SHARED,
-    TIMING_CHUNK,
-    Harness,
-    Loaded,
-    chunks,
-)
+from qbench.harness import FP32, FP32_AGAIN, TIMING_CHUNK, Harness, Loaded, chunks
 from qbench.machine import Machine
 from qbench.measure import TimingProtocol
 from qbench.metrics import Metric
@@ -41,7 +35,9 @@ from qbench.nightly.previous_run import AGAIN, PREVIOUS, PreviousPlan, find_prev
 from qbench.plan import PrecisionPlan
 from qbench.profile import PROFILE_RUNS, Profile
 from qbench.runspec import LoadedSubject, RunSpec, timing_protocol
+from qbench.statistics import aa_check
 from qbench.store import Leaderboard, ResultRow
+from qbench.workers import WorkerPool
 from qbench.workload import Workload
 
 if TYPE_CHECKING:
@@ -61,7 +57,6 @@ class BenchSettings:
     job_hash: str | None = None
     profile: bool = False  # take a per-op profile of every measured plan, after timing
     workload: Workload = field(default_factory=Workload)  # what one timed call runs
-    solo_protocol: TimingProtocol = SOLO_PROTOCOL  # the deployed-style pass after timing
     spec: RunSpec | None = None  # the run's settings, stored with each row
     config_hash: str | None = None  # ``spec.config_hash()``, computed once
 
@@ -76,7 +71,6 @@ class BenchSettings:
             threads=spec.target.threads,
             batch_size=spec.target.batch,
             protocol=timing_protocol(spec.timing),
-            solo_protocol=QUICK_SOLO_PROTOCOL if spec.timing.protocol == "quick" else SOLO_PROTOCOL,
             kind=kind,
             job=job,
             job_hash=job_hash,
@@ -108,7 +102,7 @@ class Candidate:
     block: int = 1  # samples per block round in both (``qbench.measure.Samples``)
     accuracy: float | None = None
     runner_settings: dict[str, Any] | None = None
-    solo_median_ms: float | None = None
+    aa: dict[str, float] | None = None  # fp32 against its second worker in the same rounds
     profile: Profile | None = None
     error: str | None = None
     session: Loaded | None = None  # while its chunk is loaded
@@ -171,9 +165,10 @@ def run_bench(
     workdir: pathlib.Path,
     progress: Progress = lambda _msg: None,
     drift: DriftWorkload | None = None,
+    pool: WorkerPool | None = None,
 ) -> list[ResultRow]:
     """Measure ``plans`` (plus the fp32 baseline) of the loaded ``subject`` (model, data and
-    metric) and record one leaderboard row per plan.
+    metric) and record one leaderboard row per plan. ``pool``: timing workers to reuse (a tune's).
 
     The plans are loaded, scored and timed a chunk at a time (``TIMING_CHUNK``), each chunk
     interleaved with the fp32 session the harness keeps loaded, so memory does not grow with
@@ -195,6 +190,7 @@ def run_bench(
         workdir=workdir,
         batch_size=settings.batch_size,
         workload=settings.workload,
+        pool=pool,
     )
     baseline, others = candidates[0], candidates[1:]
     try:
@@ -207,7 +203,7 @@ def run_bench(
         if settings.job is not None:
             _find_partners(board, machine, settings, harness, availability.version, candidates, progress)
         if baseline.partner is not None and baseline.error is None:
-            baseline.partner.load(backend)
+            baseline.partner.load(backend, harness.feeds)
         pending = [c for c in others if c.error is None]
         size = TIMING_CHUNK // 2 if settings.job is not None else TIMING_CHUNK  # previous sessions come on top
         for number, chunk in enumerate(chunks(pending, size), start=1):
@@ -228,10 +224,6 @@ def run_bench(
                 c.close()
         if baseline.error is None and baseline.samples_ns is None:  # no other plan: time fp32 alone
             _time(harness, baseline, [], settings.protocol, drift)
-        for c in candidates:
-            if c.error is None and c.samples_ns is not None:
-                progress(f"solo pass of {c.plan.name} (default threading)")
-                c.solo_median_ms = _solo(harness, c, settings.solo_protocol)
     finally:
         for c in candidates:
             c.close()
@@ -289,7 +281,7 @@ def _prepare(c: Candidate, harness: Harness) -> None:
         c.fail(exc)
         return
     if c.partner is not None:
-        c.partner.load(harness.backend)
+        c.partner.load(harness.backend, harness.feeds)
     try:
         c.accuracy = harness.accuracy(c.session.runner)
         if not np.isfinite(c.accuracy):  # NaN outputs, or a metric undefined on them: never a number
@@ -301,15 +293,6 @@ def _prepare(c: Candidate, harness: Harness) -> None:
         c.close()
 
 
-def _solo(harness: Harness, c: Candidate, protocol: TimingProtocol) -> float | None:
-    """The deployed-style absolute median; a failure here is logged, the plan stays measured."""
-    try:
-        return harness.solo_median_ms(c.artifact, protocol)
-    except Exception as exc:
-        log.warning("no solo median of %s: %s", c.plan.name, describe(exc))
-        return None
-
-
 def _time(
     harness: Harness,
     baseline: Candidate,
@@ -317,35 +300,35 @@ def _time(
     protocol: TimingProtocol,
     reference: DriftWorkload | None,
 ) -> None:
-    """Time a chunk interleaved with fp32 and the reference workload, then each plan that has a
-    counterpart from the job's previous run interleaved with it alone (the in-process A/B)."""
+    """Time a chunk, each plan in its own worker, in alternating blocks with fp32, fp32's second
+    worker (the A/A check) and the reference workload; then each plan that has a counterpart
+    from the job's previous run against it alone (the A/B, with its own A/A)."""
     first = harness.baseline is not None and baseline.samples_ns is None  # fp32 keeps its first chunk's samples
     timed = [*ready, baseline] if first else ready
-    samples = harness.time(
-        {c.key: c.session.runner for c in ready}, protocol, {DRIFT: reference.call} if reference else {}
-    )
+    others = {DRIFT: reference.deployment} if reference else {}
+    samples = harness.time({c.key: c.session for c in ready}, protocol, others, again=True)
+    aa = aa_check(samples[FP32], samples[FP32_AGAIN], samples.block) if FP32_AGAIN in samples else None
     for c in ready:
-        c.samples_ns, c.baseline_ns, c.block = samples[c.key], samples.get(FP32), samples.block
-        c.runner_settings.update(c.session.runner.timing_notes(), samples_per_block=samples.block)
+        c.samples_ns, c.baseline_ns, c.block, c.aa = samples[c.key], samples.get(FP32), samples.block, aa
+        c.runner_settings.update(samples.loads[c.key].settings, samples_per_block=samples.block)
     if first:
         baseline.samples_ns = baseline.baseline_ns = samples[FP32]
-        baseline.block = samples.block
-        baseline.runner_settings.update(harness.baseline.runner.timing_notes(), samples_per_block=samples.block)
+        baseline.block, baseline.aa = samples.block, aa
+        baseline.runner_settings.update(samples.loads[FP32].settings, samples_per_block=samples.block)
     for c in timed:
         c.reference_ms = float(np.median(samples[DRIFT])) / 1e6 if DRIFT in samples else None
-    # Each pair is timed on its own: sessions of one artifact in a chunk can differ. A second
-    # session of tonight's artifact is timed in the same rounds: that A/A ratio is the noise
-    # floor of the night, sessions that differ included, and a verdict beyond it is withheld
+    # Each pair is timed on its own. A second worker of tonight's artifact is timed in the same
+    # rounds: that A/A ratio is the noise floor of the night, and a verdict beyond it is withheld
     # (``qbench.nightly.previous_run``; the measurements are in docs/decisions.md).
     for c in timed:
         if c.partner is not None and c.partner.ready:
-            tonight = c.session.runner if c.session is not None else harness.baseline.runner
-            again = harness.backend.load(c.artifact, harness.threads, shared_process=TIMED_SESSIONS_SHARED)
-            try:
-                calls = {c.key: tonight, PREVIOUS: c.partner.runner, AGAIN: again}
-                pair = harness.time(calls, protocol, with_baseline=False)
-            finally:
-                again.close()
+            tonight = harness.deployment(c.artifact)
+            pair = harness.time(
+                {},
+                protocol,
+                {c.key: tonight, PREVIOUS: c.partner.deployment, AGAIN: harness.deployment(c.artifact)},
+                with_baseline=False,
+            )
             c.comparison = c.partner.comparison(pair[PREVIOUS], pair[c.key], pair.block, again_ns=pair[AGAIN])
             c.partner.close()
 
@@ -464,7 +447,7 @@ def _record(
             batch_size=batch,
             protocol=settings.protocol.as_dict(),
             workload=str(settings.workload),
-            backend_settings=c.runner_settings,
+            backend_settings={**(c.runner_settings or {}), **(c.aa or {})} or None,
             run_spec=settings.spec.to_dict() if settings.spec else None,
             config_hash=settings.config_hash,
         )
@@ -482,14 +465,13 @@ def _record(
                 artifact_bytes=c.artifact.size_bytes,
                 realized=backend.realized_precisions(c.artifact, c.plan, model),
                 profile=c.profile.to_json() if c.profile is not None else None,
-                solo_median_ms=c.solo_median_ms,
                 artifact_key=c.artifact.key,
                 reference_ms=c.reference_ms,
                 comparison=c.comparison or (c.partner.comparison() if c.partner is not None else None),
             )
             if c.baseline_ns is not None:  # None when the fp32 baseline failed
                 drop = metric.drop(baseline.accuracy, c.accuracy)
-                row = row.with_speedup(c.baseline_ns, c.samples_ns, drop, c.block)
+                row = row.with_speedup(c.baseline_ns, c.samples_ns, drop, c.block, c.aa)
         board.insert(row)
         rows.append(row)
     return rows

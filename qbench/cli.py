@@ -163,6 +163,8 @@ def _bench_one(args: argparse.Namespace, job: JobTag | None) -> int:
             )
         written = write_report(build_report(frame), args.results_dir, html=False)
         print(f"recorded {len(run.rows)} rows in {safe_url(board.url)}; tables: {written[0].parent}")
+        if job is None:
+            _doctor_note(args.results_dir)
     finally:
         board.close()
     if run.failed:
@@ -336,6 +338,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
         progress_bar.close()
         board.close()
     _print_tune(result, spec, settings, frame, ranked(latest_per_plan(frame[frame.run_id == result.baseline.run_id])))
+    _doctor_note(args.results_dir)
     if result.winner is None:
         print("\nresult: keep fp32 — no plan within the budget is measurably faster")
         return 0
@@ -522,8 +525,37 @@ def cmd_nightly(args: argparse.Namespace) -> int:
     return 1 if counts.get("failed") else 0
 
 
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """Time the demo and a second small model by the engine and alone in separate processes."""
+    from qbench.backends import get_backend
+    from qbench.doctor import run_doctor
+    from qbench.machine import current_machine
+    from qbench.progress import step_printer
+
+    report = run_doctor(
+        get_backend("onnxruntime"),
+        current_machine(),
+        args.results_dir,
+        repeats=args.repeats,
+        seconds=args.seconds,
+        progress=step_printer(args.quiet),
+    )
+    print("\n".join(report.lines()))
+    return 0 if report.verdict == "pass" else 1
+
+
+def _doctor_note(results_dir: pathlib.Path) -> None:
+    from qbench.doctor import doctor_note
+    from qbench.machine import current_machine
+
+    note = doctor_note(results_dir, current_machine())
+    if note:
+        print(f"note: {note}", file=sys.stderr)
+
+
 COMMANDS = {
     "backends": cmd_backends,
+    "doctor": cmd_doctor,
     "layers": cmd_layers,
     "bench": cmd_bench,
     "sensitivity": cmd_sensitivity,

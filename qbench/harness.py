@@ -1,12 +1,14 @@
 """The one place plans are scored and timed against fp32: ``bench``, the tuner, sensitivity
 analysis and the benchmark scripts all go through a ``Harness``.
 
-A harness holds, for one (model, data, backend, threads), the fp32 baseline session (loaded for
-its whole life, so every candidate is timed interleaved with it), the fp32 reference outputs
-and accuracy, and the calibrations (computed once per method). Candidates are loaded by the
-caller a few at a time (``TIMING_CHUNK``) and closed after timing, so memory is bounded by the
-chunk, not by the number of plans (all of an OCR model's per-layer plans at once exhausted
-the memory: docs/decisions.md). This module drives a backend object it is given and never imports ``backends``.
+A harness holds, for one (model, data, backend, threads), the fp32 baseline (loaded for its
+whole life, so every candidate is timed interleaved with it), the fp32 reference outputs and
+accuracy, the calibrations (computed once per method) and a pool of timing workers: every
+timed plan runs in a worker process of its own (``qbench.workers``), the sessions loaded here
+only score. Candidates are loaded by the caller a few at a time (``TIMING_CHUNK``) and closed
+after timing, so memory is bounded by the chunk, not by the number of plans (all of an OCR
+model's per-layer plans at once exhausted the memory: docs/decisions.md). This module drives a
+backend object it is given and never imports ``backends``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
 from qbench.statistics import drop_bounds
+from qbench.workers import Deployment, WorkerPool
 from qbench.workload import BATCH, Workload
 
 if TYPE_CHECKING:
@@ -43,18 +46,9 @@ DROP_CHUNK = 64
 #: Candidate sessions loaded at once (the fp32 baseline comes on top).
 TIMING_CHUNK = 4
 FP32 = "__fp32__"
-#: The short solo pass each measured plan gets after the interleaved timing.
-SOLO_PROTOCOL = TimingProtocol(warmup_count=10, warmup_seconds=0.3, min_count=50, min_seconds=1.0, max_seconds=20.0)
-#: The solo pass of a quick (smoke-test) run: as short as the quick protocol's own timing.
-QUICK_SOLO_PROTOCOL = TimingProtocol(
-    warmup_count=3, warmup_seconds=0.1, min_count=20, min_seconds=0.25, max_seconds=5.0
-)
+#: fp32 timed against a second worker of itself in the same rounds: the A/A check of a run.
+FP32_AGAIN = "__fp32_again__"
 T = TypeVar("T")
-#: Timed sessions keep the runtime's default threading (idle threads spin), as deployed. Timed
-#: one run at a time, two such sessions stole each other's cores, so spinning was off; but that
-#: moved ratios far from each plan alone in its own process (docs/decisions.md), while blocks
-#: (``qbench.measure``) drop the runs a spinning neighbour slows.
-TIMED_SESSIONS_SHARED = False
 
 
 def chunks(items: Sequence[T], size: int = TIMING_CHUNK) -> Iterator[Sequence[T]]:
@@ -63,7 +57,8 @@ def chunks(items: Sequence[T], size: int = TIMING_CHUNK) -> Iterator[Sequence[T]
 
 
 def timed_call(runner: Runner, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
-    """What one latency sample times: an inference and, for asynchronous devices, its completion."""
+    """One inference and, for asynchronous devices, its completion, timed in this process (the
+    in-process methods the benchmark scripts compare with; plans are timed in workers)."""
 
     def call() -> None:
         runner.run(feeds)
@@ -137,7 +132,7 @@ class Evaluator(Protocol):
     def measure_baseline_ms(self, protocol: TimingProtocol) -> float: ...
 
     def time(
-        self, runners: Mapping[str, Runner], protocol: TimingProtocol, stop: Callable[[Samples], bool] | None = None
+        self, plans: Mapping[str, Loaded], protocol: TimingProtocol, stop: Callable[[Samples], bool] | None = None
     ) -> Mapping[str, np.ndarray]: ...
 
 
@@ -148,6 +143,10 @@ class Harness:
     unless ``score`` is off, computes its reference outputs and accuracy); if the
     baseline cannot be built or run, ``baseline_error`` says why (``bench`` records that as a
     failed row) and ``require_baseline()`` raises. Call ``close()`` when done; not thread-safe.
+
+    Sessions loaded here only score (idle threads do not spin); every timing runs each plan in a
+    worker process of its own (``qbench.workers``); a ``pool`` given by the caller is shared (and
+    closed by the caller).
     """
 
     def __init__(
@@ -165,8 +164,11 @@ class Harness:
         quick_samples: int = 512,
         workload: Workload = BATCH,
         score: bool = True,
+        pool: WorkerPool | None = None,
     ) -> None:
         self.backend, self.model, self.metric, self.machine = backend, model, metric, machine
+        self._owns_pool = pool is None  # a tune shares one pool across its harnesses
+        self.pool = WorkerPool() if pool is None else pool
         self.threads, self.workdir = threads, workdir
         self.calibration_data, self.evaluation_data = calibration_data, evaluation_data
         if metric.needs_labels and evaluation_data.labels is None:
@@ -186,6 +188,7 @@ class Harness:
         self.workload = workload
         self.feeds = workload.feeds(model, evaluation_data, self.batch_size)  # what every timed call runs
         self.quick_data = evaluation_data.take(0, min(quick_samples, len(evaluation_data)))
+        self.pool.prestart()  # the launcher imports while the baseline is built and scored
         self._calibrations: dict[str, Calibration] = {}
         self.baseline_plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)
         self.baseline: Loaded | None = None
@@ -237,7 +240,7 @@ class Harness:
         process = psutil.Process()
         rss_before = process.memory_info().rss
         start = time.perf_counter()
-        runner = self.backend.load(artifact, self.threads, shared_process=TIMED_SESSIONS_SHARED)
+        runner = self.backend.load(artifact, self.threads, shared_process=True)
         load_s = time.perf_counter() - start
         try:
             start = time.perf_counter()
@@ -328,41 +331,46 @@ class Harness:
 
     # -- timing --------------------------------------------------------------------------------
 
+    def deployment(self, artifact: Artifact) -> Deployment:
+        """``artifact`` as a worker times it: this harness's backend, threads and timed call."""
+        return Deployment(self.backend, artifact, self.threads, self.feeds)
+
     def time(
         self,
-        runners: Mapping[str, Runner],
+        plans: Mapping[str, Loaded],
         protocol: TimingProtocol,
-        others: Mapping[str, Callable[[], None]] = {},
+        others: Mapping[str, Deployment] = {},
         with_baseline: bool = True,
         stop: Callable[[Samples], bool] | None = None,
+        again: bool = False,
     ) -> Samples:
-        """Raw samples of each runner timed interleaved with the fp32 baseline (under ``FP32``);
-        without a baseline (it failed to load or run, or ``with_baseline`` is off), the runners
-        are timed among themselves. ``others`` are calls timed in the same rounds on their own
-        inputs (a reference workload). ``stop`` may end the timing early (``measure_interleaved``)."""
-        calls = {FP32: timed_call(self.baseline.runner, self.feeds)} if self.baseline and with_baseline else {}
-        calls.update({key: timed_call(runner, self.feeds) for key, runner in runners.items()})
-        calls.update(others)
+        """Raw samples of each plan, each in its own worker process, timed in alternating blocks
+        with the fp32 baseline (under ``FP32``); without a baseline (it failed to load or run, or
+        ``with_baseline`` is off), the plans are timed among themselves. ``others`` are timed in
+        the same rounds (a reference workload, a previous run's artifact); ``again`` adds fp32's
+        second worker (``FP32_AGAIN``), the A/A check. ``stop`` may end the timing early
+        (``measure_interleaved``). The samples' ``loads`` say what each worker loaded."""
+        deployments: dict[str, Deployment] = {}
+        if self.baseline and with_baseline:
+            deployments[FP32] = self.deployment(self.baseline.artifact)
+            if again:
+                deployments[FP32_AGAIN] = self.deployment(self.baseline.artifact)
+        deployments.update({key: self.deployment(loaded.artifact) for key, loaded in plans.items()})
+        deployments.update(others)
+        with phases.activity("workers"):  # fork or reuse a worker per plan, load what it times
+            workers = self.pool.acquire(deployments)
         with phases.activity("timing"):
-            return measure_interleaved(calls, protocol, stop=stop)
-
-    def solo_median_ms(self, artifact: Artifact, protocol: TimingProtocol = SOLO_PROTOCOL) -> float:
-        """Median latency of ``artifact`` on a fresh session with the runtime's default threading
-        (idle threads spin), timed while no other session of this process is running: the
-        absolute figure a user deploying it would see, with no other model's run between its own."""
-        runner = self.backend.load(artifact, self.threads, shared_process=False)
-        try:
-            with phases.activity("timing"):
-                samples = measure_interleaved({"solo": timed_call(runner, self.feeds)}, protocol)["solo"]
-        finally:
-            runner.close()
-        return float(np.median(samples)) / 1e6
+            samples = measure_interleaved(workers, protocol, stop=stop)
+        samples.loads = {name: worker.load_info for name, worker in workers.items()}
+        return samples
 
     def measure_baseline_ms(self, protocol: TimingProtocol) -> float:
         self.require_baseline()
         return float(np.median(self.time({}, protocol)[FP32])) / 1e6
 
     def close(self) -> None:
+        if self._owns_pool:
+            self.pool.close()
         if self.baseline is not None:
             self.baseline.close()
             self.baseline = None

@@ -1,8 +1,10 @@
 """Latency measurement: warm-up, sampling and block interleaving (the statistics are in ``statistics``).
 
 Absolute times drift between processes on shared machines, while ratios of candidates
-alternated inside one process hold to a few percent; so speedups always come from
-``measure_interleaved``. Candidates alternate in *blocks*, not one run at a time: a run that
+alternated in the same rounds hold to a few percent; so speedups always come from
+``measure_interleaved``. Each candidate is a worker process holding one plan that times its own
+blocks (``qbench.workers``: sessions sharing a process stall each other). Candidates alternate
+in *blocks*, not one run at a time: a run that
 follows another model's run finds its weights evicted from the cache, which biases small
 models' ratios away from each plan alone in its own process (docs/decisions.md). The first
 runs of every block are dropped as its
@@ -13,8 +15,9 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -24,6 +27,24 @@ from qbench.statistics import NOISY_CV
 RunFn = Callable[[], object]
 
 
+@runtime_checkable
+class BlockTimer(Protocol):
+    """Something that times ``runs`` consecutive calls itself and returns their nanoseconds: a
+    worker process holding one plan (``qbench.workers.TimingWorker``), timed where it runs."""
+
+    def times(self, runs: int) -> Sequence[int]: ...
+
+
+class _InProcess:
+    """A plain call timed in this process (tests, and the in-process methods kept to show their bias)."""
+
+    def __init__(self, fn: RunFn, clock: Callable[[], int]) -> None:
+        self.fn, self.clock = fn, clock
+
+    def times(self, runs: int) -> list[int]:
+        return [_timed(self.fn, self.clock) for _ in range(runs)]
+
+
 @dataclass(frozen=True)
 class TimingProtocol:
     """How long to warm up and sample. Both the count and the duration minimum must be met.
@@ -31,8 +52,8 @@ class TimingProtocol:
     Sampling alternates blocks of runs of each candidate: every block has the same number of
     runs for all candidates. Its first runs are dropped as warm-up: at least one, the fraction
     ``block_warmup`` of the kept ones, and enough for the fastest candidate to run
-    ``block_warmup_seconds`` (the previous block's session keeps its idle threads spinning for
-    a while and slows the first runs of the next block).
+    ``block_warmup_seconds`` (after another plan's block its caches are cold, and a resumed
+    worker's threads settle on the cores).
     Then at least ``block_runs`` runs are kept, and enough for the fastest to run
     ``block_seconds``. ``min_blocks`` block rounds give the paired ratio its interval.
     ``ROUND_ROBIN`` is the old method, one run of each at a time, nothing dropped."""
@@ -100,6 +121,7 @@ class Samples(dict):
     def __init__(self, values: Mapping[str, np.ndarray], block: int) -> None:
         super().__init__(values)
         self.block = block
+        self.loads: dict = {}  # per candidate timed in a worker, what it loaded (``qbench.workers.WorkerLoad``)
 
 
 def measure(run: RunFn, protocol: TimingProtocol, on_sample: Callable[[], None] | None = None) -> np.ndarray:
@@ -114,13 +136,15 @@ def _timed(fn: RunFn, clock: Callable[[], int]) -> int:
 
 
 def measure_interleaved(
-    runs: Mapping[str, RunFn],
+    runs: Mapping[str, RunFn | BlockTimer],
     protocol: TimingProtocol,
     on_round: Callable[[], None] | None = None,
     clock: Callable[[], int] = time.perf_counter_ns,
     stop: Callable[[Samples], bool] | None = None,
 ) -> Samples:
-    """Time several candidates in alternating blocks (A B C, B C A, C A B, ...) in this process.
+    """Time several candidates in alternating blocks (A B C, B C A, C A B, ...). A candidate is a
+    ``BlockTimer`` (a worker process that times its own block: how plans are timed) or a plain
+    call timed here with ``clock``.
 
     Warm-up runs each candidate ``warmup_count`` times in turn (and for ``warmup_seconds``), and
     sizes the blocks from the fastest one's warm-up (``TimingProtocol.block_shape``). Sampling stops
@@ -132,12 +156,13 @@ def measure_interleaved(
     names = list(runs)
     if not names:
         raise ValueError("nothing to measure")
+    timers = {name: run if isinstance(run, BlockTimer) else _InProcess(run, clock) for name, run in runs.items()}
     start = clock()
     warm: dict[str, list[int]] = {name: [] for name in names}
     per_turn = max(1, protocol.warmup_count)
     while min(map(len, warm.values())) < per_turn or clock() - start < protocol.warmup_seconds * 1e9:
         for name in names:
-            warm[name].extend(_timed(runs[name], clock) for _ in range(per_turn))
+            warm[name].extend(timers[name].times(per_turn))
     fastest = min(float(np.median(values)) for values in warm.values())
     per_block, kept = protocol.block_shape(fastest)
     samples: dict[str, list[int]] = {name: [] for name in names}
@@ -148,7 +173,7 @@ def measure_interleaved(
     while True:
         offset = rounds % len(names)
         for name in names[offset:] + names[:offset]:
-            block = [_timed(runs[name], clock) for _ in range(per_block)]
+            block = list(timers[name].times(per_block))
             samples[name].extend(block[per_block - kept :])
             spent[name] += sum(block[per_block - kept :])
         rounds += 1

@@ -1,5 +1,6 @@
 """Where a long run's time goes: wall seconds per stage (sensitivity, search, final selection)
-and per activity inside it (build, session load, accuracy, timing), the rest as overhead.
+and per activity inside it (build, session load, accuracy, timing workers started and loaded,
+timing), the rest as overhead.
 
 The harness marks its activities with ``activity(name)``; they cost nothing unless a caller
 opened a ``PhaseTimer`` with ``timer.running()``. Time is exclusive: an activity inside another
@@ -16,7 +17,7 @@ from collections.abc import Iterator
 
 import pandas as pd
 
-ACTIVITIES = ("build", "load", "accuracy", "timing")
+ACTIVITIES = ("build", "load", "accuracy", "workers", "timing")
 OTHER = "other"
 _current: contextvars.ContextVar[PhaseTimer | None] = contextvars.ContextVar("qbench_phase_timer", default=None)
 

@@ -20,8 +20,11 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import stats
 
-#: A run whose coefficient of variation exceeds this is flagged noisy.
+#: A run whose coefficient of variation exceeds this is flagged noisy (rows without an A/A check).
 NOISY_CV = 0.10
+#: A run whose A/A check (fp32 against a second worker of itself, same rounds) strays further
+#: from 1 than this is unsteady: the machine could not resolve differences of that size.
+UNSTEADY_BAND = 0.03
 
 
 def median_ci_indices(n: int, confidence: float = 0.95) -> tuple[int, int]:
@@ -217,3 +220,16 @@ def drop_bounds(chunk_drops: np.ndarray, drop: float, scored: int, total: int) -
     se = max(float(np.std(chunk_drops, ddof=1)) / np.sqrt(k), 1.0 / scored) * np.sqrt(left)
     width = float(stats.t.ppf(1 - SEQUENTIAL_ALPHA, k - 1)) * se
     return drop - width, drop + width
+
+
+def aa_check(first_ns: np.ndarray, again_ns: np.ndarray, block: int) -> dict[str, float]:
+    """The A/A check: one plan against a second worker of itself in the same rounds (paired)."""
+    change = latency_change(first_ns, again_ns, paired=True, block=block)
+    return {"aa_ratio": change.ratio, "aa_ci_low": change.ci_low, "aa_ci_high": change.ci_high}
+
+
+def aa_band(aa: dict[str, float] | None) -> float:
+    """How far an A/A check strayed from 1 (either end of its interval); 0 without one."""
+    if not aa or "aa_ratio" not in aa:
+        return 0.0
+    return max(0.0, 1.0 - aa["aa_ci_low"], aa["aa_ci_high"] - 1.0)

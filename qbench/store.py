@@ -25,7 +25,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from qbench.errors import QbenchError, first_line
-from qbench.statistics import LatencyStats, speedup
+from qbench.statistics import UNSTEADY_BAND, LatencyStats, aa_band, speedup
 
 log = logging.getLogger(__name__)
 SCHEMA_VERSION = 7
@@ -99,9 +99,9 @@ results = sa.Table(
     sa.Column("artifact_bytes", sa.BigInteger),
     sa.Column("realized", sa.Text),  # JSON: layer -> precision that actually ran
     sa.Column("profile", sa.Text),  # JSON: per-op profile (qbench.profile), when asked for (v3)
-    # Median of a short pass with the runtime's default threading (spinning on), the session
-    # alone in the process: the latency as deployed. The interleaved statistics above run with
-    # spinning off (two live sessions would steal each other's cores) and are for ratios (v4).
+    # Median of a short pass of the plan alone in the process, written by qbench before every plan
+    # was timed in a worker process of its own (v4). The statistics above are now that figure;
+    # new rows leave this empty, old rows keep it.
     sa.Column("solo_median_ms", sa.Float),
     # What one timed call ran: "batch", "prefill:<tokens>" or "decode:<cached tokens>" (v5).
     sa.Column("workload", sa.String(32)),
@@ -268,17 +268,26 @@ class ResultRow:
         return replace(self, n_samples=stats.n, samples_ns=samples_to_bytes(samples_ns), **values)
 
     def with_speedup(
-        self, baseline_ns: np.ndarray, samples_ns: np.ndarray, accuracy_drop: float, block: int = 1
+        self,
+        baseline_ns: np.ndarray,
+        samples_ns: np.ndarray,
+        accuracy_drop: float,
+        block: int = 1,
+        aa: dict[str, float] | None = None,
     ) -> ResultRow:
         """The speedup against fp32 samples interleaved with this plan's (``block`` samples per
-        block round), and the accuracy drop."""
+        block round), and the accuracy drop. With the run's A/A check (``statistics.aa_check``),
+        the interval widens by its band (two workers of one artifact differed that much), and
+        the row is ``noisy`` (unsteady) when the band exceeds ``UNSTEADY_BAND``."""
         ratio = speedup(baseline_ns, samples_ns, block)
+        band = aa_band(aa)
         return replace(
             self,
             speedup=ratio.ratio,
-            speedup_ci_low=ratio.ci_low,
-            speedup_ci_high=ratio.ci_high,
+            speedup_ci_low=ratio.ci_low / (1.0 + band),
+            speedup_ci_high=ratio.ci_high * (1.0 + band),
             accuracy_drop=accuracy_drop,
+            noisy=band > UNSTEADY_BAND if aa else self.noisy,
         )
 
 

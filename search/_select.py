@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from qbench.harness import FP32
-from qbench.statistics import Speedup, block_ratios, median_with_ci
+from qbench.harness import FP32, FP32_AGAIN
+from qbench.statistics import UNSTEADY_BAND, Speedup, aa_band, aa_check, block_ratios, median_with_ci
 from qbench.store import ResultRow
 
 #: Most plans raced at once (the fp32 session comes on top): memory stays bounded as in bench.
@@ -67,14 +67,28 @@ def by_speedup(rows: Sequence[ResultRow]) -> list[ResultRow]:
 
 @dataclass
 class Race:
-    """Batches of samples of the raced plans and fp32, each batch timed in one set of rounds."""
+    """Batches of samples of the raced plans and fp32, each batch timed in one set of rounds,
+    with fp32's second worker (``FP32_AGAIN``, the A/A check) where the timing had one."""
 
     batches: list[Mapping[str, np.ndarray]] = field(default_factory=list)
 
+    @property
+    def aa_band(self) -> float:
+        """How far fp32 against itself strayed from 1 in the worst batch (0 without an A/A check)."""
+        checks = [aa_check(b[FP32], b[FP32_AGAIN], getattr(b, "block", 1)) for b in self.batches if FP32_AGAIN in b]
+        return max((aa_band(c) for c in checks), default=0.0)
+
+    @property
+    def unsteady(self) -> bool:
+        return self.aa_band > UNSTEADY_BAND
+
     def faster(self, fast: str, slow: str) -> Speedup:
-        """How much faster ``fast`` is than ``slow``: slow / fast per block round, pooled."""
+        """How much faster ``fast`` is than ``slow``: slow / fast per block round, pooled, the
+        interval widened by the A/A band (two workers of one plan differed that much)."""
         ratios = [block_ratios(b[slow], b[fast], getattr(b, "block", 1)) for b in self.batches]
-        return Speedup(*median_with_ci(np.concatenate(ratios)))
+        ratio, low, high = median_with_ci(np.concatenate(ratios))
+        band = 1.0 + self.aa_band
+        return Speedup(ratio, low / band, high * band)
 
     def vs_fp32(self, key: str) -> Speedup:
         return self.faster(key, FP32)
@@ -114,6 +128,12 @@ def select(within: Sequence[ResultRow], time_batch: TimeBatch | None) -> Selecti
         + ", ".join(r.plan_name for r in order),
         *tie_notes,
     ]
+    if race.unsteady and not all(race.faster(leader.plan_hash, r.plan_hash).ci_low > 1.0 for r in order[1:]):
+        notes.append(
+            f"undecided: the machine was unsteady (fp32 against a second worker of itself differed by up to "
+            f"{race.aa_band:.1%}), so the order of the plans the race could not separate is noise; "
+            f"{leader.plan_name} is kept as the pick, rerun on a quieter machine to decide"
+        )
     return Selection(
         leader, ranked, race.vs_fp32(leader.plan_hash), _race_table(race, order), notes + _notes(leader, ranked, race)
     )
@@ -194,6 +214,7 @@ def _settled(s: Speedup) -> bool:
 
 
 def _verdict(s: Speedup) -> str:
+    """How the leader compares with a rival (the interval is already widened by the A/A band)."""
     if s.ci_low > 1.0:
         return "slower"
     if s.ci_high < 1.0:  # the leader by its speedup vs fp32, yet slower head to head: say so

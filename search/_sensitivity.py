@@ -141,9 +141,7 @@ def _measure(
         try:
             for key, plan in plans.items():
                 loaded[key] = harness.load(plan)
-            timings = time_against_baseline(
-                harness, {k: v.runner for k, v in loaded.items()}, fp32_ms, SENSITIVITY_PROTOCOL
-            )
+            timings = time_against_baseline(harness, loaded, fp32_ms, SENSITIVITY_PROTOCOL)
         finally:
             for entry in loaded.values():
                 entry.close()

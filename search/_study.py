@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from qbench.errors import QbenchError, describe, first_line
-from qbench.harness import FIRST_LOOK, DropEstimate, Evaluator
+from qbench.harness import FIRST_LOOK, DropEstimate, Evaluator, Loaded
 from qbench.plan import PrecisionPlan
 from qbench.search._sensitivity import SensitivityReport
 from qbench.search._space import OPTION_PREFIX, SearchSpace
@@ -313,30 +313,31 @@ class _Objective:
         trial.set_constraint(BUDGET_CONSTRAINT, drop - self.settings.max_drop)
         return drop
 
-    def _measure(self, trial: optuna.Trial, runner) -> tuple[float, TrialTiming | None]:
+    def _measure(self, trial: optuna.Trial, loaded: Loaded) -> tuple[float, TrialTiming | None]:
         """The drop and, unless it is over the budget (outside ``--pareto``), the timing.
 
         Sequentially: the first look at accuracy rejects a plan clearly over the budget; then
         the plan is timed against fp32, stopping early once it is clearly slower than fp32 or
         the fastest feasible trial so far (paired, each against fp32); only a plan that could
         still win is scored on as much data as its budget decision needs. Otherwise
-        (``--exhaustive``, ``--pareto``): all the tuning data and the full trial protocol."""
+        (``--exhaustive``, ``--pareto``): all the tuning data and the full trial protocol. ``loaded``
+        is scored here and timed in its own worker process (``Evaluator.time``)."""
         budget = self.settings.max_drop
         if not self.settings.sequential or self.settings.pareto:  # the Pareto front wants exact drops
-            drop = self._record_drop(trial, self.evaluator.accuracy_drop(runner, quick=False))
+            drop = self._record_drop(trial, self.evaluator.accuracy_drop(loaded.runner, quick=False))
             if drop > budget and not self.settings.pareto:
                 return drop, None
-            return drop, time_against_baseline(self.evaluator, {"c": runner}, self.reference_ms)["c"]
+            return drop, time_against_baseline(self.evaluator, {"c": loaded}, self.reference_ms)["c"]
         scored: list = []
-        first = self.evaluator.sequential_drop(runner, budget, most=FIRST_LOOK, scored=scored)
+        first = self.evaluator.sequential_drop(loaded.runner, budget, most=FIRST_LOOK, scored=scored)
         if first.verdict != "partial" and first.drop > budget:  # decided over the budget already
             return self._record_drop(trial, first), None
         best = feasible_trials(trial.study)
         stop = clearly_slower(trial_speedup(best[0]) if best else None)
-        timing = time_against_baseline(self.evaluator, {"c": runner}, self.reference_ms, stop=stop)["c"]
+        timing = time_against_baseline(self.evaluator, {"c": loaded}, self.reference_ms, stop=stop)["c"]
         estimate = first if stop.decided or first.verdict != "partial" else None
         if estimate is None:
-            estimate = self.evaluator.sequential_drop(runner, budget, scored=scored)
+            estimate = self.evaluator.sequential_drop(loaded.runner, budget, scored=scored)
         trial.set_user_attr("beaten", stop.decided)  # timing stopped: clearly slower, cannot win
         drop = self._record_drop(trial, estimate)
         return drop, None if drop > budget else timing
@@ -357,7 +358,7 @@ class _Objective:
                 return self._result(self.reference_ms, 1.0)
         loaded = self.evaluator.load(plan)  # the artifact just built is a cache hit
         try:
-            drop, timing = self._measure(trial, loaded.runner)
+            drop, timing = self._measure(trial, loaded)
         finally:
             loaded.close()
         if timing is None:

