@@ -67,10 +67,6 @@ def engine(deployments: list[Deployment], protocol: TimingProtocol):
     return engine_samples({"fp32": deployments[0], "low": deployments[1]}, protocol)
 
 
-def alone(deployment: Deployment, seconds: float):
-    return alone_samples(deployment, seconds)
-
-
 def in_process_blocks(deployments: list[Deployment], protocol: TimingProtocol):
     runners = [d.backend.load(d.artifact, d.threads, shared_process=False) for d in deployments]
     try:
@@ -108,7 +104,7 @@ def main() -> None:
             truth, truth_pct = [], []
             found: dict[str, tuple[list, list]] = {"engine": ([], []), "in-process": ([], [])}
             for _ in range(args.pairs):
-                alone_ns = [alone(d, args.seconds) for d in deployments]
+                alone_ns = [alone_samples(d, args.seconds) for d in deployments]
                 truth.append(np.median(alone_ns[0]) / np.median(alone_ns[1]))
                 truth_pct.append([percentiles(a) for a in alone_ns])
                 for method, measure in (("engine", engine), ("in-process", in_process_blocks)):
