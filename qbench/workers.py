@@ -70,7 +70,7 @@ def _thread_states(pid: int) -> list[str]:
     states = []
     try:
         tasks = os.listdir(f"/proc/{pid}/task")
-    except FileNotFoundError:
+    except (FileNotFoundError, ProcessLookupError):  # gone, or exiting (ESRCH while it is reaped)
         return []
     for tid in tasks:
         try:
