@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbench.errors import QbenchError
-from qbench.runspec import RunSpec, Subject, Target, Timing, load_subject
+from qbench.runspec import RunSpec, Subject, Target, Timing, Tune, load_subject
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -161,6 +161,7 @@ def bench(
     threads: int | None = None,
     batch: int = 1,
     workload: str | None = None,
+    scenario: str = "latency",
     quick: bool = False,
     min_seconds: float | None = None,
     profile: bool = False,
@@ -176,7 +177,7 @@ def bench(
         RunSpec(
             subject,
             Target(backend, threads, batch),
-            Timing("quick" if quick else "standard", min_seconds, profile),
+            Timing("quick" if quick else "standard", min_seconds, profile, scenario),
             tuple(recipes),
         )
     )
@@ -192,8 +193,10 @@ def tune(
     transform: Callable[[Any], Mapping[str, np.ndarray]] | None = None,
     metric: str | Callable | None = None,
     max_drop: float = 0.01,
+    objective: str = "p50",
     backend: str = "onnxruntime",
     threads: int | None = None,
+    batch: int = 1,
     workload: str | None = None,
     trials: int = 40,
     timeout: float | None = None,
@@ -207,58 +210,52 @@ def tune(
     db: str | None = None,
     progress: Progress | None = None,
 ) -> TuneResult:
-    """Search per-layer precisions of ``model`` for the lowest latency within ``max_drop`` of
-    fp32's metric (a fraction: 0.01 is 1 %); returns the typed result, ``winner`` a leaderboard
-    row (None: keep fp32). ``quick`` shortens the final selection's timing (smoke tests)."""
-    from qbench.search import StudySettings
-
+    """Search per-layer precisions of ``model`` for the best ``objective`` (p50, p90, p99 latency
+    or throughput at ``batch``) within ``max_drop`` of fp32's metric (a fraction: 0.01 is 1 %);
+    returns the typed result, ``winner`` a leaderboard row (None: keep fp32). ``quick`` shortens
+    the final selection's timing (smoke tests)."""
     results = pathlib.Path(results_dir)
-    subject, metric_fn = _subject(model, data, calib_data, transform, metric, workload, results)
-    spec = normalized(RunSpec(subject, Target(backend, threads), Timing("quick" if quick else "standard"), ("fp32",)))
-    study = StudySettings(
-        max_drop=max_drop, n_trials=trials, timeout=timeout, patience=patience, seed=seed, max_mb=max_mb
+    settings = Tune(
+        objective=objective,
+        max_drop=max_drop,
+        max_mb=max_mb,
+        precisions=precisions or (),
+        trials=trials,
+        timeout=timeout,
+        patience=patience,
+        holdout=holdout,
+        seed=seed,
     )
+    subject, metric_fn = _subject(model, data, calib_data, transform, metric, workload, results)
+    timing = Timing("quick" if quick else "standard")
+    spec = normalized(RunSpec(subject, Target(backend, threads, batch), timing, ("fp32",), settings))
     with _board(results, db) as board:
-        return run_tune(
-            spec,
-            study,
-            board=board,
-            results_dir=results,
-            holdout=holdout,
-            precisions=precisions,
-            progress=progress or log.info,
-            metric=metric_fn,
-        )
+        return run_tune(spec, board=board, results_dir=results, progress=progress or log.info, metric=metric_fn)
 
 
 def run_tune(
     spec: RunSpec,
-    study,
     *,
     board: Leaderboard,
     results_dir: pathlib.Path,
-    holdout: float = 0.4,
-    precisions: Sequence[str] | None = None,
-    grouping: str | None = None,
     storage: str | None = None,
     study_name: str | None = None,
-    quick_samples: int | None = None,
-    profile: bool = False,
     progress: Progress = lambda _msg: None,
     on_trial: Callable | None = None,
     metric: Any = None,
 ) -> TuneResult:
-    """Tune a normalized ``spec`` (its subject, backend and threads; quick timing shortens the
-    final selection) with the ``StudySettings`` ``study``: what ``qbench tune`` and ``qbench.tune`` run."""
+    """Tune a normalized ``spec`` with its ``tune`` part (objective, budgets, space, trials; quick
+    timing shortens the final selection): what ``qbench tune`` and ``qbench.tune`` run."""
     from qbench.backends import get_backend
-    from qbench.harness import FIRST_LOOK
     from qbench.machine import current_machine
     from qbench.measure import QUICK_PROTOCOL
-    from qbench.search import FINAL_PROTOCOL, TuneInputs, TuneSettings, split_holdout
+    from qbench.search import FINAL_PROTOCOL, StudySettings, TuneInputs, TuneSettings, split_holdout
     from qbench.search import tune as search
 
+    if spec.tune is None:
+        raise QbenchError("run_tune needs a run spec with a tune part (RunSpec(..., tune=Tune(...)))")
     loaded = load_subject(spec.subject, "tune", metric, spec.target.backend)
-    tuning, held_out = split_holdout(loaded.evaluation, holdout)
+    tuning, held_out = split_holdout(loaded.evaluation, spec.tune.holdout)
     inputs = TuneInputs(
         loaded.model,
         loaded.calibration,
@@ -270,18 +267,19 @@ def run_tune(
     )
     results_dir.mkdir(parents=True, exist_ok=True)
     settings = TuneSettings(
-        study=study,
+        study=StudySettings.from_tune(spec.tune),
         threads=spec.target.threads,
         storage_url=storage or f"sqlite:///{(results_dir / 'tuning.db').resolve()}",
         results_dir=results_dir,
         study_name=study_name,
         workload=spec.workload,
-        precisions=precisions,
-        grouping=grouping,
-        quick_samples=quick_samples or FIRST_LOOK,
+        precisions=spec.tune.precisions or None,
+        grouping=spec.tune.grouping,
+        quick_samples=spec.tune.quick_samples,
         final_protocol=QUICK_PROTOCOL if spec.timing.protocol == "quick" else FINAL_PROTOCOL,
-        profile=profile,
+        profile=spec.timing.profile,
         run_spec=spec,
+        batch_size=spec.target.batch,
     )
     return search(inputs, settings, board, progress, on_trial)
 

@@ -13,7 +13,9 @@ from typing import NoReturn
 from qbench import __version__
 from qbench.errors import QbenchError
 from qbench.nightly.suite import MAX_SECONDS
+from qbench.objectives import OBJECTIVES
 from qbench.plan import GROUPINGS, PRECISIONS
+from qbench.scenario import Scenario
 from qbench.workload import Workload
 
 EXIT_REGRESSION = 3
@@ -211,6 +213,15 @@ def _add_bench(sub, parents: list) -> None:
         "(default: fp32,int8,native-int8 where the backend has a native int8)",
     )
     bench.add_argument("--batch", type=_positive_int, default=1, help="batch size for latency (default: 1)")
+    bench.add_argument(
+        "--scenario",
+        type=_scenario,
+        default="latency",
+        help="the deployment question: latency (one request at a time: median, p90, p99), "
+        "throughput[:BATCH] (samples/s at BATCH per call, 32 by default), server:QPS[:BOUND_MS] "
+        "(Poisson arrivals at QPS, p99 with queueing, and whether it stays under BOUND_MS), or "
+        "server:max:BOUND_MS (the highest rate that keeps p99 under the bound) (default: latency)",
+    )
     bench.add_argument("--min-seconds", type=_seconds, help="minimum sampling time per plan (default: 2)")
     bench.add_argument(
         "--quick", action="store_true", help="short protocol for smoke tests (rows are marked by their protocol)"
@@ -237,6 +248,14 @@ def _add_tune(sub, parents: list) -> None:
         help="search per-layer precision for the lowest latency within an accuracy budget",
     )
     tune.add_argument("--max-drop", type=_fraction, default=0.01, help="accuracy budget: 0.01 or 1%% (default: 1%%)")
+    tune.add_argument(
+        "--objective",
+        choices=list(OBJECTIVES),
+        default="p50",
+        help="what the search minimizes and the final selection compares, paired against fp32: "
+        "p50 (median latency), p90 or p99 (tail latency), throughput (samples/s at --batch) (default: p50)",
+    )
+    tune.add_argument("--batch", type=_positive_int, default=1, help="samples per timed call (default: 1)")
     tune.add_argument("--max-mb", type=_megabytes, help="weight budget: the built model's size in MB (default: none)")
     tune.add_argument(
         "--precisions",
@@ -324,6 +343,14 @@ def _add_nightly(sub, parents: list) -> None:
         action="store_false",
         help=f"exit 0 despite regressions (default: exit {EXIT_REGRESSION})",
     )
+
+
+def _scenario(text: str) -> str:
+    """Checked by ``Scenario.parse``, the one place a scenario string is read."""
+    try:
+        return str(Scenario.parse(text))
+    except QbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _fraction(text: str) -> float:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import pathlib
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,10 +33,12 @@ from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.nightly.drift import DRIFT, DriftWorkload
 from qbench.nightly.previous_run import AGAIN, PREVIOUS, PreviousPlan, find_previous_plan
+from qbench.objectives import MEDIAN, Objective, objective
 from qbench.plan import PrecisionPlan
 from qbench.profile import PROFILE_RUNS, Profile
 from qbench.runspec import LoadedSubject, RunSpec, timing_protocol
-from qbench.statistics import aa_check
+from qbench.scenario import LATENCY, Scenario, server_seconds
+from qbench.statistics import Speedup, aa_check, percentile_ratio
 from qbench.store import Leaderboard, ResultRow
 from qbench.workers import WorkerPool
 from qbench.workload import Workload
@@ -59,6 +62,8 @@ class BenchSettings:
     workload: Workload = field(default_factory=Workload)  # what one timed call runs
     spec: RunSpec | None = None  # the run's settings, stored with each row
     config_hash: str | None = None  # ``spec.config_hash()``, computed once
+    scenario: Scenario = LATENCY  # the deployment question the rows answer
+    objective: Objective = MEDIAN  # the figure each row's speedup compares (a tune's objective)
 
     @classmethod
     def from_spec(
@@ -78,7 +83,16 @@ class BenchSettings:
             workload=spec.workload,
             spec=spec,
             config_hash=config_hash,
+            scenario=spec.scenario,
+            objective=objective(spec.tune.objective) if spec.tune else MEDIAN,
         )
+
+    @property
+    def scenario_label(self) -> str:
+        """The rows' ``scenario`` column: what their figures and speedup answer."""
+        if self.scenario.kind == "latency" and self.objective.percentile != 50:
+            return f"latency:{self.objective.name}"
+        return str(self.scenario)
 
     def __post_init__(self) -> None:
         if self.threads < 1:
@@ -109,6 +123,8 @@ class Candidate:
     partner: PreviousPlan | None = None  # the previous run's same plan (suite jobs)
     comparison: dict[str, Any] | None = None
     reference_ms: float | None = None
+    ratio: Speedup | None = None  # a server run's p99 ratio against fp32 (rounds of the same arrivals)
+    server: dict[str, float] | None = None  # what a server run found: rate, p99, bound held, highest rate
 
     @property
     def key(self) -> str:
@@ -215,6 +231,8 @@ def run_bench(
                 progress(f"time {len(ready)} plans interleaved with fp32 ({number}/{-(-len(pending) // size)})")
                 try:
                     _time(harness, baseline, ready, settings.protocol, drift)
+                    if settings.scenario.kind == "server":
+                        _serve(harness, baseline, ready, settings, progress)
                 except QbenchError:
                     raise
                 except Exception as exc:  # out of memory mid-run, say: these plans fail, the rows are kept
@@ -224,6 +242,8 @@ def run_bench(
                 c.close()
         if baseline.error is None and baseline.samples_ns is None:  # no other plan: time fp32 alone
             _time(harness, baseline, [], settings.protocol, drift)
+            if settings.scenario.kind == "server":
+                _serve(harness, baseline, [], settings, progress)
     finally:
         for c in candidates:
             c.close()
@@ -331,6 +351,39 @@ def _time(
             )
             c.comparison = c.partner.comparison(pair[PREVIOUS], pair[c.key], pair.block, again_ns=pair[AGAIN])
             c.partner.close()
+
+
+def _serve(harness: Harness, baseline: Candidate, ready: list[Candidate], settings: BenchSettings, progress) -> None:
+    """The server scenario for a chunk: the plans and fp32 serving the same Poisson arrivals in
+    rotating turns (their latencies, waiting included, replace the per-call samples, and their
+    speedup is the p99 ratio over the same rounds); with a bound, whether p99 kept to it, and for
+    ``server:max:BOUND`` the highest rate that does, each plan alone."""
+    scenario, first = settings.scenario, baseline.server is None
+    timed = [*ready, baseline] if first else ready
+    for c in timed:
+        c.server = {}
+    if scenario.qps is not None:
+        seconds = server_seconds(scenario.qps, settings.protocol.min_seconds)
+        progress(f"serve {scenario.qps:g} requests/s for {seconds:.1f} s per plan ({len(timed)} plans)")
+        served = harness.serve({c.key: c.session for c in ready}, scenario.qps, seconds)
+        for c in timed:
+            mine = served[FP32 if c is baseline else c.key]
+            c.samples_ns = np.concatenate(mine)
+            c.ratio = percentile_ratio(served[FP32], mine, 99)
+            p99 = float(np.percentile(c.samples_ns, 99)) / 1e6
+            c.server.update(qps=scenario.qps, server_seconds=seconds, requests=len(c.samples_ns), p99_ms=p99)
+            if scenario.bound_ms is not None:
+                c.server.update(bound_ms=scenario.bound_ms, bound_held=p99 <= scenario.bound_ms)
+    if scenario.finds_rate:
+        for c in timed:
+            progress(f"find the highest rate {c.plan.name} serves within p99 {scenario.bound_ms:g} ms")
+            start = time.perf_counter()
+            loaded = harness.require_baseline() if c is baseline else c.session
+            c.server.update(
+                bound_ms=scenario.bound_ms,
+                max_qps=harness.highest_rate(loaded, scenario.bound_ms, progress),
+                max_qps_seconds=time.perf_counter() - start,
+            )
 
 
 def profile_plans(
@@ -447,9 +500,10 @@ def _record(
             batch_size=batch,
             protocol=settings.protocol.as_dict(),
             workload=str(settings.workload),
-            backend_settings={**(c.runner_settings or {}), **(c.aa or {})} or None,
+            backend_settings={**(c.runner_settings or {}), **(c.aa or {}), **(c.server or {})} or None,
             run_spec=settings.spec.to_dict() if settings.spec else None,
             config_hash=settings.config_hash,
+            scenario=settings.scenario_label,
         )
         if c.error is not None or c.samples_ns is None:
             row = replace(row, status="failed", error=c.error or "not measured")
@@ -471,7 +525,10 @@ def _record(
             )
             if c.baseline_ns is not None:  # None when the fp32 baseline failed
                 drop = metric.drop(baseline.accuracy, c.accuracy)
-                row = row.with_speedup(c.baseline_ns, c.samples_ns, drop, c.block, c.aa)
+                if c.ratio is not None:
+                    row = row.with_ratio(c.ratio, drop, c.aa)
+                else:
+                    row = row.with_speedup(c.baseline_ns, c.samples_ns, drop, c.block, c.aa, settings.objective)
         board.insert(row)
         rows.append(row)
     return rows

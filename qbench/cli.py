@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from qbench.arguments import EXIT_REGRESSION, build_parser
 from qbench.cache import artifact_cache_limit
 from qbench.errors import QbenchError
-from qbench.runspec import RunSpec, Subject, Target, Timing, load_model, load_subject
+from qbench.runspec import RunSpec, Subject, Target, Timing, Tune, load_model, load_subject
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -103,7 +103,7 @@ def _demo_name() -> str:
     return DEMO.name
 
 
-def _spec(args: argparse.Namespace, recipes: tuple[str, ...] = ()) -> RunSpec:
+def _spec(args: argparse.Namespace, recipes: tuple[str, ...] = (), tune: Tune | None = None) -> RunSpec:
     """The normalized run spec of a bench, tune, profile or sensitivity command line."""
     from qbench.api import normalized
 
@@ -111,9 +111,10 @@ def _spec(args: argparse.Namespace, recipes: tuple[str, ...] = ()) -> RunSpec:
         protocol="quick" if getattr(args, "quick", False) else "standard",
         min_seconds=getattr(args, "min_seconds", None),
         profile=getattr(args, "profile", False),
+        scenario=getattr(args, "scenario", "latency"),
     )
     target = Target(args.backend, args.threads, getattr(args, "batch", 1))
-    return normalized(RunSpec(_subject(args), target, timing, recipes))
+    return normalized(RunSpec(_subject(args), target, timing, recipes, tune))
 
 
 def cmd_bench(args: argparse.Namespace, job: JobTag | None = None) -> int:
@@ -294,17 +295,23 @@ def cmd_tune(args: argparse.Namespace) -> int:
     # Optuna sets its own logger to INFO when first used, overriding main(); one line per trial
     # would drown the progress bar.
     optuna.logging.set_verbosity(logging.DEBUG if args.verbose else logging.WARNING)
-    spec = _spec(args, ("fp32",))
-    settings = StudySettings(
+    tune = Tune(
+        objective=args.objective,
         max_drop=args.max_drop,
-        n_trials=args.trials,
+        max_mb=args.max_mb,
+        precisions=args.precisions or (),
+        grouping=args.group,
+        trials=args.trials,
         timeout=args.timeout,
         patience=args.patience or None,
         pareto=args.pareto,
-        seed=args.seed,
-        max_mb=args.max_mb,
         sequential=not args.exhaustive,
+        holdout=args.holdout,
+        seed=args.seed,
+        quick_samples=args.quick_samples,
     )
+    spec = _spec(args, ("fp32",), tune)
+    settings = StudySettings.from_tune(tune)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     board = _open_board(args)
     progress_bar = bar(settings.n_trials, "trials", args.quiet)
@@ -318,16 +325,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     try:
         result = run_tune(
             spec,
-            settings,
             board=board,
             results_dir=args.results_dir,
-            holdout=args.holdout,
-            precisions=args.precisions,
-            grouping=args.group,
             storage=args.storage,
             study_name=args.study,
-            quick_samples=args.quick_samples,
-            profile=args.profile,
             progress=step_printer(args.quiet),
             on_trial=on_trial,
         )

@@ -13,6 +13,7 @@ backend object it is given and never imports ``backends``.
 
 from __future__ import annotations
 
+import math
 import pathlib
 import sys
 import time
@@ -31,6 +32,7 @@ from qbench.measure import Samples, TimingProtocol, measure_interleaved
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
+from qbench.scenario import RATE_PROBE_SECONDS, RATE_PROBES, SERVER_ROUNDS, arrivals_ns
 from qbench.statistics import drop_bounds
 from qbench.workers import Deployment, WorkerPool
 from qbench.workload import BATCH, Workload
@@ -45,6 +47,8 @@ FIRST_LOOK = 256
 DROP_CHUNK = 64
 #: Candidate sessions loaded at once (the fp32 baseline comes on top).
 TIMING_CHUNK = 4
+#: Calls a worker runs, untimed, before it serves a round (it was frozen; its caches are cold).
+SERVER_WARMUP_CALLS = 5
 FP32 = "__fp32__"
 #: fp32 timed against a second worker of itself in the same rounds: the A/A check of a run.
 FP32_AGAIN = "__fp32_again__"
@@ -129,7 +133,7 @@ class Evaluator(Protocol):
         self, runner: Runner, budget: float, most: int | None = None, scored: list | None = None
     ) -> DropEstimate: ...
 
-    def measure_baseline_ms(self, protocol: TimingProtocol) -> float: ...
+    def measure_baseline_ms(self, protocol: TimingProtocol, percentile: float = 50) -> float: ...
 
     def time(
         self, plans: Mapping[str, Loaded], protocol: TimingProtocol, stop: Callable[[Samples], bool] | None = None
@@ -364,9 +368,54 @@ class Harness:
         samples.loads = {name: worker.load_info for name, worker in workers.items()}
         return samples
 
-    def measure_baseline_ms(self, protocol: TimingProtocol) -> float:
+    def serve(self, plans: Mapping[str, Loaded], qps: float, seconds: float) -> dict[str, list[np.ndarray]]:
+        """Each plan (and fp32, under ``FP32``) serving Poisson arrivals at ``qps`` in its own
+        worker, one request at a time: ``SERVER_ROUNDS`` rounds of ``seconds / SERVER_ROUNDS``,
+        the plans taking turns in a rotating order, every plan given the same arrivals in a
+        round. Returns each one's latencies (arrival to answer, ns) per round."""
+        deployments = {FP32: self.deployment(self.require_baseline().artifact)} if self.baseline else {}
+        deployments.update({key: self.deployment(loaded.artifact) for key, loaded in plans.items()})
+        with phases.activity("workers"):
+            workers = self.pool.acquire(deployments)
+        names = list(workers)
+        served: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        with phases.activity("timing"):
+            for number in range(SERVER_ROUNDS):
+                arrivals = arrivals_ns(qps, seconds / SERVER_ROUNDS, seed=number)
+                for name in names[number % len(names) :] + names[: number % len(names)]:
+                    workers[name].times(SERVER_WARMUP_CALLS)  # a resumed worker's caches are cold
+                    served[name].append(np.asarray(workers[name].serve(arrivals), dtype=np.int64))
+        return served
+
+    def highest_rate(self, loaded: Loaded, bound_ms: float, progress: Callable[[str], None]) -> float:
+        """The highest Poisson arrival rate (requests/s) at which the plan, alone in its worker,
+        keeps its p99 (waiting included) within ``bound_ms``: a bisection in log space between a
+        twentieth of its capacity (one over its median service time) and its capacity, each probe
+        a ``RATE_PROBE_SECONDS`` server run. 0 when even the lowest rate misses the bound."""
+        worker = self.pool.acquire({"probe": self.deployment(loaded.artifact)})["probe"]
+        with phases.activity("timing"):
+            service_ns = float(np.median(worker.times(SERVER_WARMUP_CALLS * 4)))
+            capacity = 1e9 / service_ns
+            low, high, best = math.log(capacity / 20), math.log(capacity), 0.0
+            for probe in range(RATE_PROBES):
+                rate = math.exp(high if probe == 0 else (low + high) / 2)
+                worker.times(SERVER_WARMUP_CALLS)
+                latencies = worker.serve(arrivals_ns(rate, RATE_PROBE_SECONDS, seed=probe))
+                held = np.percentile(latencies, 99) / 1e6 <= bound_ms
+                progress(f"{loaded.plan.name}: {rate:,.1f} requests/s, p99 {np.percentile(latencies, 99) / 1e6:.2f} ms")
+                if held:
+                    best = max(best, rate)
+                    low = math.log(rate)
+                    if probe == 0:
+                        break  # it holds the bound at full capacity
+                else:
+                    high = math.log(rate)
+        return best
+
+    def measure_baseline_ms(self, protocol: TimingProtocol, percentile: float = 50) -> float:
+        """fp32's median (or another ``percentile``) per call, in ms, timed in its own worker."""
         self.require_baseline()
-        return float(np.median(self.time({}, protocol)[FP32])) / 1e6
+        return float(np.percentile(self.time({}, protocol)[FP32], percentile)) / 1e6
 
     def close(self) -> None:
         if self._owns_pool:

@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from qbench.errors import QbenchError
+from qbench.scenario import MAX_BATCH, Scenario
 from qbench.workload import Workload
 
 RUN_SPEC_VERSION = 1
@@ -56,25 +58,113 @@ class Target:
     batch: int = 1
 
     def __post_init__(self) -> None:
-        for name in ("threads", "batch"):
-            value = getattr(self, name)
-            if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
-                raise QbenchError(f"`{name}` must be a whole number of at least 1, but got {value!r}")
+        if not isinstance(self.backend, str) or not self.backend:
+            raise QbenchError(f"`backend` must be a backend name such as onnxruntime, but got {self.backend!r}")
+        _whole("threads", self.threads, max_threads(), allow_none=True, why=_THREADS_WHY)
+        _whole("batch", self.batch, MAX_BATCH)
+
+
+_THREADS_WHY = "4x this machine's logical CPUs (a runtime asked for 100,000 threads tries to start them)"
+
+
+def max_threads() -> int:
+    return 4 * (os.cpu_count() or 1)
+
+
+def _whole(name: str, value: object, most: int, allow_none: bool = False, why: str = "") -> None:
+    """A whole number from 1 to ``most`` (a bool is not one)."""
+    if value is None and allow_none:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
+        limit = f"at most {most}" + (f", {why}" if why else "")
+        raise QbenchError(f"`{name}` must be a whole number from 1 to {most}, but got {value!r} ({limit})")
 
 
 @dataclass(frozen=True)
 class Timing:
-    """How it is timed: the protocol by name, an optional longer sampling time, a profile."""
+    """How it is timed: the protocol by name, an optional longer sampling time, a profile, and
+    the deployment scenario the figures answer (``qbench.scenario``)."""
 
     protocol: str = "standard"  # standard, or quick for smoke tests
     min_seconds: float | None = None
     profile: bool = False  # store a per-op profile with every row
+    scenario: str = "latency"  # latency, throughput[:BATCH], server:QPS[:BOUND_MS]
 
     def __post_init__(self) -> None:
         if self.protocol not in TIMING_PROTOCOLS:
             raise QbenchError(f"timing protocol {self.protocol!r}: use one of {', '.join(TIMING_PROTOCOLS)}")
-        if self.min_seconds is not None and not 0 < self.min_seconds <= 24 * 3600:
+        if self.min_seconds is not None and (
+            not isinstance(self.min_seconds, int | float)
+            or isinstance(self.min_seconds, bool)
+            or not 0 < self.min_seconds <= 24 * 3600
+        ):
             raise QbenchError(f"min_seconds = {self.min_seconds!r}: use a positive number of seconds up to a day")
+        if not isinstance(self.profile, bool):
+            raise QbenchError(f"`profile` must be true or false, but got {self.profile!r}")
+        object.__setattr__(self, "scenario", str(Scenario.parse(self.scenario)))
+
+
+@dataclass(frozen=True)
+class Tune:
+    """A tune's own settings (absent for a bench): what it optimizes, within which budgets, over
+    which space, and how long it searches. Stored with the tune's rows, so two tunes that differ
+    in any of them have different ``config_hash``es, and a row says how to run it again."""
+
+    objective: str = "p50"  # qbench.objectives
+    max_drop: float = 0.01
+    max_mb: float | None = None
+    precisions: tuple[str, ...] = ()  # (): the workload's default
+    grouping: str | None = None  # None: the workload's default
+    trials: int = 40
+    timeout: float | None = None
+    patience: int | None = 20  # None: never stop early
+    pareto: bool = False
+    sequential: bool = True
+    holdout: float = 0.4
+    seed: int = 0
+    quick_samples: int = 256
+
+    def __post_init__(self) -> None:
+        from qbench.objectives import objective
+        from qbench.plan import GROUPINGS, PRECISIONS
+
+        objective(self.objective)
+        _number("max_drop", self.max_drop, 0.0, 1.0, "0.01 is 1 %", closed="low")
+        _number("holdout", self.holdout, 0.0, 1.0, "the share of the data kept for the final selection", closed="")
+        if self.max_mb is not None:
+            _number("max_mb", self.max_mb, 0.0, 1e7, "the built model's size in MB")
+        if self.timeout is not None:
+            _number("timeout", self.timeout, 0.0, 30 * 24 * 3600.0, "seconds")
+        precisions = tuple(self.precisions) if isinstance(self.precisions, list | tuple) else self.precisions
+        if not isinstance(precisions, tuple) or any(p not in PRECISIONS for p in precisions):
+            raise QbenchError(f"`precisions` must be a list of {', '.join(PRECISIONS)}, but got {self.precisions!r}")
+        if precisions and set(precisions) == {"fp32"}:
+            raise QbenchError("`precisions`: name at least one besides fp32, e.g. int8 or int4-weight")
+        object.__setattr__(self, "precisions", tuple(dict.fromkeys(precisions)))
+        if self.grouping is not None and self.grouping not in GROUPINGS:
+            raise QbenchError(f"`grouping` must be one of {', '.join(GROUPINGS)}, but got {self.grouping!r}")
+        _whole("trials", self.trials, MAX_TRIALS)
+        _whole("patience", self.patience, MAX_TRIALS, allow_none=True)
+        _whole("quick_samples", self.quick_samples, 10**7)
+        if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= 2**32 - 1:
+            raise QbenchError(f"`seed` must be a whole number from 0 to 2**32 - 1, but got {self.seed!r}")
+        for name in ("pareto", "sequential"):
+            if not isinstance(getattr(self, name), bool):
+                raise QbenchError(f"`{name}` must be true or false, but got {getattr(self, name)!r}")
+
+
+MAX_TRIALS = 100_000
+
+
+def _number(name: str, value: object, low: float, high: float, what: str, closed: str = "high") -> None:
+    """A finite number between ``low`` and ``high``, including the ends ``closed`` names."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+    if ok:
+        above = low <= value if "low" in closed else low < value
+        below = value <= high if "high" in closed else value < high
+        ok = above and below
+    if not ok:
+        raise QbenchError(f"`{name}` must be a number between {low:g} and {high:g} ({what}), but got {value!r}")
 
 
 @dataclass(frozen=True)
@@ -83,6 +173,30 @@ class RunSpec:
     target: Target = field(default_factory=Target)
     timing: Timing = field(default_factory=Timing)
     recipes: tuple[str, ...] = ()  # built-in recipe names or plan .json paths; () : the backend's default
+    tune: Tune | None = None  # a tune's settings; None: a bench of ``recipes``
+
+    def __post_init__(self) -> None:
+        if isinstance(self.recipes, str):  # "int8" would read as the recipes i, n, t, 8
+            raise QbenchError(f"`recipes` must be a list of recipe names or plan files, e.g. [{self.recipes!r}]")
+        if not isinstance(self.recipes, list | tuple) or not all(isinstance(r, str) and r for r in self.recipes):
+            raise QbenchError(f"`recipes` must be a list of recipe names or plan files, but got {self.recipes!r}")
+        object.__setattr__(self, "recipes", tuple(self.recipes))
+        scenario = self.scenario
+        if scenario.kind == "throughput" and self.target.batch not in (1, scenario.batch):
+            raise QbenchError(
+                f"scenario {scenario} times batches of {scenario.batch}, but batch is {self.target.batch}: "
+                "give one of them"
+            )
+        if scenario.kind == "throughput":
+            object.__setattr__(self, "target", replace(self.target, batch=scenario.batch))
+        if self.tune is not None and scenario.kind == "server":
+            raise QbenchError(
+                "a tune optimizes latency or throughput; time a served load with `bench --scenario server:…`"
+            )
+
+    @property
+    def scenario(self) -> Scenario:
+        return Scenario.parse(self.timing.scenario)
 
     def normalized(self, *, threads: int, default_recipes: tuple[str, ...]) -> RunSpec:
         """Every default filled in (zoo workload and metric, threads, recipes) and every path
@@ -106,7 +220,14 @@ class RunSpec:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        return {"qbench_run": RUN_SPEC_VERSION, **asdict(self)}
+        """The spec as JSON-ready data; parts at their defaults that older specs lack (a bench's
+        tune, the latency scenario) are left out, so those specs keep their ``config_hash``."""
+        data = {"qbench_run": RUN_SPEC_VERSION, **asdict(self)}
+        if data["tune"] is None:
+            del data["tune"]
+        if data["timing"]["scenario"] == "latency":
+            del data["timing"]["scenario"]
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True, default=list)
@@ -116,14 +237,19 @@ class RunSpec:
         if not isinstance(data, Mapping) or data.get("qbench_run") != RUN_SPEC_VERSION:
             raise QbenchError(f'{source} is not a qbench run spec: expected "qbench_run": {RUN_SPEC_VERSION}')
         parts = {}
-        for name, kind in (("subject", Subject), ("target", Target), ("timing", Timing)):
-            given = data.get(name, {})
+        unknown = set(data) - {"qbench_run", "subject", "target", "timing", "recipes", "tune"}
+        if unknown:
+            raise QbenchError(f"{source}: unknown key {sorted(unknown)[0]!r}")
+        for name, kind in (("subject", Subject), ("target", Target), ("timing", Timing), ("tune", Tune)):
+            given = data.get(name, {} if name != "tune" else None)
+            if given is None:
+                continue
             known = {f.name for f in fields(kind)}
             if not isinstance(given, Mapping) or set(given) - known:
                 raise QbenchError(f"{source}: {name} must be an object with keys among {sorted(known)}")
             parts[name] = kind(**given)
         recipes = data.get("recipes", ())
-        if not isinstance(recipes, list | tuple) or not all(isinstance(r, str) for r in recipes):
+        if not isinstance(recipes, list | tuple):
             raise QbenchError(f"{source}: recipes must be a list of recipe names or plan files")
         return cls(recipes=tuple(recipes), **parts)
 

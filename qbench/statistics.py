@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -233,3 +234,45 @@ def aa_band(aa: dict[str, float] | None) -> float:
     if not aa or "aa_ratio" not in aa:
         return 0.0
     return max(0.0, 1.0 - aa["aa_ci_low"], aa["aa_ci_high"] - 1.0)
+
+
+def percentile_ratio(
+    baseline_rounds: Sequence[np.ndarray], candidate_rounds: Sequence[np.ndarray], q: float, resamples: int = 1000
+) -> Speedup:
+    """``percentile(baseline, q) / percentile(candidate, q)`` over all samples of paired rounds
+    (round ``i`` of both timed together), with a 95 % percentile-bootstrap interval that resamples
+    whole rounds: a tail is a property of the pooled samples, so unlike the median it has no
+    per-round ratio, and rounds keep the pairing and the drift within them."""
+    pairs = [
+        (np.asarray(b, np.float64), np.asarray(c, np.float64))
+        for b, c in zip(baseline_rounds, candidate_rounds, strict=True)
+    ]
+    pairs = [(b, c) for b, c in pairs if b.size and c.size]
+    if not pairs:
+        raise ValueError("no paired rounds")
+    ratio = float(np.percentile(np.concatenate([b for b, _ in pairs]), q)) / float(
+        np.percentile(np.concatenate([c for _, c in pairs]), q)
+    )
+    if len(pairs) < 2:
+        return Speedup(ratio, ratio, ratio)
+    picks = np.random.default_rng(0).integers(0, len(pairs), size=(resamples, len(pairs)))
+    if len({b.size for b, _ in pairs} | {c.size for _, c in pairs}) == 1:  # block rounds: one array op
+        b, c = (np.stack([pair[side] for pair in pairs]) for side in (0, 1))
+        draws = np.percentile(b[picks].reshape(resamples, -1), q, axis=1) / np.percentile(
+            c[picks].reshape(resamples, -1), q, axis=1
+        )
+    else:  # server rounds: as many requests as arrived
+        draws = [
+            np.percentile(np.concatenate([pairs[i][0] for i in row]), q)
+            / np.percentile(np.concatenate([pairs[i][1] for i in row]), q)
+            for row in picks
+        ]
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return Speedup(ratio, float(low), float(high))
+
+
+def rounds_of(samples_ns: np.ndarray, block: int) -> list[np.ndarray]:
+    """Samples timed in alternating blocks, split into their block rounds (a partial one left out)."""
+    samples_ns = np.asarray(samples_ns)
+    count = len(samples_ns) // max(block, 1)
+    return [samples_ns[i * block : (i + 1) * block] for i in range(count)]

@@ -25,10 +25,11 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from qbench.errors import QbenchError, first_line
-from qbench.statistics import UNSTEADY_BAND, LatencyStats, aa_band, speedup
+from qbench.objectives import MEDIAN, Objective
+from qbench.statistics import UNSTEADY_BAND, LatencyStats, Speedup, aa_band
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 7
+SCHEMA_VERSION = 8
 SCHEMA_LOCK_KEY = 0x71BE7C  # PostgreSQL advisory lock held while creating or migrating the schema
 
 _meta = sa.MetaData()
@@ -118,6 +119,9 @@ results = sa.Table(
     # an API call with the same settings (v7).
     sa.Column("run_spec", sa.Text),
     sa.Column("config_hash", sa.String(32)),
+    # What the row's figures answer (``qbench.scenario``): latency (speedup of medians),
+    # latency:p90 / latency:p99 (a tune on a tail), throughput:BATCH, server:QPS[:BOUND_MS] (v8).
+    sa.Column("scenario", sa.String(64)),
 )
 
 
@@ -153,6 +157,11 @@ def _add_run_spec_columns(conn: Connection) -> None:
         conn.execute(sa.text(f"ALTER TABLE results ADD COLUMN {column}"))
 
 
+def _add_scenario_column(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN scenario VARCHAR(64)"))
+    conn.execute(sa.text("UPDATE results SET scenario = 'latency'"))
+
+
 # Migrations from version N to N+1, applied in order inside one transaction each.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_job_columns,
@@ -161,6 +170,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     4: _add_workload_column,
     5: _add_comparison_columns,
     6: _add_run_spec_columns,
+    7: _add_scenario_column,
 }
 
 RESULT_COLUMNS = tuple(c.name for c in results.columns if c.name != "id")
@@ -247,6 +257,7 @@ class ResultRow:
     comparison: dict[str, Any] | None = None
     run_spec: dict[str, Any] | None = None
     config_hash: str | None = None
+    scenario: str | None = None
     created_at: dt.datetime | None = None
     id: int | None = field(default=None, compare=False)
 
@@ -274,12 +285,16 @@ class ResultRow:
         accuracy_drop: float,
         block: int = 1,
         aa: dict[str, float] | None = None,
+        objective: Objective = MEDIAN,
     ) -> ResultRow:
         """The speedup against fp32 samples interleaved with this plan's (``block`` samples per
-        block round), and the accuracy drop. With the run's A/A check (``statistics.aa_check``),
-        the interval widens by its band (two workers of one artifact differed that much), and
-        the row is ``noisy`` (unsteady) when the band exceeds ``UNSTEADY_BAND``."""
-        ratio = speedup(baseline_ns, samples_ns, block)
+        block round) on the ``objective``'s figure, and the accuracy drop (``with_ratio``)."""
+        return self.with_ratio(objective.ratio(baseline_ns, samples_ns, block), accuracy_drop, aa)
+
+    def with_ratio(self, ratio: Speedup, accuracy_drop: float, aa: dict[str, float] | None = None) -> ResultRow:
+        """A paired ratio against fp32 and the accuracy drop. With the run's A/A check
+        (``statistics.aa_check``), the interval widens by its band (two workers of one artifact
+        differed that much), and the row is ``noisy`` (unsteady) when the band exceeds ``UNSTEADY_BAND``."""
         band = aa_band(aa)
         return replace(
             self,

@@ -27,7 +27,8 @@ import numpy as np
 import pandas as pd
 
 from qbench.harness import FP32, FP32_AGAIN
-from qbench.statistics import UNSTEADY_BAND, Speedup, aa_band, aa_check, block_ratios, median_with_ci
+from qbench.objectives import MEDIAN, Objective
+from qbench.statistics import UNSTEADY_BAND, Speedup, aa_band, aa_check
 from qbench.store import ResultRow
 
 #: Most plans raced at once (the fp32 session comes on top): memory stays bounded as in bench.
@@ -71,6 +72,7 @@ class Race:
     with fp32's second worker (``FP32_AGAIN``, the A/A check) where the timing had one."""
 
     batches: list[Mapping[str, np.ndarray]] = field(default_factory=list)
+    objective: Objective = MEDIAN  # the figure plans are compared on
 
     @property
     def aa_band(self) -> float:
@@ -83,12 +85,12 @@ class Race:
         return self.aa_band > UNSTEADY_BAND
 
     def faster(self, fast: str, slow: str) -> Speedup:
-        """How much faster ``fast`` is than ``slow``: slow / fast per block round, pooled, the
-        interval widened by the A/A band (two workers of one plan differed that much)."""
-        ratios = [block_ratios(b[slow], b[fast], getattr(b, "block", 1)) for b in self.batches]
-        ratio, low, high = median_with_ci(np.concatenate(ratios))
+        """How much faster ``fast`` is than ``slow`` on the objective's figure, every block round
+        of every batch a paired observation, the interval widened by the A/A band (two workers of
+        one plan differed that much)."""
+        pooled = self.objective.pooled([(b[slow], b[fast], getattr(b, "block", 1)) for b in self.batches])
         band = 1.0 + self.aa_band
-        return Speedup(ratio, low / band, high * band)
+        return Speedup(pooled.ratio, pooled.ci_low / band, pooled.ci_high * band)
 
     def vs_fp32(self, key: str) -> Speedup:
         return self.faster(key, FP32)
@@ -107,9 +109,10 @@ def _fmt(s: Speedup) -> str:
     return f"{s.ratio:.3f}× ({s.ci_low:.3f}–{s.ci_high:.3f})"
 
 
-def select(within: Sequence[ResultRow], time_batch: TimeBatch | None) -> Selection:
-    """The fastest plan of ``within`` (rows that met every budget on held-out data). Plans that
-    could still beat the leader are raced by ``time_batch`` (samples per plan hash and ``FP32``)."""
+def select(within: Sequence[ResultRow], time_batch: TimeBatch | None, objective: Objective = MEDIAN) -> Selection:
+    """The best plan of ``within`` (rows that met every budget on held-out data, their speedups
+    on the ``objective``'s figure). Plans that could still beat the leader are raced by
+    ``time_batch`` (samples per plan hash and ``FP32``), compared on the same figure."""
     ranked = by_speedup([r for r in within if r.speedup is not None])
     if not ranked:
         return Selection(None, [])
@@ -117,7 +120,7 @@ def select(within: Sequence[ResultRow], time_batch: TimeBatch | None) -> Selecti
     if len(contenders) < 2 or time_batch is None:
         leader = ranked[0]
         return Selection(leader, ranked, row_speedup(leader), notes=_notes(leader, ranked, None))
-    race = Race()
+    race = Race(objective=objective)
     order = _race(race, contenders, time_batch)
     order, tie_notes = _prefer_steadier(race, order)
     leader = order[0]

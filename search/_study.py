@@ -22,10 +22,17 @@ from optuna.trial import FrozenTrial, TrialState
 
 from qbench.errors import QbenchError, describe, first_line
 from qbench.harness import FIRST_LOOK, DropEstimate, Evaluator, Loaded
+from qbench.objectives import objective
 from qbench.plan import PrecisionPlan
+from qbench.runspec import Tune
 from qbench.search._sensitivity import SensitivityReport
 from qbench.search._space import OPTION_PREFIX, SearchSpace
-from qbench.search._trial_timing import TRIAL_PROTOCOL, TrialTiming, clearly_slower, time_against_baseline
+from qbench.search._trial_timing import (
+    TrialTiming,
+    clearly_slower,
+    time_against_baseline,
+    trial_protocol,
+)
 from qbench.statistics import Speedup
 from qbench.store import safe_url, without_password
 
@@ -54,8 +61,25 @@ class StudySettings:
     # Decide each trial's accuracy and latency sequentially (stop once the answer is clear);
     # off: score every trial on the whole tuning set and time it with the full trial protocol.
     sequential: bool = True
+    objective: str = "p50"  # the figure minimized (``qbench.objectives``)
+
+    @classmethod
+    def from_tune(cls, tune: Tune) -> StudySettings:
+        """The study part of a run spec's ``Tune`` (validated there)."""
+        return cls(
+            max_drop=tune.max_drop,
+            n_trials=tune.trials,
+            timeout=tune.timeout,
+            patience=tune.patience,
+            pareto=tune.pareto,
+            seed=tune.seed,
+            max_mb=tune.max_mb,
+            sequential=tune.sequential,
+            objective=tune.objective,
+        )
 
     def __post_init__(self) -> None:
+        objective(self.objective)
         if not 0 <= self.seed <= 2**32 - 1:
             raise QbenchError(f"`seed` must be between 0 and 2**32 - 1, but got {self.seed}")
         if not 0 <= self.max_drop < 1:
@@ -245,6 +269,7 @@ def trial_plan(trial: FrozenTrial) -> PrecisionPlan:
 class _Objective:
     def __init__(self, evaluator: Evaluator, space: SearchSpace, settings: StudySettings, reference_ms: float):
         self.evaluator, self.space, self.settings, self.reference_ms = evaluator, space, settings, reference_ms
+        self.objective = objective(settings.objective)
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         study = trial.study
@@ -327,20 +352,27 @@ class _Objective:
             drop = self._record_drop(trial, self.evaluator.accuracy_drop(loaded.runner, quick=False))
             if drop > budget and not self.settings.pareto:
                 return drop, None
-            return drop, time_against_baseline(self.evaluator, {"c": loaded}, self.reference_ms)["c"]
+            return drop, self._time(loaded)
         scored: list = []
         first = self.evaluator.sequential_drop(loaded.runner, budget, most=FIRST_LOOK, scored=scored)
         if first.verdict != "partial" and first.drop > budget:  # decided over the budget already
             return self._record_drop(trial, first), None
         best = feasible_trials(trial.study)
-        stop = clearly_slower(trial_speedup(best[0]) if best else None)
-        timing = time_against_baseline(self.evaluator, {"c": loaded}, self.reference_ms, stop=stop)["c"]
+        stop = clearly_slower(trial_speedup(best[0]) if best else None, self.objective)
+        timing = self._time(loaded, stop)
         estimate = first if stop.decided or first.verdict != "partial" else None
         if estimate is None:
             estimate = self.evaluator.sequential_drop(loaded.runner, budget, scored=scored)
         trial.set_user_attr("beaten", stop.decided)  # timing stopped: clearly slower, cannot win
         drop = self._record_drop(trial, estimate)
         return drop, None if drop > budget else timing
+
+    def _time(self, loaded: Loaded, stop: clearly_slower | None = None) -> TrialTiming:
+        """The plan's figure on the objective, from a paired timing against fp32."""
+        timings = time_against_baseline(
+            self.evaluator, {"c": loaded}, self.reference_ms, stop=stop, objective=self.objective
+        )
+        return timings["c"]
 
     def _result(self, latency: float, drop: float) -> float | tuple[float, float]:
         return (latency, drop) if self.settings.pareto else latency
@@ -380,8 +412,9 @@ def run_study(
 ) -> None:
     """Run trials until the study has ``n_trials`` finished ones, the timeout passes, or
     ``patience`` finished trials bring no better feasible latency."""
-    if "fp32_reference_ms" not in study.user_attrs:  # the first worker fixes the latency scale
-        study.set_user_attr("fp32_reference_ms", evaluator.measure_baseline_ms(TRIAL_PROTOCOL))
+    if "fp32_reference_ms" not in study.user_attrs:  # the first worker fixes the scale of the figure
+        goal = objective(settings.objective)
+        study.set_user_attr("fp32_reference_ms", evaluator.measure_baseline_ms(trial_protocol(goal), goal.percentile))
         study.set_user_attr("space", json.dumps([list(g.layers) for g in space.groups]))
     reference_ms = study.user_attrs["fp32_reference_ms"]
 

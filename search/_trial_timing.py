@@ -1,26 +1,34 @@
-"""How the tuner reads a harness's timings: latency as ``fp32 reference median / speedup``.
+"""How the tuner reads a harness's timings: the objective's figure as ``fp32 reference / ratio``.
 
 Trials are measured minutes apart, or by other workers on other machines of the same kind;
-each is timed interleaved with the fp32 baseline (``qbench.harness``), and its latency is the
-study's fixed fp32 reference divided by that in-process speedup, which keeps trials comparable
-despite drift.
+each is timed interleaved with the fp32 baseline (``qbench.harness``), and its figure (median,
+p90, p99 per call: ``qbench.objectives``) is the study's fixed fp32 reference of that figure
+divided by the paired ratio on it, which keeps trials comparable despite drift.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from qbench.harness import FP32, Evaluator
 from qbench.measure import Samples, TimingProtocol
+from qbench.objectives import MEDIAN, Objective
 from qbench.search._select import relative
-from qbench.statistics import Speedup, speedup
+from qbench.statistics import Speedup
 
 if TYPE_CHECKING:
     from qbench.harness import Loaded
 
 TRIAL_PROTOCOL = TimingProtocol(warmup_count=5, warmup_seconds=0.1, min_count=30, min_seconds=0.4, max_seconds=10.0)
+#: While a trial is timed, "could it still win?" is asked after every round: a lighter interval.
+STOP_RESAMPLES = 200
+
+
+def trial_protocol(objective: Objective, protocol: TimingProtocol = TRIAL_PROTOCOL) -> TimingProtocol:
+    """``protocol`` with at least the samples the objective's figure needs (a p99 needs hundreds)."""
+    return replace(protocol, min_count=max(protocol.min_count, objective.min_samples))
 
 
 @dataclass(frozen=True)
@@ -37,13 +45,14 @@ def time_against_baseline(
     reference_ms: float,
     protocol: TimingProtocol = TRIAL_PROTOCOL,
     stop: Callable[[Samples], bool] | None = None,
+    objective: Objective = MEDIAN,
 ) -> dict[str, TrialTiming]:
     """Time loaded candidates interleaved with fp32, each in its own worker; one TrialTiming per
-    candidate. ``stop`` may end the timing early (``measure_interleaved``)."""
-    samples = evaluator.time(plans, protocol, stop=stop)
+    candidate, on the ``objective``'s figure. ``stop`` may end the timing early (``measure_interleaved``)."""
+    samples = evaluator.time(plans, trial_protocol(objective, protocol), stop=stop)
     timings = {}
     for key in plans:
-        ratio = speedup(samples[FP32], samples[key], getattr(samples, "block", 1))
+        ratio = objective.ratio(samples[FP32], samples[key], getattr(samples, "block", 1))
         timings[key] = TrialTiming(reference_ms / ratio.ratio, ratio.ratio, ratio.ci_low, ratio.ci_high)
     return timings
 
@@ -54,11 +63,11 @@ class clearly_slower:  # noqa: N801 - used like a function that builds a ``stop`
     the uncertainty of both carried). Such a plan cannot win, so its rough figure is enough;
     ``decided`` says whether it fired."""
 
-    def __init__(self, incumbent: Speedup | None) -> None:
-        self.incumbent, self.decided = incumbent, False
+    def __init__(self, incumbent: Speedup | None, objective: Objective = MEDIAN) -> None:
+        self.incumbent, self.objective, self.decided = incumbent, objective, False
 
     def __call__(self, samples: Samples) -> bool:
-        candidate = speedup(samples[FP32], samples["c"], samples.block)
+        candidate = self.objective.ratio(samples[FP32], samples["c"], samples.block, STOP_RESAMPLES)
         slower = candidate.ci_high < 1.0
         if not slower and self.incumbent is not None:
             slower = relative(candidate, self.incumbent).ci_high < 1.0

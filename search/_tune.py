@@ -21,9 +21,11 @@ from qbench.machine import Machine
 from qbench.measure import TimingProtocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
+from qbench.objectives import objective
 from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
 from qbench.report.tables import markdown_table
 from qbench.runspec import LoadedSubject, RunSpec
+from qbench.scenario import LATENCY, Scenario
 from qbench.search._select import relative, select
 from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
 from qbench.search._space import SearchSpace, build_space
@@ -39,6 +41,7 @@ from qbench.search._study import (
     trial_speedup,
     trial_summary,
 )
+from qbench.search._trial_timing import trial_protocol
 from qbench.statistics import Speedup
 from qbench.store import Leaderboard, ResultRow
 from qbench.workers import WorkerPool
@@ -120,6 +123,8 @@ def default_study_name(inputs: TuneInputs, tune_settings: TuneSettings, space: S
     """A name that changes with anything that makes trials incomparable or the space different."""
     model, backend, machine, metric = inputs.model, inputs.backend, inputs.machine, inputs.metric
     settings, tuning_data, workload = tune_settings.study, inputs.tuning_data, tune_settings.workload
+    goal = (settings.objective, tune_settings.batch_size)
+    scale = [f"{goal[0]} at batch {goal[1]}"] if goal != ("p50", 1) else []  # the default keeps older names
     key = "|".join(
         [
             model.content_hash,
@@ -132,6 +137,7 @@ def default_study_name(inputs: TuneInputs, tune_settings: TuneSettings, space: S
             "sequential" if settings.sequential else "exhaustive",
             str(workload),
             f"{settings.max_mb}",
+            *scale,
             repr([(g.layers, g.choices) for g in space.groups] + list(space.option_choices)),
         ]
     )
@@ -171,6 +177,7 @@ class TuneInputs:
             threads=settings.threads,
             workdir=settings.results_dir / "cache",
             workload=settings.workload,
+            batch_size=settings.batch_size,
             **extra,
         )
 
@@ -193,6 +200,7 @@ class TuneSettings:
     final_protocol: TimingProtocol = FINAL_PROTOCOL
     profile: bool = False
     run_spec: RunSpec | None = None  # stored with every final-selection row
+    batch_size: int = 1  # samples per timed call (the throughput objective's batch)
 
 
 def tune(
@@ -315,14 +323,18 @@ def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, p
     progress(f"final selection: {len(plans)} plans against fp32 on {len(inputs.holdout_data)} held-out samples")
     final = settings.final_protocol
     screen = replace(final, min_seconds=min(final.min_seconds, SCREEN_SECONDS)) if settings.study.sequential else final
+    goal = objective(settings.study.objective)
     bench_settings = BenchSettings(
         threads=settings.threads,
-        protocol=screen,
+        batch_size=settings.batch_size,
+        protocol=trial_protocol(goal, screen),
         kind="tune",
         profile=settings.profile,
         workload=settings.workload,
         spec=settings.run_spec,
         config_hash=settings.run_spec.config_hash() if settings.run_spec else None,
+        scenario=Scenario("throughput", settings.batch_size) if goal.per_sample else LATENCY,
+        objective=goal,
     )
     rows = run_bench(
         LoadedSubject(inputs.model, inputs.calibration_data, inputs.holdout_data, inputs.metric, synthetic=False),
@@ -341,8 +353,8 @@ def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, p
     def make_harness() -> Harness:
         return inputs.harness(settings, inputs.holdout_data, score=False, pool=pool)
 
-    with _HeadToHead(make_harness, final, progress) as race:
-        return rows, select(within, race.time if rows[0].ok else None)
+    with _HeadToHead(make_harness, trial_protocol(goal, final), progress) as race:
+        return rows, select(within, race.time if rows[0].ok else None, goal)
 
 
 def _fits(row: ResultRow, max_drop: float, max_mb: float | None) -> bool:

@@ -85,7 +85,7 @@ class FakeEvaluator:
         float_scale = BF16_SPEED if plan.options.get("inference_precision") == "bf16" else 1.0
         return sum(i8 if plan.precision(name) == "int8" else fp * float_scale for name, (fp, i8, _) in COSTS.items())
 
-    def measure_baseline_ms(self, protocol):
+    def measure_baseline_ms(self, protocol, percentile=50):
         return sum(fp for fp, _, _ in COSTS.values())
 
     def time(self, runners, protocol, stop=None):

@@ -1,0 +1,80 @@
+"""What the tuner minimizes, as data: each objective names the figure it reads from a plan's
+samples and the one paired rule by which two plans are compared on it.
+
+- ``p50``: the median latency; two plans compare by the median of their per-block-round ratios
+  (``statistics.speedup``), as every bench row does.
+- ``p90``, ``p99``: a tail; a tail has no per-round ratio, so two plans compare by the ratio of
+  their percentiles over the same rounds, with an interval that resamples whole rounds
+  (``statistics.percentile_ratio``). A tail needs more samples than a median to mean anything:
+  ``min_samples`` raises the timing protocol's count.
+- ``throughput``: samples per second at the tune's batch (``--batch``): the median's rule on
+  calls of BATCH samples, shown as samples/s.
+
+An objective is added here and nowhere else (docs/contributing.md): the study, the final
+selection, the race and the rows read it through ``Objective``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from qbench.errors import QbenchError
+from qbench.statistics import Speedup, block_ratios, median_with_ci, percentile_ratio, rounds_of, speedup
+
+
+@dataclass(frozen=True)
+class Objective:
+    name: str
+    percentile: float  # of the per-call latency
+    min_samples: int  # kept samples per plan for the figure to mean something
+    per_sample: bool = False  # shown as samples/s rather than ms
+
+    def figure_ms(self, samples_ns: np.ndarray) -> float:
+        """The plan's own figure, in ms per call."""
+        return float(np.percentile(np.asarray(samples_ns, np.float64), self.percentile)) / 1e6
+
+    def ratio(
+        self, baseline_ns: np.ndarray, candidate_ns: np.ndarray, block: int = 1, resamples: int = 1000
+    ) -> Speedup:
+        """How much better the candidate is on this figure (above 1: better), from samples timed
+        in the same rounds (``block`` per round)."""
+        if self.percentile == 50:
+            return speedup(baseline_ns, candidate_ns, block)
+        return percentile_ratio(
+            rounds_of(baseline_ns, block), rounds_of(candidate_ns, block), self.percentile, resamples
+        )
+
+    def pooled(self, batches: Sequence[tuple[np.ndarray, np.ndarray, int]]) -> Speedup:
+        """The same comparison over several batches of rounds (a race's): ``(baseline_ns,
+        candidate_ns, block)`` each, every round of every batch one paired observation."""
+        if self.percentile == 50:
+            return Speedup(*median_with_ci(np.concatenate([block_ratios(b, c, k) for b, c, k in batches])))
+        rounds = [(rounds_of(b, k), rounds_of(c, k)) for b, c, k in batches]
+        return percentile_ratio([r for b, _ in rounds for r in b], [r for _, c in rounds for r in c], self.percentile)
+
+    def describe(self, latency_ms: float, batch: int) -> str:
+        if self.per_sample:
+            return f"{batch * 1e3 / latency_ms:,.1f} samples/s"
+        return f"{self.name} {latency_ms:.3f} ms"
+
+
+OBJECTIVES = {
+    "p50": Objective("p50", 50, 30),
+    "p90": Objective("p90", 90, 100),
+    "p99": Objective("p99", 99, 300),
+    "throughput": Objective("throughput", 50, 30, per_sample=True),
+}
+MEDIAN = OBJECTIVES["p50"]
+
+
+def objective(name: object) -> Objective:
+    """The objective called ``name``; a one-line error naming the choices otherwise."""
+    if isinstance(name, Objective):
+        return name
+    found = OBJECTIVES.get(name) if isinstance(name, str) else None
+    if found is None:
+        raise QbenchError(f"unknown objective {name!r}: use one of {', '.join(OBJECTIVES)}")
+    return found
