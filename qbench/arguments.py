@@ -74,17 +74,6 @@ def _seconds(text: str) -> float:
     return value
 
 
-def _threads(text: str) -> int:
-    """Intra-op threads, bounded: a runtime asked for 100,000 threads tries to start them."""
-    value = _positive_int(text)
-    most = 4 * (os.cpu_count() or 1)
-    if value > most:
-        raise argparse.ArgumentTypeError(
-            f"{value} threads is more than 4x this machine's {os.cpu_count()} logical CPUs; use at most {most}"
-        )
-    return value
-
-
 class _Parser(argparse.ArgumentParser):
     """argparse with qbench's one-line errors instead of the usage block (subcommands inherit it)."""
 
@@ -160,7 +149,7 @@ def _data() -> argparse.ArgumentParser:
         "(default: the zoo model's metric; else top1 with labels, else cosine against fp32)",
     )
     data_args.add_argument(
-        "--threads", type=_threads, help="intra-op threads (default: the physical cores this process may use)"
+        "--threads", type=_positive_int, help="intra-op threads (default: the physical cores this process may use)"
     )
     data_args.add_argument(
         "--shape",

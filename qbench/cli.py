@@ -152,8 +152,8 @@ def _bench_one(args: argparse.Namespace, job: JobTag | None) -> int:
         mine = frame[frame.run_id == run.rows[0].run_id]
         print(
             f"{run.model_name} on {spec.target.backend} · {spec.target.threads} threads · "
-            f"batch {run.rows[0].batch_size} · metric {run.metric} on {run.samples} samples · "
-            f"machine {current_machine().fingerprint_hash}"
+            f"batch {run.rows[0].batch_size} · scenario {run.rows[0].scenario} · metric {run.metric} on "
+            f"{run.samples} samples · machine {current_machine().fingerprint_hash}"
             + (_kv_note(run.kv_bytes_per_token, spec.subject.workload) if run.kv_bytes_per_token else "")
         )
         print(ranked(latest_per_plan(mine)).to_string(index=False))

@@ -64,7 +64,7 @@ class Target:
         _whole("batch", self.batch, MAX_BATCH)
 
 
-_THREADS_WHY = "4x this machine's logical CPUs (a runtime asked for 100,000 threads tries to start them)"
+_THREADS_WHY = "4x this machine's logical CPUs: a runtime asked for 100,000 threads tries to start them"
 
 
 def max_threads() -> int:
@@ -76,8 +76,8 @@ def _whole(name: str, value: object, most: int, allow_none: bool = False, why: s
     if value is None and allow_none:
         return
     if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= most:
-        limit = f"at most {most}" + (f", {why}" if why else "")
-        raise QbenchError(f"`{name}` must be a whole number from 1 to {most}, but got {value!r} ({limit})")
+        because = f" ({why})" if why else ""
+        raise QbenchError(f"`{name}` must be a whole number from 1 to {most}{because}, but got {value!r}")
 
 
 @dataclass(frozen=True)

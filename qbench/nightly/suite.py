@@ -10,8 +10,10 @@ the protocol, expanded into one job per (entry, backend).
     [[job]]
     model = "digits-cnn"    # a zoo name or an .onnx path (relative to the suite file)
 
-Job keys: model, name, data, calib_data, metric, backends, recipes, threads, batch, workload, protocol
-("standard" or "quick"), min_seconds, shape (input name -> dims), timeout_s. Paths are relative
+Job keys: model, name, data, calib_data, metric, backends, recipes, threads, batch, workload, scenario
+(latency, throughput[:BATCH], server:QPS[:BOUND_MS]: ``qbench.scenario``), protocol ("standard" or
+"quick"), min_seconds, shape (input name -> dims), timeout_s. Each job's run spec is built as the
+suite loads, so a suite refuses exactly what ``qbench bench`` and ``qbench.bench`` refuse. Paths are relative
 to the suite file. Suite and job names are slugs (letters, digits, ``.``, ``_``, ``-``): they
 name files under the results directory, so they can never point outside it.
 """
@@ -39,6 +41,7 @@ JOB_KEYS: dict[str, type | tuple[type, ...]] = {
     "threads": int,
     "batch": int,
     "workload": str,
+    "scenario": str,
     "protocol": str,
     "min_seconds": (int, float),
     "shape": dict,
@@ -75,6 +78,7 @@ class SuiteJob:
     threads: int | None = None
     batch: int = 1
     workload: str = "batch"  # see qbench.workload: batch, prefill[:N], decode[:N]
+    scenario: str = "latency"  # see qbench.scenario
     protocol: str = "standard"
     min_seconds: float | None = None
     shape: tuple[tuple[str, tuple[int, ...]], ...] = ()
@@ -91,7 +95,7 @@ class SuiteJob:
         spec = RunSpec(
             Subject(self.model, self.data, self.calib_data, self.metric, self.workload, self.shape),
             Target(self.backend, threads, self.batch),
-            Timing(self.protocol, self.min_seconds),
+            Timing(self.protocol, self.min_seconds, scenario=self.scenario),
             self.recipes,
         )
         return spec.normalized(threads=threads, default_recipes=self.recipes)
@@ -231,13 +235,20 @@ def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str
         "threads": settings.get("threads"),
         "batch": settings.get("batch", 1),
         "workload": _workload(settings.get("workload", entry.workload if entry else "batch"), where),
+        "scenario": settings.get("scenario", "latency"),
         "protocol": protocol,
         "min_seconds": settings.get("min_seconds"),
         "shape": shape,
         "timeout_s": settings.get("timeout_s"),
         **{key: _relative(settings[key], base) for key in PATH_KEYS if key in settings},
     }
-    return [SuiteJob(backend=backend, **common) for backend in backends]
+    jobs = [SuiteJob(backend=backend, **common) for backend in backends]
+    for job in jobs:  # the one validation of a run: the spec's own (bounds, scenario, recipes)
+        try:
+            job.run_spec(job.threads or 1)
+        except QbenchError as exc:
+            raise QbenchError(f"{where}: {exc}") from None
+    return jobs
 
 
 def _workload(text: str, where: str) -> str:

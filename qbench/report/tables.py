@@ -12,7 +12,6 @@ import hashlib
 import html
 import json
 
-import numpy as np
 import pandas as pd
 
 from qbench.workload import Workload
@@ -28,6 +27,7 @@ COMPARABLE = [
     "data_hash",
     "metric",
     "workload",
+    "scenario",
 ]
 
 
@@ -49,6 +49,32 @@ def tokens_per_s(rows: pd.DataFrame) -> pd.Series:
     # Failed rows hold None, so a group with only failures has object columns.
     median_ms = pd.to_numeric(rows.median_ms, errors="coerce")
     return per_call.astype(float) * pd.to_numeric(rows.batch_size, errors="coerce") * 1e3 / median_ms
+
+
+def samples_per_s(rows: pd.DataFrame) -> pd.Series:
+    """Samples per second of throughput rows (the batch over the median call), NaN otherwise."""
+    throughput = rows.scenario.map(lambda s: isinstance(s, str) and s.startswith("throughput"))
+    median_ms = pd.to_numeric(rows.median_ms, errors="coerce")
+    rate = pd.to_numeric(rows.batch_size, errors="coerce") * 1e3 / median_ms
+    return rate.where(throughput.astype(bool))
+
+
+def _server(row: pd.Series) -> dict:
+    """What a server run stored with the row (``qbench.benchmark._serve``), or {}."""
+    if not (isinstance(row.get("scenario"), str) and row["scenario"].startswith("server")):
+        return {}
+    settings = row.get("backend_settings")
+    settings = json.loads(settings) if isinstance(settings, str) else settings
+    return settings if isinstance(settings, dict) else {}
+
+
+def speedup_header(scenario: object) -> str:
+    """What a group's speedup compares: the median unless the scenario says a tail."""
+    if isinstance(scenario, str) and scenario.startswith("server") and not scenario.startswith("server:max"):
+        return "p99 speedup vs fp32 (same arrivals)"
+    if isinstance(scenario, str) and scenario.startswith("latency:"):
+        return f"{scenario.split(':', 1)[1]} speedup vs fp32"
+    return "speedup vs fp32"
 
 
 def _layer_counts(realized: str | None) -> tuple[int | None, int | None]:
@@ -92,6 +118,7 @@ def tidy(group: pd.DataFrame, title: str) -> pd.DataFrame:
             "p90_ms": ordered.p90_ms,
             "p99_ms": ordered.p99_ms,
             "tokens_per_s": tokens_per_s(ordered),
+            "samples_per_s": samples_per_s(ordered),
             "speedup": ordered.speedup,
             "speedup_ci_low": ordered.speedup_ci_low,
             "speedup_ci_high": ordered.speedup_ci_high,
@@ -115,13 +142,23 @@ def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec)
 
 
+def _workload_and_scenario(r: pd.Series) -> str:
+    """`` · workload decode:128 · scenario throughput:32`` where either is not the default."""
+    workload = f" · workload {r.workload}" if isinstance(r.workload, str) and r.workload != "batch" else ""
+    scenario = r.get("scenario")
+    return workload + (f" · scenario {scenario}" if isinstance(scenario, str) and scenario != "latency" else "")
+
+
 def ranked(group: pd.DataFrame) -> pd.DataFrame:
-    """One comparable group as a display table: ok rows by speedup (``_ordered``), then failures."""
+    """One comparable group as a display table: ok rows by speedup (``_ordered``), then failures.
+    A throughput group shows samples/s, a server group the rate and its p99 bound."""
     ordered = _ordered(group)
-    rates = tokens_per_s(ordered).to_numpy()
+    rates, samples = tokens_per_s(ordered).to_numpy(), samples_per_s(ordered).to_numpy()
+    header = speedup_header(ordered.scenario.iloc[0] if "scenario" in ordered and len(ordered) else None)
     rows = []
     for rank, (_, r) in enumerate(ordered.iterrows(), start=1):
         ok = r.status == "ok"
+        server = _server(r) if ok else {}
         rows.append(
             {
                 "rank": rank if ok else "",
@@ -132,7 +169,10 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
                 "p90 ms": _fmt(r.p90_ms, ".3f"),
                 "p99 ms": _fmt(r.p99_ms, ".3f"),
                 "tokens/s": _fmt(rates[rank - 1] if ok else None, ".1f"),
-                "speedup vs fp32": (
+                "samples/s": _fmt(samples[rank - 1] if ok else None, ",.1f"),
+                "p99 within bound": {True: "yes", False: "NO"}.get(server.get("bound_held"), ""),
+                "highest requests/s within bound": _fmt(server.get("max_qps"), ",.1f"),
+                header: (
                     f"{r.speedup:.2f}× ({r.speedup_ci_low:.2f}–{r.speedup_ci_high:.2f})"
                     if ok and pd.notna(r.speedup)
                     else ""
@@ -146,7 +186,10 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
             }
         )
     table = pd.DataFrame(rows)
-    return table if np.isfinite(rates).any() else table.drop(columns=["tokens/s"])
+    if table.empty:
+        return table
+    empty = [column for column in table.columns[7:11] if not table[column].astype(bool).any()]
+    return table.drop(columns=empty)
 
 
 # Rows of different backends compare when everything else that shapes the numbers is equal.
@@ -185,7 +228,7 @@ def across_backends(latest: pd.DataFrame) -> list[tuple[pd.Series, pd.DataFrame]
 
 
 def across_title(r: pd.Series) -> str:
-    workload = f" · workload {r.workload}" if isinstance(r.workload, str) and r.workload != "batch" else ""
+    workload = _workload_and_scenario(r)
     return (
         f"across backends · {r.threads} threads · batch {r.batch_size}{workload} · metric {r.metric} · "
         f"data {str(r.data_hash)[:8]}"
@@ -225,7 +268,7 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
 
 def group_title(r: pd.Series) -> str:
     protocol = hashlib.sha256(str(r.protocol).encode()).hexdigest()[:8]
-    workload = f" · workload {r.workload}" if isinstance(r.workload, str) and r.workload != "batch" else ""
+    workload = _workload_and_scenario(r)
     return (
         f"{r.backend} {r.backend_version} · {r.threads} threads · batch {r.batch_size}{workload} · "
         f"metric {r.metric} · data {str(r.data_hash)[:8]} · protocol {protocol}"
