@@ -81,14 +81,15 @@ CASES = {
     "string labels": (["--data", "{labels_strings}"], "wants integer class indices"),
     "2-D labels": (["--data", "{labels_2d}"], "one class index per sample"),
     "NaN in the data": (["--data", "{nan_data}"], "NaN or infinite"),
-    "batch above the sample count": (["--batch", "100000", "--data", "{small}"], "larger than the 240 evaluation"),
+    "batch above the sample count": (["--batch", "1000", "--data", "{small}"], "larger than the 240 evaluation"),
+    "batch above the bound": (["--batch", "100000"], "`batch` must be a whole number from 1 to 4096"),
     "plan options null": (["--recipe", "{options_null}"], '"options" must be a JSON object'),
     "plan nested 200,000 levels": (["--recipe", "{deep}"], "nested too deeply"),
     "non-UTF-8 plan": (["--recipe", "{latin1}"], "is not UTF-8"),
     "plan name of 100,000 characters": (["--recipe", "{long_name}"], '"name" must be a string of 1 to 200'),
     "negative shape": (["--shape", "image=-1,16"], "positive dimensions"),
     "min-seconds inf": (["--min-seconds", "inf"], "at most 86400"),
-    "100,000 threads": (["--threads", "100000"], "use at most"),
+    "100,000 threads": (["--threads", "100000"], "4x this machine's logical CPUs"),
 }
 
 
