@@ -136,8 +136,8 @@ def _drift_workload(machine, workdir: pathlib.Path):
     """The nightly drift workload (ONNX Runtime, the demo in fp32), or None, with a warning,
     where it cannot run: the job is then compared by its raw medians."""
     from qbench.backends import get_backend
+    from qbench.drift import DriftWorkload
     from qbench.errors import describe
-    from qbench.nightly.drift import DriftWorkload
 
     try:
         return DriftWorkload(get_backend("onnxruntime"), machine, workdir)

@@ -25,16 +25,16 @@ import numpy as np
 from qbench import __version__
 from qbench.codeversion import code_version
 from qbench.data import Dataset, fixed_batch_size
+from qbench.drift import DRIFT, DriftWorkload
 from qbench.errors import QbenchError, describe
 from qbench.harness import FP32, FP32_AGAIN, TIMING_CHUNK, Harness, Loaded, chunks
 from qbench.machine import Machine
 from qbench.measure import TimingProtocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
-from qbench.nightly.drift import DRIFT, DriftWorkload
-from qbench.nightly.previous_run import AGAIN, PREVIOUS, PreviousPlan, find_previous_plan
 from qbench.objectives import MEDIAN, Objective, objective
 from qbench.plan import PrecisionPlan
+from qbench.previous_run import AGAIN, PREVIOUS, PreviousPlan, find_previous_plan
 from qbench.profile import PROFILE_RUNS, Profile
 from qbench.runspec import LoadedSubject, RunSpec, timing_protocol
 from qbench.scenario import LATENCY, Scenario, server_seconds
@@ -190,7 +190,7 @@ def run_bench(
     interleaved with the fp32 session the harness keeps loaded, so memory does not grow with
     the number of plans and every speedup is a ratio measured side by side with fp32, and with
     the ``drift`` workload when given. For a suite job, each plan is then timed alone with
-    its counterpart from the job's previous run (``qbench.nightly.previous_run``)."""
+    its counterpart from the job's previous run (``qbench.previous_run``)."""
     model, calibration_data, evaluation_data = subject.model, subject.calibration, subject.evaluation
     availability, candidates = _checked_candidates(backend, model, machine, plans)
     board.record_machine(machine.to_dict())
@@ -208,42 +208,17 @@ def run_bench(
         workload=settings.workload,
         pool=pool,
     )
-    baseline, others = candidates[0], candidates[1:]
     try:
-        if harness.baseline is None:
-            baseline.error = harness.baseline_error
-        else:
-            baseline.loaded(harness.baseline)
-            baseline.accuracy = harness.baseline_accuracy
-        _calibrate(harness.calibration, calibration_data, candidates, progress)
-        if settings.job is not None:
-            _find_partners(board, machine, settings, harness, availability.version, candidates, progress)
-        if baseline.partner is not None and baseline.error is None:
-            baseline.partner.load(backend, harness.feeds)
-        pending = [c for c in others if c.error is None]
-        size = TIMING_CHUNK // 2 if settings.job is not None else TIMING_CHUNK  # previous sessions come on top
-        for number, chunk in enumerate(chunks(pending, size), start=1):
-            for c in chunk:
-                progress(f"build, load and score {c.plan.name}")
-                _prepare(c, harness)
-            ready = [c for c in chunk if c.error is None]
-            if ready:
-                progress(f"time {len(ready)} plans interleaved with fp32 ({number}/{-(-len(pending) // size)})")
-                try:
-                    _time(harness, baseline, ready, settings.protocol, drift)
-                    if settings.scenario.kind == "server":
-                        _serve(harness, baseline, ready, settings, progress)
-                except QbenchError:
-                    raise
-                except Exception as exc:  # out of memory mid-run, say: these plans fail, the rows are kept
-                    for c in ready:
-                        c.fail(RuntimeError(f"timing failed: {describe(exc)}"))
-            for c in chunk:
-                c.close()
-        if baseline.error is None and baseline.samples_ns is None:  # no other plan: time fp32 alone
-            _time(harness, baseline, [], settings.protocol, drift)
-            if settings.scenario.kind == "server":
-                _serve(harness, baseline, [], settings, progress)
+        _measure(
+            harness,
+            candidates,
+            settings,
+            progress,
+            drift,
+            partners=lambda: _find_partners(
+                board, machine, settings, harness, availability.version, candidates, progress
+            ),
+        )
     finally:
         for c in candidates:
             c.close()
@@ -267,6 +242,66 @@ def run_bench(
         harness.batch_size,
         board,
     )
+
+
+def _measure(
+    harness: Harness,
+    candidates: list[Candidate],
+    settings: BenchSettings,
+    progress: Progress,
+    drift: DriftWorkload | None,
+    partners: Callable[[], None],
+) -> None:
+    """Score fp32, calibrate, find each plan's previous-run counterpart (a suite job's, through
+    ``partners``), then build, score and time the plans a chunk at a time."""
+    baseline, others = candidates[0], candidates[1:]
+    if harness.baseline is None:
+        baseline.error = harness.baseline_error
+    else:
+        baseline.loaded(harness.baseline)
+        baseline.accuracy = harness.baseline_accuracy
+    _calibrate(harness.calibration, harness.calibration_data, candidates, progress)
+    if settings.job is not None:
+        partners()
+    if baseline.partner is not None and baseline.error is None:
+        baseline.partner.load(harness.backend, harness.feeds)
+    pending = [c for c in others if c.error is None]
+    size = TIMING_CHUNK // 2 if settings.job is not None else TIMING_CHUNK  # previous sessions come on top
+    for number, chunk in enumerate(chunks(pending, size), start=1):
+        for c in chunk:
+            progress(f"build, load and score {c.plan.name}")
+            _prepare(c, harness)
+        ready = [c for c in chunk if c.error is None]
+        if ready:
+            progress(f"time {len(ready)} plans interleaved with fp32 ({number}/{-(-len(pending) // size)})")
+            _time_chunk(harness, baseline, ready, settings, progress, drift)
+        for c in chunk:
+            c.close()
+    if baseline.error is None and baseline.samples_ns is None:  # no other plan: time fp32 alone
+        _time_chunk(harness, baseline, [], settings, progress, drift)
+
+
+def _time_chunk(
+    harness: Harness,
+    baseline: Candidate,
+    ready: list[Candidate],
+    settings: BenchSettings,
+    progress: Progress,
+    drift: DriftWorkload | None,
+) -> None:
+    """Time a chunk in the settings' scenario; a failure other than the user's fails these plans
+    only (out of memory mid-run, say), and their rows are kept."""
+    try:
+        _time(harness, baseline, ready, settings.protocol, drift)
+        if settings.scenario.kind == "server":
+            _serve(harness, baseline, ready, settings, progress)
+    except QbenchError:
+        raise
+    except Exception as exc:
+        if not ready:
+            raise
+        for c in ready:
+            c.fail(RuntimeError(f"timing failed: {describe(exc)}"))
 
 
 def _find_partners(
@@ -339,7 +374,7 @@ def _time(
         c.reference_ms = float(np.median(samples[DRIFT])) / 1e6 if DRIFT in samples else None
     # Each pair is timed on its own. A second worker of tonight's artifact is timed in the same
     # rounds: that A/A ratio is the noise floor of the night, and a verdict beyond it is withheld
-    # (``qbench.nightly.previous_run``; the measurements are in docs/decisions.md).
+    # (``qbench.previous_run``; the measurements are in docs/decisions.md).
     for c in timed:
         if c.partner is not None and c.partner.ready:
             tonight = harness.deployment(c.artifact)

@@ -67,18 +67,8 @@ class DecoderInputs:
         caches = _with_config_dims(caches, model)
         named = {s.name: s for s in model.inputs}
         roles = {role: named.get(role) for role in _ROLES}
-        known = {s.name for s in caches} | {s.name for s in roles.values() if s is not None}
-        tokens = [s for s in model.inputs if s.name not in known and s.dtype.startswith("int") and len(s.shape) == 2]
-        others = [s for s in model.inputs if s.name not in known and s not in tokens]
-        fixed = all(isinstance(s.shape[1], int) and isinstance(s.shape[3], int) for s in caches)
-        if len(tokens) != 1 or others or not fixed:
-            raise QbenchError(
-                f"{model.name} has key/value cache inputs but qbench cannot tell what to feed it: it needs one "
-                "token-id input [batch, tokens], caches past*/cache* of shape [batch, kv_heads, tokens, head_dim] "
-                f"with fixed heads and head size, and optionally {', '.join(_ROLES)}; it has "
-                + ", ".join(s.describe() for s in model.inputs if s.name not in {c.name for c in caches[2:]})
-            )
-        return cls(tokens[0], caches, **roles, shared_outputs=_shared_outputs(model, caches))
+        tokens = _token_input(model, caches, [s for s in roles.values() if s is not None])
+        return cls(tokens, caches, **roles, shared_outputs=_shared_outputs(model, caches))
 
     @property
     def bookkeeping(self) -> tuple[InputSpec, ...]:
@@ -118,6 +108,23 @@ class DecoderInputs:
     def complete(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch of token ids (and nothing else the graph takes) completed into a prefill call."""
         return {**feeds, **self.feeds(feeds[self.tokens.name], 0)}
+
+
+def _token_input(model: OnnxModel, caches: tuple[InputSpec, ...], roles: list[InputSpec]) -> InputSpec:
+    """The one token-id input of a decoder whose other inputs are ``caches`` and ``roles``; a
+    one-line error saying what qbench needs when the inputs are not that."""
+    known = {s.name for s in caches} | {s.name for s in roles}
+    tokens = [s for s in model.inputs if s.name not in known and s.dtype.startswith("int") and len(s.shape) == 2]
+    others = [s for s in model.inputs if s.name not in known and s not in tokens]
+    fixed = all(isinstance(s.shape[1], int) and isinstance(s.shape[3], int) for s in caches)
+    if len(tokens) == 1 and not others and fixed:
+        return tokens[0]
+    shown = ", ".join(s.describe() for s in model.inputs if s.name not in {c.name for c in caches[2:]})
+    raise QbenchError(
+        f"{model.name} has key/value cache inputs but qbench cannot tell what to feed it: it needs one "
+        "token-id input [batch, tokens], caches past*/cache* of shape [batch, kv_heads, tokens, head_dim] "
+        f"with fixed heads and head size, and optionally {', '.join(_ROLES)}; it has {shown}"
+    )
 
 
 def _shared_outputs(model: OnnxModel, caches: tuple[InputSpec, ...]) -> tuple[tuple[str, str], ...]:

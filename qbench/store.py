@@ -112,7 +112,7 @@ results = sa.Table(
     # interleaved with this plan: median_ms / reference_ms cancels drift of the whole machine (v6).
     sa.Column("reference_ms", sa.Float),
     # JSON: this plan against the previous run of its suite job, measured in this process
-    # (qbench.nightly.previous_run): method, previous row id, before/after medians, ratio with CI, p (v6).
+    # (qbench.previous_run): method, previous row id, before/after medians, ratio with CI, p (v6).
     sa.Column("comparison", sa.Text),
     # JSON: the run's settings (``qbench.runspec.RunSpec``), enough to run it again, and the hash of
     # those settings with the contents of the files they name; equal for a CLI run, a suite job and

@@ -20,6 +20,23 @@ def test_ruff_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+#: No function of the packages above this cyclomatic complexity (radon's count, which adds boolean
+#: operators and comprehensions to the branches): beyond it a function does several things.
+MAX_COMPLEXITY = 20
+
+
+def test_no_function_is_too_complex():
+    from radon.complexity import cc_visit
+
+    too_complex = []
+    for folder in ("qbench", "search"):  # backends/_qdq.py's graph surgery is 22: the next to split
+        for path in sorted((ROOT / folder).rglob("*.py")):
+            for block in cc_visit(path.read_text(encoding="utf-8")):
+                if block.complexity > MAX_COMPLEXITY:
+                    too_complex.append(f"{path.relative_to(ROOT)}:{block.lineno} {block.name} ({block.complexity})")
+    assert not too_complex, f"split these (complexity above {MAX_COMPLEXITY}): {too_complex}"
+
+
 def _installed_layout(target: pathlib.Path) -> pathlib.Path:
     """The package as a wheel lays it out (backends/ and search/ inside qbench/): import-linter
     reads packages from the file system and cannot follow an editable install's mapping."""

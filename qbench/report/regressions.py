@@ -9,8 +9,8 @@ file, the data) is what the comparison is meant to catch.
 Latency is compared by the best method the rows allow, and the change says which decided:
 
 1. ``in-process A/B``: the newer run's worker timed the older run's artifact and its own,
-   interleaved (``qbench.nightly.previous_run``); a paired ratio, a few percent of noise.
-2. ``normalized by reference``: both runs timed the reference workload (``qbench.nightly.drift``)
+   interleaved (``qbench.previous_run``); a paired ratio, a few percent of noise.
+2. ``normalized by reference``: both runs timed the reference workload (``qbench.drift``)
    with their plans; each median is divided by it, so drift of the whole machine cancels.
 3. ``raw medians``: rows from before either existed, or ad-hoc runs.
 
@@ -33,7 +33,7 @@ import json
 
 import pandas as pd
 
-from qbench.nightly.previous_run import IN_PROCESS, NORMALIZED, RAW, unstable, widened
+from qbench.previous_run import IN_PROCESS, NORMALIZED, RAW, unstable, widened
 from qbench.report.tables import COMPARABLE
 from qbench.statistics import Change, latency_change
 from qbench.store import samples_from_bytes

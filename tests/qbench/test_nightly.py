@@ -16,7 +16,7 @@ import pytest
 from qbench.arguments import build_parser
 from qbench.cli import EXIT_REGRESSION, main
 from qbench.machine import current_machine
-from qbench.nightly.previous_run import unstable
+from qbench.previous_run import unstable
 from qbench.store import Leaderboard, default_url
 from qbench.zoo import DEMO
 from tests.conftest import write_demo_subset

@@ -6,7 +6,7 @@ import types
 
 import pandas as pd
 
-from qbench.nightly.previous_run import PreviousPlan, find_previous_plan
+from qbench.previous_run import PreviousPlan, find_previous_plan
 
 
 def _previous(**changes) -> pd.DataFrame:

@@ -13,7 +13,7 @@ a change past the threshold possible, the verdict is withheld, neither flagged n
 (``unstable``). Where the pair cannot reproduce the
 previous run (another runtime version, workload, batch or session settings; the artifact and
 its model file both gone) the row says why, and the report falls back to medians normalized by
-the reference workload (``qbench.nightly.drift``).
+the reference workload (``qbench.drift``).
 """
 
 from __future__ import annotations
