@@ -82,6 +82,20 @@ class Runner(abc.ABC):
     def synchronize(self) -> None:  # noqa: B027 - a no-op is right for synchronous runtimes
         """Wait for queued device work; CPU runtimes return at once."""
 
+    def run_for(self, feeds: Mapping[str, np.ndarray], seconds: float) -> tuple[int, int]:
+        """Calls completed and nanoseconds spent running ``feeds`` back to back for about
+        ``seconds``; a runner loaded for throughput keeps several requests in flight."""
+        clock, calls = time.perf_counter_ns, 0
+        start = clock()
+        deadline = start + int(seconds * 1e9)
+        while True:
+            self.run(feeds)
+            self.synchronize()
+            calls += 1
+            now = clock()
+            if now >= deadline:
+                return calls, now - start
+
     def timing_notes(self) -> dict[str, Any]:
         """What the runtime saw of the runs so far beyond wall time (device time, host enqueue
         time); stored with the result's settings. CPU runtimes have nothing to add."""
@@ -198,6 +212,13 @@ class Backend(abc.ABC):
     def load(self, artifact: Artifact, threads: int, shared_process: bool = True) -> Runner:
         """Open ``artifact`` with a fixed thread count. ``shared_process`` says other sessions
         live in this process, so idle worker threads must not spin."""
+
+    def load_for_throughput(self, artifact: Artifact, threads: int, streams: int) -> Runner:
+        """Open ``artifact`` to keep ``streams`` requests in flight (0: the runtime's choice), on
+        ``threads`` threads in all, as a throughput deployment does (``Runner.run_for``)."""
+        raise QbenchError(
+            f"{self.name} cannot keep several requests in flight here; use throughput:BATCH without streams"
+        )
 
     def realized_precisions(self, artifact: Artifact, plan: PrecisionPlan, model: OnnxModel) -> dict[str, str]:
         """What each quantizable layer actually runs in once the runtime has optimized it; cached

@@ -207,6 +207,7 @@ def run_bench(
         batch_size=settings.batch_size,
         workload=settings.workload,
         pool=pool,
+        streams=settings.scenario.streams,
     )
     try:
         _measure(

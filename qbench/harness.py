@@ -28,7 +28,7 @@ from qbench import phases
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, describe
 from qbench.machine import Machine
-from qbench.measure import Samples, TimingProtocol, measure_interleaved
+from qbench.measure import Samples, TimingProtocol, measure_interleaved, measure_rates
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.plan import PrecisionPlan
@@ -169,11 +169,13 @@ class Harness:
         workload: Workload = BATCH,
         score: bool = True,
         pool: WorkerPool | None = None,
+        streams: int | None = None,
     ) -> None:
         self.backend, self.model, self.metric, self.machine = backend, model, metric, machine
         self._owns_pool = pool is None  # a tune shares one pool across its harnesses
         self.pool = WorkerPool() if pool is None else pool
         self.threads, self.workdir = threads, workdir
+        self.streams = streams  # requests in flight per timed plan (throughput:BATCH:STREAMS); None: one call at a time
         self.calibration_data, self.evaluation_data = calibration_data, evaluation_data
         if metric.needs_labels and evaluation_data.labels is None:
             raise QbenchError(
@@ -337,7 +339,7 @@ class Harness:
 
     def deployment(self, artifact: Artifact) -> Deployment:
         """``artifact`` as a worker times it: this harness's backend, threads and timed call."""
-        return Deployment(self.backend, artifact, self.threads, self.feeds)
+        return Deployment(self.backend, artifact, self.threads, self.feeds, self.streams)
 
     def time(
         self,
@@ -364,7 +366,10 @@ class Harness:
         with phases.activity("workers"):  # fork or reuse a worker per plan, load what it times
             workers = self.pool.acquire(deployments)
         with phases.activity("timing"):
-            samples = measure_interleaved(workers, protocol, stop=stop)
+            if self.streams is None:
+                samples = measure_interleaved(workers, protocol, stop=stop)
+            else:  # requests in flight: completed calls per second, per round
+                samples = measure_rates(workers, protocol)
         samples.loads = {name: worker.load_info for name, worker in workers.items()}
         return samples
 

@@ -17,7 +17,7 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -191,3 +191,32 @@ def measure_interleaved(
 
 def _samples(samples: Mapping[str, list[int]], kept: int) -> Samples:
     return Samples({name: np.asarray(values, dtype=np.int64) for name, values in samples.items()}, kept)
+
+
+#: A throughput round: each worker runs this long with its requests in flight (after a short
+#: untimed run to fill its queue and wake its threads), the workers taking turns.
+RATE_ROUND_SECONDS = 0.25
+RATE_WARMUP_SECONDS = 0.05
+
+
+def measure_rates(workers: Mapping[str, Any], protocol: TimingProtocol) -> Samples:
+    """Throughput with requests in flight, in alternating rounds: each worker (``rate(seconds)``:
+    calls completed, ns taken) runs ``RATE_ROUND_SECONDS`` per round; a round's sample is its
+    nanoseconds per completed call, so the rows' medians read as ms per call and the paired
+    ratio of two plans is per round (block 1). Rounds continue until every worker has run
+    ``min_seconds`` and ``min_blocks`` rounds, or ``max_seconds`` have passed."""
+    names = list(workers)
+    if not names:
+        raise ValueError("nothing to measure")
+    samples: dict[str, list[int]] = {name: [] for name in names}
+    rounds = 0
+    start = time.perf_counter()
+    need = max(protocol.min_blocks, math.ceil(protocol.min_seconds / RATE_ROUND_SECONDS))
+    while rounds < need and time.perf_counter() - start < protocol.max_seconds:
+        offset = rounds % len(names)
+        for name in names[offset:] + names[:offset]:
+            workers[name].rate(RATE_WARMUP_SECONDS)
+            calls, elapsed = workers[name].rate(RATE_ROUND_SECONDS)
+            samples[name].append(elapsed // max(calls, 1))
+        rounds += 1
+    return _samples(samples, 1)

@@ -1,8 +1,12 @@
 """Deployment scenarios: which question a timing answers, as a typed value.
 
 - ``latency``: one request at a time (MLPerf SingleStream); median, p90 and p99 per plan.
-- ``throughput[:BATCH]``: samples per second with BATCH samples per call (MLPerf Offline at a
-  fixed batch); the paired ratio is the one at that batch, shown as samples/s.
+- ``throughput[:BATCH[:STREAMS]]``: samples per second with BATCH samples per call (MLPerf
+  Offline). Without STREAMS, calls run one at a time and the paired ratio is the per-call one at
+  that batch; with STREAMS (a number, or ``auto`` for the runtime's choice), that many requests
+  are kept in flight on the runtime's own streams (OpenVINO's throughput hint and its async infer
+  requests; concurrent runs of one ONNX Runtime session), and the paired ratio is of completed
+  calls per second in alternating rounds.
 - ``server:QPS[:BOUND_MS]``: requests arriving as a Poisson process at QPS per second, served one
   at a time by the plan's worker (queueing counts), for a fixed time with a fixed seed (MLPerf
   Server); p50/p99 include the wait, and a BOUND says whether p99 stayed under it.
@@ -25,7 +29,9 @@ MAX_BATCH = 4096
 MIN_QPS = 1.0  # a server run lasts seconds: slower arrivals leave too few requests to read a p99
 MAX_QPS = 100_000.0
 MAX_BOUND_MS = 600_000.0
-FORMS = "latency, throughput[:BATCH], server:QPS[:BOUND_MS] or server:max:BOUND_MS"
+FORMS = "latency, throughput[:BATCH[:STREAMS|auto]], server:QPS[:BOUND_MS] or server:max:BOUND_MS"
+MAX_STREAMS = 256
+AUTO_STREAMS = 0  # the runtime picks its streams and requests in flight
 
 
 @dataclass(frozen=True)
@@ -34,12 +40,24 @@ class Scenario:
     batch: int = 1  # samples per timed call
     qps: float | None = None  # server: the arrival rate; None with a bound: find the highest
     bound_ms: float | None = None  # server: the p99 bound
+    streams: int | None = (
+        None  # throughput: requests in flight (AUTO_STREAMS: the runtime's choice); None: one call at a time
+    )
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise QbenchError(f"scenario {self.kind!r}: use {FORMS}")
         if not isinstance(self.batch, int) or isinstance(self.batch, bool) or not 1 <= self.batch <= MAX_BATCH:
             raise QbenchError(f"scenario batch {self.batch!r}: use a whole number from 1 to {MAX_BATCH}")
+        if self.streams is not None and (
+            self.kind != "throughput"
+            or not isinstance(self.streams, int)
+            or isinstance(self.streams, bool)
+            or not 0 <= self.streams <= MAX_STREAMS
+        ):
+            raise QbenchError(
+                f"scenario streams {self.streams!r}: use throughput:BATCH:N with N from 1 to {MAX_STREAMS}, or auto"
+            )
         if self.kind != "server":
             if self.qps is not None or self.bound_ms is not None:
                 raise QbenchError(f"scenario {self.kind}: a rate and a bound belong to server:QPS[:BOUND_MS]")
@@ -64,9 +82,13 @@ class Scenario:
                 raise QbenchError(f"scenario {text!r}: latency takes no arguments (the batch is --batch)")
             return cls()
         if kind == "throughput":
-            if len(parts) > 1:
-                raise QbenchError(f"scenario {text!r}: use throughput or throughput:BATCH")
-            return cls("throughput", _whole(parts[0], text) if parts else DEFAULT_THROUGHPUT_BATCH)
+            if len(parts) > 2:
+                raise QbenchError(f"scenario {text!r}: use throughput, throughput:BATCH or throughput:BATCH:STREAMS")
+            batch = _whole(parts[0], text) if parts else DEFAULT_THROUGHPUT_BATCH
+            streams = (
+                None if len(parts) < 2 else AUTO_STREAMS if parts[1] == "auto" else _whole(parts[1], text, MAX_STREAMS)
+            )
+            return cls("throughput", batch, streams=streams)
         if not 1 <= len(parts) <= 2:
             raise QbenchError(f"scenario {text!r}: use server:QPS[:BOUND_MS] or server:max:BOUND_MS")
         qps = None if parts[0] == "max" else _number(parts[0], text)
@@ -77,7 +99,8 @@ class Scenario:
 
     def __str__(self) -> str:
         if self.kind == "throughput":
-            return f"throughput:{self.batch}"
+            streams = "" if self.streams is None else ":auto" if self.streams == AUTO_STREAMS else f":{self.streams}"
+            return f"throughput:{self.batch}{streams}"
         if self.kind == "server":
             rate = "max" if self.qps is None else f"{self.qps:g}"
             return f"server:{rate}" + (f":{self.bound_ms:g}" if self.bound_ms is not None else "")
@@ -92,13 +115,14 @@ class Scenario:
 LATENCY = Scenario()
 
 
-def _whole(text: str, whole: str) -> int:
+def _whole(text: str, whole: str, most: int = MAX_BATCH) -> int:
     try:
         value = int(text)
     except ValueError:
         raise QbenchError(f"scenario {whole!r}: {text!r} is not a whole number") from None
-    if not 1 <= value <= MAX_BATCH:
-        raise QbenchError(f"scenario {whole!r}: the batch must be from 1 to {MAX_BATCH}")
+    if not 1 <= value <= most:
+        what = "the batch" if most == MAX_BATCH else "the streams"
+        raise QbenchError(f"scenario {whole!r}: {what} must be from 1 to {most}")
     return value
 
 

@@ -158,6 +158,7 @@ class Deployment:
     artifact: Artifact
     threads: int
     feeds: Mapping[str, np.ndarray]
+    streams: int | None = None  # requests in flight for a throughput run (0: the runtime's choice)
 
     def same_as(self, other: Deployment | None) -> bool:
         return (
@@ -167,6 +168,7 @@ class Deployment:
             and other.artifact.path == self.artifact.path
             and other.threads == self.threads
             and other.feeds is self.feeds
+            and other.streams == self.streams
         )
 
 
@@ -273,13 +275,18 @@ class TimingWorker:
         artifact = replace(
             d.artifact, path=d.artifact.path.resolve(), companions=tuple(p.resolve() for p in d.artifact.companions)
         )
-        self.load_info = WorkerLoad(**self._request(("load", d.backend, artifact, d.threads, d.feeds)))
+        self.load_info = WorkerLoad(**self._request(("load", d.backend, artifact, d.threads, d.feeds, d.streams)))
         self.deployment = deployment
         return self.load_info
 
     def times(self, runs: int) -> list[int]:
         """Nanoseconds of ``runs`` consecutive timed calls, taken inside the worker."""
         return self._request(("time", runs))
+
+    def rate(self, seconds: float) -> tuple[int, int]:
+        """Calls completed and nanoseconds taken running for about ``seconds`` (with the
+        deployment's requests in flight)."""
+        return self._request(("rate", float(seconds)))
 
     def serve(self, arrivals_ns: Sequence[int]) -> list[int]:
         """Latency of each request, from its arrival to its answer (waiting included), when requests
@@ -402,11 +409,21 @@ class _Held:
         self.runner: Runner | None = None
         self.feeds: Mapping[str, np.ndarray] | None = None
 
-    def load(self, backend: Backend, artifact: Artifact, threads: int, feeds: Mapping[str, np.ndarray]) -> dict:
+    def load(
+        self,
+        backend: Backend,
+        artifact: Artifact,
+        threads: int,
+        feeds: Mapping[str, np.ndarray],
+        streams: int | None = None,
+    ) -> dict:
         self.close()
         start = time.perf_counter()
         # Deployed defaults: nothing else runs in this process, so idle threads may spin.
-        self.runner = backend.load(artifact, threads, shared_process=False)
+        if streams is None:
+            self.runner = backend.load(artifact, threads, shared_process=False)
+        else:
+            self.runner = backend.load_for_throughput(artifact, threads, streams)
         load_s = time.perf_counter() - start
         self.feeds = feeds
         start = time.perf_counter()
@@ -470,6 +487,8 @@ def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
                 value = held.times(int(args[0]))
             elif kind == "serve":
                 value = held.serve(args[0])
+            elif kind == "rate":
+                value = held.runner.run_for(held.feeds, float(args[0]))
             elif kind == "outputs":
                 value = [np.asarray(o) for o in held.call()]
             else:

@@ -220,3 +220,51 @@ def test_a_server_run_serves_the_same_arrivals_to_each_plan_and_says_whether_p99
         assert settings["requests"] == row.n_samples > 100  # every arrival answered, the same count for both
     fp32 = run.rows[0]
     assert fp32.speedup_ci_low <= 1.0 <= fp32.speedup_ci_high  # fp32 against itself on the same arrivals
+
+
+@pytest.mark.parametrize("backend", ["onnxruntime", "openvino"])
+def test_throughput_with_requests_in_flight_uses_the_runtimes_streams(tmp_path, mlp, backend):
+    """ORT runs one session from two threads at once; OpenVINO compiles with the throughput hint
+    and keeps its optimal number of requests in flight: each says what it chose."""
+    model, data = mlp
+    run = qbench.bench(
+        str(model),
+        str(data),
+        backend=backend,
+        recipes=["fp32"],
+        scenario="throughput:1:2",
+        quick=True,
+        results_dir=tmp_path,
+    )
+    (row,) = run.rows
+    settings = row.backend_settings if isinstance(row.backend_settings, dict) else json.loads(row.backend_settings)
+    assert row.ok and row.scenario == "throughput:1:2" and row.n_samples >= 4  # rounds of calls per second
+    if backend == "onnxruntime":
+        assert settings["concurrent_runs"] == 2 and settings["threads"] >= 1
+    else:
+        assert settings["PERFORMANCE_HINT"] == "THROUGHPUT" and settings["NUM_STREAMS"] == "2"
+        assert int(settings["OPTIMAL_NUMBER_OF_INFER_REQUESTS"]) >= 2
+
+
+def test_a_worker_runs_for_a_time_and_serves_arrivals(tmp_path, mlp):
+    """The worker's own loops: ``rate`` completes calls for the time asked; ``serve`` answers
+    every arrival, no sooner than it arrived."""
+    from qbench.backends import get_backend
+    from qbench.model import OnnxModel
+    from qbench.plan import PrecisionPlan
+    from qbench.workers import Deployment, WorkerPool
+
+    model, _ = mlp
+    backend = get_backend("onnxruntime")
+    artifact = backend.build(OnnxModel.load(model), PrecisionPlan(name="fp32"), None, tmp_path)
+    feeds = {"x": np.zeros((1, 16, 64), np.float32)}
+    pool = WorkerPool()
+    try:
+        worker = pool.acquire({"a": Deployment(backend, artifact, 1, feeds)})["a"]
+        calls, elapsed = worker.rate(0.2)
+        assert calls > 10 and 0.2e9 <= elapsed < 2e9
+        arrivals = arrivals_ns(500.0, 0.2, seed=0)
+        latencies = worker.serve(arrivals)
+        assert len(latencies) == len(arrivals) and min(latencies) > 0
+    finally:
+        pool.close()
