@@ -9,7 +9,12 @@ of T threads, what qbench sets explicitly, and qbench records what the compiled 
 Prints both medians per pair and plan, the median of the pairs' ratios with its order-statistic
 95 % interval (target: within 5 %), and the settings qbench's session reported.
 
-    python benchmarks/openvino_vs_benchmark_app.py [--pairs 5] [--seconds 5]
+``--throughput``: the same for samples per second with requests in flight: ``qbench bench
+--scenario throughput:1:auto`` (the throughput hint, its streams and its optimal number of infer
+requests, kept busy through an AsyncInferQueue) against ``benchmark_app -hint throughput -api
+async`` (which chooses its streams and requests by the same hint).
+
+    python benchmarks/openvino_vs_benchmark_app.py [--pairs 5] [--seconds 5] [--throughput]
 """
 
 from __future__ import annotations
@@ -32,35 +37,44 @@ from qbench.store import open_leaderboard
 from qbench.zoo import DEMO
 
 _MEDIAN = re.compile(r"Median:\s+([0-9.]+) (ms|us)")  # it switches to microseconds below 1 ms
+_THROUGHPUT = re.compile(r"Throughput:\s+([0-9.]+) FPS")
 EVALUATION_SAMPLES = 256  # bench scores every plan: a subset keeps a pair short
 
 
-def benchmark_app_median(ir: pathlib.Path, threads: int, seconds: int) -> float:
-    """benchmark_app's median on ``ir`` with the adapter's hint (latency; ``threads`` is what it chooses here)."""
+def benchmark_app_figure(ir: pathlib.Path, seconds: int, throughput: bool) -> float:
+    """benchmark_app on ``ir`` with the adapter's hint: its median latency in ms, or with
+    ``throughput`` its samples per second (``-hint throughput -api async``)."""
     tool = shutil.which("benchmark_app")
     if tool is None:
         raise SystemExit("benchmark_app not found: it ships with the openvino wheel (pip install 'qbench[openvino]')")
+    hint = ("-hint", "throughput", "-api", "async") if throughput else ("-hint", "latency", "-api", "sync")
     command = [
         tool,
-        *("-m", str(ir), "-d", "CPU", "-hint", "latency"),
-        *("-infer_precision", "f32", "-api", "sync", "-data_shape", "image[1,1,8,8]", "-t", str(seconds)),
+        *("-m", str(ir), "-d", "CPU", *hint),
+        *("-infer_precision", "f32", "-data_shape", "image[1,1,8,8]", "-t", str(seconds)),
     ]
     run = subprocess.run(command, capture_output=True, text=True)
     if run.returncode != 0:
         raise SystemExit(f"benchmark_app failed: {(run.stderr or run.stdout).strip().splitlines()[-1:]}")
     out = run.stdout
-    match = _MEDIAN.search(out)
+    match = (_THROUGHPUT if throughput else _MEDIAN).search(out)
     if match is None:
-        raise SystemExit(f"no 'Median:' line in benchmark_app's output:\n{out}")
+        raise SystemExit(f"no {'Throughput' if throughput else 'Median'} line in benchmark_app's output:\n{out}")
+    if throughput:
+        return float(match.group(1))
     return float(match.group(1)) / (1000.0 if match.group(2) == "us" else 1.0)
 
 
-def qbench_bench(results: pathlib.Path, data: pathlib.Path, threads: int, seconds: int) -> dict[str, dict]:
-    """One ``qbench bench`` process; per plan its median, artifact (IR) and session settings."""
+def qbench_bench(
+    results: pathlib.Path, data: pathlib.Path, threads: int, seconds: int, throughput: bool
+) -> dict[str, dict]:
+    """One ``qbench bench`` process; per plan its median (ms per call), artifact (IR) and session
+    settings; with ``throughput``, requests in flight on the hint's streams."""
     command = [
         *(sys.executable, "-m", "qbench.cli", "bench", DEMO.name, "--backend", "openvino"),
         *("--recipe", "fp32,int8", "--threads", str(threads), "--results-dir", str(results), "--quiet"),
         *("--data", str(data), "--calib-data", str(DEMO.files().calibration), "--min-seconds", str(seconds)),
+        *(("--scenario", "throughput:1:auto") if throughput else ()),
     ]
     subprocess.run(command, check=True, capture_output=True, text=True)
     board = open_leaderboard(results, writes=False)
@@ -81,7 +95,9 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=5)
     parser.add_argument("--seconds", type=int, default=5)
     parser.add_argument("--threads", type=int, default=current_machine().default_threads())
+    parser.add_argument("--throughput", action="store_true", help="samples/s with requests in flight")
     args = parser.parse_args()
+    unit = "samples/s" if args.throughput else "ms"
     availability = get_backend("openvino").probe()
     if not availability.available:
         raise SystemExit(f"openvino unavailable: {availability.reason}")
@@ -89,14 +105,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="qbench-ov-") as tmp:
         results, data = pathlib.Path(tmp), pathlib.Path(tmp) / "eval.npz"
         np.savez(data, **{k: v[:EVALUATION_SAMPLES] for k, v in np.load(DEMO.files().evaluation).items()})
-        print(f"{'plan':5} {'pair':>5} {'qbench bench ms':>16} {'benchmark_app ms':>17} {'bench/app':>10}")
+        print(f"{'plan':5} {'pair':>5} {'qbench bench ' + unit:>22} {'benchmark_app ' + unit:>23} {'bench/app':>10}")
         ratios: dict[str, list[float]] = {"fp32": [], "int8": []}
         for pair in range(1, args.pairs + 1):
-            ours = qbench_bench(results, data, args.threads, args.seconds)
+            ours = qbench_bench(results, data, args.threads, args.seconds, args.throughput)
             for name in ratios:
-                theirs = benchmark_app_median(ours[name]["ir"], args.threads, args.seconds)
-                ratios[name].append(ours[name]["median_ms"] / theirs)
-                print(f"{name:5} {pair:5d} {ours[name]['median_ms']:16.3f} {theirs:17.3f} {ratios[name][-1]:10.3f}")
+                theirs = benchmark_app_figure(ours[name]["ir"], args.seconds, args.throughput)
+                mine = 1e3 / ours[name]["median_ms"] if args.throughput else ours[name]["median_ms"]
+                ratios[name].append(mine / theirs)
+                print(f"{name:5} {pair:5d} {mine:22.3f} {theirs:23.3f} {ratios[name][-1]:10.3f}")
         settings = json.loads(ours["fp32"]["settings"]) if isinstance(ours["fp32"]["settings"], str) else {}
         print(f"qbench's session settings (fp32): {settings}")
         for name, values in ratios.items():

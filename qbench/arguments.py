@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     doctor.add_argument("--repeats", type=_int_at_least(2), default=3, help="alone/engine repetitions per model")
     doctor.add_argument("--seconds", type=_seconds, default=1.0, help="timed seconds per plan and repetition")
+    rerun = sub.add_parser(
+        "rerun", parents=[common], help="run a leaderboard row's stored run spec again (a bench, or a tune)"
+    )
+    rerun.add_argument("row", type=_positive_int, help="the row's id (`qbench leaderboard --csv` lists them)")
+    rerun.add_argument("--storage", help="Optuna storage URL for a tune (default: sqlite file in the results dir)")
     _add_reports(sub, [common])
     _add_nightly(sub, [common])
     return parser

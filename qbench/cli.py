@@ -282,20 +282,9 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
-    import optuna
-
-    from qbench.api import run_tune
-    from qbench.plan import PrecisionPlan
-    from qbench.progress import bar, step_printer
-    from qbench.report import build_report, write_report
-    from qbench.report.tables import latest_per_plan, ranked
-    from qbench.search import StudySettings, feasible_trials, finished_count, role_summary_text
-
-    # Optuna sets its own logger to INFO when first used, overriding main(); one line per trial
-    # would drown the progress bar.
-    optuna.logging.set_verbosity(logging.DEBUG if args.verbose else logging.WARNING)
-    tune = Tune(
+def _tune_part(args: argparse.Namespace) -> Tune:
+    """The ``Tune`` part of a tune command line's run spec."""
+    return Tune(
         objective=args.objective,
         max_drop=args.max_drop,
         max_mb=args.max_mb,
@@ -310,8 +299,51 @@ def cmd_tune(args: argparse.Namespace) -> int:
         seed=args.seed,
         quick_samples=args.quick_samples,
     )
-    spec = _spec(args, ("fp32",), tune)
-    settings = StudySettings.from_tune(tune)
+
+
+def cmd_rerun(args: argparse.Namespace) -> int:
+    """``qbench rerun ROW``: run a stored row's run spec again (a bench, or a tune in a new study)."""
+    import uuid
+
+    from qbench.api import normalized
+
+    board = _open_board(args)
+    try:
+        frame = board.frame()
+    finally:
+        board.close()
+    found = frame[frame.id == args.row]
+    if found.empty:
+        raise QbenchError(
+            f"no row {args.row} in the leaderboard of {args.results_dir}; `qbench leaderboard --csv` lists ids"
+        )
+    stored = found.run_spec.iloc[0]
+    if not isinstance(stored, str) or not stored:
+        raise QbenchError(f"row {args.row} has no stored run spec (rows before schema v7); rerun its command instead")
+    spec = normalized(RunSpec.from_json(stored, f"row {args.row}'s run spec"))
+    print(f"rerun of row {args.row}: {spec.to_json()}")
+    if spec.tune is None:
+        return _bench_one(args, None, spec)
+    args.study = f"rerun-{args.row}-{uuid.uuid4().hex[:6]}"  # a new study, not a resume of the stored one
+    return cmd_tune(args, spec)
+
+
+def cmd_tune(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
+    import optuna
+
+    from qbench.api import run_tune
+    from qbench.plan import PrecisionPlan
+    from qbench.progress import bar, step_printer
+    from qbench.report import build_report, write_report
+    from qbench.report.tables import latest_per_plan, ranked
+    from qbench.search import StudySettings, feasible_trials, finished_count, role_summary_text
+
+    # Optuna sets its own logger to INFO when first used, overriding main(); one line per trial
+    # would drown the progress bar.
+    optuna.logging.set_verbosity(logging.DEBUG if args.verbose else logging.WARNING)
+    if spec is None:
+        spec = _spec(args, ("fp32",), _tune_part(args))
+    settings = StudySettings.from_tune(spec.tune)
     args.results_dir.mkdir(parents=True, exist_ok=True)
     board = _open_board(args)
     progress_bar = bar(settings.n_trials, "trials", args.quiet)
@@ -562,6 +594,7 @@ COMMANDS = {
     "sensitivity": cmd_sensitivity,
     "profile": cmd_profile,
     "tune": cmd_tune,
+    "rerun": cmd_rerun,
     "zoo": cmd_zoo,
     "leaderboard": cmd_leaderboard,
     "report": cmd_report,
