@@ -15,7 +15,7 @@ import os
 import pathlib
 import re
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
@@ -491,6 +491,27 @@ class Leaderboard:
             self._keep(values, first_line(getattr(exc, "orig", None) or exc))
             row.id = -1
         return row.id
+
+    def record_selection(self, ranked: Sequence[ResultRow], winner: ResultRow | None) -> None:
+        """The tuner's decision on rows it recorded: each row's place in its paired ranking
+        (``selection_rank``, 1 = best) and ``selected`` on the winner, kept in the rows' settings
+        so tables and the report rank a tune's rows as the tuner did."""
+        try:
+            with self._writing() as conn:
+                for place, row in enumerate(ranked, start=1):
+                    if row.id is None or row.id < 0:
+                        continue
+                    settings = row.backend_settings if isinstance(row.backend_settings, dict) else {}
+                    if isinstance(row.backend_settings, str):
+                        settings = json.loads(row.backend_settings)
+                    mark = {**settings, "selection_rank": place, "selected": winner is not None and row is winner}
+                    conn.execute(
+                        results.update()
+                        .where(results.c.id == row.id)
+                        .values(backend_settings=json.dumps(mark, sort_keys=True))
+                    )
+        except sa.exc.DBAPIError as exc:  # the rows stand; only the ranking mark is missing
+            log.warning("cannot record the tuner's ranking in %s: %s", safe_url(self.url), first_line(exc.orig or exc))
 
     def _keep(self, values: dict[str, Any], reason: str) -> None:
         """A row the database refused goes to the fallback file, so no measurement is lost."""

@@ -238,6 +238,7 @@ def tune(
         finally:
             pool.close()
         winner, speed, notes = judge(rows, selection, native, settings.study.max_drop)
+        board.record_selection(selection.ranked, winner)  # tables rank these rows as the tuner did
         if not feasible_trials(study):
             notes.insert(
                 0,

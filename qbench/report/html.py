@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from qbench.profile import display_table, flag_summary
 from qbench.report.regressions import METHODS_NOTE, WITHHELD
-from qbench.report.tables import ACROSS_BACKENDS_NOTE
+from qbench.report.tables import ACROSS_BACKENDS_NOTE, row_settings
 from qbench.report.view import ModelSection, Report
 
 PROFILE_ROWS = 8  # op-type rows of the best plan's profile shown per model
@@ -46,24 +46,31 @@ def _svg(figure: Figure) -> str:
 
 
 def _pareto_chart(latest: pd.DataFrame, title: str) -> str:
-    """Latency (x) against accuracy drop (y) of every measured plan, one colour per backend; the
-    line joins each backend's Pareto-optimal plans (nothing both faster and more accurate)."""
+    """Speedup against fp32 (x: the paired figure each row was ranked by, on a tune's objective)
+    against accuracy drop (y) of every measured plan, one colour per backend; the line joins each
+    backend's Pareto-optimal plans (nothing both faster and more accurate), a star marks the
+    tuner's pick. Labels are staggered so that plans close together stay readable."""
     figure = Figure(figsize=(6.4, 4.2))
     ax = figure.subplots()
     for color, (backend, rows) in zip(PALETTE, latest.groupby("backend", sort=True), strict=False):
-        rows = rows.sort_values("median_ms")
+        rows = rows.assign(_x=pd.to_numeric(rows.speedup, errors="coerce")).dropna(subset=["_x"])
+        rows = rows.sort_values("_x", ascending=False)
         drop = rows.accuracy_drop.fillna(0.0) * 100
-        ax.scatter(rows.median_ms, drop, color=color, label=backend, zorder=3)
-        for plan, ms, d in zip(rows.plan_name, rows.median_ms, drop, strict=True):
-            ax.annotate(plan[:18], (ms, d), fontsize=7, xytext=(4, 3), textcoords="offset points")
+        picked = [bool(row_settings(r).get("selected")) for _, r in rows.iterrows()]
+        ax.scatter(rows._x, drop, color=color, label=backend, zorder=3)
+        for i, (plan, x, d, pick) in enumerate(zip(rows.plan_name, rows._x, drop, picked, strict=True)):
+            if pick:
+                ax.scatter([x], [d], marker="*", s=180, color=color, edgecolor="black", zorder=4)
+            ax.annotate(plan[:18], (x, d), fontsize=7, xytext=(4, 3 + 9 * (i % 3)), textcoords="offset points")
         front, best = [], float("inf")
-        for ms, d in zip(rows.median_ms, drop, strict=True):
+        for x, d in zip(rows._x, drop, strict=True):
             if d < best:
-                front.append((ms, d))
+                front.append((x, d))
                 best = d
-        ax.step(*zip(*front, strict=True), where="post", color=color, alpha=0.5)
+        if front:
+            ax.step(*zip(*front, strict=True), where="post", color=color, alpha=0.5)
     ax.axhline(0, color="#999", linewidth=0.8)
-    ax.set_xlabel("median latency (ms), lower is better")
+    ax.set_xlabel("speedup vs fp32 (paired), higher is better")
     ax.set_ylabel("accuracy drop vs fp32 (points of %)")
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
@@ -155,7 +162,7 @@ def _model_section(model: ModelSection) -> list[str]:
     charts = []
     if not ok.empty:
         metric = ok.metric.iloc[0]
-        charts.append(_pareto_chart(ok, f"{model.name}: latency vs accuracy drop ({metric}), latest runs"))
+        charts.append(_pareto_chart(ok, f"{model.name}: speedup vs accuracy drop ({metric}), latest runs"))
     for normalized, title in ((False, "latency over runs"), (True, "latency over runs, normalized by the reference")):
         trend = _history_chart(model.history, f"{model.name}: {title}", normalized)
         if trend:

@@ -63,9 +63,7 @@ def _server(row: pd.Series) -> dict:
     """What a server run stored with the row (``qbench.benchmark._serve``), or {}."""
     if not (isinstance(row.get("scenario"), str) and row["scenario"].startswith("server")):
         return {}
-    settings = row.get("backend_settings")
-    settings = json.loads(settings) if isinstance(settings, str) else settings
-    return settings if isinstance(settings, dict) else {}
+    return row_settings(row)
 
 
 def speedup_header(scenario: object) -> str:
@@ -90,13 +88,25 @@ def _realized_summary(realized: str | None) -> str:
     return "" if total is None else f"{low}/{total}"
 
 
+def row_settings(row: pd.Series) -> dict:
+    """A row's stored settings (JSON in the leaderboard), or {}."""
+    settings = row.get("backend_settings")
+    settings = json.loads(settings) if isinstance(settings, str) and settings else settings
+    return settings if isinstance(settings, dict) else {}
+
+
 def _ordered(group: pd.DataFrame) -> pd.DataFrame:
-    """Ok rows best first by speedup against fp32 (each row's own rounds: absolute medians of
-    different chunks or runs drift apart and never rank), then failures. Rows without a speedup
-    (their fp32 failed) follow, by median."""
-    ok = group[group.status == "ok"].assign(_speedup=lambda f: pd.to_numeric(f.speedup, errors="coerce"))
-    ok = ok.sort_values(["_speedup", "median_ms"], ascending=[False, True], na_position="last")
-    return pd.concat([ok.drop(columns="_speedup"), group[group.status != "ok"]])
+    """Ok rows in the tuner's paired ranking where a tune recorded one (``selection_rank``: the
+    head-to-head race decides, the same answer the tune printed), then by speedup against fp32
+    (each row's own rounds: absolute medians of different chunks or runs drift apart and never
+    rank), then failures. Rows without a speedup (their fp32 failed) follow, by median."""
+    ok = group[group.status == "ok"]
+    ok = ok.assign(
+        _rank=[row_settings(r).get("selection_rank", float("inf")) for _, r in ok.iterrows()],
+        _speedup=pd.to_numeric(ok.speedup, errors="coerce"),
+    )
+    ok = ok.sort_values(["_rank", "_speedup", "median_ms"], ascending=[True, False, True], na_position="last")
+    return pd.concat([ok.drop(columns=["_rank", "_speedup"]), group[group.status != "ok"]])
 
 
 def tidy(group: pd.DataFrame, title: str) -> pd.DataFrame:
@@ -142,6 +152,12 @@ def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec)
 
 
+def _status(r: pd.Series) -> str:
+    if r.status != "ok":
+        return f"failed: {str(r.error).splitlines()[0][:120]}"
+    return "ok · the tuner's pick" if row_settings(r).get("selected") else "ok"
+
+
 def _workload_and_scenario(r: pd.Series) -> str:
     """`` · workload decode:128 · scenario throughput:32`` where either is not the default."""
     workload = f" · workload {r.workload}" if isinstance(r.workload, str) and r.workload != "batch" else ""
@@ -182,7 +198,7 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
                 "low-precision layers": _realized_summary(r.realized),
                 "MB": _fmt(r.artifact_bytes / 1e6 if pd.notna(r.artifact_bytes) else None, ".2f"),
                 "unsteady": "yes" if ok and r.noisy else "",
-                "status": "ok" if ok else f"failed: {str(r.error).splitlines()[0][:120]}",
+                "status": _status(r),
             }
         )
     table = pd.DataFrame(rows)

@@ -58,7 +58,7 @@ def test_report_is_self_contained_with_every_section(report):
     page = path.read_text()
     assert not re.search(r"""(src|href)=["']?(https?:)?//""", page), "the page must not load anything"
     assert page.count("<svg") == 2  # the Pareto chart and the history of the demo
-    assert "latency vs accuracy drop" in page and "latency over runs" in page
+    assert "speedup vs accuracy drop" in page and "latency over runs" in page
     assert "Regressions" in page and "digits-cnn" in page
     assert ("Backends side by side" in page) == two_backends
 

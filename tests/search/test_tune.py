@@ -180,3 +180,9 @@ def test_tune_picks_a_plan_within_the_budget_that_beats_fp32(killed_and_resumed)
         assert "not measurably faster than fp32" in stdout
     assert plan["layers"] and (out_dir / "model.onnx").stat().st_size > 0
     assert "winner" in stdout and "native-int8" in stdout
+    # The tables rank the tune's rows as the tuner decided, its pick first and marked.
+    settings = tune_rows.backend_settings.map(json.loads)
+    assert [bool(s.get("selected")) for s in settings].count(True) == 1 and settings[winner.name]["selected"]
+    assert settings[winner.name]["selection_rank"] == 1
+    spec = json.loads(winner.run_spec)
+    assert spec["tune"]["max_drop"] == pytest.approx(budget) and spec["tune"]["trials"] == TRIALS
