@@ -178,7 +178,7 @@ def bench(
             subject,
             Target(backend, threads, batch),
             Timing("quick" if quick else "standard", min_seconds, profile, scenario),
-            tuple(recipes),
+            recipes,
         )
     )
     with _board(results, db) as board:

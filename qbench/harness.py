@@ -214,6 +214,11 @@ class Harness:
         metric.check_labels(evaluation_data.labels, self.reference, evaluation_data.source)
         self.baseline_accuracy = self._score(self.reference, evaluation_data)
         self.baseline_quick_accuracy = self._score(self.reference[: len(self.quick_data)], self.quick_data)
+        if not (np.isfinite(self.baseline_accuracy) and np.isfinite(self.baseline_quick_accuracy)):
+            # as any plan whose score is not a number: fp32 fails, with the reason
+            self.baseline_error = f"metric {metric.name!r} is {self.baseline_accuracy} on fp32's outputs"
+            self.reference = None
+            self.close()
 
     def require_baseline(self) -> Loaded:
         if self.baseline is None:

@@ -54,7 +54,14 @@ class Metric:
             raise QbenchError(
                 f"metric {self.name!r} needs labels: add a 'labels' array to the data file or use --metric cosine"
             )
-        return float(self.fn(outputs, labels, reference))
+        value = self.fn(outputs, labels, reference)
+        try:
+            if isinstance(value, str | bytes) or np.size(value) != 1:
+                raise TypeError
+            return float(np.asarray(value).reshape(()))
+        except (TypeError, ValueError):
+            shown = repr(value) if len(repr(value)) < 60 else f"a {type(value).__name__}"
+            raise QbenchError(f"metric {self.name!r} must return a float, but returned {shown}") from None
 
 
 def _top1(outputs: np.ndarray, labels: np.ndarray | None, _reference: np.ndarray | None) -> float:

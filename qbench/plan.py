@@ -174,6 +174,11 @@ class PrecisionPlan:
             raise QbenchError(
                 f'{source} is not a qbench plan: expected a JSON object with "qbench_plan": {PLAN_FORMAT_VERSION}'
             )
+        unknown = sorted(set(data) - {"qbench_plan", "name", "layers", "options"})
+        if unknown:
+            raise QbenchError(
+                f'{source}: unknown key "{unknown[0]}"; a plan has "qbench_plan", "name", "layers", "options"'
+            )
         layers = data.get("layers", {})
         if not isinstance(layers, Mapping):
             raise QbenchError(f'{source}: "layers" must map layer names to precisions')
@@ -186,8 +191,11 @@ class PrecisionPlan:
             )
         # Names that are not shared options are runtime options: the backend checks them.
         name = data.get("name", pathlib.Path(source).stem)
-        if not isinstance(name, str) or not 0 < len(name) <= MAX_PLAN_NAME:
-            raise QbenchError(f'{source}: "name" must be a string of 1 to {MAX_PLAN_NAME} characters')
+        if not isinstance(name, str) or not 0 < len(name) <= MAX_PLAN_NAME or not name.isprintable():
+            raise QbenchError(
+                f'{source}: "name" must be 1 to {MAX_PLAN_NAME} printable characters (no control or direction '
+                "characters: it is printed in every table)"
+            )
         return cls(dict(layers), PlanOptions.from_flat(options), name)
 
     @classmethod
@@ -195,7 +203,7 @@ class PrecisionPlan:
         if len(text) > MAX_PLAN_CHARS:
             raise QbenchError(f"{source} holds {len(text):,} characters; a plan is at most {MAX_PLAN_CHARS:,}")
         try:
-            data = json.loads(text)
+            data = json.loads(text, object_pairs_hook=lambda pairs: _unique_keys(pairs, source))
         except json.JSONDecodeError as exc:
             raise QbenchError(f"{source} is not valid JSON: {exc}") from exc
         except RecursionError:
@@ -212,6 +220,18 @@ class PrecisionPlan:
 
 
 MAX_PLAN_NAME = 200  # plan names label every table row
+
+
+def _unique_keys(pairs: list[tuple[str, Any]], source: str) -> dict[str, Any]:
+    """A JSON object whose keys repeat is refused: the last value would silently win."""
+    seen: set[str] = set()
+    for key, _ in pairs:
+        if key in seen:
+            raise QbenchError(f'{source}: key "{key}" appears twice; give it once')
+        seen.add(key)
+    return dict(pairs)
+
+
 MAX_PLAN_CHARS = 16 * 2**20  # a plan for a 100k-layer model is a few MB
 
 BUILTIN_RECIPES = ("fp32", "int8", "native-int8", "int8-dynamic", "int4-weight", "int8-weight")

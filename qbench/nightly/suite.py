@@ -163,10 +163,18 @@ def load_suite(path: str | pathlib.Path, overrides: dict[str, Any] | None = None
         path=path,
         jobs=tuple(jobs),
         timeout_s=timeout_s,
-        regression_threshold=float(header.get("regression_threshold", 0.10)),
-        accuracy_tolerance=float(header.get("accuracy_tolerance", 0.005)),
+        regression_threshold=_fraction(header, "regression_threshold", 0.10, f"{path} [suite]"),
+        accuracy_tolerance=_fraction(header, "accuracy_tolerance", 0.005, f"{path} [suite]"),
         overrides=dict(overrides or {}),
     )
+
+
+def _fraction(header: dict[str, Any], key: str, default: float, where: str) -> float:
+    """A threshold between 0 and 1 (0.1 is 10 %); NaN, negatives and 1 or more are refused."""
+    value = float(header.get(key, default))
+    if not 0 <= value < 1:  # NaN fails this too
+        raise QbenchError(f"{where}: {key} = {value!r}; use a fraction from 0 to below 1, e.g. 0.1 for 10 %")
+    return value
 
 
 def missing_inputs(suite: Suite, most: int = 10) -> str | None:
@@ -215,11 +223,16 @@ def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str
         raise QbenchError(
             f"{where}: timeout_s = {settings['timeout_s']:g}; use a positive number of seconds up to a day"
         )
-    recipes = tuple(_relative(r, base) if r.endswith(".json") else r for r in settings.get("recipes", ["fp32", "int8"]))
+    recipes = settings.get("recipes", ["fp32", "int8"])
+    if not recipes or not all(isinstance(r, str) and r for r in recipes):
+        raise QbenchError(
+            f'{where}: recipes must be a non-empty list of recipe names or plan files, e.g. ["fp32", "int8"]'
+        )
+    recipes = tuple(_relative(r, base) if r.endswith(".json") else r for r in recipes)
     backends = settings.get("backends", ["onnxruntime"])
     if not backends or not all(isinstance(b, str) for b in backends):
         raise QbenchError(f"{where}: backends must be a non-empty list of backend names")
-    shape = tuple((k, tuple(int(d) for d in v)) for k, v in sorted(settings.get("shape", {}).items()))
+    shape = _shape(settings.get("shape", {}), where)
     common = {
         "suite": suite,
         "name": checked_slug(settings.get("name", pathlib.Path(settings["model"]).stem), f"{where}: job name"),
@@ -243,6 +256,16 @@ def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str
         except QbenchError as exc:
             raise QbenchError(f"{where}: {exc}") from None
     return jobs
+
+
+def _shape(table: dict[str, Any], where: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """``shape = {input = [1, 128]}``: whole positive dimensions per input name."""
+    for name, dims in table.items():
+        if not isinstance(dims, list) or not dims or not all(type(d) is int and d > 0 for d in dims):
+            raise QbenchError(
+                f"{where}: shape.{name} = {dims!r}; give a list of positive whole dimensions, e.g. [1, 128]"
+            )
+    return tuple((k, tuple(v)) for k, v in sorted(table.items()))
 
 
 def _workload(text: str, where: str) -> str:

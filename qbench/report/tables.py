@@ -11,10 +11,13 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import logging
 
 import pandas as pd
 
 from qbench.workload import Workload
+
+log = logging.getLogger(__name__)
 
 COMPARABLE = [
     "machine_hash",
@@ -79,8 +82,12 @@ def _layer_counts(realized: str | None) -> tuple[int | None, int | None]:
     """(layers that ran in low precision, layers) from a row's realized precisions."""
     if not isinstance(realized, str) or not realized:  # failed rows have none
         return None, None
-    counts = json.loads(realized)
-    return sum(1 for p in counts.values() if p not in ("fp32", "removed")), len(counts)
+    try:
+        counts = json.loads(realized)
+        return sum(1 for p in counts.values() if p not in ("fp32", "removed")), len(counts)
+    except (ValueError, AttributeError, TypeError):  # a row damaged outside qbench: shown blank, not fatal
+        _warn_once("a row's realized precisions are not valid JSON; its layer count is left blank")
+        return None, None
 
 
 def _realized_summary(realized: str | None) -> str:
@@ -89,10 +96,23 @@ def _realized_summary(realized: str | None) -> str:
 
 
 def row_settings(row: pd.Series) -> dict:
-    """A row's stored settings (JSON in the leaderboard), or {}."""
+    """A row's stored settings (JSON in the leaderboard), or {} (also for damaged JSON)."""
     settings = row.get("backend_settings")
-    settings = json.loads(settings) if isinstance(settings, str) and settings else settings
+    try:
+        settings = json.loads(settings) if isinstance(settings, str) and settings else settings
+    except ValueError:
+        _warn_once("a row's settings are not valid JSON; they are left out of the tables")
+        return {}
     return settings if isinstance(settings, dict) else {}
+
+
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        log.warning(message)
 
 
 def _ordered(group: pd.DataFrame) -> pd.DataFrame:
@@ -165,6 +185,11 @@ def _workload_and_scenario(r: pd.Series) -> str:
     return workload + (f" · scenario {scenario}" if isinstance(scenario, str) and scenario != "latency" else "")
 
 
+def _interval(low: float | None, high: float | None, spec: str) -> str:
+    """``low–high``; blank where a row holds no interval (rows of the first schema, NULLs)."""
+    return f"{_fmt(low, spec)}–{_fmt(high, spec)}" if pd.notna(low) and pd.notna(high) else ""
+
+
 def ranked(group: pd.DataFrame) -> pd.DataFrame:
     """One comparable group as a display table: ok rows by speedup (``_ordered``), then failures.
     A throughput group shows samples/s, a server group the rate and its p99 bound."""
@@ -181,7 +206,7 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
                 "plan": r.plan_name,
                 "kind": r.kind,
                 "median ms": _fmt(r.median_ms, ".3f"),
-                "95% CI ms": f"{r.ci_low_ms:.3f}–{r.ci_high_ms:.3f}" if ok else "",
+                "95% CI ms": _interval(r.ci_low_ms, r.ci_high_ms, ".3f") if ok else "",
                 "p90 ms": _fmt(r.p90_ms, ".3f"),
                 "p99 ms": _fmt(r.p99_ms, ".3f"),
                 "tokens/s": _fmt(rates[rank - 1] if ok else None, ".1f"),
@@ -189,7 +214,7 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
                 "p99 within bound": {True: "yes", False: "NO"}.get(server.get("bound_held"), ""),
                 "highest requests/s within bound": _fmt(server.get("max_qps"), ",.1f"),
                 header: (
-                    f"{r.speedup:.2f}× ({r.speedup_ci_low:.2f}–{r.speedup_ci_high:.2f})"
+                    f"{r.speedup:.2f}× ({_interval(r.speedup_ci_low, r.speedup_ci_high, '.2f')})"
                     if ok and pd.notna(r.speedup)
                     else ""
                 ),
