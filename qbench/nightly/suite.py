@@ -249,10 +249,15 @@ def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str
         "timeout_s": settings.get("timeout_s"),
         **{key: _relative(settings[key], base) for key in PATH_KEYS if key in settings},
     }
-    jobs = [SuiteJob(backend=backend, **common) for backend in backends]
-    for job in jobs:  # the one validation of a run: the spec's own (bounds, scenario, recipes)
+    return _checked_specs([SuiteJob(backend=backend, **common) for backend in backends], where)
+
+
+def _checked_specs(jobs: list[SuiteJob], where: str) -> list[SuiteJob]:
+    """Each job's run spec built once as the suite loads: the one validation of a run (bounds,
+    scenario, recipes), so a suite refuses what ``qbench bench`` and ``qbench.bench`` refuse."""
+    for job in jobs:
         try:
-            job.run_spec(job.threads or 1)
+            job.run_spec(1 if job.threads is None else job.threads)
         except QbenchError as exc:
             raise QbenchError(f"{where}: {exc}") from None
     return jobs

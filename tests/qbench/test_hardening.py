@@ -86,7 +86,7 @@ CASES = {
     "plan options null": (["--recipe", "{options_null}"], '"options" must be a JSON object'),
     "plan nested 200,000 levels": (["--recipe", "{deep}"], "nested too deeply"),
     "non-UTF-8 plan": (["--recipe", "{latin1}"], "is not UTF-8"),
-    "plan name of 100,000 characters": (["--recipe", "{long_name}"], '"name" must be a string of 1 to 200'),
+    "plan name of 100,000 characters": (["--recipe", "{long_name}"], '"name" must be 1 to 200 printable characters'),
     "negative shape": (["--shape", "image=-1,16"], "positive dimensions"),
     "min-seconds inf": (["--min-seconds", "inf"], "at most 86400"),
     "100,000 threads": (["--threads", "100000"], "4x this machine's logical CPUs"),

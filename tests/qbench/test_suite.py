@@ -76,8 +76,8 @@ def test_overrides_apply_to_every_job(tmp_path):
     [
         ("[[job]]\nmodel = 'digits-cnn'\nthreds = 2\n", "unknown key 'threds'"),
         ("[[job]]\nmodel = 'digits-cnn'\nthreads = 'two'\n", "threads = 'two' has the wrong type"),
-        ("[[job]]\nmodel = 'digits-cnn'\nthreads = 0\n", "threads must be at least 1"),
-        ("[[job]]\nmodel = 'digits-cnn'\nprotocol = 'fast'\n", "protocol = 'fast'"),
+        ("[[job]]\nmodel = 'digits-cnn'\nthreads = 0\n", "`threads` must be a whole number from 1 to"),
+        ("[[job]]\nmodel = 'digits-cnn'\nprotocol = 'fast'\n", "timing protocol 'fast'"),
         ("[[job]]\ndata = 'x.npz'\n", "has no model"),
         ("[suite]\nname = 'x'\n", "lists no jobs"),
         ("[[job]]\nmodel = 'digits-cnn'\n[[job]]\nmodel = 'digits-cnn'\n", "job names repeat"),
