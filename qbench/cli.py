@@ -381,10 +381,15 @@ def cmd_tune(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
 
         print("\nwhere the winner's time goes (kept nodes of the stored profile):")
         print(render(profile_from_json(w.profile), profile_from_json(result.baseline.profile)))
-    s = result.winner_speedup
+    s, goal = result.winner_speedup, spec.tune.objective
+    figure = {
+        "p90": f"p90 {w.p90_ms:.3f} ms",
+        "p99": f"p99 {w.p99_ms:.3f} ms",
+        "throughput": f"{w.batch_size * 1e3 / w.median_ms:,.1f} samples/s",
+    }.get(goal, f"{w.median_ms:.3f} ms")
     print(
-        f"\nwinner {w.plan_name}: {s.ratio:.2f}× vs fp32 (95% CI {s.ci_low:.2f}–{s.ci_high:.2f}), "
-        f"{w.median_ms:.3f} ms, drop {w.accuracy_drop:+.4f}; plan and model in {result.output_dir}"
+        f"\nwinner {w.plan_name}: {s.ratio:.2f}× vs fp32 on {goal} (95% CI {s.ci_low:.2f}–{s.ci_high:.2f}), "
+        f"{figure}, drop {w.accuracy_drop:+.4f}; plan and model in {result.output_dir}"
     )
     print(f"chosen per layer kind: {role_summary_text(result.model, PrecisionPlan.from_json(w.plan))}")
     return 0
