@@ -394,7 +394,7 @@ def _serve(harness: Harness, baseline: Candidate, ready: list[Candidate], settin
     rotating turns (their latencies, waiting included, replace the per-call samples, and their
     speedup is the p99 ratio over the same rounds); with a bound, whether p99 kept to it, and for
     ``server:max:BOUND`` the highest rate that does, each plan alone."""
-    scenario, first = settings.scenario, baseline.server is None
+    scenario, first = settings.scenario, baseline.server is None and baseline.error is None
     timed = [*ready, baseline] if first else ready
     for c in timed:
         c.server = {}
@@ -405,7 +405,7 @@ def _serve(harness: Harness, baseline: Candidate, ready: list[Candidate], settin
         for c in timed:
             mine = served[FP32 if c is baseline else c.key]
             c.samples_ns = np.concatenate(mine)
-            c.ratio = percentile_ratio(served[FP32], mine, 99)
+            c.ratio = percentile_ratio(served[FP32], mine, 99) if FP32 in served else None  # fp32 failed
             p99 = float(np.percentile(c.samples_ns, 99)) / 1e6
             c.server.update(qps=scenario.qps, server_seconds=seconds, requests=len(c.samples_ns), p99_ms=p99)
             if scenario.bound_ms is not None:
