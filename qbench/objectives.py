@@ -32,10 +32,6 @@ class Objective:
     min_samples: int  # kept samples per plan for the figure to mean something
     per_sample: bool = False  # shown as samples/s rather than ms
 
-    def figure_ms(self, samples_ns: np.ndarray) -> float:
-        """The plan's own figure, in ms per call."""
-        return float(np.percentile(np.asarray(samples_ns, np.float64), self.percentile)) / 1e6
-
     def ratio(
         self, baseline_ns: np.ndarray, candidate_ns: np.ndarray, block: int = 1, resamples: int = 1000
     ) -> Speedup:
@@ -54,11 +50,6 @@ class Objective:
             return Speedup(*median_with_ci(np.concatenate([block_ratios(b, c, k) for b, c, k in batches])))
         rounds = [(rounds_of(b, k), rounds_of(c, k)) for b, c, k in batches]
         return percentile_ratio([r for b, _ in rounds for r in b], [r for _, c in rounds for r in c], self.percentile)
-
-    def describe(self, latency_ms: float, batch: int) -> str:
-        if self.per_sample:
-            return f"{batch * 1e3 / latency_ms:,.1f} samples/s"
-        return f"{self.name} {latency_ms:.3f} ms"
 
 
 OBJECTIVES = {
