@@ -16,7 +16,7 @@ from qbench.nightly.suite import MAX_SECONDS
 from qbench.objectives import OBJECTIVES
 from qbench.plan import GROUPINGS, PRECISIONS
 from qbench.scenario import Scenario
-from qbench.workload import Workload
+from qbench.workload import Workload, parse_workloads
 
 EXIT_REGRESSION = 3
 
@@ -381,10 +381,10 @@ def _precisions(text: str) -> tuple[str, ...]:
 
 
 def _workloads(text: str) -> tuple[Workload, ...]:
-    parts = [part.strip() for part in text.split(",") if part.strip()]
-    if not parts:
-        raise argparse.ArgumentTypeError("name a workload, e.g. decode:128")
-    return tuple(_workload(part) for part in parts)
+    try:
+        return parse_workloads(text)
+    except QbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _workload(text: str) -> Workload:

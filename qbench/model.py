@@ -166,6 +166,12 @@ def model_file(path: str | pathlib.Path) -> pathlib.Path:
             name = json.loads(config.read_text())["model"]["decoder"]["filename"]
         except (ValueError, KeyError, TypeError) as exc:
             raise QbenchError(f"{config} names no decoder file (model.decoder.filename): {exc!r}") from None
+        inside = path.resolve()
+        if not isinstance(name, str) or not name or inside not in (inside / name).resolve().parents:
+            # an absolute path, "..", or a link out of the folder: refused like escaping external data
+            raise QbenchError(
+                f"{config}: model.decoder.filename {name!r} must name a file inside the model folder {path}"
+            )
         return path / name
     found = sorted(path.glob("*.onnx"))
     if len(found) != 1:

@@ -72,6 +72,21 @@ class Workload:
 
 
 BATCH = Workload()
+MAX_WORKLOADS = 16  # `bench --workload a,b,…` times each in turn: a long list is a mistake, not a plan
+
+
+def parse_workloads(text: str) -> tuple[Workload, ...]:
+    """A comma-separated list of workloads, each once, at most ``MAX_WORKLOADS``."""
+    parts = [part.strip() for part in text.split(",") if part.strip()]
+    if not parts:
+        raise QbenchError("name a workload, e.g. decode:128")
+    if len(parts) > MAX_WORKLOADS:
+        raise QbenchError(f"{len(parts)} workloads listed; time at most {MAX_WORKLOADS} in one run")
+    workloads = tuple(Workload.parse(part) for part in parts)
+    repeated = next((str(w) for i, w in enumerate(workloads) if w in workloads[:i]), None)
+    if repeated is not None:
+        raise QbenchError(f"workload {repeated} is listed twice; list each once")
+    return workloads
 
 
 def decoder_inputs(model: OnnxModel, why: str) -> DecoderInputs:

@@ -121,3 +121,30 @@ def test_damaged_rows_and_null_statistics_are_shown_blank_not_a_traceback(tmp_pa
     out = capsys.readouterr().out
     assert "damaged" in out and "old" in out
     assert main(["report", "--results-dir", str(tmp_path)]) == 0
+
+
+@pytest.mark.parametrize("filename", ["../dec.onnx", "/etc/passwd", 5, ""])
+def test_a_model_folder_naming_a_decoder_outside_itself_or_no_name_is_refused(tmp_path, filename):
+    """Rows 1 and 2: genai_config.json's decoder filename must stay inside the folder and be a name."""
+    import json
+
+    from qbench.model import model_file
+
+    folder = tmp_path / "model"
+    folder.mkdir()
+    (tmp_path / "dec.onnx").write_bytes(b"not read")
+    config = {"model": {"decoder": {"filename": filename}}}
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    with pytest.raises(QbenchError, match="must name a file inside the model folder"):
+        model_file(folder)
+    config["model"]["decoder"]["filename"] = "model.onnx"
+    (folder / "genai_config.json").write_text(json.dumps(config))
+    assert model_file(folder) == folder / "model.onnx"
+
+
+def test_a_workload_list_is_capped_and_never_repeats_one(capsys):
+    """Row 5: `--workload decode:16,decode:16` and a list of thousands end in one line, exit 2."""
+    for listed, message in (("decode:16,decode:16", "listed twice"), ("decode:1," * 5000, "at most 16")):
+        assert main(["bench", "smollm2-135m", "--workload", listed]) == 2
+        error = capsys.readouterr().err.strip()
+        assert message in error and len(error.splitlines()) == 1
