@@ -385,47 +385,34 @@ class OpenVinoBackend(Backend):
     ) -> Runner:
         if threads < 1:
             raise QbenchError(f"`threads` must be at least 1, but got {threads}")
-        core = _core()
-        ov_model = core.read_model(str(artifact.path))
-        hint = ov_model.get_rt_info(_RT_INFO).astype(str) if ov_model.has_rt_info(_RT_INFO) else "f32"
-        config = {
-            "PERFORMANCE_HINT": "LATENCY",
-            "NUM_STREAMS": "1",
-            "INFERENCE_NUM_THREADS": str(threads),
-            "INFERENCE_PRECISION_HINT": hint,
-            **(extra_config or {}),
-        }
-        try:
-            compiled = core.compile_model(ov_model, self.device, config)
-        except Exception as exc:
-            raise QbenchError(
-                f"OpenVINO cannot compile {artifact.path.name} for {self.device}: {_openvino_error(exc)}"
-            ) from exc
+        config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", **(extra_config or {})}
+        compiled, config = self._compile(artifact, threads, config)
         # What the compiled model reports, not what was asked: the values that shaped the latency.
         names = [*config, "ENABLE_CPU_PINNING"] if self.device == "CPU" else list(config)
         names = [name for name in names if name not in (extra_config or {})]
         settings = {"device": self.device, **{k: _property_text(compiled.get_property(k)) for k in names}}
         return OpenVinoRunner(compiled, settings)
 
-    def load_for_throughput(self, artifact: Artifact, threads: int, streams: int) -> Runner:
-        """Compiled with the throughput hint (streams: ``NUM_STREAMS``, 0 for the hint's own
-        choice) and run through an ``AsyncInferQueue`` of the compiled model's
-        ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``, as ``benchmark_app -hint throughput`` does."""
+    def _compile(self, artifact: Artifact, threads: int, config: dict) -> tuple[Any, dict]:
+        """``artifact`` compiled on ``threads`` threads in the precision stored in its IR, with
+        ``config`` on top; returns the compiled model and the whole config asked for."""
         core = _core()
         ov_model = core.read_model(str(artifact.path))
         hint = ov_model.get_rt_info(_RT_INFO).astype(str) if ov_model.has_rt_info(_RT_INFO) else "f32"
-        config = {
-            "PERFORMANCE_HINT": "THROUGHPUT",
-            "INFERENCE_NUM_THREADS": str(threads),
-            "INFERENCE_PRECISION_HINT": hint,
-            **({"NUM_STREAMS": str(streams)} if streams else {}),
-        }
+        config = {"INFERENCE_NUM_THREADS": str(threads), "INFERENCE_PRECISION_HINT": hint, **config}
         try:
-            compiled = core.compile_model(ov_model, self.device, config)
+            return core.compile_model(ov_model, self.device, config), config
         except Exception as exc:
             raise QbenchError(
                 f"OpenVINO cannot compile {artifact.path.name} for {self.device}: {_openvino_error(exc)}"
             ) from exc
+
+    def load_for_throughput(self, artifact: Artifact, threads: int, streams: int) -> Runner:
+        """Compiled with the throughput hint (streams: ``NUM_STREAMS``, 0 for the hint's own
+        choice) and run through an ``AsyncInferQueue`` of the compiled model's
+        ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``, as ``benchmark_app -hint throughput`` does."""
+        config = {"PERFORMANCE_HINT": "THROUGHPUT", **({"NUM_STREAMS": str(streams)} if streams else {})}
+        compiled, config = self._compile(artifact, threads, config)
         names = [*config, "NUM_STREAMS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS"]
         settings = {
             "device": self.device,
