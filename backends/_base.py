@@ -12,7 +12,15 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from qbench.cache import artifact_cache_limit, atomic_cached, content_key, intact, touch, trim_least_recently_used
+from qbench.cache import (
+    artifact_cache_limit,
+    atomic_cached,
+    content_key,
+    intact,
+    short_stem,
+    touch,
+    trim_least_recently_used,
+)
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.machine import Machine
@@ -182,7 +190,7 @@ class Backend(abc.ABC):
         return Artifact(path, key, 0.0 if cached else time.perf_counter() - start, cached, companions)
 
     def _artifact_path(self, model_name: str, key: str, workdir: pathlib.Path) -> pathlib.Path:
-        return workdir / "artifacts" / type(self).name / f"{model_name}-{key}{self.artifact_suffix}"
+        return workdir / "artifacts" / type(self).name / f"{short_stem(model_name)}-{key}{self.artifact_suffix}"
 
     def cached_artifact(self, model_name: str, key: str, workdir: pathlib.Path) -> Artifact | None:
         """The artifact an earlier ``build`` made under ``key``, if the cache still holds it."""

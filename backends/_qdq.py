@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from qbench.backends._base import Calibration, check_calibration
-from qbench.cache import atomic_cached
+from qbench.cache import atomic_cached, short_stem
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError
 from qbench.model import OnnxModel
@@ -56,7 +56,7 @@ def quiet_root_logger() -> Iterator[None]:
 
 def named_model_path(model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path:
     """The model with qbench's stable node names, on disk (the quantizer reads files)."""
-    path = workdir / "models" / f"{model.name}-{model.content_hash}.onnx"
+    path = workdir / "models" / f"{short_stem(model.name)}-{model.content_hash}.onnx"
     atomic_cached(path, model.save)
     return path
 

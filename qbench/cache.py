@@ -25,9 +25,28 @@ log = logging.getLogger(__name__)
 _verified: set[tuple] = set()  # entries checked in this process, by their files' (name, mtime, size)
 
 
+#: File names stay far below the 255-byte limit of common file systems once a key and suffix are added.
+MAX_STEM_BYTES = 64
+
+
+def short_stem(name: str, limit: int = MAX_STEM_BYTES) -> str:
+    """``name`` for use in a file name: unchanged when it fits in ``limit`` bytes, else its start and
+    a hash of the whole, so two long names that share a start still get different files."""
+    if len(name.encode()) <= limit:
+        return name
+    digest = hashlib.sha256(name.encode()).hexdigest()[:8]
+    start = name.encode()[: limit - len(digest) - 1].decode(errors="ignore")
+    return f"{start}-{digest}"
+
+
 def cache_root() -> pathlib.Path:
-    """Where exports and machine measurements persist across runs: ``$QBENCH_CACHE`` or ~/.cache/qbench."""
-    return pathlib.Path(os.environ.get("QBENCH_CACHE") or pathlib.Path.home() / ".cache" / "qbench")
+    """Where zoo exports and this machine's measurements persist across runs and results
+    folders: ``$QBENCH_CACHE`` (an absolute path) or ~/.cache/qbench (docs/security.md lists
+    every file qbench writes)."""
+    given = os.environ.get("QBENCH_CACHE", "")
+    if given and not os.path.isabs(given):
+        raise QbenchError(f"$QBENCH_CACHE={given!r} is not an absolute path: set it to one, or unset it")
+    return pathlib.Path(given or pathlib.Path.home() / ".cache" / "qbench")
 
 
 #: Built artifacts kept per cache folder before the least recently used go (``$QBENCH_ARTIFACT_CACHE_GB``).

@@ -6,33 +6,26 @@ import argparse
 import logging
 import os
 import pathlib
+import signal
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, fields
+from collections.abc import Callable, Sequence
+from dataclasses import fields
 from typing import TYPE_CHECKING
 
 from qbench.arguments import EXIT_REGRESSION, build_parser
-from qbench.cache import artifact_cache_limit
-from qbench.errors import QbenchError
+from qbench.cache import artifact_cache_limit, short_stem
+from qbench.errors import QbenchError, Terminated
 from qbench.runspec import RunSpec, Subject, Target, Timing, Tune, load_model, load_subject
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from qbench.nightly.job import WorkerJob
+
 log = logging.getLogger("qbench")
 EXIT_USER_ERROR = 2
-
-
-@dataclass(frozen=True)
-class JobTag:
-    """What ``qbench nightly`` hands a worker (see qbench.worker): the run, the suite job its
-    rows belong to, and the leaderboard URL, kept out of argv."""
-
-    spec: RunSpec
-    job: str
-    job_hash: str  # the job's config hash as the suite computed it (the rows carry it)
-    db: str
+EXIT_TERMINATED = 128 + signal.SIGTERM
 
 
 def _open_board(args: argparse.Namespace, writes: bool = True, db: str | None = None):
@@ -117,33 +110,40 @@ def _spec(args: argparse.Namespace, recipes: tuple[str, ...] = (), tune: Tune | 
     return normalized(RunSpec(_subject(args), target, timing, recipes, tune))
 
 
-def cmd_bench(args: argparse.Namespace, job: JobTag | None = None) -> int:
-    """``qbench bench``, or a nightly worker's job (``job``: its run spec, suite job and database);
-    several ``--workload``s (a decoder at several contexts) run one after another."""
+def cmd_bench(args: argparse.Namespace) -> int:
+    """``qbench bench``; several ``--workload``s (a decoder at several contexts) run one after another."""
     given = getattr(args, "workload", None)
     workloads = given if isinstance(given, tuple) else (given,)
-    return max(_bench_one(argparse.Namespace(**{**vars(args), "workload": w}), job) for w in workloads)
+    return max(_bench_one(argparse.Namespace(**{**vars(args), "workload": w})) for w in workloads)
 
 
-def _bench_one(args: argparse.Namespace, job: JobTag | None) -> int:
+def _bench_one(args: argparse.Namespace) -> int:
+    recipes = tuple(r.strip() for r in (args.recipe or "").split(",") if r.strip())
+    if args.recipe is not None and not recipes:
+        raise QbenchError("--recipe is empty; pass e.g. --recipe fp32,int8")
+    return bench_spec(_spec(args, recipes), args.results_dir, quiet=args.quiet, db=args.db)
+
+
+def bench_spec(
+    spec: RunSpec, results_dir: pathlib.Path, *, quiet: bool, db: str | None, job: WorkerJob | None = None
+) -> int:
+    """Run and print the bench ``spec`` describes: ``qbench bench``, or a nightly worker's job
+    (``job``: the suite job its rows belong to)."""
     from qbench.api import execute_bench, normalized
     from qbench.machine import current_machine
     from qbench.progress import step_printer
     from qbench.report import build_report, write_report
     from qbench.report.tables import latest_per_plan, ranked
-    from qbench.store import safe_url
+    from qbench.store import open_leaderboard, safe_url
 
-    recipes = tuple(r.strip() for r in (args.recipe or "").split(",") if r.strip())
-    if args.recipe is not None and not recipes:
-        raise QbenchError("--recipe is empty; pass e.g. --recipe fp32,int8")
-    spec = normalized(job.spec) if job else _spec(args, recipes)
-    board = _open_board(args, db=job.db if job else None)  # fail on an unreachable database before measuring
+    spec = normalized(spec)
+    board = open_leaderboard(results_dir, db)  # fail on an unreachable database before measuring
     try:
         run = execute_bench(
             spec,
             board=board,
-            results_dir=args.results_dir,
-            progress=step_printer(args.quiet),
+            results_dir=results_dir,
+            progress=step_printer(quiet),
             job=job.job if job else None,
             job_hash=job.job_hash if job else None,
         )
@@ -162,10 +162,10 @@ def _bench_one(args: argparse.Namespace, job: JobTag | None) -> int:
                 "note: no --data: timed on synthetic inputs (normal noise, valid ids); cosine is fidelity to fp32 "
                 "on those inputs, not accuracy on real data"
             )
-        written = write_report(build_report(frame), args.results_dir, html=False)
+        written = write_report(build_report(frame), results_dir, html=False)
         print(f"recorded {len(run.rows)} rows in {safe_url(board.url)}; tables: {written[0].parent}")
         if job is None:
-            _doctor_note(args.results_dir)
+            _doctor_note(results_dir)
     finally:
         board.close()
     if run.failed:
@@ -219,7 +219,8 @@ def cmd_profile(args: argparse.Namespace) -> int:
     for profile in profiles:
         print()
         print(render(profile, profiles[0], top=args.top))
-        path = out / f"{model.name}-{backend.name}-{profile.plan_name}.json".replace("/", "_").replace(":", "_")
+        stem = f"{model.name}-{backend.name}-{profile.plan_name}".replace("/", "_").replace(":", "_")
+        path = out / f"{short_stem(stem)}.json"
         path.write_text(profile.to_json(top=None))
     print(f"\nprofiles (every node): {out}")
     return 0
@@ -607,25 +608,42 @@ COMMANDS = {
 }
 
 
-def main(argv: Sequence[str] | None = None, *, job: JobTag | None = None) -> int:
+def main(argv: Sequence[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
     except SystemExit as exc:  # argparse printed usage and the error (2), or --help / --version (0)
         return exc.code if isinstance(exc.code, int) else EXIT_USER_ERROR
+    _configure_logging(verbose=args.verbose, quiet=args.quiet)
+    return _guarded(lambda: COMMANDS[args.command](args), args.results_dir)
+
+
+def run_job(job: WorkerJob) -> int:
+    """A nightly worker's job (qbench.worker): the bench its run spec describes, run as
+    ``qbench bench --quiet`` would run it, with its rows tagged with the suite job."""
+    _configure_logging(verbose=False, quiet=True)
+    results_dir = pathlib.Path(job.results_dir)
+    return _guarded(lambda: bench_spec(job.run_spec, results_dir, quiet=True, db=job.db, job=job), results_dir)
+
+
+def _configure_logging(verbose: bool, quiet: bool) -> None:
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else (logging.WARNING if args.quiet else logging.INFO),
+        level=logging.DEBUG if verbose else (logging.WARNING if quiet else logging.INFO),
         format="%(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
     for noisy in ("onnxruntime", "root", "optuna"):  # their INFO lines would drown the progress output
-        logging.getLogger(noisy).setLevel(logging.DEBUG if args.verbose else logging.WARNING)
+        logging.getLogger(noisy).setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
+def _guarded(command: Callable[[], int], results_dir: pathlib.Path) -> int:
+    """Run ``command`` as the command line does: a user's error is one line and exit 2; SIGTERM
+    and SIGHUP unwind the run (its worker processes end with it) and exit 143."""
+    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
-        if args.results_dir.exists() and not args.results_dir.is_dir():
-            raise QbenchError(f"--results-dir {args.results_dir} is a file; pass a folder (it is created if missing)")
+        if results_dir.exists() and not results_dir.is_dir():
+            raise QbenchError(f"--results-dir {results_dir} is a file; pass a folder (it is created if missing)")
         artifact_cache_limit()  # a bad $QBENCH_ARTIFACT_CACHE_GB stops here, not as a failed row per plan
-        if job is not None:  # a nightly worker: its job is a bench
-            return cmd_bench(args, job)
-        return COMMANDS[args.command](args)
+        return command()
     except QbenchError as exc:
         print(f"qbench: error: {exc}", file=sys.stderr)
         return EXIT_USER_ERROR
@@ -639,6 +657,16 @@ def main(argv: Sequence[str] | None = None, *, job: JobTag | None = None) -> int
     except KeyboardInterrupt:
         print("qbench: interrupted; rows already recorded are kept", file=sys.stderr)
         return 130
+    except Terminated as exc:
+        print(f"qbench: stopped by {exc}; rows already recorded are kept", file=sys.stderr)
+        return EXIT_TERMINATED
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def _terminate(signum: int, _frame: object) -> None:
+    raise Terminated(signal.Signals(signum).name)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,12 @@ class QbenchError(Exception):
     """
 
 
+class Terminated(BaseException):
+    """SIGTERM or SIGHUP reached qbench (``timeout``, a scheduler, a closed terminal). Raised in the
+    main thread like KeyboardInterrupt, and like it not an ``Exception``, so no handler of a plan's
+    failure swallows it: the run unwinds, its worker processes are ended, and qbench exits 143."""
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or "" when it has none (runtimes' messages
     often run to many lines of context)."""

@@ -43,10 +43,32 @@ class Subject:
     def __post_init__(self) -> None:
         if not isinstance(self.model, str) or not self.model:
             raise QbenchError("a run needs a model: a zoo name or an .onnx path")
+        for name in ("data", "calib_data", "metric", "workload"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value or "\0" in value):
+                raise QbenchError(f"`{name}` must be a path or name as text, but got {value!r}")
         if self.workload is not None:
             Workload.parse(self.workload)  # one-line error for a bad workload
-        shapes = tuple(sorted((str(name), tuple(int(d) for d in dims)) for name, dims in dict(self.shapes).items()))
-        object.__setattr__(self, "shapes", shapes)
+        object.__setattr__(self, "shapes", _checked_shapes(self.shapes))
+
+
+def _checked_shapes(shapes: object) -> tuple[tuple[str, tuple[int, ...]], ...]:
+    """Fixed dimensions by input name, as sorted pairs: names are text, dimensions whole and positive."""
+    pairs = shapes.items() if isinstance(shapes, Mapping) else shapes
+    try:
+        pairs = [(name, tuple(dims)) for name, dims in pairs]
+    except (TypeError, ValueError):
+        pairs = None
+    whole = all(_is_whole(d) and 1 <= d <= 2**31 - 1 for _, dims in pairs or () for d in dims)
+    if pairs is None or not whole or not all(isinstance(name, str) and name for name, _ in pairs):
+        raise QbenchError(f"`shapes` must map input names to lists of positive whole dimensions, but got {shapes!r}")
+    if len(dict(pairs)) != len(pairs):
+        raise QbenchError(f"`shapes` names an input twice: {shapes!r}")
+    return tuple(sorted(pairs))
+
+
+def _is_whole(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 @dataclass(frozen=True)

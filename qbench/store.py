@@ -487,7 +487,7 @@ class Leaderboard:
                 raise OSError(f"the leaderboard file {self._sqlite_file} was deleted or replaced during the run")
             with self._writing() as conn:
                 row.id = int(conn.execute(results.insert().values(**values)).inserted_primary_key[0])
-        except (sa.exc.OperationalError, sa.exc.InterfaceError, OSError) as exc:  # not a bad row: a lost database
+        except (sa.exc.StatementError, OSError) as exc:  # a lost database, or a value it refuses: keep the row
             self._keep(values, first_line(getattr(exc, "orig", None) or exc))
             row.id = -1
         return row.id

@@ -7,29 +7,29 @@ every user in ``ps``, and the leaderboard URL may hold a password.
     {"run_spec": {...}, "results_dir": "…", "db": "postgresql://…", "job": "suite:name/backend", "job_hash": "…"}
 
 ``run_spec`` is a ``qbench.runspec.RunSpec`` as JSON: the same run ``qbench bench`` builds from
-its command line.
+its command line. The whole job is a ``WorkerJob``, checked field by field before anything is
+measured; the worker runs the spec itself (``cli.run_job``), with no argv.
 """
 
 from __future__ import annotations
 
-import json
 import sys
 
-from qbench import cli
 from qbench.errors import QbenchError
-from qbench.runspec import RunSpec
+from qbench.nightly.job import WorkerJob
+from qbench.workers import die_with_parent
 
 
 def main() -> int:
+    from qbench import cli
+
+    die_with_parent()  # `qbench nightly` killed outright: its job ends too
     try:
-        job = json.loads(sys.stdin.read())
-        spec = RunSpec.from_dict(job["run_spec"], "the worker's run spec")
-        tag = cli.JobTag(spec, job["job"], job["job_hash"], job["db"])
-        argv = ["bench", "--quiet", "--results-dir", job["results_dir"]]
-    except (ValueError, KeyError, TypeError, QbenchError) as exc:
-        print(f"qbench: error: the worker expects a job as JSON on stdin ({exc}); it is started by qbench nightly")
+        job = WorkerJob.from_json(sys.stdin.read())
+    except QbenchError as exc:
+        print(f"qbench: error: {exc} (a worker is started by qbench nightly, with its job as JSON on stdin)")
         return cli.EXIT_USER_ERROR
-    return cli.main(argv, job=tag)
+    return cli.run_job(job)
 
 
 if __name__ == "__main__":

@@ -385,15 +385,19 @@ class WorkerPool:
 # -- the worker process ------------------------------------------------------------------------
 
 
-def _die_with_parent() -> None:
-    """Linux: SIGKILL this worker when the controller dies, even while it is frozen."""
+def die_with_parent() -> None:
+    """Linux: SIGKILL this process when its parent dies, even while it is frozen (a parent that
+    died before this call counts: the process is then an orphan, and ends)."""
     if not sys.platform.startswith("linux"):
         return
     import ctypes
 
+    parent = os.getppid()
     libc = ctypes.CDLL(None, use_errno=True)
     pr_set_pdeathsig = 1
     libc.prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:
+        os._exit(1)
 
 
 def _rss_mb() -> float:
@@ -519,7 +523,7 @@ def _launch(fd: int) -> None:
         if pid == 0:  # the worker
             channel.close()
             signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            _die_with_parent()
+            die_with_parent()
             try:
                 _serve(os.fdopen(fds[0], "rb"), os.fdopen(fds[1], "wb"))
             finally:
@@ -530,7 +534,7 @@ def _launch(fd: int) -> None:
 
 
 def main() -> None:
-    _die_with_parent()
+    die_with_parent()
     replies = os.fdopen(os.dup(1), "wb")
     # Anything a runtime prints goes to stderr: never into the reply stream, never into the
     # controller's stdout (a launcher's workers inherit this).

@@ -14,6 +14,7 @@ import pandas as pd
 
 from qbench import phases
 from qbench.benchmark import BenchSettings, run_bench
+from qbench.cache import short_stem
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.harness import FIRST_LOOK, Harness, Loaded
@@ -513,7 +514,7 @@ def _front_table(front, figure: str = "p50") -> pd.DataFrame:
 def _write_outputs(result: TuneResult, inputs: TuneInputs, results_dir: pathlib.Path) -> pathlib.Path:
     """The Pareto front, and the winner's plan and built model, under ``results_dir/tuned``."""
     model, backend, workdir = inputs.model, inputs.backend, results_dir / "cache"
-    out = results_dir / "tuned" / f"{model.name}-{model.content_hash[:8]}-{backend.name}"
+    out = results_dir / "tuned" / f"{short_stem(model.name)}-{model.content_hash[:8]}-{backend.name}"
     out.mkdir(parents=True, exist_ok=True)
     result.front.to_csv(out / "pareto.csv", index=False)
     (out / "pareto.md").write_text(f"# Pareto front of {result.study_name}\n\n{markdown_table(result.front)}\n")

@@ -52,26 +52,40 @@ def demo_400(tmp_path_factory) -> list[str]:
     return ["--data", str(subset), "--calib-data", str(DEMO.files().calibration)]
 
 
-def write_mlp_model(path: pathlib.Path, hidden: int = 256, tokens: int = 16, seed: int = 0) -> pathlib.Path:
-    """A transformer-feed-forward-shaped graph (MatMul+Add+Relu twice, one unnamed node)."""
+def write_mlp_model(
+    path: pathlib.Path, hidden: int = 256, tokens: int = 16, seed: int = 0, layers: int = 1
+) -> pathlib.Path:
+    """A transformer-feed-forward-shaped graph (MatMul+Add+Relu twice, one unnamed node); with
+    ``layers`` > 1, that many feed-forward blocks in a row: the same inputs and outputs, ``layers``
+    times the work (a slowdown that is one on any machine, idle or busy)."""
     rng = np.random.default_rng(seed)
-    w1 = numpy_helper.from_array((rng.standard_normal((hidden, 4 * hidden)) / np.sqrt(hidden)).astype(np.float32), "w1")
-    b1 = numpy_helper.from_array(np.zeros(4 * hidden, np.float32), "b1")
-    w2 = numpy_helper.from_array(
-        (rng.standard_normal((4 * hidden, hidden)) / np.sqrt(4 * hidden)).astype(np.float32), "w2"
-    )
-    nodes = [
-        helper.make_node("MatMul", ["x", "w1"], ["h"], name="ffn/up"),
-        helper.make_node("Add", ["h", "b1"], ["hb"], name="ffn/bias"),
-        helper.make_node("Relu", ["hb"], ["a"]),  # deliberately nameless
-        helper.make_node("MatMul", ["a", "w2"], ["y"], name="ffn/down"),
-    ]
+    nodes, weights = [], []
+    for i in range(layers):
+        p, x, y = (
+            ("ffn" if i == 0 else f"ffn{i}"),
+            ("x" if i == 0 else f"y{i - 1}"),
+            ("y" if i == layers - 1 else f"y{i}"),
+        )
+        s = "" if i == 0 else str(i)
+        up = (rng.standard_normal((hidden, 4 * hidden)) / np.sqrt(hidden)).astype(np.float32)
+        down = (rng.standard_normal((4 * hidden, hidden)) / np.sqrt(4 * hidden)).astype(np.float32)
+        weights += [
+            numpy_helper.from_array(up, f"w1{s}"),
+            numpy_helper.from_array(np.zeros(4 * hidden, np.float32), f"b1{s}"),
+            numpy_helper.from_array(down, f"w2{s}"),
+        ]
+        nodes += [
+            helper.make_node("MatMul", [x, f"w1{s}"], [f"h{s}"], name=f"{p}/up"),
+            helper.make_node("Add", [f"h{s}", f"b1{s}"], [f"hb{s}"], name=f"{p}/bias"),
+            helper.make_node("Relu", [f"hb{s}"], [f"a{s}"]),  # deliberately nameless
+            helper.make_node("MatMul", [f"a{s}", f"w2{s}"], [y], name=f"{p}/down"),
+        ]
     graph = helper.make_graph(
         nodes,
         "mlp",
         [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", tokens, hidden])],
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", tokens, hidden])],
-        [w1, b1, w2],
+        weights,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     model.ir_version = 8

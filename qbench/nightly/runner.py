@@ -9,7 +9,6 @@ are skipped unless ``force``.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import signal
@@ -26,6 +25,7 @@ from qbench import __version__
 from qbench.codeversion import code_version
 from qbench.errors import QbenchError
 from qbench.machine import Machine
+from qbench.nightly.job import WorkerJob
 from qbench.nightly.suite import Suite, SuiteJob
 from qbench.runspec import file_hash
 from qbench.store import Leaderboard, ResultRow, safe_url
@@ -103,19 +103,13 @@ def _run_worker(
     # -P: nothing is imported from the current directory. The job, with the leaderboard URL
     # (which may hold a password), goes to stdin, never to argv where `ps` shows it.
     command = [sys.executable, "-P", "-m", "qbench.worker"]
-    run_spec = job.run_spec(threads).to_dict()
-    spec = {
-        "run_spec": run_spec,
-        "results_dir": os.fspath(results_dir),
-        "db": board.url,
-        "job": job.job_id,
-        "job_hash": config,
-    }
+    run_spec = job.run_spec(threads)
+    work = WorkerJob(run_spec, os.path.abspath(results_dir), board.url, job.job_id, config)
     rows_before = board.count(job=job.job_id, job_hash=config)
     start = time.perf_counter()
     with open(log_file, "w+", encoding="utf-8", errors="replace") as output:
         output.write(f"$ qbench worker  # job {job.job_id}, leaderboard {safe_url(board.url)}, run spec:\n")
-        output.write(f"$ {json.dumps(run_spec, sort_keys=True)}\n")
+        output.write(f"$ {run_spec.to_json()}\n")
         output.flush()
         # Its own session, so a timeout kills the worker and anything it started.
         worker = subprocess.Popen(
@@ -128,13 +122,15 @@ def _run_worker(
             env=worker_environment(),
         )
         try:
-            worker.stdin.write(json.dumps(spec))
+            worker.stdin.write(work.to_json())
             worker.stdin.close()
             code = worker.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
-            os.killpg(worker.pid, signal.SIGKILL)
-            worker.wait()
             code = None
+        finally:  # a timeout, or qbench itself interrupted or terminated: the worker's group ends too
+            if worker.poll() is None:
+                os.killpg(worker.pid, signal.SIGKILL)
+                worker.wait()
         output.seek(0)
         tail = output.read()[-OUTPUT_TAIL:]
     seconds = time.perf_counter() - start

@@ -26,6 +26,7 @@ import tomllib
 from dataclasses import dataclass, field
 from typing import Any
 
+from qbench.cache import short_stem
 from qbench.errors import QbenchError
 from qbench.runspec import RunSpec, Subject, Target, Timing, metric_file
 
@@ -60,6 +61,11 @@ def checked_slug(name: str, what: str) -> str:
             "starting with a letter or digit (it names files under the results directory)"
         )
     return name
+
+
+def _default_name(model: str) -> str:
+    """A job's name when the suite gives none: its model file's name, shortened to fit a slug."""
+    return short_stem(pathlib.Path(model).stem, limit=64)
 
 
 @dataclass(frozen=True)
@@ -235,7 +241,7 @@ def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str
     shape = _shape(settings.get("shape", {}), where)
     common = {
         "suite": suite,
-        "name": checked_slug(settings.get("name", pathlib.Path(settings["model"]).stem), f"{where}: job name"),
+        "name": checked_slug(settings.get("name", _default_name(settings["model"])), f"{where}: job name"),
         "model": model,
         "recipes": recipes,
         "metric": _metric_relative(settings.get("metric"), base),

@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
+from qbench.cache import short_stem
 from qbench.report.regressions import find_changes
 from qbench.report.tables import across_backends, across_title, group_title, latest_per_plan, ranked, tidy
 
@@ -44,7 +45,7 @@ class ModelSection:
     @property
     def stem(self) -> str:
         """File name (without suffix) of this model's tables."""
-        return f"{self.name}-{self.model_hash[:8]}"
+        return f"{short_stem(self.name)}-{self.model_hash[:8]}"
 
 
 @dataclass(frozen=True)

@@ -148,3 +148,164 @@ def test_a_workload_list_is_capped_and_never_repeats_one(capsys):
         assert main(["bench", "smollm2-135m", "--workload", listed]) == 2
         error = capsys.readouterr().err.strip()
         assert message in error and len(error.splitlines()) == 1
+
+
+def _worker_job(tmp_path, **changes) -> dict:
+    from qbench.runspec import RunSpec, Subject, Target
+
+    spec = RunSpec(Subject(str(tmp_path / "m.onnx")), Target(threads=1), recipes=("fp32",))
+    job = {
+        "run_spec": spec.to_dict(),
+        "results_dir": str(tmp_path / "results"),
+        "db": f"sqlite:///{tmp_path / 'results' / 'leaderboard.db'}",
+        "job": "ci:m/onnxruntime",
+        "job_hash": "0123456789abcdef",
+    }
+    for key, value in changes.items():
+        if key == "data":
+            job["run_spec"]["subject"]["data"] = value
+        else:
+            job[key] = value
+    return job
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"results_dir": 5}, "`results_dir` must be a non-empty path"),
+        ({"results_dir": "relative/results"}, "must be an absolute path"),
+        ({"db": 7}, "`db` must be a non-empty path or URL"),
+        ({"job_hash": [1]}, "`job_hash` must be 16 hex digits"),
+        ({"job": "no-suite"}, "`job` must read suite:job/backend"),
+        ({"data": 5}, "`data` must be a path or name as text"),
+        ({"extra": 1}, "exactly the keys"),
+    ],
+)
+def test_a_worker_job_of_the_wrong_type_is_refused_before_anything_is_measured(tmp_path, changes, message):
+    """Row 10: the worker's JSON is a typed job, checked field by field before the run starts."""
+    import json
+    import subprocess
+    import sys
+    import time
+
+    from qbench.nightly.job import WorkerJob
+
+    with pytest.raises(QbenchError, match=message):
+        WorkerJob.from_json(json.dumps(_worker_job(tmp_path, **changes)))
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, "-P", "-m", "qbench.worker"],
+        input=json.dumps(_worker_job(tmp_path, **changes)),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert proc.returncode == 2 and len(lines) == 1 and message in lines[0], (proc.stdout, proc.stderr)
+    assert not (tmp_path / "results").exists(), "nothing may be measured or recorded"
+    print(f"refused in {time.perf_counter() - start:.2f} s (interpreter start included)")
+
+
+def test_a_worker_job_survives_the_trip_through_json(tmp_path):
+    from qbench.nightly.job import WorkerJob
+    from qbench.runspec import RunSpec
+
+    job = WorkerJob(RunSpec.from_dict(_worker_job(tmp_path)["run_spec"]), str(tmp_path), "sqlite://", "s:j/b", "f" * 16)
+    assert WorkerJob.from_json(job.to_json()) == job
+
+
+def test_a_row_the_database_refuses_is_kept_in_the_unrecorded_rows_file(tmp_path):
+    """Row 10's lost row: a value the database cannot store keeps the whole row in the fallback file."""
+    from qbench.store import ResultRow
+
+    board = Leaderboard(default_url(tmp_path), fallback=tmp_path / "unrecorded-rows.jsonl")
+    row = ResultRow(
+        run_id="r",
+        kind="bench",
+        status="ok",
+        machine_hash="m",
+        qbench_version="0",
+        model_name="m",
+        model_hash="h",
+        plan_name="p",
+        plan_hash="a",
+        plan="{}",
+        backend="onnxruntime",
+        job_hash=[1],
+    )
+    assert board.insert(row) == -1
+    assert board.unrecorded == 1 and '"plan_name": "p"' in (tmp_path / "unrecorded-rows.jsonl").read_text()
+
+
+def test_a_model_with_a_long_legal_file_name_is_measured(tmp_path):
+    """Row 14: derived file names (artifacts, models, tables) are shortened with a hash."""
+    from qbench.cache import short_stem
+    from tests.conftest import write_mlp_model
+
+    model = write_mlp_model(tmp_path / ("m" * 245 + ".onnx"), hidden=32)
+    run = qbench.bench(str(model), recipes=["fp32", "int8"], quick=True, results_dir=tmp_path / "r")
+    assert [r.status for r in run.rows] == ["ok", "ok"], [r.error for r in run.rows]
+    assert max(len(p.name.encode()) for p in (tmp_path / "r").rglob("*")) < 160
+    assert short_stem("a" * 100) != short_stem("a" * 99 + "b") and len(short_stem("é" * 100).encode()) <= 64
+
+
+def test_machine_measurements_go_where_qbench_cache_says_and_it_must_be_absolute(tmp_path, monkeypatch):
+    """Row 17: the once-per-machine MatMulNBits measurement lives under $QBENCH_CACHE, which
+    docs/security.md lists with every other place qbench writes."""
+    import pathlib
+
+    from qbench.backends import _nbits
+    from qbench.cache import cache_root
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("QBENCH_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(_nbits, "measure_levels", lambda threads: {"4": {"0": 1.0, "4": 1.5}})
+    assert _nbits.level_speedups(current_machine(), cache_root()) == {"4": {"0": 1.0, "4": 1.5}}
+    assert [p.name[:12] for p in (tmp_path / "cache").glob("nbits-levels-*.json")] == ["nbits-levels"]
+    assert not (tmp_path / "home").exists()
+    monkeypatch.setenv("QBENCH_CACHE", "relative/cache")
+    with pytest.raises(QbenchError, match="not an absolute path"):
+        cache_root()
+    documented = (pathlib.Path(__file__).parents[2] / "docs" / "security.md").read_text()
+    assert "nbits-levels-" in documented and "$QBENCH_CACHE" in documented
+
+
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_ending_qbench_nightly_ends_its_worker_and_everything_the_worker_started(tmp_path, sig):
+    """Row 18: `timeout 120 qbench nightly` once left the worker running, orphaned, with its
+    threads. SIGTERM unwinds qbench (exit 143), which kills the worker's process group; SIGKILL
+    leaves no chance to unwind, so the worker dies with its parent (PR_SET_PDEATHSIG)."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    (tmp_path / "slow.py").write_text("import time\n\ndef hang(outputs, labels, reference):\n    time.sleep(3600)\n")
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[suite]\nname = "s"\n[[job]]\nmodel = "digits-cnn"\nmetric = "slow.py:hang"\nthreads = 1\n')
+    qbench_cli = subprocess.Popen(
+        [sys.executable, "-m", "qbench.cli", "nightly", str(suite), "--results-dir", str(tmp_path / "r")],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        workers = []
+        while not workers and time.monotonic() < deadline and qbench_cli.poll() is None:
+            time.sleep(0.5)
+            children = psutil.Process(qbench_cli.pid).children(recursive=True)
+            workers = [p for p in children if "qbench.worker" in " ".join(p.cmdline())]
+        assert workers, "the nightly worker never started"
+        time.sleep(3)  # into the job: its runtime threads and timing processes are up
+        started = [workers[0], *workers[0].children(recursive=True)]
+        qbench_cli.send_signal(getattr(signal, sig))
+        code = qbench_cli.wait(timeout=60)
+        gone, alive = psutil.wait_procs(started, timeout=30)
+        assert not alive, f"still running after qbench ended: {[p.pid for p in alive]}"
+        if sig == "SIGTERM":
+            assert code == 143 and "stopped by SIGTERM" in qbench_cli.stderr.read()
+    finally:
+        if qbench_cli.poll() is None:
+            qbench_cli.kill()

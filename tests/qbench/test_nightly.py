@@ -10,12 +10,10 @@ import subprocess
 import sys
 import textwrap
 
-import numpy as np
 import pytest
 
 from qbench.arguments import build_parser
 from qbench.cli import EXIT_REGRESSION, main
-from qbench.machine import current_machine
 from qbench.previous_run import unstable
 from qbench.store import Leaderboard, default_url
 from qbench.zoo import DEMO
@@ -178,32 +176,7 @@ def test_the_leaderboard_password_never_reaches_a_worker_command_line(tmp_path, 
     assert "not-a-secret-xyz" not in log
 
 
-def _two_threads_speedup(rounds: int = 40) -> float:
-    """How much faster the demo runs on 2 threads than on 1 at this moment, timed interleaved
-    in this process without spinning, as a worker times: on a machine busy with other work
-    (a second test run) the second thread buys nothing and the injected slowdown is not real."""
-    import time
-
-    import onnxruntime as ort
-
-    feeds = {k: v[:1] for k, v in np.load(DEMO.files().evaluation).items() if k != "labels"}
-    sessions = []
-    for threads in (1, 2):
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        sessions.append(ort.InferenceSession(str(DEMO.files().model), options, providers=["CPUExecutionProvider"]))
-    times: list[list[float]] = [[], []]
-    for _ in range(rounds):
-        for i, session in enumerate(sessions):
-            start = time.perf_counter()
-            session.run(None, feeds)
-            times[i].append(time.perf_counter() - start)
-    return float(np.median(times[0]) / np.median(times[1]))
-
-
-@pytest.mark.skipif(current_machine().default_threads() < 2, reason="the injected slowdown needs 2 cores to drop to 1")
-def test_rerun_is_skipped_unchanged_is_quiet_and_fewer_threads_regress(first_night, capsys):
+def test_rerun_is_skipped_and_unchanged_is_quiet(first_night, capsys):
     suite, results, _, _, _ = first_night
     only_good = ["--results-dir", str(results), "-q"]
     good_suite = suite.replace("suite.toml", "good.toml")
@@ -229,34 +202,31 @@ def test_rerun_is_skipped_unchanged_is_quiet_and_fewer_threads_regress(first_nig
     assert all(0.8 < c["ratio"] < 1.25 or unstable(c, 0.10) for c in comparisons.values()), comparisons
     assert tonight.reference_ms.notna().all()
 
-    # The second core can be taken for seconds at a time on a shared VM (a CI night timed the
-    # 2-thread plans no faster than 1 thread: 3.65 vs 3.60 ms), and then there is no slowdown to
-    # flag. So a night with one thread fewer is tried up to three times, each after checking that
-    # 2 threads are faster here right now and after a 2-thread night to compare against.
-    attempts = []
-    for _ in range(3):
-        ratio = _two_threads_speedup()
-        if ratio < 1.25:  # the 10 % threshold, with room
-            attempts.append(f"2 threads only {ratio:.2f}x faster than 1: not tried")
-            continue
-        code = main(["nightly", good_suite, "--set", "threads=1", "--force", *only_good])  # not skipped as seen
-        out = capsys.readouterr().out
-        if code == EXIT_REGRESSION:
-            break
-        rows = _rows(results).query("job == 'ci:digits-cnn/onnxruntime'").tail(2)
-        said = "withheld (machine unstable)" if "withheld" in out else "not flagged"
-        attempts.append(f"2 threads {ratio:.2f}x faster beforehand, {said}: {list(rows.comparison)}")
-        back = ["nightly", good_suite, "--force", "--no-fail-on-regression", *only_good]  # 1 -> 2: "faster"
-        assert main(back) == 0  # back to 2 threads
-        capsys.readouterr()
-    else:
-        if all(a.endswith("not tried") or "withheld" in a for a in attempts):
-            pytest.skip(f"a busy machine, no real slowdown to inject or the verdict withheld: {attempts}")
-        pytest.fail("a night on 1 thread instead of 2 was never flagged: " + "; ".join(attempts))
-    assert "2 → 1" in out and "latency" in out and "in-process A/B" in out
-    assert "regression" in (results / "regressions.md").read_text()
-    # The same regression with --no-fail-on-regression exits 0 (the flag only turns the exit off).
-    assert not build_parser().parse_args(["nightly", good_suite, "--no-fail-on-regression"]).fail_on_regression
+
+def test_a_slower_model_is_flagged_on_an_idle_or_busy_machine(tmp_path, capsys):
+    """A night whose model file does four times the work is a regression, and exit 1. The change
+    is a slowdown on any machine: fewer threads once stood in for one, but beside `stress-ng
+    --cpu 2` a plan on 1 thread ran 2x faster than on 2 (issue 38), and the A/B rightly said so."""
+    from tests.conftest import write_mlp_model
+
+    model = write_mlp_model(tmp_path / "mlp.onnx", hidden=128)
+    suite = tmp_path / "suite.toml"
+    suite.write_text(
+        '[suite]\nname = "ci"\nregression_threshold = 0.10\n'
+        '[[job]]\nmodel = "mlp.onnx"\nrecipes = ["fp32"]\nprotocol = "quick"\n'
+    )
+    args = ["nightly", str(suite), "--results-dir", str(tmp_path / "results"), "-q"]
+    assert main(args) == 0
+    write_mlp_model(model, hidden=128, layers=4)  # the same inputs and outputs, four times the work
+    capsys.readouterr()
+    assert main(args) == EXIT_REGRESSION, capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "latency" in out and "in-process A/B" in out, out
+    assert "regression" in (tmp_path / "results" / "regressions.md").read_text()
+    (after,) = _rows(tmp_path / "results").query("job == 'ci:mlp/onnxruntime'").tail(1).comparison
+    print(f"slower model: after/before {json.loads(after)['ratio']:.2f}")
+    # --no-fail-on-regression only turns the exit status off.
+    assert not build_parser().parse_args(["nightly", str(suite), "--no-fail-on-regression"]).fail_on_regression
 
 
 def test_two_suites_write_to_one_postgres_leaderboard(tmp_path, postgres_url):
