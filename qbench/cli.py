@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 
 from qbench.arguments import EXIT_REGRESSION, build_parser
 from qbench.cache import artifact_cache_limit, short_stem
-from qbench.errors import QbenchError, Terminated
+from qbench.errors import QbenchError, Terminated, one_line
 from qbench.runspec import RunSpec, Subject, Target, Timing, Tune, load_model, load_subject
 
 if TYPE_CHECKING:
@@ -504,14 +504,15 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_nightly(args: argparse.Namespace) -> int:
+    from qbench.nightly.suite import load_suite, missing_inputs, parse_override
+
+    suite = load_suite(args.suite, dict(parse_override(o) for o in args.overrides))  # before the heavy imports
     from qbench.backends import get_backend
     from qbench.machine import current_machine
     from qbench.nightly.runner import run_suite, summary
-    from qbench.nightly.suite import load_suite, missing_inputs, parse_override
     from qbench.progress import bar
     from qbench.store import safe_url
 
-    suite = load_suite(args.suite, dict(parse_override(o) for o in args.overrides))
     problem = missing_inputs(suite)
     if problem:
         raise QbenchError(f"{problem}; fix the paths (relative to the suite file) before the run")
@@ -645,7 +646,7 @@ def _guarded(command: Callable[[], int], results_dir: pathlib.Path) -> int:
         artifact_cache_limit()  # a bad $QBENCH_ARTIFACT_CACHE_GB stops here, not as a failed row per plan
         return command()
     except QbenchError as exc:
-        print(f"qbench: error: {exc}", file=sys.stderr)
+        print(f"qbench: error: {one_line(str(exc))}", file=sys.stderr)
         return EXIT_USER_ERROR
     except BrokenPipeError:  # stdout piped into `head`: stop quietly, as other command-line tools do
         sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - Python flushes stdout again at exit

@@ -15,6 +15,12 @@ class Terminated(BaseException):
     failure swallows it: the run unwinds, its worker processes are ended, and qbench exits 143."""
 
 
+def one_line(message: str) -> str:
+    """``message`` safe to print as one line: line breaks and other control or direction
+    characters (from a file name or a key a user gave) shown as escapes, never interpreted."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+
+
 def first_line(exc: BaseException) -> str:
     """The first line of an exception's message, or "" when it has none (runtimes' messages
     often run to many lines of context)."""

@@ -18,11 +18,14 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-
-import numpy as np
+from typing import TYPE_CHECKING
 
 from qbench.errors import QbenchError
-from qbench.statistics import Speedup, block_ratios, median_with_ci, percentile_ratio, rounds_of, speedup
+
+if TYPE_CHECKING:  # choosing an objective (every command's arguments) imports neither
+    import numpy as np
+
+    from qbench.statistics import Speedup
 
 
 @dataclass(frozen=True)
@@ -37,6 +40,8 @@ class Objective:
     ) -> Speedup:
         """How much better the candidate is on this figure (above 1: better), from samples timed
         in the same rounds (``block`` per round)."""
+        from qbench.statistics import percentile_ratio, rounds_of, speedup
+
         if self.percentile == 50:
             return speedup(baseline_ns, candidate_ns, block)
         return percentile_ratio(
@@ -46,6 +51,10 @@ class Objective:
     def pooled(self, batches: Sequence[tuple[np.ndarray, np.ndarray, int]]) -> Speedup:
         """The same comparison over several batches of rounds (a race's): ``(baseline_ns,
         candidate_ns, block)`` each, every round of every batch one paired observation."""
+        import numpy as np
+
+        from qbench.statistics import Speedup, block_ratios, median_with_ci, percentile_ratio, rounds_of
+
         if self.percentile == 50:
             return Speedup(*median_with_ci(np.concatenate([block_ratios(b, c, k) for b, c, k in batches])))
         rounds = [(rounds_of(b, k), rounds_of(c, k)) for b, c, k in batches]

@@ -177,7 +177,7 @@ class PrecisionPlan:
         unknown = sorted(set(data) - {"qbench_plan", "name", "layers", "options"})
         if unknown:
             raise QbenchError(
-                f'{source}: unknown key "{unknown[0]}"; a plan has "qbench_plan", "name", "layers", "options"'
+                f'{source}: unknown key {json.dumps(unknown[0])}; a plan has "qbench_plan", "name", "layers", "options"'
             )
         layers = data.get("layers", {})
         if not isinstance(layers, Mapping):
@@ -227,7 +227,7 @@ def _unique_keys(pairs: list[tuple[str, Any]], source: str) -> dict[str, Any]:
     seen: set[str] = set()
     for key, _ in pairs:
         if key in seen:
-            raise QbenchError(f'{source}: key "{key}" appears twice; give it once')
+            raise QbenchError(f"{source}: key {json.dumps(key)} appears twice; give it once")
         seen.add(key)
     return dict(pairs)
 

@@ -18,7 +18,7 @@ import json
 import math
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field, fields, replace
+from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
 
 from qbench.errors import QbenchError
@@ -264,11 +264,14 @@ class RunSpec:
             raise QbenchError(f"{source}: unknown key {sorted(unknown)[0]!r}")
         for name, kind in (("subject", Subject), ("target", Target), ("timing", Timing), ("tune", Tune)):
             given = data.get(name, {} if name != "tune" else None)
-            if given is None:
+            if given is None and name == "tune":  # a bench
                 continue
             known = {f.name for f in fields(kind)}
             if not isinstance(given, Mapping) or set(given) - known:
                 raise QbenchError(f"{source}: {name} must be an object with keys among {sorted(known)}")
+            needed = {f.name for f in fields(kind) if f.default is MISSING and f.default_factory is MISSING}
+            if needed - set(given):
+                raise QbenchError(f"{source}: {name} needs the key {sorted(needed - set(given))[0]!r}")
             parts[name] = kind(**given)
         recipes = data.get("recipes", ())
         if not isinstance(recipes, list | tuple):

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import sys
 
-from qbench.errors import QbenchError
+from qbench.errors import QbenchError, one_line
 from qbench.nightly.job import WorkerJob
 from qbench.workers import die_with_parent
 
@@ -27,7 +27,8 @@ def main() -> int:
     try:
         job = WorkerJob.from_json(sys.stdin.read())
     except QbenchError as exc:
-        print(f"qbench: error: {exc} (a worker is started by qbench nightly, with its job as JSON on stdin)")
+        started = "a worker is started by qbench nightly, with its job as JSON on stdin"
+        print(f"qbench: error: {one_line(str(exc))} ({started})")
         return cli.EXIT_USER_ERROR
     return cli.run_job(job)
 

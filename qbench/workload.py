@@ -10,13 +10,16 @@ int4 wins decode, loses prefill on AVX2), so they are separate workloads of one 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-import numpy as np
-
-from qbench.data import Dataset, check_fits_in_memory
-from qbench.decoder import DecoderInputs
 from qbench.errors import QbenchError
-from qbench.model import OnnxModel
+
+if TYPE_CHECKING:  # parsing a workload (every command's arguments) imports none of them
+    import numpy as np
+
+    from qbench.data import Dataset
+    from qbench.decoder import DecoderInputs
+    from qbench.model import OnnxModel
 
 KINDS = ("batch", "prefill", "decode")
 DEFAULT_CONTEXT = 128
@@ -61,6 +64,10 @@ class Workload:
 
     def feeds(self, model: OnnxModel, data: Dataset, batch_size: int) -> dict[str, np.ndarray]:
         """The inputs of one timed call."""
+        import numpy as np
+
+        from qbench.data import check_fits_in_memory
+
         if self.kind == "batch":
             return next(data.batches(batch_size))
         decoder = decoder_inputs(model, str(self))
@@ -91,6 +98,8 @@ def parse_workloads(text: str) -> tuple[Workload, ...]:
 
 def decoder_inputs(model: OnnxModel, why: str) -> DecoderInputs:
     """The decoder roles of ``model``'s inputs; a clear error for any other model."""
+    from qbench.decoder import DecoderInputs
+
     decoder = DecoderInputs.of(model)
     if decoder is None:
         raise QbenchError(
