@@ -58,7 +58,7 @@ def run_suite(
     os.makedirs(log_dir, exist_ok=True)
     outcomes = []
     for job in suite.jobs:
-        threads = job.threads or machine.default_threads()
+        threads = job.spec.target.threads or machine.default_threads()
         config = job.config_hash(threads)
         reason = available(job.backend)
         if reason:
@@ -172,15 +172,15 @@ def _record_failure(board: Leaderboard, machine: Machine, job: SuiteJob, threads
             code_version=code_version(),
             job=job.job_id,
             job_hash=config,
-            model_name=os.path.basename(job.model).removesuffix(".onnx"),
-            model_hash=file_hash(job.model) or "-",
-            metric=job.metric,
-            plan_name=",".join(job.recipes),
+            model_name=os.path.basename(job.spec.subject.model).removesuffix(".onnx"),
+            model_hash=file_hash(job.spec.subject.model) or "-",
+            metric=job.spec.subject.metric,
+            plan_name=",".join(job.spec.recipes),
             plan_hash="-",
             plan="{}",
             backend=job.backend,
             threads=threads,
-            batch_size=job.batch,
+            batch_size=job.spec.target.batch,
         )
     )
 

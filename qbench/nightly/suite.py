@@ -23,7 +23,7 @@ from __future__ import annotations
 import pathlib
 import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from qbench.cache import short_stem
@@ -70,24 +70,18 @@ def _default_name(model: str) -> str:
 
 @dataclass(frozen=True)
 class SuiteJob:
-    """One worker run: one model on one backend with its recipes."""
+    """One worker run: a name, a time limit, and the ``RunSpec`` its worker runs, the same run
+    ``qbench bench`` or ``qbench.bench`` builds from the same settings (threads may be left to
+    the machine: ``run_spec`` fills them in where the job runs)."""
 
     suite: str
     name: str
-    backend: str
-    model: str
-    recipes: tuple[str, ...] = ("fp32", "int8")
-    data: str | None = None
-    calib_data: str | None = None
-    metric: str | None = None
-    threads: int | None = None
-    batch: int = 1
-    workload: str = "batch"  # see qbench.workload: batch, prefill[:N], decode[:N]
-    scenario: str = "latency"  # see qbench.scenario
-    protocol: str = "standard"
-    min_seconds: float | None = None
-    shape: tuple[tuple[str, tuple[int, ...]], ...] = ()
+    spec: RunSpec
     timeout_s: float | None = None  # this job's worker limit (default: the suite's timeout_s)
+
+    @property
+    def backend(self) -> str:
+        return self.spec.target.backend
 
     @property
     def job_id(self) -> str:
@@ -95,15 +89,9 @@ class SuiteJob:
         return f"{self.suite}:{self.name}/{self.backend}"
 
     def run_spec(self, threads: int) -> RunSpec:
-        """The run this job is: the same ``RunSpec`` (and config hash) as ``qbench bench`` or
-        ``qbench.bench`` with these settings builds."""
-        spec = RunSpec(
-            Subject(self.model, self.data, self.calib_data, self.metric, self.workload, self.shape),
-            Target(self.backend, threads, self.batch),
-            Timing(self.protocol, self.min_seconds, scenario=self.scenario),
-            self.recipes,
-        )
-        return spec.normalized(threads=threads, default_recipes=self.recipes)
+        """The spec as it runs on a machine whose default is ``threads`` (when the job names none)."""
+        target = replace(self.spec.target, threads=self.spec.target.threads or threads)
+        return replace(self.spec, target=target).normalized(threads=threads, default_recipes=self.spec.recipes)
 
     def config_hash(self, threads: int) -> str:
         """Everything that defines the measurement, files included by content: a rerun with an
@@ -191,11 +179,12 @@ def missing_inputs(suite: Suite, most: int = 10) -> str | None:
 
     bad: list[str] = []
     for job in suite.jobs:
-        entry = lookup(job.model)
-        problems = [f"zoo model {job.model} {entry.missing()}"] if entry is not None and entry.missing() else []
-        files = [("model", None if entry else job.model), ("data", job.data), ("calib_data", job.calib_data)]
-        files += [("recipe", r) for r in job.recipes if r.endswith(".json")]
-        files += [("metric", metric_file(job.metric))]
+        s = job.spec.subject
+        entry = lookup(s.model)
+        problems = [f"zoo model {s.model} {entry.missing()}"] if entry is not None and entry.missing() else []
+        files = [("model", None if entry else s.model), ("data", s.data), ("calib_data", s.calib_data)]
+        files += [("recipe", r) for r in job.spec.recipes if r.endswith(".json")]
+        files += [("metric", metric_file(s.metric))]
         problems += [f"{what} {path} not found" for what, path in files if path and not pathlib.Path(path).is_file()]
         if problems:
             bad.append(f"{job.job_id} ({'; '.join(problems)})")
@@ -238,54 +227,30 @@ def _expand(suite: str, settings: dict[str, Any], base: pathlib.Path, where: str
     backends = settings.get("backends", ["onnxruntime"])
     if not backends or not all(isinstance(b, str) for b in backends):
         raise QbenchError(f"{where}: backends must be a non-empty list of backend names")
-    shape = _shape(settings.get("shape", {}), where)
-    common = {
-        "suite": suite,
-        "name": checked_slug(settings.get("name", _default_name(settings["model"])), f"{where}: job name"),
-        "model": model,
-        "recipes": recipes,
-        "metric": _metric_relative(settings.get("metric"), base),
-        "threads": settings.get("threads"),
-        "batch": settings.get("batch", 1),
-        "workload": _workload(settings.get("workload", entry.workload if entry else "batch"), where),
-        "scenario": settings.get("scenario", "latency"),
-        "protocol": settings.get("protocol", "standard"),
-        "min_seconds": settings.get("min_seconds"),
-        "shape": shape,
-        "timeout_s": settings.get("timeout_s"),
-        **{key: _relative(settings[key], base) for key in PATH_KEYS if key in settings},
-    }
-    return _checked_specs([SuiteJob(backend=backend, **common) for backend in backends], where)
-
-
-def _checked_specs(jobs: list[SuiteJob], where: str) -> list[SuiteJob]:
-    """Each job's run spec built once as the suite loads: the one validation of a run (bounds,
-    scenario, recipes), so a suite refuses what ``qbench bench`` and ``qbench.bench`` refuse."""
-    for job in jobs:
-        try:
-            job.run_spec(1 if job.threads is None else job.threads)
-        except QbenchError as exc:
-            raise QbenchError(f"{where}: {exc}") from None
-    return jobs
-
-
-def _shape(table: dict[str, Any], where: str) -> tuple[tuple[str, tuple[int, ...]], ...]:
-    """``shape = {input = [1, 128]}``: whole positive dimensions per input name."""
-    for name, dims in table.items():
-        if not isinstance(dims, list) or not dims or not all(type(d) is int and d > 0 for d in dims):
-            raise QbenchError(
-                f"{where}: shape.{name} = {dims!r}; give a list of positive whole dimensions, e.g. [1, 128]"
-            )
-    return tuple((k, tuple(v)) for k, v in sorted(table.items()))
-
-
-def _workload(text: str, where: str) -> str:
-    from qbench.workload import Workload
-
-    try:
-        return str(Workload.parse(text))
+    name = checked_slug(settings.get("name", _default_name(settings["model"])), f"{where}: job name")
+    paths = {key: _relative(settings[key], base) for key in PATH_KEYS if key in settings}
+    try:  # the run spec's own checks: a suite refuses what `qbench bench` and `qbench.bench` refuse
+        subject = Subject(
+            model,
+            paths.get("data"),
+            paths.get("calib_data"),
+            _metric_relative(settings.get("metric"), base),
+            settings.get("workload", entry.workload if entry else "batch"),
+            settings.get("shape", {}),
+        )
+        timing = Timing(
+            settings.get("protocol", "standard"),
+            settings.get("min_seconds"),
+            False,
+            settings.get("scenario", "latency"),
+        )
+        specs = [
+            RunSpec(subject, Target(backend, settings.get("threads"), settings.get("batch", 1)), timing, recipes)
+            for backend in backends
+        ]
     except QbenchError as exc:
         raise QbenchError(f"{where}: {exc}") from None
+    return [SuiteJob(suite, name, spec, settings.get("timeout_s")) for spec in specs]
 
 
 def _metric_relative(metric: str | None, base: pathlib.Path) -> str | None:

@@ -45,10 +45,12 @@ protocol = "quick"
         "farm:net/onnxruntime",
     ]
     first, _, own = suite.jobs
-    assert first.model == "digits-cnn" and first.recipes == ("fp32", str(tmp_path / "plans" / "mine.json"))
-    assert own.model == str(tmp_path / "models" / "net.onnx") and own.data == str(tmp_path / "data" / "net.npz")
+    assert first.spec.subject.model == "digits-cnn"
+    assert first.spec.recipes == ("fp32", str(tmp_path / "plans" / "mine.json"))
+    assert own.spec.subject.model == str(tmp_path / "models" / "net.onnx")
+    assert own.spec.subject.data == str(tmp_path / "data" / "net.npz")
     spec = own.run_spec(threads=2)
-    assert spec.subject.model == own.model and spec.subject.data == own.data
+    assert spec.subject.model == own.spec.subject.model and spec.subject.data == own.spec.subject.data
     assert spec.timing.protocol == "quick" and spec.target.threads == 2
 
 
@@ -68,7 +70,7 @@ def test_overrides_apply_to_every_job(tmp_path):
         _write(tmp_path, '[[job]]\nmodel = "digits-cnn"\nthreads = 2\n[[job]]\nmodel = "minilm-l6"\n'),
         dict([parse_override("threads=1")]),
     )
-    assert {j.threads for j in suite.jobs} == {1}
+    assert {j.spec.target.threads for j in suite.jobs} == {1}
 
 
 @pytest.mark.parametrize(
@@ -118,7 +120,7 @@ def test_log_paths_stay_inside_the_results_dir(tmp_path):
 def test_a_file_metric_is_relative_to_the_suite_and_hashed_by_content(tmp_path):
     (tmp_path / "metrics.py").write_text("def score(o, l, r):\n    return 1.0\n")
     job = load_suite(_write(tmp_path, '[[job]]\nmodel = "digits-cnn"\nmetric = "metrics.py:score"\n')).jobs[0]
-    assert job.metric == f"{tmp_path / 'metrics.py'}:score"
+    assert job.spec.subject.metric == f"{tmp_path / 'metrics.py'}:score"
     before = job.config_hash(2)
     (tmp_path / "metrics.py").write_text("def score(o, l, r):\n    return 0.5\n")
     assert job.config_hash(2) != before
