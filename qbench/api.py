@@ -210,8 +210,8 @@ def tune(
     db: str | None = None,
     progress: Progress | None = None,
 ) -> TuneResult:
-    """Search per-layer precisions of ``model`` for the best ``objective`` (p50, p90, p99 latency
-    or throughput at ``batch``) within ``max_drop`` of fp32's metric (a fraction: 0.01 is 1 %);
+    """Search per-layer precisions of ``model`` for the best ``objective`` (p50, p90, p99 latency,
+    throughput at ``batch``, or mb: the built model's size) within ``max_drop`` of fp32's metric (a fraction: 0.01 is 1 %);
     returns the typed result, ``winner`` a leaderboard row (None: keep fp32). ``quick`` shortens
     the final selection's timing (smoke tests)."""
     results = pathlib.Path(results_dir)

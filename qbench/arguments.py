@@ -247,7 +247,8 @@ def _add_tune(sub, parents: list) -> None:
         choices=list(OBJECTIVES),
         default="p50",
         help="what the search minimizes and the final selection compares, paired against fp32: "
-        "p50 (median latency), p90 or p99 (tail latency), throughput (samples/s at --batch) (default: p50)",
+        "p50 (median latency), p90 or p99 (tail latency), throughput (samples/s at --batch), "
+        "mb (the built model's size; nothing timed) (default: p50)",
     )
     tune.add_argument("--batch", type=_positive_int, default=1, help="samples per timed call (default: 1)")
     tune.add_argument("--max-mb", type=_megabytes, help="weight budget: the built model's size in MB (default: none)")
@@ -268,7 +269,9 @@ def _add_tune(sub, parents: list) -> None:
     tune.add_argument(
         "--patience", type=_non_negative_int, default=20, help="stop after N trials without a better plan (0: never)"
     )
-    tune.add_argument("--pareto", action="store_true", help="multi-objective search for the latency/accuracy front")
+    tune.add_argument(
+        "--pareto", action="store_true", help="multi-objective search for the front of the objective and accuracy drop"
+    )
     tune.add_argument(
         "--exhaustive",
         action="store_true",

@@ -387,10 +387,16 @@ def cmd_tune(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
         "p90": f"p90 {w.p90_ms:.3f} ms",
         "p99": f"p99 {w.p99_ms:.3f} ms",
         "throughput": f"{w.batch_size * 1e3 / w.median_ms:,.1f} samples/s",
+        "mb": f"{(w.artifact_bytes or 0) / 1e6:.2f} MB ({w.median_ms:.3f} ms)",
     }.get(goal, f"{w.median_ms:.3f} ms")
+    against = (
+        f"{s.ratio:.2f}× smaller than fp32"
+        if goal == "mb"
+        else f"{s.ratio:.2f}× vs fp32 on {goal} (95% CI {s.ci_low:.2f}–{s.ci_high:.2f})"
+    )
     print(
-        f"\nwinner {w.plan_name}: {s.ratio:.2f}× vs fp32 on {goal} (95% CI {s.ci_low:.2f}–{s.ci_high:.2f}), "
-        f"{figure}, drop {w.accuracy_drop:+.4f}; plan and model in {result.output_dir}"
+        f"\nwinner {w.plan_name}: {against}, {figure}, drop {w.accuracy_drop:+.4f}; "
+        f"plan and model in {result.output_dir}"
     )
     print(f"chosen per layer kind: {role_summary_text(result.model, PrecisionPlan.from_json(w.plan))}")
     return 0

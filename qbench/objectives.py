@@ -9,6 +9,9 @@ samples and the one paired rule by which two plans are compared on it.
   ``min_samples`` raises the timing protocol's count.
 - ``throughput``: samples per second at the tune's batch (``--batch``): the median's rule on
   calls of BATCH samples, shown as samples/s.
+- ``mb``: the built model's size (weights and graph, in MB of 1e6 bytes), for models that must
+  fit a memory: exact, so nothing is timed to decide it; the smallest plan within the accuracy
+  budget wins, the lower drop among plans of one size. Its rows are still timed for latency.
 
 An objective is added here and nowhere else (docs/contributing.md): the study, the final
 selection, the race and the rows read it through ``Objective``.
@@ -34,6 +37,7 @@ class Objective:
     percentile: float  # of the per-call latency
     min_samples: int  # kept samples per plan for the figure to mean something
     per_sample: bool = False  # shown as samples/s rather than ms
+    size: bool = False  # the built artifact's size, not a timing
 
     def ratio(
         self, baseline_ns: np.ndarray, candidate_ns: np.ndarray, block: int = 1, resamples: int = 1000
@@ -66,6 +70,7 @@ OBJECTIVES = {
     "p90": Objective("p90", 90, 100),
     "p99": Objective("p99", 99, 300),
     "throughput": Objective("throughput", 50, 30, per_sample=True),
+    "mb": Objective("mb", 50, 30, size=True),
 }
 MEDIAN = OBJECTIVES["p50"]
 

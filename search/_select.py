@@ -142,6 +142,19 @@ def select(within: Sequence[ResultRow], time_batch: TimeBatch | None, objective:
     )
 
 
+def smallest(within: Sequence[ResultRow], fp32: ResultRow) -> Selection:
+    """The ``mb`` objective's pick: the smallest built model of ``within``, the lower accuracy
+    drop among plans of one size. A size is exact, so there is no interval and no race; the
+    "speedup" is how many times smaller than fp32."""
+    ranked = sorted((r for r in within if r.artifact_bytes), key=lambda r: (r.artifact_bytes, r.accuracy_drop))
+    if not ranked or not fp32.artifact_bytes:
+        return Selection(None, ranked)
+    leader = ranked[0]
+    smaller = fp32.artifact_bytes / leader.artifact_bytes
+    notes = [f"{leader.plan_name}: {leader.artifact_bytes / 1e6:.2f} MB, {smaller:.2f}× smaller than fp32"]
+    return Selection(leader, ranked, Speedup(smaller, smaller, smaller), notes=notes)
+
+
 def _contenders(ranked: Sequence[ResultRow]) -> list[ResultRow]:
     """The leader, the plans whose interval against it includes 1 (at most ``MAX_RACED``), and
     native-int8 (the floor is decided by paired data too) when there is a race at all."""

@@ -378,6 +378,8 @@ class _Objective:
         return (latency, drop) if self.settings.pareto else latency
 
     def _score(self, trial: optuna.Trial, plan: PrecisionPlan) -> float | tuple[float, float]:
+        if self.objective.size:
+            return self._score_size(trial, plan)
         started = time.perf_counter()
         if self.settings.max_mb is not None:  # the build alone tells: no session, no accuracy
             mb = self.evaluator.build(plan).size_bytes / 1e6
@@ -402,6 +404,30 @@ class _Objective:
         trial.set_user_attr("seconds", time.perf_counter() - started)
         return self._result(timing.latency_ms, drop)
 
+    def _score_size(self, trial: optuna.Trial, plan: PrecisionPlan) -> float | tuple[float, float]:
+        """The ``mb`` objective: the built artifact's size, where the plan keeps the accuracy
+        budget (decided as for a timed objective); nothing is timed. Its "speedup" is fp32's MB
+        over the plan's, exact."""
+        mb = self.evaluator.build(plan).size_bytes / 1e6
+        trial.set_user_attr("mb", mb)
+        if self.settings.max_mb is not None:
+            trial.set_constraint(MEMORY_CONSTRAINT, mb / self.settings.max_mb - 1)
+        loaded = self.evaluator.load(plan)  # the artifact just built is a cache hit
+        try:
+            if self.settings.sequential and not self.settings.pareto:
+                estimate = self.evaluator.sequential_drop(loaded.runner, self.settings.max_drop)
+            else:  # the Pareto front wants exact drops
+                estimate = self.evaluator.accuracy_drop(loaded.runner, quick=False)
+        finally:
+            loaded.close()
+        drop = self._record_drop(trial, estimate)
+        scored = drop <= self.settings.max_drop or self.settings.pareto
+        trial.set_user_attr("timed", scored)  # "scored on the objective": feasible, on the front
+        smaller = self.reference_ms / mb
+        trial.set_user_attr("speedup", smaller)
+        trial.set_user_attr("speedup_ci", [smaller, smaller])
+        return self._result(mb if scored else self.reference_ms, drop)
+
 
 def run_study(
     study: optuna.Study,
@@ -414,7 +440,11 @@ def run_study(
     ``patience`` finished trials bring no better feasible latency."""
     if "fp32_reference_ms" not in study.user_attrs:  # the first worker fixes the scale of the figure
         goal = objective(settings.objective)
-        study.set_user_attr("fp32_reference_ms", evaluator.measure_baseline_ms(trial_protocol(goal), goal.percentile))
+        if goal.size:  # fp32's MB: the figure of the mb objective
+            reference = evaluator.build(evaluator.resolve(PrecisionPlan(name="fp32"))).size_bytes / 1e6
+        else:
+            reference = evaluator.measure_baseline_ms(trial_protocol(goal), goal.percentile)
+        study.set_user_attr("fp32_reference_ms", reference)
         study.set_user_attr("space", json.dumps([list(g.layers) for g in space.groups]))
     reference_ms = study.user_attrs["fp32_reference_ms"]
 

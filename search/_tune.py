@@ -27,7 +27,7 @@ from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
 from qbench.report.tables import markdown_table
 from qbench.runspec import LoadedSubject, RunSpec
 from qbench.scenario import LATENCY, Scenario
-from qbench.search._select import relative, select
+from qbench.search._select import relative, select, smallest
 from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
 from qbench.search._space import SearchSpace, build_space
 from qbench.search._study import (
@@ -352,6 +352,9 @@ def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, p
     study = settings.study
     within = [r for r in rows[1:] if _fits(r, study.max_drop, study.max_mb)]
 
+    if goal.size:  # sizes are exact: nothing to race
+        return rows, smallest(within, rows[0])
+
     def make_harness() -> Harness:
         return inputs.harness(settings, inputs.holdout_data, score=False, pool=pool)
 
@@ -495,14 +498,17 @@ def _native_plan(backend: Backend, model: OnnxModel) -> PrecisionPlan | None:
     return recipe_plan("native-int8", ((layer.name, layer.op_type) for layer in model.layers))
 
 
+FIGURE_COLUMNS = {"p50": "latency ms", "mb": "MB", "throughput": "ms per call"}
+
+
 def _front_table(front, figure: str = "p50") -> pd.DataFrame:
     """The Pareto front; its figure column is the objective's (``latency ms`` for the median)."""
     return pd.DataFrame(
         [
             {
                 "trial": t.number,
-                "latency ms" if figure == "p50" else f"{figure} ms per call": round(t.values[0], 4),
-                "speedup": round(t.user_attrs.get("speedup", float("nan")), 3),
+                FIGURE_COLUMNS.get(figure, f"{figure} ms per call"): round(t.values[0], 4),
+                "smaller" if figure == "mb" else "speedup": round(t.user_attrs.get("speedup", float("nan")), 3),
                 "accuracy drop": round(t.user_attrs["drop"], 4),
                 "low-precision layers": t.user_attrs.get("low_precision_layers"),
             }

@@ -249,3 +249,19 @@ def test_a_tied_plan_that_drops_less_is_not_chosen_when_native_int8_is_measurabl
     selection = select(rows, time_batch)
     assert len(selection.race) == 3
     assert selection.winner.plan_name != "tuned-t3"
+
+
+def test_the_mb_objective_picks_the_smallest_row_and_the_lower_drop_of_one_size():
+    from qbench.search._select import smallest
+
+    fp32 = replace(_row("fp32", FP32_MS, 1.0), artifact_bytes=4_000_000)
+    rows = [
+        replace(_row("uniform-int8", 1.0, 1.0), artifact_bytes=1_000_000, accuracy_drop=0.004),
+        replace(_row("tuned-t3", 0.8, 1.0), artifact_bytes=1_000_000, accuracy_drop=0.001),
+        replace(_row("native-int8", 0.9, 1.0), artifact_bytes=1_200_000),
+    ]
+    selection = smallest(rows, fp32)
+    assert selection.winner.plan_name == "tuned-t3"
+    assert [r.plan_name for r in selection.ranked] == ["tuned-t3", "uniform-int8", "native-int8"]
+    assert selection.winner_speedup == Speedup(4.0, 4.0, 4.0) and "4.00× smaller" in selection.notes[0]
+    assert smallest([], fp32).winner is None

@@ -19,7 +19,7 @@ from optuna.trial import TrialState
 from qbench.errors import QbenchError
 from qbench.harness import FP32, DropEstimate, Evaluator
 from qbench.plan import PlanOptions
-from qbench.search import StudySettings, feasible_trials, open_study, run_study, seed_study
+from qbench.search import StudySettings, feasible_trials, open_study, pareto_front, run_study, seed_study
 from qbench.search._sensitivity import GroupSensitivity, SensitivityReport
 from qbench.search._space import LayerGroup, SearchSpace, repeated_groups
 from qbench.search._study import finished_count, trial_plan, trial_summary, violation
@@ -471,3 +471,31 @@ def test_finalists_leave_out_plans_that_cannot_win():
     assert sorted(plan.name for plan in chosen) == ["tuned-t0", "tuned-t1", "tuned-t3"]
     without_anchor = _finalists(trials, trials, 0.005, SPACE.plan({}, "fp32"))
     assert "tuned-t2" in {plan.name for plan in without_anchor}  # only the anchor leaves it out
+
+
+def test_the_mb_objective_finds_the_smallest_plan_within_the_budget_without_timing(tmp_path):
+    """``--objective mb``: sizes are exact, so nothing is timed; the smallest plan keeps only
+    the layer the accuracy budget needs (b) in float: 5 x 1 MB + 4 MB."""
+    settings = StudySettings(max_drop=0.005, n_trials=40, patience=None, objective="mb")
+    study = _study(tmp_path, settings)
+    seed_study(study, SPACE, None, settings.ladder)
+    evaluator = FakeEvaluator()
+    run_study(study, evaluator, SPACE, settings)
+    best = feasible_trials(study)[0]
+    assert best.values[0] == pytest.approx(9.0) and dict(trial_plan(best).layers) == {
+        name: "int8" for name in COSTS if name != "b"
+    }
+    assert evaluator.timed_plans == [] and study.user_attrs["fp32_reference_ms"] == pytest.approx(24.0)
+    assert best.user_attrs["speedup"] == pytest.approx(24.0 / 9.0)
+    assert all(t.values[0] >= 9.0 for t in feasible_trials(study))
+
+
+def test_a_pareto_front_over_size_and_accuracy_drop(tmp_path):
+    settings = StudySettings(max_drop=0.005, n_trials=30, patience=None, objective="mb", pareto=True)
+    study = _study(tmp_path, settings)
+    seed_study(study, SPACE, None, settings.ladder)
+    run_study(study, FakeEvaluator(), SPACE, settings)
+    front = pareto_front(study)
+    sizes, drops = [t.values[0] for t in front], [t.user_attrs["drop"] for t in front]
+    assert sizes == sorted(sizes) and drops == sorted(drops, reverse=True) and len(front) >= 3
+    assert sizes[0] == pytest.approx(6.0)  # every layer int8: the smallest, the largest drop

@@ -186,3 +186,23 @@ def test_tune_picks_a_plan_within_the_budget_that_beats_fp32(killed_and_resumed)
     assert settings[winner.name]["selection_rank"] == 1
     spec = json.loads(winner.run_spec)
     assert spec["tune"]["max_drop"] == pytest.approx(budget) and spec["tune"]["trials"] == TRIALS
+
+
+def test_the_mb_objective_returns_the_smallest_model_within_the_budget(tmp_path, transformer_files):
+    """A real tune on ONNX Runtime for the size of the built model: the winner is the smallest
+    row within the budget on held-out data, smaller than fp32 and never larger than the runtime's
+    own int8 (the floor); the trials were built and scored, not timed."""
+    import qbench
+
+    model, data = transformer_files
+    result = qbench.tune(
+        str(model), str(data), objective="mb", max_drop=0.05, trials=6, patience=None, quick=True, results_dir=tmp_path
+    )
+    within = [r for r in result.rows[1:] if r.ok and r.accuracy_drop <= 0.05]
+    assert result.winner is not None and within
+    assert result.winner.artifact_bytes == min(r.artifact_bytes for r in within)
+    native = next(r for r in result.rows if r.plan_name == "native-int8")
+    assert result.winner.artifact_bytes < result.baseline.artifact_bytes
+    assert not (native.ok and native.accuracy_drop <= 0.05) or result.winner.artifact_bytes <= native.artifact_bytes
+    assert result.winner_speedup.ratio == pytest.approx(result.baseline.artifact_bytes / result.winner.artifact_bytes)
+    assert "MB" in result.front.columns and result.race is None
