@@ -203,6 +203,7 @@ def tune(
     patience: int | None = 20,
     precisions: Sequence[str] | None = None,
     max_mb: float | None = None,
+    pareto: bool | str = False,
     holdout: float = 0.4,
     seed: int = 0,
     quick: bool = False,
@@ -211,9 +212,11 @@ def tune(
     progress: Progress | None = None,
 ) -> TuneResult:
     """Search per-layer precisions of ``model`` for the best ``objective`` (p50, p90, p99 latency,
-    throughput at ``batch``, or mb: the built model's size) within ``max_drop`` of fp32's metric (a fraction: 0.01 is 1 %);
-    returns the typed result, ``winner`` a leaderboard row (None: keep fp32). ``quick`` shortens
-    the final selection's timing (smoke tests)."""
+    throughput at ``batch``, or mb: the built model's size) within ``max_drop`` of fp32's metric
+    (a fraction: 0.01 is 1 %);
+    returns the typed result, ``winner`` a leaderboard row (None: keep fp32). ``pareto``: True for
+    the front of the objective and accuracy drop, "mb" for the objective and size (``front``).
+    ``quick`` shortens the final selection's timing (smoke tests)."""
     results = pathlib.Path(results_dir)
     settings = Tune(
         objective=objective,
@@ -223,6 +226,7 @@ def tune(
         trials=trials,
         timeout=timeout,
         patience=patience,
+        pareto=pareto,
         holdout=holdout,
         seed=seed,
     )

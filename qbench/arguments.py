@@ -270,7 +270,13 @@ def _add_tune(sub, parents: list) -> None:
         "--patience", type=_non_negative_int, default=20, help="stop after N trials without a better plan (0: never)"
     )
     tune.add_argument(
-        "--pareto", action="store_true", help="multi-objective search for the front of the objective and accuracy drop"
+        "--pareto",
+        nargs="?",
+        const="drop",
+        default=False,
+        choices=["drop", "mb"],
+        help="search for a front instead of one best plan: the objective against the accuracy drop (--pareto), "
+        "or against the built model's MB within the budget (--pareto mb)",
     )
     tune.add_argument(
         "--exhaustive",

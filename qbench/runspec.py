@@ -140,7 +140,7 @@ class Tune:
     trials: int = 40
     timeout: float | None = None
     patience: int | None = 20  # None: never stop early
-    pareto: bool = False
+    pareto: bool | str = False  # True: the front of the objective and accuracy drop; "mb": of the objective and size
     sequential: bool = True
     holdout: float = 0.4
     seed: int = 0
@@ -170,9 +170,16 @@ class Tune:
         _whole("quick_samples", self.quick_samples, 10**7)
         if not isinstance(self.seed, int) or isinstance(self.seed, bool) or not 0 <= self.seed <= 2**32 - 1:
             raise QbenchError(f"`seed` must be a whole number from 0 to 2**32 - 1, but got {self.seed!r}")
-        for name in ("pareto", "sequential"):
-            if not isinstance(getattr(self, name), bool):
-                raise QbenchError(f"`{name}` must be true or false, but got {getattr(self, name)!r}")
+        if not isinstance(self.sequential, bool):
+            raise QbenchError(f"`sequential` must be true or false, but got {self.sequential!r}")
+        if self.pareto == "drop":  # the same front as True, the same spec and hash
+            object.__setattr__(self, "pareto", True)
+        if not (isinstance(self.pareto, bool) or self.pareto == "mb"):
+            raise QbenchError(f'`pareto` must be true, false, "drop" or "mb", but got {self.pareto!r}')
+        if self.pareto == "mb" and self.objective == "mb":
+            raise QbenchError(
+                "`pareto` mb with the mb objective is one figure twice: use pareto = true (size and drop)"
+            )
 
 
 MAX_TRIALS = 100_000

@@ -54,7 +54,7 @@ class StudySettings:
     n_trials: int = 40
     timeout: float | None = None
     patience: int | None = 20  # stop after this many finished trials without a better feasible one
-    pareto: bool = False  # multi-objective (latency, drop) instead of latency under the budget
+    pareto: bool | str = False  # multi-objective: True (the figure, drop) or "mb" (the figure, MB within the budget)
     ladder: int = 8  # seed "keep the k most sensitive groups in float" for k = 1..ladder
     seed: int = 0
     max_mb: float | None = None  # budget on the built artifact's size (weights), in MB (1e6 bytes)
@@ -90,6 +90,11 @@ class StudySettings:
             raise QbenchError(f"`timeout` must be a positive number of seconds, but got {self.timeout}")
         if self.max_mb is not None and not self.max_mb > 0:
             raise QbenchError(f"`max_mb` must be a positive number of megabytes, but got {self.max_mb}")
+
+
+def front_axis(pareto: bool | str) -> str | None:
+    """The Pareto front's second axis: ``drop``, ``mb``, or None without ``--pareto``."""
+    return "mb" if pareto == "mb" else ("drop" if pareto else None)
 
 
 def violation(trial: FrozenTrial) -> float:
@@ -241,14 +246,19 @@ def feasible_trials(study: optuna.Study) -> list[FrozenTrial]:
     return sorted(trials, key=lambda t: t.values[0])
 
 
-def pareto_front(study: optuna.Study) -> list[FrozenTrial]:
-    """Timed trials no other timed trial beats on both latency and full-set accuracy drop."""
+def pareto_front(study: optuna.Study, axis: str = "drop") -> list[FrozenTrial]:
+    """Scored trials no other scored trial beats on both the objective's figure and ``axis``:
+    the accuracy drop (on the full tuning set), or the size (``mb``: trials within every budget)."""
     timed = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)) if t.user_attrs.get("timed")]
+    if axis == "mb":
+        timed = [t for t in timed if violation(t) <= 0 and "mb" in t.user_attrs]
     front = []
     for t in timed:
-        lat, drop = t.values[0], t.user_attrs["drop"]
+        figure, other = t.values[0], t.user_attrs[axis]
         dominated = any(
-            o.values[0] <= lat and o.user_attrs["drop"] <= drop and (o.values[0] < lat or o.user_attrs["drop"] < drop)
+            o.values[0] <= figure
+            and o.user_attrs[axis] <= other
+            and (o.values[0] < figure or o.user_attrs[axis] < other)
             for o in timed
         )
         repeat = any(trial_plan(t).content_hash == trial_plan(f).content_hash for f in front)  # reused measurement
@@ -270,6 +280,8 @@ class _Objective:
     def __init__(self, evaluator: Evaluator, space: SearchSpace, settings: StudySettings, reference_ms: float):
         self.evaluator, self.space, self.settings, self.reference_ms = evaluator, space, settings, reference_ms
         self.objective = objective(settings.objective)
+        self.axis = front_axis(settings.pareto)
+        self.drop_front = self.axis == "drop"  # a front of drops scores and times plans over the budget too
 
     def __call__(self, trial: optuna.Trial) -> float | tuple[float, float]:
         study = trial.study
@@ -348,9 +360,9 @@ class _Objective:
         (``--exhaustive``, ``--pareto``): all the tuning data and the full trial protocol. ``loaded``
         is scored here and timed in its own worker process (``Evaluator.time``)."""
         budget = self.settings.max_drop
-        if not self.settings.sequential or self.settings.pareto:  # the Pareto front wants exact drops
+        if not self.settings.sequential or self.drop_front:  # the Pareto front wants exact drops
             drop = self._record_drop(trial, self.evaluator.accuracy_drop(loaded.runner, quick=False))
-            if drop > budget and not self.settings.pareto:
+            if drop > budget and not self.drop_front:
                 return drop, None
             return drop, self._time(loaded)
         scored: list = []
@@ -374,22 +386,26 @@ class _Objective:
         )
         return timings["c"]
 
-    def _result(self, latency: float, drop: float) -> float | tuple[float, float]:
-        return (latency, drop) if self.settings.pareto else latency
+    def _result(self, trial: optuna.Trial, figure: float, drop: float) -> float | tuple[float, float]:
+        """The objective's figure, and with ``--pareto`` the front's second axis."""
+        if self.axis is None:
+            return figure
+        return (figure, drop) if self.axis == "drop" else (figure, trial.user_attrs["mb"])
 
     def _score(self, trial: optuna.Trial, plan: PrecisionPlan) -> float | tuple[float, float]:
         if self.objective.size:
             return self._score_size(trial, plan)
         started = time.perf_counter()
-        if self.settings.max_mb is not None:  # the build alone tells: no session, no accuracy
+        if self.settings.max_mb is not None or self.axis == "mb":  # the build alone tells its size
             mb = self.evaluator.build(plan).size_bytes / 1e6
             trial.set_user_attr("mb", mb)
+        if self.settings.max_mb is not None:  # over the size budget: no session, no accuracy
             over = mb / self.settings.max_mb - 1
             trial.set_constraint(MEMORY_CONSTRAINT, over)
             if over > 0:
                 trial.set_user_attr("timed", False)
                 trial.set_constraint(BUDGET_CONSTRAINT, 0.0)  # not scored; every trial has both keys
-                return self._result(self.reference_ms, 1.0)
+                return self._result(trial, self.reference_ms, 1.0)
         loaded = self.evaluator.load(plan)  # the artifact just built is a cache hit
         try:
             drop, timing = self._measure(trial, loaded)
@@ -397,12 +413,12 @@ class _Objective:
             loaded.close()
         if timing is None:
             trial.set_user_attr("timed", False)
-            return self._result(self.reference_ms, drop)
+            return self._result(trial, self.reference_ms, drop)
         trial.set_user_attr("timed", True)
         trial.set_user_attr("speedup", timing.speedup)
         trial.set_user_attr("speedup_ci", [timing.speedup_ci_low, timing.speedup_ci_high])
         trial.set_user_attr("seconds", time.perf_counter() - started)
-        return self._result(timing.latency_ms, drop)
+        return self._result(trial, timing.latency_ms, drop)
 
     def _score_size(self, trial: optuna.Trial, plan: PrecisionPlan) -> float | tuple[float, float]:
         """The ``mb`` objective: the built artifact's size, where the plan keeps the accuracy
@@ -414,19 +430,19 @@ class _Objective:
             trial.set_constraint(MEMORY_CONSTRAINT, mb / self.settings.max_mb - 1)
         loaded = self.evaluator.load(plan)  # the artifact just built is a cache hit
         try:
-            if self.settings.sequential and not self.settings.pareto:
+            if self.settings.sequential and not self.drop_front:
                 estimate = self.evaluator.sequential_drop(loaded.runner, self.settings.max_drop)
             else:  # the Pareto front wants exact drops
                 estimate = self.evaluator.accuracy_drop(loaded.runner, quick=False)
         finally:
             loaded.close()
         drop = self._record_drop(trial, estimate)
-        scored = drop <= self.settings.max_drop or self.settings.pareto
+        scored = drop <= self.settings.max_drop or self.drop_front
         trial.set_user_attr("timed", scored)  # "scored on the objective": feasible, on the front
         smaller = self.reference_ms / mb
         trial.set_user_attr("speedup", smaller)
         trial.set_user_attr("speedup_ci", [smaller, smaller])
-        return self._result(mb if scored else self.reference_ms, drop)
+        return self._result(trial, mb if scored else self.reference_ms, drop)
 
 
 def run_study(

@@ -34,6 +34,7 @@ from qbench.search._study import (
     SEEDED_ATTR,
     StudySettings,
     feasible_trials,
+    front_axis,
     open_study,
     pareto_front,
     run_study,
@@ -134,7 +135,7 @@ def default_study_name(inputs: TuneInputs, tune_settings: TuneSettings, space: S
             metric.name,
             tuning_data.content_hash,
             f"{settings.max_drop:g}",
-            "pareto" if settings.pareto else "latency",
+            {False: "latency", True: "pareto"}.get(settings.pareto, f"pareto-{settings.pareto}"),
             "sequential" if settings.sequential else "exhaustive",
             str(workload),
             f"{settings.max_mb}",
@@ -231,7 +232,9 @@ def tune(
             harness = inputs.harness(settings, inputs.tuning_data, quick_samples=settings.quick_samples, pool=pool)
             try:
                 report = _search(study, created, harness, space, offered, settings.study, timer, progress, on_trial)
-                plans, native = final_plans(study, harness, space, offered, inputs, settings.study.max_drop)
+                plans, native = final_plans(
+                    study, harness, space, offered, inputs, settings.study.max_drop, _axis(settings)
+                )
             finally:
                 harness.close()
             with timer.stage("final selection"):
@@ -250,7 +253,7 @@ def tune(
             winner,
             rows[0],
             rows,
-            _front_table(pareto_front(study), settings.study.objective),
+            _front_table(pareto_front(study, _axis(settings)), settings.study.objective),
             report,
             study_name,
             trial_summary(study),
@@ -307,12 +310,17 @@ def _search(study, created, harness, space, offered, study_settings, timer, prog
     return report
 
 
-def final_plans(study, harness, space, offered, inputs: TuneInputs, max_drop: float):
+def _axis(settings: TuneSettings) -> str:
+    """The Pareto front's second axis: the accuracy drop unless ``--pareto mb`` asks for the size."""
+    return front_axis(settings.study.pareto) or "drop"
+
+
+def final_plans(study, harness, space, offered, inputs: TuneInputs, max_drop: float, axis: str = "drop"):
     """The plans the final selection measures: the finalists, each uniform plan (a finalist that
     is one takes its name, so the winner is never slower than one) and the runtime's own int8."""
     uniform = [harness.resolve(space.plan(space.uniform(p), f"uniform-{p}")) for p in offered]
     known = {plan.content_hash for plan in uniform}
-    feasible, front = feasible_trials(study), pareto_front(study)
+    feasible, front = feasible_trials(study), pareto_front(study, axis)
     anchors = [t for t in front + feasible if trial_plan(t).content_hash in known]
     finalists = _finalists(feasible, front, max_drop, harness.resolve(PrecisionPlan(name="fp32")), anchors)
     finalists = [plan for plan in finalists if plan.content_hash not in known]
@@ -510,6 +518,7 @@ def _front_table(front, figure: str = "p50") -> pd.DataFrame:
                 FIGURE_COLUMNS.get(figure, f"{figure} ms per call"): round(t.values[0], 4),
                 "smaller" if figure == "mb" else "speedup": round(t.user_attrs.get("speedup", float("nan")), 3),
                 "accuracy drop": round(t.user_attrs["drop"], 4),
+                **({"MB": round(t.user_attrs["mb"], 3)} if "mb" in t.user_attrs and figure != "mb" else {}),
                 "low-precision layers": t.user_attrs.get("low_precision_layers"),
             }
             for t in front

@@ -19,6 +19,7 @@ from optuna.trial import TrialState
 from qbench.errors import QbenchError
 from qbench.harness import FP32, DropEstimate, Evaluator
 from qbench.plan import PlanOptions
+from qbench.runspec import Tune
 from qbench.search import StudySettings, feasible_trials, open_study, pareto_front, run_study, seed_study
 from qbench.search._sensitivity import GroupSensitivity, SensitivityReport
 from qbench.search._space import LayerGroup, SearchSpace, repeated_groups
@@ -499,3 +500,23 @@ def test_a_pareto_front_over_size_and_accuracy_drop(tmp_path):
     sizes, drops = [t.values[0] for t in front], [t.user_attrs["drop"] for t in front]
     assert sizes == sorted(sizes) and drops == sorted(drops, reverse=True) and len(front) >= 3
     assert sizes[0] == pytest.approx(6.0)  # every layer int8: the smallest, the largest drop
+
+
+def test_a_pareto_front_over_latency_and_size_keeps_the_accuracy_budget(tmp_path):
+    """``--pareto mb``: the front of latency against MB among plans within the accuracy budget;
+    plans over the budget are not timed (the budget stays a constraint, unlike ``--pareto``)."""
+    settings = StudySettings(max_drop=0.005, n_trials=40, patience=None, pareto="mb")
+    study = _study(tmp_path, settings)
+    seed_study(study, SPACE, None, settings.ladder)
+    evaluator = FakeEvaluator()
+    run_study(study, evaluator, SPACE, settings)
+    front = pareto_front(study, "mb")
+    latencies, sizes = [t.values[0] for t in front], [t.user_attrs["mb"] for t in front]
+    assert front and latencies == sorted(latencies) and sizes == sorted(sizes, reverse=True)
+    assert all(t.user_attrs["drop"] <= 0.005 for t in front)
+    assert all(evaluator.accuracy_drop(FakeRunner(p), False) <= 0.005 for p in evaluator.timed_plans)
+    # layer e is slower in int8: the fastest plan keeps it in float, the smallest does not
+    assert sizes[-1] == pytest.approx(9.0) and latencies[0] == pytest.approx(best_possible(0.005))
+    with pytest.raises(QbenchError, match="one figure twice"):
+        Tune(objective="mb", pareto="mb")
+    assert Tune(pareto="drop") == Tune(pareto=True)
