@@ -179,7 +179,8 @@ def _workload_args(several: bool = False) -> argparse.ArgumentParser:
         "--workload",
         type=_workloads if several else _workload,
         help="what one timed call runs: batch (of the data), or for a decoder LLM with a KV cache "
-        "prefill[:TOKENS] (a prompt) or decode[:CACHED] (one new token after CACHED tokens), both 128 by default"
+        "prefill[:TOKENS] (a prompt), decode[:CACHED] (one new token after CACHED tokens), both 128 by default, "
+        "or generate[:PROMPT[:NEW]] (a greedy reply of NEW tokens after a PROMPT, 128 and 32 by default)"
         f"{listed} (default: the zoo model's, decode:128 for smollm2-135m; else batch)",
     )
     return workload_args

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -94,6 +95,20 @@ class DecoderInputs:
                 feeds[spec.name] = rng.standard_normal(shape, dtype=np.float32).astype(spec.dtype, copy=False)
             else:
                 feeds[spec.name] = np.zeros(shape, spec.dtype)
+        feeds.update(self._bookkeeping(batch, new, cached))
+        return SharedCacheFeeds(feeds, dict(self.shared_outputs)) if shared else feeds
+
+    def step(self, ids: np.ndarray, cache: Sequence[np.ndarray], cached: int) -> dict[str, np.ndarray]:
+        """The feeds of one generation step: the new token ids and the cache the last call returned."""
+        feeds = {self.tokens.name: ids.astype(self.tokens.dtype, copy=False)}
+        feeds.update({spec.name: array for spec, array in zip(self.caches, cache, strict=True)})
+        feeds.update(self._bookkeeping(ids.shape[0], ids.shape[1], cached))
+        return feeds
+
+    def _bookkeeping(self, batch: int, new: int, cached: int) -> dict[str, np.ndarray]:
+        """The inputs besides ids and cache that some exporters' graphs take."""
+        total = cached + new
+        feeds = {}
         if self.attention_mask is not None:
             feeds[self.attention_mask.name] = np.ones((batch, total), self.attention_mask.dtype)
         if self.position_ids is not None:
@@ -103,11 +118,59 @@ class DecoderInputs:
             feeds[self.seqlens_k.name] = np.full((batch,), total - 1, self.seqlens_k.dtype)
         if self.total_sequence_length is not None:
             feeds[self.total_sequence_length.name] = np.array(total, self.total_sequence_length.dtype)
-        return SharedCacheFeeds(feeds, dict(self.shared_outputs)) if shared else feeds
+        return feeds
 
     def complete(self, feeds: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """A batch of token ids (and nothing else the graph takes) completed into a prefill call."""
         return {**feeds, **self.feeds(feeds[self.tokens.name], 0)}
+
+
+class GenerateFeeds(dict):
+    """The prompt's feeds of a greedy generation of ``new_tokens`` tokens: ``run_with(run)`` runs
+    the prompt, then ``new_tokens - 1`` steps, each on the token and the cache the call before
+    returned, as a chat reply is produced (one timed call is the whole generation)."""
+
+    def __init__(
+        self, feeds: dict[str, np.ndarray], decoder: DecoderInputs, logits: int, presents: tuple[int, ...], new: int
+    ) -> None:
+        super().__init__(feeds)
+        self.decoder, self.logits, self.presents, self.new_tokens = decoder, logits, presents, new
+
+    @classmethod
+    def of(cls, model: OnnxModel, decoder: DecoderInputs, ids: np.ndarray, new_tokens: int) -> GenerateFeeds:
+        """The generation of ``new_tokens`` after prompt ``ids`` on ``model``, whose outputs must
+        be the logits and each cache input's present (``past….key`` -> ``present….key``)."""
+        outputs = [o.name for o in model.proto.graph.output]
+        shared = dict(decoder.shared_outputs)
+        wanted = [shared.get(spec.name) or _present_name(spec.name) for spec in decoder.caches]
+        missing = [spec.name for spec, name in zip(decoder.caches, wanted, strict=True) if name not in outputs]
+        if missing:
+            raise QbenchError(
+                f"{model.name}: workload generate needs each cache input's present output "
+                f"(present.<i>.key/.value), but none matches {missing[0]}; its outputs are {', '.join(outputs[:4])} …"
+            )
+        logits = next(i for i, name in enumerate(outputs) if name not in wanted)
+        presents = tuple(outputs.index(name) for name in wanted)
+        return cls(decoder.feeds(ids, 0), decoder, logits, presents, new_tokens)
+
+    def run_with(self, run: Callable[[Mapping[str, np.ndarray]], Sequence[np.ndarray]]) -> Sequence[np.ndarray]:
+        """The whole generation through ``run`` (a runner's ``run``); returns the last call's outputs."""
+        outputs = run(dict(self))
+        cached = self[self.decoder.tokens.name].shape[1]
+        for _ in range(self.new_tokens - 1):
+            logits = outputs[self.logits]
+            ids = np.argmax(logits[:, -1, :] if logits.ndim == 3 else logits, axis=-1)[:, None]
+            outputs = run(self.decoder.step(ids, [outputs[i] for i in self.presents], cached))
+            cached += 1
+        return outputs
+
+
+def _present_name(cache: str) -> str:
+    """``past_key_values.3.key``, ``past.3.key`` or ``cache.3.key`` -> ``present.3.key``."""
+    for prefix in ("past_key_values.", *(f"{p}." for p in _CACHE_PREFIXES)):
+        if cache.startswith(prefix):
+            return "present." + cache.removeprefix(prefix)
+    return cache
 
 
 def _token_input(model: OnnxModel, caches: tuple[InputSpec, ...], roles: list[InputSpec]) -> InputSpec:

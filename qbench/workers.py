@@ -437,7 +437,8 @@ class _Held:
         return {"load_s": load_s, "first_inference_ms": first_ms, "rss_mb": _rss_mb(), "settings": settings}
 
     def call(self) -> Sequence[np.ndarray]:
-        outputs = self.runner.run(self.feeds)
+        whole = getattr(self.feeds, "run_with", None)  # a generation (qbench.decoder.GenerateFeeds)
+        outputs = whole(self.runner.run) if whole else self.runner.run(self.feeds)
         self.runner.synchronize()
         return outputs
 

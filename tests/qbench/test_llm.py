@@ -17,6 +17,7 @@ from qbench.cli import main
 from qbench.errors import QbenchError
 from qbench.metrics import BUILTIN_METRICS
 from qbench.model import OnnxModel
+from qbench.store import Leaderboard, default_url
 from qbench.workload import Workload, decoder_inputs
 from qbench.zoo import ZOO
 
@@ -107,7 +108,7 @@ def test_workloads_build_decoder_feeds(sliced):
     logits = _session(sliced).run(None, decode)[0]
     assert logits.shape == (1, 1, 49152)
     with pytest.raises(QbenchError, match="unknown workload"):
-        Workload.parse("generate")
+        Workload.parse("generate:1:2:3")
     from qbench.zoo import DEMO
 
     with pytest.raises(QbenchError, match="needs a decoder"):
@@ -446,3 +447,45 @@ def test_layers_lists_the_graph_each_backend_gets(capsys):
     assert "151 quantizable layers" in fused and "(56 more)" in fused and "layers.0/attn/qkv_proj" in fused
     assert main(["layers", "smollm2-135m", "--backend", "openvino"]) == 0
     assert "271 quantizable layers" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("graph", ["model.onnx", "model.ort.onnx"])
+def test_a_generation_on_the_cache_picks_the_tokens_of_greedy_full_passes(sliced, graph):
+    """``generate:N:M``: the prompt, then M - 1 steps each on the cache the call before returned
+    (the fused graph's cache too). Its tokens are those of greedy decoding by a full forward
+    pass over the whole sequence for every new token."""
+    from qbench.data import load_npz
+    from qbench.decoder import DecoderInputs
+
+    model = OnnxModel.load(sliced / graph)
+    workload = Workload.parse("generate:12:5")
+    assert str(workload) == "generate:12:5" and workload.tokens_per_call == 5
+    feeds = workload.feeds(model, load_npz(sliced / "eval.npz", model), 1)
+    session, token_input = _session(sliced, graph), DecoderInputs.of(model).tokens.name
+    calls = []
+
+    def run(step):
+        calls.append(step[token_input])
+        return session.run(None, step)
+
+    last = feeds.run_with(run)
+    logits = last[feeds.logits]
+    generated = [int(ids[0, 0]) for ids in calls[1:]] + [int(np.argmax(logits[0, -1]))]
+    assert len(calls) == 5 and calls[0].shape == (1, 12)
+    ids, expected = calls[0], []
+    for _ in range(5):
+        full = session.run(None, DecoderInputs.of(model).feeds(ids, 0))[feeds.logits]
+        expected.append(int(np.argmax(full[0, -1])))
+        ids = np.concatenate([ids, [[expected[-1]]]], axis=1)
+    assert generated == expected
+    assert last[feeds.presents[0]].shape[2] == 12 + 4  # the prompt and four steps are cached
+
+
+def test_generate_is_timed_as_tokens_per_second(sliced, tmp_path, capsys):
+    results = tmp_path / "results"
+    args = ["bench", str(sliced / "model.onnx"), "--data", str(sliced / "eval.npz"), "--metric", "perplexity"]
+    args += ["--workload", "generate:16:8", "--recipe", "fp32,int4-weight", "--quick", "--min-seconds", "0.2", "-q"]
+    assert main([*args, "--results-dir", str(results)]) == 0
+    assert "tokens/s" in capsys.readouterr().out
+    rows = Leaderboard(default_url(results)).frame()
+    assert set(rows.workload) == {"generate:16:8"} and (rows.status == "ok").all()
