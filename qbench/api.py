@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
 import pathlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -171,7 +172,7 @@ def bench(
 ) -> BenchRun:
     """Measure ``recipes`` (default: fp32, int8 and the runtime's own int8) of ``model`` (default:
     the built-in demo) and record them; returns the rows. See the module docstring for inputs."""
-    results = pathlib.Path(results_dir)
+    results = _checked_call(results_dir, db, quick, transform=transform, progress=progress)
     subject, metric_fn = _subject(model, data, calib_data, transform, metric, workload, results)
     spec = normalized(
         RunSpec(
@@ -217,7 +218,7 @@ def tune(
     returns the typed result, ``winner`` a leaderboard row (None: keep fp32). ``pareto``: True for
     the front of the objective and accuracy drop, "mb" for the objective and size (``front``).
     ``quick`` shortens the final selection's timing (smoke tests)."""
-    results = pathlib.Path(results_dir)
+    results = _checked_call(results_dir, db, quick, transform=transform, progress=progress)
     settings = Tune(
         objective=objective,
         max_drop=max_drop,
@@ -235,6 +236,21 @@ def tune(
     spec = normalized(RunSpec(subject, Target(backend, threads, batch), timing, ("fp32",), settings))
     with _board(results, db) as board:
         return run_tune(spec, board=board, results_dir=results, progress=progress or log.info, metric=metric_fn)
+
+
+def _checked_call(results_dir: Any, db: Any, quick: Any, **functions: Any) -> pathlib.Path:
+    """The API's own arguments (the run's are checked by ``RunSpec``): the results folder as a
+    path, and the rest of the right type, before anything is built or measured."""
+    if not isinstance(results_dir, str | os.PathLike) or not os.fspath(results_dir):
+        raise QbenchError(f"`results_dir` must be a folder path, but got {results_dir!r}")
+    if db is not None and (not isinstance(db, str) or not db):
+        raise QbenchError("`db` must be a database URL such as postgresql://host/qbench, or None")
+    if not isinstance(quick, bool):
+        raise QbenchError(f"`quick` must be True or False, but got {quick!r}")
+    for name, function in functions.items():
+        if function is not None and not callable(function):
+            raise QbenchError(f"`{name}` must be a function or None, but got {type(function).__name__}")
+    return pathlib.Path(results_dir)
 
 
 def run_tune(

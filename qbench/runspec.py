@@ -46,7 +46,8 @@ class Subject:
         for name in ("data", "calib_data", "metric", "workload"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, str) or not value or "\0" in value):
-                raise QbenchError(f"`{name}` must be a path or name as text, but got {value!r}")
+                what = "text such as decode:128" if name == "workload" else "a path or name as text"
+                raise QbenchError(f"`{name}` must be {what}, but got {value!r}")
         if self.workload is not None:
             Workload.parse(self.workload)  # one-line error for a bad workload
         object.__setattr__(self, "shapes", _checked_shapes(self.shapes))

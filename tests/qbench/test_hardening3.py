@@ -309,3 +309,22 @@ def test_ending_qbench_nightly_ends_its_worker_and_everything_the_worker_started
     finally:
         if qbench_cli.poll() is None:
             qbench_cli.kill()
+
+
+@pytest.mark.parametrize(
+    "argument, message",
+    [
+        ({"results_dir": 5}, "`results_dir` must be a folder path"),
+        ({"db": 5}, "`db` must be a database URL"),
+        ({"quick": "yes"}, "`quick` must be True or False"),
+        ({"transform": 5}, "`transform` must be a function"),
+        ({"progress": 5}, "`progress` must be a function"),
+        ({"workload": 5}, "`workload` must be text such as decode:128"),
+    ],
+)
+def test_the_api_refuses_arguments_of_the_wrong_type_before_any_work(tmp_path, argument, message):
+    """The API's own arguments, beside the run spec's: found by probing each with an int."""
+    for call in (qbench.bench, qbench.tune):
+        with pytest.raises(QbenchError, match=message):
+            call(**{"results_dir": tmp_path / "r", **argument})
+    assert not (tmp_path / "r").exists()
