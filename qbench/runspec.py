@@ -151,7 +151,7 @@ class Tune:
         from qbench.objectives import objective
         from qbench.plan import GROUPINGS, PRECISIONS
 
-        objective(self.objective)
+        object.__setattr__(self, "objective", objective(self.objective).name)  # server-qps:15.0 -> :15
         _number("max_drop", self.max_drop, 0.0, 1.0, "0.01 is 1 %", closed="low")
         _number("holdout", self.holdout, 0.0, 1.0, "the share of the data kept for the final selection", closed="")
         if self.max_mb is not None:

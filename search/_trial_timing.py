@@ -67,6 +67,8 @@ class clearly_slower:  # noqa: N801 - used like a function that builds a ``stop`
         self.incumbent, self.objective, self.decided = incumbent, objective, False
 
     def __call__(self, samples: Samples) -> bool:
+        if self.objective.bound_ms is not None:  # a served rate costs seconds: never checked per round
+            return False
         candidate = self.objective.ratio(samples[FP32], samples["c"], samples.block, STOP_RESAMPLES)
         slower = candidate.ci_high < 1.0
         if not slower and self.incumbent is not None:

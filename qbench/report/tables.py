@@ -73,6 +73,8 @@ def speedup_header(scenario: object) -> str:
     """What a group's speedup compares: the median unless the scenario says a tail."""
     if isinstance(scenario, str) and scenario.startswith("server") and not scenario.startswith("server:max"):
         return "p99 speedup vs fp32 (same arrivals)"
+    if isinstance(scenario, str) and scenario.startswith("latency:server-qps:"):
+        return f"requests/s within {scenario.rsplit(':', 1)[1]} ms p99 vs fp32"
     if isinstance(scenario, str) and scenario.startswith("latency:"):
         return f"{scenario.split(':', 1)[1]} speedup vs fp32"
     return "speedup vs fp32"

@@ -268,3 +268,21 @@ def test_a_worker_runs_for_a_time_and_serves_arrivals(tmp_path, mlp):
         assert len(latencies) == len(arrivals) and min(latencies) > 0
     finally:
         pool.close()
+
+
+def test_the_served_rate_of_a_queue_matches_theory_and_compares_paired():
+    """``server-qps``: an M/M/1 queue (exponential calls of 1 ms) keeps p99 from arrival to answer
+    within 15 ms up to ln(100) / 15 ms below the call rate, 693 requests/s; a plan whose calls
+    take 0.8 of fp32's in every round serves more, with an interval from whole rounds."""
+    import qbench.statistics as st
+
+    calls = np.random.default_rng(1).exponential(1e6, 100_000)
+    assert st.served_rate(calls, 15e6) == pytest.approx(1000 - np.log(100) / 0.015, rel=0.08)
+    assert st.served_rate(np.full(100, 20e6), 15e6) == 0.0  # an idle server misses the bound already
+    rounds = [np.random.default_rng(i).lognormal(np.log(1e6), 0.3, 30) for i in range(12)]
+    faster = st.served_rate_ratio(rounds, [r * 0.8 for r in rounds], 15e6, resamples=30)
+    assert 1.0 < faster.ci_low <= faster.ratio <= faster.ci_high and faster.ratio > 1.2
+    same = objective("server-qps:15").ratio(np.concatenate(rounds), np.concatenate(rounds), 30)
+    assert same.ratio == pytest.approx(1.0)
+    with pytest.raises(QbenchError, match="p99 bound must be a number"):
+        objective("server-qps:0")
