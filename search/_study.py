@@ -460,6 +460,11 @@ def run_study(
             reference = evaluator.build(evaluator.resolve(PrecisionPlan(name="fp32"))).size_bytes / 1e6
         else:
             reference = evaluator.measure_baseline_ms(trial_protocol(goal), goal.percentile)
+        if goal.bound_ms is not None and reference > goal.bound_ms:  # no rate is served within it
+            raise QbenchError(
+                f"fp32's p99 call takes {reference:.2f} ms here, over the {goal.bound_ms:g} ms bound of {goal.name}: "
+                f"no rate keeps p99 within it; give a bound above {reference:.2f} ms, or use --objective p99"
+            )
         study.set_user_attr("fp32_reference_ms", reference)
         study.set_user_attr("space", json.dumps([list(g.layers) for g in space.groups]))
     reference_ms = study.user_attrs["fp32_reference_ms"]

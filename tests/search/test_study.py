@@ -520,3 +520,12 @@ def test_a_pareto_front_over_latency_and_size_keeps_the_accuracy_budget(tmp_path
     with pytest.raises(QbenchError, match="one figure twice"):
         Tune(objective="mb", pareto="mb")
     assert Tune(pareto="drop") == Tune(pareto=True)
+
+
+def test_a_server_qps_bound_fp32_cannot_meet_is_one_line_before_any_trial(tmp_path):
+    """fp32's p99 call (the fake's 4.2 ms) over the bound: no rate is served within it."""
+    settings = StudySettings(max_drop=0.005, n_trials=5, patience=None, objective="server-qps:3")
+    study = _study(tmp_path, settings)
+    with pytest.raises(QbenchError, match="fp32's p99 call takes 4.20 ms here, over the 3 ms bound"):
+        run_study(study, FakeEvaluator(), SPACE, settings)
+    assert not study.trials
