@@ -173,17 +173,22 @@ class Tune:
             raise QbenchError(f"`seed` must be a whole number from 0 to 2**32 - 1, but got {self.seed!r}")
         if not isinstance(self.sequential, bool):
             raise QbenchError(f"`sequential` must be true or false, but got {self.sequential!r}")
-        if self.pareto == "drop":  # the same front as True, the same spec and hash
-            object.__setattr__(self, "pareto", True)
-        if not (isinstance(self.pareto, bool) or self.pareto == "mb"):
-            raise QbenchError(f'`pareto` must be true, false, "drop" or "mb", but got {self.pareto!r}')
-        if self.pareto == "mb" and self.objective == "mb":
-            raise QbenchError(
-                "`pareto` mb with the mb objective is one figure twice: use pareto = true (size and drop)"
-            )
+        object.__setattr__(self, "pareto", _checked_pareto(self.pareto, self.objective))
 
 
 MAX_TRIALS = 100_000
+
+
+def _checked_pareto(pareto: object, objective_name: str) -> bool | str:
+    """False, True (the front of the objective and accuracy drop; "drop" says the same and
+    keeps the same spec and hash) or "mb" (the objective and size)."""
+    if pareto == "drop":
+        return True
+    if not (isinstance(pareto, bool) or pareto == "mb"):
+        raise QbenchError(f'`pareto` must be true, false, "drop" or "mb", but got {pareto!r}')
+    if pareto == "mb" and objective_name == "mb":
+        raise QbenchError("`pareto` mb with the mb objective is one figure twice: use true (size and drop)")
+    return pareto
 
 
 def _number(name: str, value: object, low: float, high: float, what: str, closed: str = "high") -> None:
