@@ -392,8 +392,8 @@ def cmd_tune(args: argparse.Namespace, spec: RunSpec | None = None) -> int:
     interval = f"(95% CI {s.ci_low:.2f}–{s.ci_high:.2f})"
     against = {
         "mb": f"{s.ratio:.2f}× smaller than fp32",
-        "server": f"{s.ratio:.2f}× fp32's highest rate within {goal.rsplit(':', 1)[-1]} ms p99 {interval}",
-    }.get(goal.split("-")[0], f"{s.ratio:.2f}× vs fp32 on {goal} {interval}")
+        "server-qps": f"{s.ratio:.2f}× fp32's highest rate within {goal.partition(':')[2]} ms p99 {interval}",
+    }.get(goal.partition(":")[0], f"{s.ratio:.2f}× vs fp32 on {goal} {interval}")
     print(
         f"\nwinner {w.plan_name}: {against}, {figure}, drop {w.accuracy_drop:+.4f}; "
         f"plan and model in {result.output_dir}"
@@ -645,7 +645,13 @@ def _configure_logging(verbose: bool, quiet: bool) -> None:
 def _guarded(command: Callable[[], int], results_dir: pathlib.Path) -> int:
     """Run ``command`` as the command line does: a user's error is one line and exit 2; SIGTERM
     and SIGHUP unwind the run (its worker processes end with it) and exit 143."""
-    previous = {sig: signal.signal(sig, _terminate) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    # A signal already ignored stays ignored: `nohup qbench nightly` must outlive its terminal.
+    ignored = signal.SIG_IGN
+    previous = {
+        sig: signal.signal(sig, _terminate)
+        for sig in (signal.SIGTERM, signal.SIGHUP)
+        if signal.getsignal(sig) is not ignored
+    }
     try:
         if results_dir.exists() and not results_dir.is_dir():
             raise QbenchError(f"--results-dir {results_dir} is a file; pass a folder (it is created if missing)")

@@ -328,3 +328,25 @@ def test_the_api_refuses_arguments_of_the_wrong_type_before_any_work(tmp_path, a
         with pytest.raises(QbenchError, match=message):
             call(**{"results_dir": tmp_path / "r", **argument})
     assert not (tmp_path / "r").exists()
+
+
+def test_a_signal_already_ignored_stays_ignored(tmp_path, monkeypatch):
+    """`nohup qbench nightly`: SIGHUP is ignored before qbench starts, and must stay so while
+    it runs (qbench turns SIGTERM and SIGHUP into an orderly stop only where they would kill)."""
+    import signal
+
+    from qbench import cli
+
+    seen = {}
+
+    def command(_args) -> int:
+        seen.update({sig: signal.getsignal(sig) for sig in (signal.SIGHUP, signal.SIGTERM)})
+        return 0
+
+    monkeypatch.setitem(cli.COMMANDS, "leaderboard", command)
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        assert main(["leaderboard", "--results-dir", str(tmp_path)]) == 0
+    finally:
+        signal.signal(signal.SIGHUP, before)
+    assert seen[signal.SIGHUP] is signal.SIG_IGN and seen[signal.SIGTERM] is cli._terminate
