@@ -144,12 +144,12 @@ class GenerateFeeds(dict):
         shared = dict(decoder.shared_outputs)
         wanted = [shared.get(spec.name) or _present_name(spec.name) for spec in decoder.caches]
         missing = [spec.name for spec, name in zip(decoder.caches, wanted, strict=True) if name not in outputs]
-        if missing:
+        logits = next((i for i, name in enumerate(outputs) if name not in wanted), None)
+        if missing or logits is None:
             raise QbenchError(
-                f"{model.name}: workload generate needs each cache input's present output "
-                f"(present.<i>.key/.value), but none matches {missing[0]}; its outputs are {', '.join(outputs[:4])} …"
+                f"{model.name}: workload generate needs the logits and each cache input's present output "
+                f"(present.<i>.key/.value); its outputs are {', '.join(outputs[:4])} …"
             )
-        logits = next(i for i, name in enumerate(outputs) if name not in wanted)
         presents = tuple(outputs.index(name) for name in wanted)
         return cls(decoder.feeds(ids, 0), decoder, logits, presents, new_tokens)
 

@@ -489,3 +489,16 @@ def test_generate_is_timed_as_tokens_per_second(sliced, tmp_path, capsys):
     assert "tokens/s" in capsys.readouterr().out
     rows = Leaderboard(default_url(results)).frame()
     assert set(rows.workload) == {"generate:16:8"} and (rows.status == "ok").all()
+
+
+def test_generate_needs_the_logits_and_every_present_output():
+    from types import SimpleNamespace
+
+    from qbench.decoder import GenerateFeeds
+
+    decoder = SimpleNamespace(shared_outputs=(), caches=[SimpleNamespace(name="past.0.key")])
+    for outputs in (["logits", "present.1.key"], ["present.0.key"]):
+        graph = SimpleNamespace(output=[SimpleNamespace(name=n) for n in outputs])
+        model = SimpleNamespace(name="m", proto=SimpleNamespace(graph=graph))
+        with pytest.raises(QbenchError, match="needs the logits and each cache input's present output"):
+            GenerateFeeds.of(model, decoder, np.zeros((1, 4), np.int64), 8)
