@@ -241,7 +241,8 @@ def tune(
                 rows, selection = _final_selection(inputs, settings, plans, board, progress, pool)
         finally:
             pool.close()
-        winner, speed, notes = judge(rows, selection, native, settings.study.max_drop)
+        better = "smaller" if objective(settings.study.objective).size else "faster"
+        winner, speed, notes = judge(rows, selection, native, settings.study.max_drop, better)
         board.record_selection(selection.ranked, winner)  # tables rank these rows as the tuner did
         if not feasible_trials(study):
             notes.insert(
@@ -375,7 +376,7 @@ def _fits(row: ResultRow, max_drop: float, max_mb: float | None) -> bool:
     return row.ok and row.accuracy_drop <= max_drop and small
 
 
-def judge(rows: Sequence[ResultRow], selection, native: PrecisionPlan | None, max_drop: float):
+def judge(rows: Sequence[ResultRow], selection, native: PrecisionPlan | None, max_drop: float, better: str = "faster"):
     """The winner of the final selection as the tuner returns it, its speedup and the notes:
     native-int8 is the floor, and a winner not measurably faster than fp32 is said to be so
     (and dropped if it is slower). Pure: tested on recorded rows."""
@@ -386,7 +387,7 @@ def judge(rows: Sequence[ResultRow], selection, native: PrecisionPlan | None, ma
     if winner is not None and winner is native_row:
         # The floor: a tuned plan slower than the runtime's own int8 within the budget is never returned.
         notes.append(
-            "native-int8 met the budget on held-out data and no tuned plan was faster; "
+            f"native-int8 met the budget on held-out data and no tuned plan was {better}; "
             "returning it (the tuner's space did not beat the runtime's own quantization here)"
         )
     elif native_row is not None and native_row.ok and native_row.accuracy_drop > max_drop:

@@ -52,3 +52,14 @@ def test_a_tuned_plan_that_missed_the_budget_on_held_out_data_is_named():
     winner, _, notes = _judge(_row("uniform-int8", 1.5), _row("tuned-t4", 2.0, drop=0.03))
     assert winner.plan_name == "uniform-int8"
     assert any("tuned-t4 met the budget while tuning but dropped +0.0300 on held-out data" in n for n in notes)
+
+
+def test_for_the_mb_objective_native_is_the_floor_in_size():
+    from qbench.search._select import smallest
+
+    fp32 = replace(_row("fp32", 1.0, width=0.0), artifact_bytes=4_000_000)
+    native = replace(_row("native-int8", 2.0, plan_hash=NATIVE.content_hash), artifact_bytes=1_000_000)
+    tuned = replace(_row("tuned-t1", 2.5), artifact_bytes=1_300_000)
+    winner, speed, notes = judge([fp32, tuned, native], smallest([tuned, native], fp32), NATIVE, BUDGET, "smaller")
+    assert winner is native and speed.ratio == 4.0
+    assert any("no tuned plan was smaller" in n for n in notes)
