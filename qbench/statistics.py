@@ -237,13 +237,10 @@ def aa_band(aa: dict[str, float] | None) -> float:
     return max(0.0, 1.0 - aa["aa_ci_low"], aa["aa_ci_high"] - 1.0)
 
 
-def percentile_ratio(
-    baseline_rounds: Sequence[np.ndarray], candidate_rounds: Sequence[np.ndarray], q: float, resamples: int = 1000
-) -> Speedup:
-    """``percentile(baseline, q) / percentile(candidate, q)`` over all samples of paired rounds
-    (round ``i`` of both timed together), with a 95 % percentile-bootstrap interval that resamples
-    whole rounds: a tail is a property of the pooled samples, so unlike the median it has no
-    per-round ratio, and rounds keep the pairing and the drift within them."""
+def _paired_rounds(
+    baseline_rounds: Sequence[np.ndarray], candidate_rounds: Sequence[np.ndarray]
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Round ``i`` of both plans as float arrays, rounds where either has no sample left out."""
     pairs = [
         (np.asarray(b, np.float64), np.asarray(c, np.float64))
         for b, c in zip(baseline_rounds, candidate_rounds, strict=True)
@@ -251,6 +248,17 @@ def percentile_ratio(
     pairs = [(b, c) for b, c in pairs if b.size and c.size]
     if not pairs:
         raise ValueError("no paired rounds")
+    return pairs
+
+
+def percentile_ratio(
+    baseline_rounds: Sequence[np.ndarray], candidate_rounds: Sequence[np.ndarray], q: float, resamples: int = 1000
+) -> Speedup:
+    """``percentile(baseline, q) / percentile(candidate, q)`` over all samples of paired rounds
+    (round ``i`` of both timed together), with a 95 % percentile-bootstrap interval that resamples
+    whole rounds: a tail is a property of the pooled samples, so unlike the median it has no
+    per-round ratio, and rounds keep the pairing and the drift within them."""
+    pairs = _paired_rounds(baseline_rounds, candidate_rounds)
     ratio = float(np.percentile(np.concatenate([b for b, _ in pairs]), q)) / float(
         np.percentile(np.concatenate([c for _, c in pairs]), q)
     )
@@ -317,13 +325,7 @@ def served_rate_ratio(
 ) -> Speedup:
     """``served_rate(candidate) / served_rate(baseline)`` over paired rounds, with a 95 %
     percentile-bootstrap interval that resamples whole rounds (as ``percentile_ratio``)."""
-    pairs = [
-        (np.asarray(b, np.float64), np.asarray(c, np.float64))
-        for b, c in zip(baseline_rounds, candidate_rounds, strict=True)
-    ]
-    pairs = [(b, c) for b, c in pairs if b.size and c.size]
-    if not pairs:
-        raise ValueError("no paired rounds")
+    pairs = _paired_rounds(baseline_rounds, candidate_rounds)
 
     def ratio_of(rows: Sequence[int]) -> float:
         base = served_rate(np.concatenate([pairs[i][0] for i in rows]), bound_ns)
