@@ -412,6 +412,7 @@ class _Held:
     def __init__(self) -> None:
         self.runner: Runner | None = None
         self.feeds: Mapping[str, np.ndarray] | None = None
+        self._whole: Any = None  # a generation's loop (qbench.decoder.GenerateFeeds.run_with), found once
 
     def load(
         self,
@@ -429,7 +430,7 @@ class _Held:
         else:
             self.runner = backend.load_for_throughput(artifact, threads, streams)
         load_s = time.perf_counter() - start
-        self.feeds = feeds
+        self.feeds, self._whole = feeds, getattr(feeds, "run_with", None)
         start = time.perf_counter()
         self.call()
         first_ms = (time.perf_counter() - start) * 1e3
@@ -437,8 +438,7 @@ class _Held:
         return {"load_s": load_s, "first_inference_ms": first_ms, "rss_mb": _rss_mb(), "settings": settings}
 
     def call(self) -> Sequence[np.ndarray]:
-        whole = getattr(self.feeds, "run_with", None)  # a generation (qbench.decoder.GenerateFeeds)
-        outputs = whole(self.runner.run) if whole else self.runner.run(self.feeds)
+        outputs = self._whole(self.runner.run) if self._whole else self.runner.run(self.feeds)
         self.runner.synchronize()
         return outputs
 
@@ -472,7 +472,7 @@ class _Held:
     def close(self) -> None:
         if self.runner is not None:
             self.runner.close()
-        self.runner = self.feeds = None
+        self.runner = self.feeds = self._whole = None
 
 
 def _serve(requests: IO[bytes], replies: IO[bytes]) -> None:
