@@ -193,7 +193,7 @@ def tune(
     calib_data: Any = None,
     transform: Callable[[Any], Mapping[str, np.ndarray]] | None = None,
     metric: str | Callable | None = None,
-    max_drop: float = 0.01,
+    max_drop: float | str = 0.01,
     objective: str = "p50",
     backend: str = "onnxruntime",
     threads: int | None = None,

@@ -142,7 +142,11 @@ def _data() -> argparse.ArgumentParser:
     """The model and what it is measured on: bench, profile, sensitivity and tune."""
     data_args = argparse.ArgumentParser(add_help=False)
     data_args.add_argument("model", nargs="?", help="ONNX file or zoo model name (default: the digits-cnn demo)")
-    data_args.add_argument("--data", help=".npz evaluation data: one array per model input, optional 'labels'")
+    data_args.add_argument(
+        "--data",
+        help=".npz evaluation data: one array per model input, optional 'labels'; for a decoder LLM also "
+        "text: a .txt, a .jsonl of {\"text\": ...} lines, or a folder of them (tokenized with its tokenizer.json)",
+    )
     data_args.add_argument(
         "--calib-data", help=".npz calibration data (default: the first 20%% of --data, at most 256)"
     )
@@ -242,7 +246,13 @@ def _add_tune(sub, parents: list) -> None:
         parents=parents,
         help="search per-layer precision for the lowest latency within an accuracy budget",
     )
-    tune.add_argument("--max-drop", type=_fraction, default=0.01, help="accuracy budget: 0.01 or 1%% (default: 1%%)")
+    tune.add_argument(
+        "--max-drop",
+        type=_budget,
+        default=0.01,
+        help="accuracy budget: 0.01 or 1%%, optionally on a metric, which it then sets: kl:0.02, agreement:1%%, "
+        "perplexity:1%% (default: 1%%; for a decoder LLM kl:0.01)",
+    )
     tune.add_argument(
         "--objective",
         type=_objective,
@@ -363,6 +373,17 @@ def _objective(text: str) -> str:
         return objective(text).name
     except QbenchError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _budget(text: str) -> str:
+    """``--max-drop``: checked here for a usage error, parsed by ``Tune`` like a suite's or the API's."""
+    from qbench.runspec import parse_budget
+
+    try:
+        parse_budget(text)
+    except QbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def _fraction(text: str) -> float:

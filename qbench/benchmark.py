@@ -27,6 +27,7 @@ from qbench.codeversion import code_version
 from qbench.data import Dataset, fixed_batch_size
 from qbench.drift import DRIFT, DriftWorkload
 from qbench.errors import QbenchError, describe
+from qbench.fidelity import intervals
 from qbench.harness import FP32, FP32_AGAIN, TIMING_CHUNK, Harness, Loaded, chunks
 from qbench.machine import Machine
 from qbench.measure import TimingProtocol
@@ -115,6 +116,7 @@ class Candidate:
     baseline_ns: np.ndarray | None = None  # the fp32 samples interleaved with this plan's
     block: int = 1  # samples per block round in both (``qbench.measure.Samples``)
     accuracy: float | None = None
+    fidelity: dict[str, list[float]] | None = None  # a token metric's figures against fp32, with intervals
     runner_settings: dict[str, Any] | None = None
     aa: dict[str, float] | None = None  # fp32 against its second worker in the same rounds
     profile: Profile | None = None
@@ -261,6 +263,8 @@ def _measure(
     else:
         baseline.loaded(harness.baseline)
         baseline.accuracy = harness.baseline_accuracy
+        if harness.scorer is not None and harness.reference is not None:
+            baseline.fidelity = intervals(harness.reference, harness.reference)
     _calibrate(harness.calibration, harness.calibration_data, candidates, progress)
     if settings.job is not None:
         partners()
@@ -339,7 +343,7 @@ def _prepare(c: Candidate, harness: Harness) -> None:
     if c.partner is not None:
         c.partner.load(harness.backend, harness.feeds)
     try:
-        c.accuracy = harness.accuracy(c.session.runner)
+        c.accuracy, c.fidelity = harness.scored(c.session.runner)
         if not np.isfinite(c.accuracy):  # NaN outputs, or a metric undefined on them: never a number
             raise RuntimeError(f"metric {harness.metric.name!r} is {c.accuracy} on this plan's outputs")
     except QbenchError:
@@ -547,6 +551,7 @@ def _record(
             row = replace(
                 row.with_samples(c.samples_ns, settings.protocol.noisy_cv),
                 accuracy=c.accuracy,
+                fidelity=c.fidelity,
                 build_s=c.artifact.build_seconds,
                 load_s=c.load_s,
                 first_inference_ms=c.first_inference_ms,

@@ -96,6 +96,20 @@ def load_npz(path: str | pathlib.Path, model: OnnxModel) -> Dataset:
     return dataset_from_arrays(arrays, model, str(path))
 
 
+def load_data(path: str | pathlib.Path, model: OnnxModel) -> Dataset:
+    """An ``.npz`` of arrays, or for a decoder plain text (``qbench.text``: a ``.txt``, a
+    ``.jsonl`` or a folder of them) tokenized with the tokenizer beside the model."""
+    from qbench import text
+
+    if not text.is_text(path):
+        return load_npz(path, model)
+    decoder = DecoderInputs.of(model)
+    if decoder is None:
+        raise QbenchError(f"{path}: text data is for decoder LLMs; {model.name} takes arrays, pass an .npz")
+    ids, labels = text.token_windows(text.load_tokenizer(model.path), text.documents(pathlib.Path(path)))
+    return dataset_from_arrays({decoder.tokens.name: ids, LABELS_KEY: labels}, model, str(path))
+
+
 def dataset_from_arrays(arrays: Mapping[str, np.ndarray], model: OnnxModel, source: str) -> Dataset:
     arrays = dict(arrays)
     labels = arrays.pop(LABELS_KEY, None)

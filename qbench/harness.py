@@ -27,6 +27,7 @@ import psutil
 from qbench import phases
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, describe
+from qbench.fidelity import TOKEN_BATCH, TokenScorer, intervals
 from qbench.machine import Machine
 from qbench.measure import Samples, TimingProtocol, measure_interleaved, measure_rates
 from qbench.metrics import Metric
@@ -45,6 +46,9 @@ EVAL_BATCH = 64
 #: comes from the drops of chunks of ``DROP_CHUNK`` samples.
 FIRST_LOOK = 256
 DROP_CHUNK = 64
+#: The same for token metrics, in windows (of 128 tokens in the zoo: 4,096 tokens first).
+TOKEN_FIRST_LOOK = 32
+TOKEN_DROP_CHUNK = 8
 #: Candidate sessions loaded at once (the fp32 baseline comes on top).
 TIMING_CHUNK = 4
 #: Calls a worker runs, untimed, before it serves a round (it was frozen; its caches are cold).
@@ -120,6 +124,7 @@ class Evaluator(Protocol):
     """What the tuner needs from a harness; the tests' fake evaluator satisfies it too."""
 
     quick_data: Dataset
+    first_look: int  # samples a sequential accuracy check scores first
 
     def resolve(self, plan: PrecisionPlan) -> PrecisionPlan: ...
 
@@ -194,6 +199,11 @@ class Harness:
         self.workload = workload
         self.feeds = workload.feeds(model, evaluation_data, self.batch_size)  # what every timed call runs
         self.quick_data = evaluation_data.take(0, min(quick_samples, len(evaluation_data)))
+        # A decoder's logits are reduced window by window against fp32's log-probabilities on disk.
+        self.scorer = TokenScorer(self._check_token_labels) if metric.token_level else None
+        self.eval_batch = TOKEN_BATCH if metric.token_level else EVAL_BATCH
+        # Windows of many tokens each: chunks of 8 windows are thousands of scored positions.
+        self.first_look, self.drop_chunk = (TOKEN_FIRST_LOOK, TOKEN_DROP_CHUNK) if metric.token_level else (FIRST_LOOK, DROP_CHUNK)
         self.pool.prestart()  # the launcher imports while the baseline is built and scored
         self._calibrations: dict[str, Calibration] = {}
         self.baseline_plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)
@@ -206,12 +216,13 @@ class Harness:
             if not score:  # timing only: no reference outputs, no accuracy
                 return
             with phases.activity("accuracy"):
-                self.reference = evaluation_outputs(self.baseline.runner, evaluation_data, self.fixed_batch)
+                self.reference = self._outputs(self.baseline.runner, evaluation_data, 0)
         except Exception as exc:  # an op the runtime cannot load or run: bench records a failed row
             self.baseline_error = describe(exc)
             self.close()
             return
-        metric.check_labels(evaluation_data.labels, self.reference, evaluation_data.source)
+        if self.scorer is None:  # token metrics check their labels against each batch of logits
+            metric.check_labels(evaluation_data.labels, self.reference, evaluation_data.source)
         self.baseline_accuracy = self._score(self.reference, evaluation_data)
         self.baseline_quick_accuracy = self._score(self.reference[: len(self.quick_data)], self.quick_data)
         if not (np.isfinite(self.baseline_accuracy) and np.isfinite(self.baseline_quick_accuracy)):
@@ -255,7 +266,7 @@ class Harness:
         load_s = time.perf_counter() - start
         try:
             start = time.perf_counter()
-            runner.run(next(self.evaluation_data.batches(self.fixed_batch or EVAL_BATCH)))
+            runner.run(next(self.evaluation_data.batches(self.fixed_batch or self.eval_batch)))
             runner.synchronize()
             first_ms = (time.perf_counter() - start) * 1e3
         except BaseException:
@@ -265,6 +276,17 @@ class Harness:
         return Loaded(plan, artifact, runner, load_s, first_ms, rss_mb, peak_rss_mb())
 
     # -- accuracy ------------------------------------------------------------------------------
+
+    def _outputs(self, runner: Runner, data: Dataset, start: int) -> np.ndarray:
+        """What the metric scores for ``data``, which is samples ``[start, ...)`` of the evaluation
+        set: the first output, or a token metric's per-window sums."""
+        if self.scorer is None:
+            return evaluation_outputs(runner, data, self.fixed_batch)
+        batch = self.fixed_batch or self.eval_batch
+        return self.scorer.outputs(lambda feed: runner.run(feed)[0], data, start, batch)
+
+    def _check_token_labels(self, labels: np.ndarray, logits: np.ndarray) -> None:
+        self.metric.check_labels(labels, logits, self.evaluation_data.source)
 
     def _score(self, outputs: np.ndarray, data: Dataset) -> float:
         reference = None if self.reference is None else self.reference[: len(data)]
@@ -280,11 +302,18 @@ class Harness:
 
     def accuracy(self, runner: Runner, quick: bool = False) -> float:
         """The metric on the quick subset or the whole evaluation set, against the fp32 reference."""
+        return self.scored(runner, quick)[0]
+
+    def scored(self, runner: Runner, quick: bool = False) -> tuple[float, dict[str, list[float]] | None]:
+        """``accuracy``, and for a token metric every fidelity figure's change from fp32 with its
+        95 % interval (``qbench.fidelity.intervals``; None for other metrics)."""
         if self.unscorable:
             raise QbenchError(self.unscorable)
         data = self.quick_data if quick else self.evaluation_data
         with phases.activity("accuracy"):
-            return self._score(evaluation_outputs(runner, data, self.fixed_batch), data)
+            outputs = self._outputs(runner, data, 0)
+            changes = None if self.scorer is None else intervals(outputs, self.reference[: len(data)])
+            return self._score(outputs, data), changes
 
     def accuracy_drop(self, runner: Runner, quick: bool) -> float:
         """Drop from the fp32 baseline on the quick subset or the whole evaluation set."""
@@ -295,12 +324,12 @@ class Harness:
         self,
         runner: Runner,
         budget: float,
-        first: int = FIRST_LOOK,
+        first: int | None = None,
         most: int | None = None,
         scored: list[np.ndarray] | None = None,
     ) -> DropEstimate:
         """The drop on a growing prefix of the evaluation set (shuffle it first: ``Dataset.shuffled``),
-        doubling from ``first`` samples, stopping once the whole set's drop is clearly over or
+        doubling from ``first`` samples (default: ``first_look``), stopping once the whole set's drop is clearly over or
         within ``budget`` (``statistics.drop_bounds``), or (verdict ``partial``) once ``most``
         samples are scored. ``scored`` keeps the outputs so far, so a later call goes on where
         this one stopped. Scoring all of it gives the same drop as ``accuracy_drop(quick=False)``."""
@@ -309,7 +338,8 @@ class Harness:
         data, total = self.evaluation_data, len(self.evaluation_data)
         step = self.fixed_batch or 1
         outputs = [] if scored is None else scored
-        look = max(first, 2 * DROP_CHUNK)
+        chunk = self.drop_chunk
+        look = max(first or self.first_look, 2 * chunk)
         while True:
             stop = total if look >= total else look - look % step
             done = sum(len(o) for o in outputs)
@@ -318,13 +348,15 @@ class Harness:
                 continue
             with phases.activity("accuracy"):
                 if stop > done:
-                    outputs.append(evaluation_outputs(runner, data.take(done, stop), self.fixed_batch))
+                    outputs.append(self._outputs(runner, data.take(done, stop), done))
                 n = sum(len(o) for o in outputs)
                 out = np.concatenate(outputs)
                 drop = self._prefix_drop(out, 0, n)
-                starts = range(0, n - DROP_CHUNK + 1, DROP_CHUNK)
-                chunk_drops = np.array([self._prefix_drop(out, a, a + DROP_CHUNK) for a in starts])
-            low, high = drop_bounds(chunk_drops, drop, n, total)
+                starts = range(0, n - chunk + 1, chunk)
+                chunk_drops = np.array([self._prefix_drop(out, a, a + chunk) for a in starts])
+            # A proportion's error is never taken below one sample's worth; a token metric's
+            # chunks each hold thousands of positions, and KL is no proportion.
+            low, high = drop_bounds(chunk_drops, drop, n, total, floor=self.scorer is None)
             if stop >= total:
                 return DropEstimate(drop, n, "all", low, high)
             if low > budget or high <= budget:
@@ -428,6 +460,8 @@ class Harness:
         return float(np.percentile(self.time({}, protocol)[FP32], percentile)) / 1e6
 
     def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
         if self._owns_pool:
             self.pool.close()
         if self.baseline is not None:

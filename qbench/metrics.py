@@ -1,10 +1,15 @@
 """Accuracy metrics: task metrics against labels, and fidelity against the fp32 outputs.
 
-Every metric is "higher is better" and its drop is fp32's score minus the plan's, except
-``perplexity``: lower is better, and its drop is the relative increase over fp32 (0.05 = 5 %
-higher perplexity), so one ``--max-drop`` reads the same on any text. A metric sees the
-model's first output for the whole evaluation set (samples on axis 0), the labels if the data
-has them, and the fp32 baseline's first output (``reference``), measured in the same run.
+Most metrics are "higher is better" and their drop is fp32's score minus the plan's. A metric
+sees the model's first output for the whole evaluation set (samples on axis 0), the labels if
+the data has them, and the fp32 baseline's first output (``reference``), measured in the same run.
+
+The language-model metrics (``token_level``) see instead four sums per window that
+``qbench.fidelity`` reduces the logits to as they come out (the logits of a large evaluation set
+do not fit in memory): ``kl`` (mean KL divergence per token from fp32's distribution, lower is
+better, its drop is the KL itself), ``agreement`` (share of positions whose greedy token is
+fp32's) and ``perplexity`` (lower is better; its drop is the relative increase over fp32, 0.05 =
+5 % higher, so one ``--max-drop`` reads the same on any text).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from qbench import fidelity
 from qbench.errors import QbenchError
 
 # Bit-identical outputs have infinite SQNR; we store this ceiling instead so tables and SQL
@@ -32,12 +38,17 @@ class Metric:
     needs_reference: bool
 
     labels_check: Callable[[np.ndarray, np.ndarray], str | None] | None = None
-    lower_is_better: bool = False
+    #: How the drop is read: "difference" (fp32 minus the plan: higher is better), "increase"
+    #: (the plan minus fp32: lower is better, in the metric's unit) or "relative" (plan / fp32 - 1).
+    drop_style: str = "difference"
+    token_level: bool = False  # sees qbench.fidelity's per-window sums, not the logits
 
     def drop(self, baseline: float, value: float) -> float:
         """How much worse ``value`` is than fp32's ``baseline`` (negative: better)."""
-        if self.lower_is_better:
+        if self.drop_style == "relative":
             return value / baseline - 1.0
+        if self.drop_style == "increase":
+            return value - baseline
         return baseline - value
 
     def check_labels(self, labels: np.ndarray | None, outputs: np.ndarray, source: str) -> None:
@@ -139,26 +150,6 @@ def _mask_dice(outputs: np.ndarray, labels: np.ndarray | None, _reference: np.nd
     return float(np.mean(2.0 * overlap / np.maximum(sizes, 1)))
 
 
-def _chosen_log_probs(logits: np.ndarray, targets: np.ndarray) -> np.ndarray:
-    """log softmax(logits)[target] at every position. Only the normalizer needs the whole
-    vocabulary: exp runs in the logits' precision (shifted, so it cannot overflow) and the sum in
-    float64, much faster than a float64 log-softmax over the vocabulary and within 1e-7 of it."""
-    peak = logits.max(axis=-1, keepdims=True)
-    normalizer = np.log(np.exp(logits - peak).sum(axis=-1, dtype=np.float64)) + peak[..., 0]
-    return np.take_along_axis(logits, targets[..., None], axis=-1)[..., 0] - normalizer
-
-
-def _perplexity(outputs: np.ndarray, labels: np.ndarray | None, _reference: np.ndarray | None) -> float:
-    """Language models: exp of the mean negative log-likelihood of each next token. ``outputs``
-    are logits ``[samples, tokens, vocab]``; ``labels`` the next token of every position."""
-    return float(np.exp(-_chosen_log_probs(outputs, labels.astype(np.int64)).mean()))
-
-
-def _next_token_agreement(outputs: np.ndarray, _labels: np.ndarray | None, reference: np.ndarray) -> float:
-    """Language models: share of positions whose greedy next token is fp32's."""
-    return float(np.mean(outputs.argmax(axis=-1) == reference.argmax(axis=-1)))
-
-
 def _load_file(path: str):
     import importlib.util
     import pathlib
@@ -227,23 +218,40 @@ BUILTIN_METRICS = {
     "knn-top1": Metric("knn-top1", _knn_top1, needs_labels=True, needs_reference=False, labels_check=_knn_labels),
     "ctc-chars": Metric("ctc-chars", _ctc_chars, needs_labels=True, needs_reference=False, labels_check=_ctc_labels),
     "mask-dice": Metric("mask-dice", _mask_dice, needs_labels=True, needs_reference=False, labels_check=_mask_labels),
+    "kl": Metric(
+        "kl",
+        lambda stats, _labels, _reference: fidelity.mean_kl(stats),
+        needs_labels=False,
+        needs_reference=True,
+        labels_check=_next_token_labels,
+        drop_style="increase",
+        token_level=True,
+    ),
+    "agreement": Metric(
+        "agreement",
+        lambda stats, _labels, _reference: fidelity.agreement(stats),
+        needs_labels=False,
+        needs_reference=True,
+        labels_check=_next_token_labels,
+        token_level=True,
+    ),
     "perplexity": Metric(
         "perplexity",
-        _perplexity,
+        lambda stats, _labels, _reference: fidelity.perplexity(stats),
         needs_labels=True,
         needs_reference=False,
         labels_check=_next_token_labels,
-        lower_is_better=True,
-    ),
-    "next-token-agreement": Metric(
-        "next-token-agreement", _next_token_agreement, needs_labels=False, needs_reference=True
+        drop_style="relative",
+        token_level=True,
     ),
 }
+#: Earlier names of built-in metrics.
+ALIASES = {"next-token-agreement": "agreement"}
 
 
-def get_metric(spec: str | None, has_labels: bool) -> Metric:
-    """A built-in metric by name, a user function, or the default: ``top1`` when the data has
-    labels, else ``cosine`` against fp32.
+def get_metric(spec: str | None, has_labels: bool, decoder: bool = False) -> Metric:
+    """A built-in metric by name, a user function, or the default: ``kl`` for a decoder LLM,
+    ``top1`` when the data has labels, else ``cosine`` against fp32.
 
     A user function is ``path/to/file.py:function`` (that file, loaded by path) or
     ``module:function`` (imported from the installed packages and $PYTHONPATH). qbench runs as a
@@ -251,7 +259,8 @@ def get_metric(spec: str | None, has_labels: bool) -> Metric:
     searched: the same spec finds the same code in ``bench``, ``tune`` and every nightly worker.
     Either form runs that code, like a pytest conftest."""
     if spec is None:
-        return BUILTIN_METRICS["top1" if has_labels else "cosine"]
+        return BUILTIN_METRICS["kl" if decoder else "top1" if has_labels else "cosine"]
+    spec = ALIASES.get(spec, spec)
     if spec in BUILTIN_METRICS:
         return BUILTIN_METRICS[spec]
     if ":" not in spec:

@@ -17,6 +17,7 @@ import hashlib
 import json
 import math
 import os
+import pathlib
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from typing import Any
@@ -34,7 +35,7 @@ class Subject:
     """What is measured: a model, its data and metric, and what one timed call runs."""
 
     model: str  # a zoo name or an .onnx path
-    data: str | None = None  # an .npz; None: the zoo model's data, or synthetic inputs
+    data: str | None = None  # an .npz, or a decoder's .txt/.jsonl/folder; None: the zoo model's, or synthetic
     calib_data: str | None = None  # an .npz; None: the zoo model's, or the first 20 % of ``data``
     metric: str | None = None  # a built-in name, file.py:function or module:function
     workload: str | None = None  # batch, prefill[:N], decode[:N]; None: the zoo model's, else batch
@@ -134,7 +135,8 @@ class Tune:
     in any of them have different ``config_hash``es, and a row says how to run it again."""
 
     objective: str = "p50"  # qbench.objectives
-    max_drop: float = 0.01
+    max_drop: float = 0.01  # also "1%", or on a named metric: "kl:0.02", "agreement:1%" (``parse_budget``)
+    budget_metric: str | None = None  # the metric ``max_drop`` is on, when it names one
     max_mb: float | None = None
     precisions: tuple[str, ...] = ()  # (): the workload's default
     grouping: str | None = None  # None: the workload's default
@@ -152,7 +154,11 @@ class Tune:
         from qbench.plan import GROUPINGS, PRECISIONS
 
         object.__setattr__(self, "objective", objective(self.objective).name)  # server-qps:15.0 -> :15
-        _number("max_drop", self.max_drop, 0.0, 1.0, "0.01 is 1 %", closed="low")
+        named, max_drop = parse_budget(self.max_drop)
+        if named and self.budget_metric not in (None, named):
+            raise QbenchError(f"`max_drop` {self.max_drop!r} is on {named}, but `budget_metric` is {self.budget_metric!r}")
+        object.__setattr__(self, "max_drop", max_drop)
+        object.__setattr__(self, "budget_metric", named or _builtin_metric(self.budget_metric))
         _number("holdout", self.holdout, 0.0, 1.0, "the share of the data kept for the final selection", closed="")
         if self.max_mb is not None:
             _number("max_mb", self.max_mb, 0.0, 1e7, "the built model's size in MB")
@@ -177,6 +183,34 @@ class Tune:
 
 
 MAX_TRIALS = 100_000
+
+
+def parse_budget(value: object) -> tuple[str | None, float]:
+    """An accuracy budget: a fraction (0.01), a percentage ("1%"), either as text, or one of them
+    after a metric's name ("kl:0.02", "agreement:1%"). Returns (metric or None, fraction)."""
+    metric, number = None, value
+    if isinstance(value, str):
+        metric, _, text = value.rpartition(":")
+        metric = _builtin_metric(metric) if metric else None
+        try:
+            number = float(text[:-1]) / 100 if text.endswith("%") else float(text)
+        except ValueError:
+            raise QbenchError(
+                f"`max_drop` {value!r}: give a fraction (0.01), a percentage (1%), or either after a metric (kl:0.02)"
+            ) from None
+    _number("max_drop", number, 0.0, 1.0, "0.01 is 1 %", closed="low")
+    return metric, float(number)
+
+
+def _builtin_metric(name: str | None) -> str | None:
+    from qbench.metrics import ALIASES, BUILTIN_METRICS
+
+    if name is None:
+        return None
+    canonical = ALIASES.get(name, name) if isinstance(name, str) else name
+    if canonical not in BUILTIN_METRICS:
+        raise QbenchError(f"a budget names a built-in metric ({', '.join(BUILTIN_METRICS)}), not {name!r}")
+    return canonical
 
 
 def _checked_pareto(pareto: object, objective_name: str) -> bool | str:
@@ -224,6 +258,15 @@ class RunSpec:
             )
         if scenario.kind == "throughput":
             object.__setattr__(self, "target", replace(self.target, batch=scenario.batch))
+        budget_on = self.tune.budget_metric if self.tune is not None else None
+        if budget_on is not None:
+            metric = self.subject.metric
+            if metric is not None and _canonical(metric) != budget_on:
+                raise QbenchError(
+                    f"the budget is on {budget_on} but the metric is {metric}: name one (--max-drop {budget_on}:… "
+                    "sets the metric too)"
+                )
+            object.__setattr__(self, "subject", replace(self.subject, metric=budget_on))
         if self.tune is not None and scenario.kind == "server":
             raise QbenchError(
                 "a tune optimizes latency or throughput; time a served load with `bench --scenario server:…`"
@@ -260,6 +303,8 @@ class RunSpec:
         data = {"qbench_run": RUN_SPEC_VERSION, **asdict(self)}
         if data["tune"] is None:
             del data["tune"]
+        elif data["tune"]["budget_metric"] is None:  # as tunes stored before budgets named a metric
+            del data["tune"]["budget_metric"]
         if data["timing"]["scenario"] == "latency":
             del data["timing"]["scenario"]
         return data
@@ -316,6 +361,12 @@ class RunSpec:
         return Workload.parse(self.subject.workload or "batch")
 
 
+def _canonical(metric: str) -> str:
+    from qbench.metrics import ALIASES
+
+    return ALIASES.get(metric, metric)
+
+
 def _absolute(path: str | None) -> str | None:
     return None if path is None else os.path.abspath(path)
 
@@ -337,14 +388,23 @@ def file_hash(spec: str) -> str | None:
     """The first 16 hex digits of the file's SHA-256, or None when ``spec`` is no file (a zoo
     name or a built-in recipe, whose identity is its name); a model folder hashes its model file."""
     from qbench.model import model_file
+    from qbench.text import TEXT_SUFFIXES
 
-    path = model_file(spec)
-    if not path.is_file():
+    folder = pathlib.Path(spec)
+    text_folder = folder.is_dir() and not any(folder.glob("*.onnx"))
+    if text_folder:  # text data: every file in it, by name
+        files = sorted(p for p in folder.rglob("*") if p.suffix in TEXT_SUFFIXES and p.is_file())
+    else:
+        files = [model_file(spec)]
+    if not files or not files[0].is_file():
         return None
     digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
+    for path in files:
+        if text_folder:
+            digest.update(str(path.relative_to(folder)).encode())
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
     return digest.hexdigest()[:16]
 
 
@@ -379,7 +439,8 @@ def load_subject(
     inputs, as benchmark_app and trtexec allow); ``metric``, when given, is a ready ``Metric`` object."""
     import logging
 
-    from qbench.data import load_npz, split_for_calibration, synthetic_dataset
+    from qbench.data import load_data, split_for_calibration, synthetic_dataset
+    from qbench.decoder import DecoderInputs
     from qbench.metrics import get_metric
     from qbench.zoo import lookup
 
@@ -399,11 +460,11 @@ def load_subject(
             raise QbenchError(
                 f"metric {subject.metric or metric.name} needs data: without it, bench scores fidelity (cosine) to fp32"
             )
-        calibration = load_npz(calib_data, model) if calib_data else synthetic_dataset(model, seed=1)
+        calibration = load_data(calib_data, model) if calib_data else synthetic_dataset(model, seed=1)
         return LoadedSubject(model, calibration, synthetic_dataset(model), get_metric("cosine", False), True)
-    evaluation = load_npz(data, model)
+    evaluation = load_data(data, model)
     if calib_data:
-        calibration = load_npz(calib_data, model)
+        calibration = load_data(calib_data, model)
     else:
         calibration, evaluation = split_for_calibration(evaluation)
         logging.getLogger("qbench").info(
@@ -413,7 +474,11 @@ def load_subject(
             len(evaluation),
         )
     return LoadedSubject(
-        model, calibration, evaluation, metric or get_metric(subject.metric, evaluation.labels is not None), False
+        model,
+        calibration,
+        evaluation,
+        metric or get_metric(subject.metric, evaluation.labels is not None, DecoderInputs.of(model) is not None),
+        False,
     )
 
 

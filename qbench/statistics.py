@@ -207,19 +207,21 @@ def latency_change(
 SEQUENTIAL_ALPHA = 0.005
 
 
-def drop_bounds(chunk_drops: np.ndarray, drop: float, scored: int, total: int) -> tuple[float, float]:
+def drop_bounds(
+    chunk_drops: np.ndarray, drop: float, scored: int, total: int, floor: bool = True
+) -> tuple[float, float]:
     """A (low, high) bound on the accuracy drop over all ``total`` samples, when the first
     ``scored`` of a random order give ``drop`` and the per-chunk drops ``chunk_drops``.
 
     Student's t over the chunks (each a mean of many samples), one-sided ``SEQUENTIAL_ALPHA``
     per look, with the finite-population correction: once every sample is scored the bounds
-    are the drop itself. The standard error is never taken below ``1 / scored`` (one sample's
-    worth of a proportion), since rare disagreements can all miss the first chunks."""
+    are the drop itself. With ``floor`` the standard error is never taken below ``1 / scored``
+    (one sample's worth of a proportion), since rare disagreements can all miss the first chunks."""
     k = len(chunk_drops)
     left = max(total - scored, 0) / max(total - 1, 1)
     if k < 2 or left == 0:
         return (drop, drop) if left == 0 else (-np.inf, np.inf)
-    se = max(float(np.std(chunk_drops, ddof=1)) / np.sqrt(k), 1.0 / scored) * np.sqrt(left)
+    se = max(float(np.std(chunk_drops, ddof=1)) / np.sqrt(k), 1.0 / scored if floor else 0.0) * np.sqrt(left)
     width = float(stats.t.ppf(1 - SEQUENTIAL_ALPHA, k - 1)) * se
     return drop - width, drop + width
 

@@ -29,7 +29,7 @@ from qbench.objectives import MEDIAN, Objective
 from qbench.statistics import UNSTEADY_BAND, LatencyStats, Speedup, aa_band
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 8
+SCHEMA_VERSION = 9
 SCHEMA_LOCK_KEY = 0x71BE7C  # PostgreSQL advisory lock held while creating or migrating the schema
 
 _meta = sa.MetaData()
@@ -122,6 +122,9 @@ results = sa.Table(
     # What the row's figures answer (``qbench.scenario``): latency (speedup of medians),
     # latency:p90 / latency:p99 (a tune on a tail), throughput:BATCH, server:QPS[:BOUND_MS] (v8).
     sa.Column("scenario", sa.String(64)),
+    # JSON: a language model's fidelity to fp32 (``qbench.fidelity.intervals``): KL, agreement
+    # drop and perplexity change, each [value, low, high] with a 95 % interval over windows (v9).
+    sa.Column("fidelity", sa.Text),
 )
 
 
@@ -162,6 +165,10 @@ def _add_scenario_column(conn: Connection) -> None:
     conn.execute(sa.text("UPDATE results SET scenario = 'latency'"))
 
 
+def _add_fidelity_column(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN fidelity TEXT"))
+
+
 # Migrations from version N to N+1, applied in order inside one transaction each.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_job_columns,
@@ -171,10 +178,11 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     5: _add_comparison_columns,
     6: _add_run_spec_columns,
     7: _add_scenario_column,
+    8: _add_fidelity_column,
 }
 
 RESULT_COLUMNS = tuple(c.name for c in results.columns if c.name != "id")
-JSON_COLUMNS = ("plan", "backend_settings", "protocol", "realized", "profile", "comparison", "run_spec")
+JSON_COLUMNS = ("plan", "backend_settings", "protocol", "realized", "profile", "comparison", "run_spec", "fidelity")
 
 
 def default_url(results_dir: pathlib.Path) -> str:
@@ -258,6 +266,7 @@ class ResultRow:
     run_spec: dict[str, Any] | None = None
     config_hash: str | None = None
     scenario: str | None = None
+    fidelity: dict[str, list[float]] | None = None
     created_at: dt.datetime | None = None
     id: int | None = field(default=None, compare=False)
 

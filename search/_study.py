@@ -21,7 +21,7 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from qbench.errors import QbenchError, describe, first_line
-from qbench.harness import FIRST_LOOK, DropEstimate, Evaluator, Loaded
+from qbench.harness import DropEstimate, Evaluator, Loaded
 from qbench.objectives import objective
 from qbench.plan import PrecisionPlan
 from qbench.runspec import Tune
@@ -366,7 +366,7 @@ class _Objective:
                 return drop, None
             return drop, self._time(loaded)
         scored: list = []
-        first = self.evaluator.sequential_drop(loaded.runner, budget, most=FIRST_LOOK, scored=scored)
+        first = self.evaluator.sequential_drop(loaded.runner, budget, most=self.evaluator.first_look, scored=scored)
         if first.verdict != "partial" and first.drop > budget:  # decided over the budget already
             return self._record_drop(trial, first), None
         best = feasible_trials(trial.study)

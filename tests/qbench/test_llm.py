@@ -15,7 +15,6 @@ import pytest
 
 from qbench.cli import main
 from qbench.errors import QbenchError
-from qbench.metrics import BUILTIN_METRICS
 from qbench.model import OnnxModel
 from qbench.store import Leaderboard, default_url
 from qbench.workload import Workload, decoder_inputs
@@ -41,7 +40,7 @@ def sliced(gguf_reader, tmp_path_factory) -> pathlib.Path:
     from qbench.zoo import smollm
 
     folder = tmp_path_factory.mktemp("smollm-slice")
-    smollm.export(folder, layers=LAYERS, reader=gguf_reader)
+    smollm.export(folder, layers=LAYERS, reader=gguf_reader, windows=12)
     return folder
 
 
@@ -80,20 +79,6 @@ def test_decode_with_the_cache_matches_the_full_forward_pass(sliced):
     assert step.shape == (2, 1, full.shape[-1])
     np.testing.assert_allclose(step[:, 0], full[:, -1], atol=1e-3)
     assert prefix[1].shape == (2, 3, ids.shape[1] - 1, 64)
-
-
-def test_perplexity_and_agreement_metrics():
-    rng = np.random.default_rng(0)
-    logits = rng.standard_normal((2, 5, 7)).astype(np.float32)
-    labels = logits.argmax(-1)
-    perplexity = BUILTIN_METRICS["perplexity"]
-    confident = perplexity(np.eye(7, dtype=np.float32)[labels] * 30, labels, None)  # all mass on the label
-    assert 1.0 <= confident < 1.0001 and perplexity(np.zeros_like(logits), labels, None) == pytest.approx(7.0)
-    assert perplexity.drop(10.0, 10.5) == pytest.approx(0.05)  # relative increase
-    agreement = BUILTIN_METRICS["next-token-agreement"]
-    assert agreement(logits, None, logits) == 1.0 and agreement(-logits, None, logits) == 0.0
-    with pytest.raises(QbenchError, match="next token id of each position"):
-        perplexity.check_labels(labels[:, :3], logits, "eval.npz")
 
 
 def test_workloads_build_decoder_feeds(sliced):
@@ -502,3 +487,36 @@ def test_generate_needs_the_logits_and_every_present_output():
         model = SimpleNamespace(name="m", proto=SimpleNamespace(graph=graph))
         with pytest.raises(QbenchError, match="needs the logits and each cache input's present output"):
             GenerateFeeds.of(model, decoder, np.zeros((1, 4), np.int64), 8)
+
+
+def test_text_data_is_tokenized_with_the_models_tokenizer_into_windows(sliced, tmp_path):
+    """--data takes a .txt, a .jsonl of {"text": ...} lines or a folder of both, tokenized with the
+    tokenizer.json beside the model into 128-token windows, each labelled with the next tokens."""
+    from tokenizers import Tokenizer
+
+    from qbench.data import load_data
+    from qbench.text import WINDOW
+
+    model = OnnxModel.load(sliced / "model.onnx")
+    prose = " ".join(f"Sentence number {i} says something about item {i * 7}." for i in range(300))
+    folder = tmp_path / "texts"
+    folder.mkdir()
+    (folder / "a.txt").write_text(prose)
+    (folder / "b.jsonl").write_text(json.dumps({"text": prose[:2000]}) + "\n\n" + json.dumps("a plain string") + "\n")
+    data = load_data(folder, model)
+    ids, labels = data.inputs["input_ids"], data.labels
+    assert ids.shape[1] == WINDOW and ids.shape == labels.shape and len(ids) >= 8
+    np.testing.assert_array_equal(ids[0, 1:], labels[0, :-1])  # each label is the next token
+    assert labels[0, -1] == ids[1, 0]
+    tokenizer = Tokenizer.from_file(str(sliced / "tokenizer.json"))
+    assert tokenizer.decode(ids[0].tolist()).startswith("Sentence number 0 says")
+    assert len(load_data(folder / "a.txt", model)) < len(data)
+
+    (folder / "c.jsonl").write_text('{"text": 5}\n')
+    with pytest.raises(QbenchError, match='c.jsonl:1: each line must be {"text": "..."}'):
+        load_data(folder, model)
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    (alone / "model.onnx").write_bytes((sliced / "model.onnx").read_bytes())
+    with pytest.raises(QbenchError, match="needs the model's tokenizer"):
+        load_data(folder / "a.txt", OnnxModel.load(alone / "model.onnx"))

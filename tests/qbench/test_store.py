@@ -98,8 +98,8 @@ def test_foreign_database_is_not_taken_over(tmp_path):
 
 
 def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
-    """A v1 database (before suite jobs, profiles, solo medians, workloads, comparisons and
-    scenarios) gains those columns; its rows survive, read as the latency scenario."""
+    """A v1 database (before suite jobs, profiles, solo medians, workloads, comparisons,
+    scenarios and fidelity) gains those columns; its rows survive, read as the latency scenario."""
     import sqlalchemy as sa
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
@@ -107,7 +107,7 @@ def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
     with board.engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ix_results_job"))
         dropped = ("code_version", "job", "job_hash", "profile", "solo_median_ms", "workload")
-        for column in (*dropped, "artifact_key", "reference_ms", "comparison", "run_spec", "config_hash", "scenario"):
+        for column in (*dropped, "artifact_key", "reference_ms", "comparison", "run_spec", "config_hash", "scenario", "fidelity"):
             conn.execute(sa.text(f"ALTER TABLE results DROP COLUMN {column}"))
         conn.execute(schema_info.update().values(value="1"))
         conn.execute(sa.text("INSERT INTO machines VALUES ('m1', '{}', '2026-01-01')"))
@@ -121,12 +121,12 @@ def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
     board.close()
     migrated = Leaderboard(url)
     try:
-        assert migrated.schema_version == SCHEMA_VERSION == 8
+        assert migrated.schema_version == SCHEMA_VERSION == 9
         frame = migrated.frame()
         assert list(frame.model_name) == ["old"] and frame.job.isna().all() and frame.profile.isna().all()
         assert frame.solo_median_ms.isna().all() and list(frame.workload) == ["batch"]
         assert frame.reference_ms.isna().all() and frame.comparison.isna().all()
-        assert list(frame.scenario) == ["latency"]
+        assert list(frame.scenario) == ["latency"] and frame.fidelity.isna().all()
     finally:
         migrated.close()
 

@@ -57,6 +57,7 @@ class FakeEvaluator:
 
     def __init__(self, fail_layer: str | None = None, delay: float = 0.0):
         self.quick_data = list(range(1000))
+        self.first_look = 256
         self.timed_plans, self.scored_plans = [], []
         self.fail_layer, self.delay = fail_layer, delay
 
