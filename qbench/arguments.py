@@ -145,7 +145,7 @@ def _data() -> argparse.ArgumentParser:
     data_args.add_argument(
         "--data",
         help=".npz evaluation data: one array per model input, optional 'labels'; for a decoder LLM also "
-        "text: a .txt, a .jsonl of {\"text\": ...} lines, or a folder of them (tokenized with its tokenizer.json)",
+        'text: a .txt, a .jsonl of {"text": ...} lines, or a folder of them (tokenized with its tokenizer.json)',
     )
     data_args.add_argument(
         "--calib-data", help=".npz calibration data (default: the first 20%% of --data, at most 256)"

@@ -128,7 +128,7 @@ class TokenScorer:
         self.reference: Reference | None = None
         self._check_labels = check_labels
 
-    def outputs(self, run: Callable[[Mapping[str, np.ndarray]], np.ndarray], data, start: int, batch: int) -> np.ndarray:
+    def outputs(self, run: Callable[[Mapping[str, np.ndarray]], np.ndarray], data, start: int, batch: int):
         recording, rows, offset = self.reference is None, [], start
         if recording and start != 0:
             raise AssertionError("fp32's pass must score the whole set first")

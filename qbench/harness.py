@@ -203,7 +203,8 @@ class Harness:
         self.scorer = TokenScorer(self._check_token_labels) if metric.token_level else None
         self.eval_batch = TOKEN_BATCH if metric.token_level else EVAL_BATCH
         # Windows of many tokens each: chunks of 8 windows are thousands of scored positions.
-        self.first_look, self.drop_chunk = (TOKEN_FIRST_LOOK, TOKEN_DROP_CHUNK) if metric.token_level else (FIRST_LOOK, DROP_CHUNK)
+        token = metric.token_level
+        self.first_look, self.drop_chunk = (TOKEN_FIRST_LOOK, TOKEN_DROP_CHUNK) if token else (FIRST_LOOK, DROP_CHUNK)
         self.pool.prestart()  # the launcher imports while the baseline is built and scored
         self._calibrations: dict[str, Calibration] = {}
         self.baseline_plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)

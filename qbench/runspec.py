@@ -156,7 +156,9 @@ class Tune:
         object.__setattr__(self, "objective", objective(self.objective).name)  # server-qps:15.0 -> :15
         named, max_drop = parse_budget(self.max_drop)
         if named and self.budget_metric not in (None, named):
-            raise QbenchError(f"`max_drop` {self.max_drop!r} is on {named}, but `budget_metric` is {self.budget_metric!r}")
+            raise QbenchError(
+                f"`max_drop` {self.max_drop!r} is on {named}, but `budget_metric` is {self.budget_metric!r}"
+            )
         object.__setattr__(self, "max_drop", max_drop)
         object.__setattr__(self, "budget_metric", named or _builtin_metric(self.budget_metric))
         _number("holdout", self.holdout, 0.0, 1.0, "the share of the data kept for the final selection", closed="")

@@ -107,7 +107,16 @@ def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
     with board.engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ix_results_job"))
         dropped = ("code_version", "job", "job_hash", "profile", "solo_median_ms", "workload")
-        for column in (*dropped, "artifact_key", "reference_ms", "comparison", "run_spec", "config_hash", "scenario", "fidelity"):
+        for column in (
+            *dropped,
+            "artifact_key",
+            "reference_ms",
+            "comparison",
+            "run_spec",
+            "config_hash",
+            "scenario",
+            "fidelity",
+        ):
             conn.execute(sa.text(f"ALTER TABLE results DROP COLUMN {column}"))
         conn.execute(schema_info.update().values(value="1"))
         conn.execute(sa.text("INSERT INTO machines VALUES ('m1', '{}', '2026-01-01')"))
