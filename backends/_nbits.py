@@ -12,7 +12,9 @@ import json
 import logging
 import pathlib
 import time
+from collections import OrderedDict
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -60,19 +62,143 @@ def _compress(
     return quantizer.model.model
 
 
-def write_weight_only(source: pathlib.Path, out: pathlib.Path, plan: PrecisionPlan) -> None:
-    """Rewrite the plan's weight-only MatMuls of ``source`` into MatMulNBits, one pass per bit width."""
+@dataclass
+class Pieces:
+    """Every constant-weight MatMul of one model quantized in one format: by MatMul node name,
+    the MatMulNBits node that replaces it and the weight it replaces (name and shape)."""
+
+    nodes: dict[str, Any]
+    initializers: dict[str, Any]
+    replaced: dict[str, tuple[str, tuple[int, ...]]]
+
+
+#: Formats quantized once and kept for the process (a tune builds many plans of one model).
+_PIECES: OrderedDict[tuple, Pieces] = OrderedDict()
+_PIECES_KEPT = 6
+
+
+def pieces(base: pathlib.Path, bits: int, block_size: int, level: int, symmetric: bool) -> Pieces:
+    """``base``'s MatMuls quantized in one format (ONNX Runtime's quantizer, run once per format
+    and model file in this process; each weight is quantized on its own, so a layer's piece is
+    the same whichever other layers a plan quantizes)."""
     import onnx
 
-    model = onnx.load(str(source))
+    stat = base.stat()
+    key = (str(base), stat.st_size, stat.st_mtime_ns, bits, block_size, level, symmetric)
+    if key in _PIECES:
+        _PIECES.move_to_end(key)
+        return _PIECES[key]
+    model = onnx.load(str(base))
+    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
+    matmuls = {n.output[0]: n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights}
+    quantized = _compress(model, bits, block_size, level, None, symmetric)
+    tensors = {t.name: t for t in quantized.graph.initializer}
+    found = Pieces({}, {}, {})
+    for node in quantized.graph.node:
+        original = matmuls.get(node.output[0]) if node.op_type == "MatMulNBits" else None
+        if original is not None:
+            found.nodes[original.name] = node
+            found.replaced[original.name] = (original.input[1], weights[original.input[1]])
+            found.initializers.update({name: tensors[name] for name in node.input[1:] if name in tensors})
+    _PIECES[key] = found
+    while len(_PIECES) > _PIECES_KEPT:
+        _PIECES.popitem(last=False)
+    return found
+
+
+def splice(
+    model: Any, layers: Iterable[str], found: Pieces, dims: dict[str, tuple[int, ...]] | None = None
+) -> list[str]:
+    """Replace the MatMuls named in ``layers`` with their pre-quantized pieces, in place; the
+    layers it could not (no piece, or a different weight than the piece was made from). ``dims``:
+    the shapes of the model's initializers, where some were left out of ``model`` already."""
+    graph = model.graph
+    dims = {t.name: tuple(t.dims) for t in graph.initializer} if dims is None else dims
+    present = {t.name for t in graph.initializer}
+    wanted, left, dropped = set(layers), [], set()
+    for node in graph.node:
+        if node.name not in wanted or node.op_type != "MatMul":
+            continue
+        if found.replaced.get(node.name) != (node.input[1], dims.get(node.input[1])):
+            left.append(node.name)
+            continue
+        dropped.add(node.input[1])
+        node.CopyFrom(found.nodes[node.name])
+        for name in node.input[1:]:
+            if name in found.initializers and name not in present:
+                graph.initializer.add().CopyFrom(found.initializers[name])
+                present.add(name)
+    still_read = {name for n in graph.node for name in n.input}
+    for index in reversed(range(len(graph.initializer))):
+        if graph.initializer[index].name in dropped - still_read:
+            del graph.initializer[index]
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.add(domain="com.microsoft", version=1)
+    return left
+
+
+#: The last base model read: its graph without initializers, and the initializers by name.
+_BASE: dict[tuple, tuple[Any, dict[str, Any]]] = {}
+
+
+def _base_parts(base: pathlib.Path) -> tuple[Any, dict[str, Any]]:
+    import onnx
+
+    stat = base.stat()
+    key = (str(base), stat.st_size, stat.st_mtime_ns)
+    if key not in _BASE:
+        model = onnx.load(str(base))
+        tensors = {t.name: t for t in model.graph.initializer}
+        shell = onnx.ModelProto()
+        shell.CopyFrom(model)
+        del shell.graph.initializer[:]
+        _BASE.clear()
+        _BASE[key] = (shell, tensors)
+    return _BASE[key]
+
+
+def _assembled(base: pathlib.Path, skip: set[str]) -> tuple[Any, dict[str, tuple[int, ...]]]:
+    """A copy of ``base`` without the initializers in ``skip`` (weights a splice replaces: not
+    copied only to be dropped), and every initializer's shape."""
+    import onnx
+
+    shell, tensors = _base_parts(base)
+    model = onnx.ModelProto()
+    model.CopyFrom(shell)
+    for name, tensor in tensors.items():
+        if name not in skip:
+            model.graph.initializer.add().CopyFrom(tensor)
+    return model, {name: tuple(t.dims) for name, t in tensors.items()}
+
+
+def write_weight_only(source: pathlib.Path, out: pathlib.Path, plan: PrecisionPlan, base: pathlib.Path) -> None:
+    """Rewrite the plan's weight-only MatMuls of ``source`` into MatMulNBits: each layer spliced
+    from ``base``'s pre-quantized pieces of its format (``pieces``), any other through the
+    quantizer. ``base`` is the unquantized model ``source`` was written from (often itself: then
+    it is read once per process)."""
+    import onnx
+
+    o = plan.options
+    formats = [
+        (bits, plan.layers_in(precision), pieces(base, bits, o.block_size, o.get("accuracy_level"), o.weight_symmetric))
+        for precision, bits in WEIGHT_ONLY_BITS.items()
+        if plan.layers_in(precision)
+    ]
+    if source.resolve() == base.resolve():
+        spliced = {layer for _, layers, found in formats for layer in layers if layer in found.replaced}
+        shell, _ = _base_parts(base)
+        kept_readers = {name for n in shell.graph.node if n.name not in spliced for name in n.input}
+        skip = {found.replaced[layer][0] for _, layers, found in formats for layer in layers if layer in spliced}
+        model, dims = _assembled(base, skip - kept_readers)
+    else:
+        model, dims = onnx.load(str(source)), None
     tie = tied_embedding(model)
     # The head keeps its output name when it becomes MatMulNBits; its node name changes.
     head_output = next((n.output[0] for n in model.graph.node if tie and n.name == tie[1]), None)
-    for precision, bits in WEIGHT_ONLY_BITS.items():
-        layers = plan.layers_in(precision)
-        if layers:
-            o = plan.options
-            model = _compress(model, bits, o.block_size, o.get("accuracy_level"), layers, o.weight_symmetric)
+    for bits, layers, found in formats:
+        left = splice(model, layers, found, dims)
+        if left:
+            model = _compress(model, bits, o.block_size, o.get("accuracy_level"), left, o.weight_symmetric)
     if tie and head_output:
         share_tied_embedding(model, tie[0], head_output)
     onnx.save(model, str(out))

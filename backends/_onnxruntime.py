@@ -326,7 +326,7 @@ class OnnxRuntimeBackend(Backend):
                 current = dynamic_out
             # Last: the int8 writers leave weight-only layers float, with their weights constant.
             if weight_only:
-                nbits.write_weight_only(current, out, plan)
+                nbits.write_weight_only(current, out, plan, base=qdq.named_model_path(model, workdir))
             elif current != out:
                 out.write_bytes(current.read_bytes())
         finally:

@@ -520,3 +520,46 @@ def test_text_data_is_tokenized_with_the_models_tokenizer_into_windows(sliced, t
     (alone / "model.onnx").write_bytes((sliced / "model.onnx").read_bytes())
     with pytest.raises(QbenchError, match="needs the model's tokenizer"):
         load_data(folder / "a.txt", OnnxModel.load(alone / "model.onnx"))
+
+
+@pytest.mark.parametrize("symmetric", [False, True])
+def test_a_spliced_weight_only_build_is_the_quantizers_own(sliced, tmp_path, symmetric):
+    """Plans are spliced from each layer quantized once per format; the result holds the same
+    nodes and the same tensors as ONNX Runtime's quantizer run on the plan, and computes the same
+    logits bit for bit: for a mix of int4 and int8 layers, with the tied embedding following."""
+    import onnx
+    from onnx import numpy_helper
+
+    from qbench.backends import _nbits as nbits
+    from qbench.plan import PrecisionPlan
+
+    base = sliced / "model.ort.onnx"
+    names = [n.name for n in onnx.load(str(base)).graph.node if n.op_type == "MatMul"]
+    layers = {name: ("int4-weight" if i % 2 else "int8-weight") for i, name in enumerate(names) if i % 3}
+    layers["lm_head"] = "int4-weight"
+    options = {"block_size": 32, "weight_symmetric": symmetric, "accuracy_level": 0}
+    plan = PrecisionPlan(name="mix", layers=layers).with_options(**options)
+    nbits.write_weight_only(base, tmp_path / "spliced.onnx", plan, base=base)
+
+    reference = onnx.load(str(base))  # the quantizer, one pass per bit width, as before splicing
+    tie = nbits.tied_embedding(reference)
+    head = next(n.output[0] for n in reference.graph.node if n.name == tie[1])
+    for precision, bits in (("int4-weight", 4), ("int8-weight", 8)):
+        reference = nbits._compress(reference, bits, 32, 0, plan.layers_in(precision), symmetric)
+    nbits.share_tied_embedding(reference, tie[0], head)
+    spliced = onnx.load(str(tmp_path / "spliced.onnx"))
+
+    def nodes(m):
+        return [(n.op_type, list(n.input), list(n.output), str(n.attribute)) for n in m.graph.node]
+
+    def tensors(m):
+        return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+
+    assert nodes(spliced) == nodes(reference)
+    mine, theirs = tensors(spliced), tensors(reference)
+    assert mine.keys() == theirs.keys() and all(np.array_equal(mine[k], theirs[k]) for k in mine)
+    onnx.save(reference, str(tmp_path / "reference.onnx"))
+    ids = np.load(sliced / "eval.npz")["input_ids"][:2]
+    feeds = _prefill(base, ids)
+    logits = [_session(tmp_path, f"{name}.onnx").run(None, feeds)[0] for name in ("spliced", "reference")]
+    np.testing.assert_array_equal(*logits)
