@@ -198,13 +198,15 @@ class Harness:
             )
         self.workload = workload
         self.feeds = workload.feeds(model, evaluation_data, self.batch_size)  # what every timed call runs
-        self.quick_data = evaluation_data.take(0, min(quick_samples, len(evaluation_data)))
-        # A decoder's logits are reduced window by window against fp32's log-probabilities on disk.
-        self.scorer = TokenScorer(self._check_token_labels) if metric.token_level else None
-        self.eval_batch = TOKEN_BATCH if metric.token_level else EVAL_BATCH
-        # Windows of many tokens each: chunks of 8 windows are thousands of scored positions.
+        # A decoder's logits are reduced window by window against fp32's distributions on disk.
         token = metric.token_level
+        self.scorer = TokenScorer(self._check_token_labels) if token else None
+        self.eval_batch = TOKEN_BATCH if token else EVAL_BATCH
+        # Windows hold many tokens each: 8 windows of 128 are a thousand scored positions, and
+        # the quick set (sensitivity, a trial's first look) is at most TOKEN_FIRST_LOOK windows.
         self.first_look, self.drop_chunk = (TOKEN_FIRST_LOOK, TOKEN_DROP_CHUNK) if token else (FIRST_LOOK, DROP_CHUNK)
+        quick = min(quick_samples, TOKEN_FIRST_LOOK) if token else quick_samples
+        self.quick_data = evaluation_data.take(0, min(quick, len(evaluation_data)))
         self.pool.prestart()  # the launcher imports while the baseline is built and scored
         self._calibrations: dict[str, Calibration] = {}
         self.baseline_plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)
