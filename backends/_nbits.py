@@ -64,45 +64,61 @@ def _compress(
 
 @dataclass
 class Pieces:
-    """Every constant-weight MatMul of one model quantized in one format: by MatMul node name,
-    the MatMulNBits node that replaces it and the weight it replaces (name and shape)."""
+    """MatMuls of one model quantized in one format: by MatMul node name, the MatMulNBits node
+    that replaces it, its tensors, and the weight it replaces (name and shape)."""
 
     nodes: dict[str, Any]
     initializers: dict[str, Any]
     replaced: dict[str, tuple[str, tuple[int, ...]]]
 
 
-#: Formats quantized once and kept for the process (a tune builds many plans of one model).
-_PIECES: OrderedDict[tuple, Pieces] = OrderedDict()
-_PIECES_KEPT = 6
+#: Layers quantized once and kept for the process (a tune builds many plans of one model), by
+#: (model file, bits, block size, symmetry, layer). The accuracy level is only an attribute of
+#: the node: one quantization serves every level.
+_LAYERS: OrderedDict[tuple, tuple[Any, dict[str, Any], tuple[str, tuple[int, ...]]]] = OrderedDict()
+_LAYERS_KEPT = 2000
 
 
-def pieces(base: pathlib.Path, bits: int, block_size: int, level: int, symmetric: bool) -> Pieces:
-    """``base``'s MatMuls quantized in one format (ONNX Runtime's quantizer, run once per format
-    and model file in this process; each weight is quantized on its own, so a layer's piece is
-    the same whichever other layers a plan quantizes)."""
-    import onnx
+def pieces(
+    base: pathlib.Path, bits: int, block_size: int, level: int, symmetric: bool, layers: Iterable[str]
+) -> Pieces:
+    """``layers`` of ``base`` quantized in one format. ONNX Runtime's quantizer runs only on the
+    layers this process has not quantized in that format yet; each weight is quantized on its
+    own, so a layer's piece is the same whichever other layers a plan quantizes."""
+    from onnx import helper
 
     stat = base.stat()
-    key = (str(base), stat.st_size, stat.st_mtime_ns, bits, block_size, level, symmetric)
-    if key in _PIECES:
-        _PIECES.move_to_end(key)
-        return _PIECES[key]
-    model = onnx.load(str(base))
-    weights = {t.name: tuple(t.dims) for t in model.graph.initializer}
-    matmuls = {n.output[0]: n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights}
-    quantized = _compress(model, bits, block_size, level, None, symmetric)
-    tensors = {t.name: t for t in quantized.graph.initializer}
+    key = (str(base), stat.st_size, stat.st_mtime_ns, bits, block_size, symmetric)
+    wanted = list(dict.fromkeys(layers))
+    missing = [layer for layer in wanted if (*key, layer) not in _LAYERS]
+    if missing:
+        model, dims = _assembled(base, set())
+        matmuls = {n.output[0]: n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in dims}
+        quantized = _compress(model, bits, block_size, level, missing, symmetric)
+        tensors = {t.name: t for t in quantized.graph.initializer}
+        for node in quantized.graph.node:
+            original = matmuls.get(node.output[0]) if node.op_type == "MatMulNBits" else None
+            if original is not None:
+                own = {name: tensors[name] for name in node.input[1:] if name in tensors}
+                _LAYERS[(*key, original.name)] = (node, own, (original.input[1], dims[original.input[1]]))
+        while len(_LAYERS) > _LAYERS_KEPT:
+            _LAYERS.popitem(last=False)
     found = Pieces({}, {}, {})
-    for node in quantized.graph.node:
-        original = matmuls.get(node.output[0]) if node.op_type == "MatMulNBits" else None
-        if original is not None:
-            found.nodes[original.name] = node
-            found.replaced[original.name] = (original.input[1], weights[original.input[1]])
-            found.initializers.update({name: tensors[name] for name in node.input[1:] if name in tensors})
-    _PIECES[key] = found
-    while len(_PIECES) > _PIECES_KEPT:
-        _PIECES.popitem(last=False)
+    for layer in wanted:
+        if (*key, layer) not in _LAYERS:
+            continue  # not a constant-weight MatMul: the caller's quantizer pass reports it
+        node, own, replaced = _LAYERS[(*key, layer)]
+        _LAYERS.move_to_end((*key, layer))
+        piece = helper.make_node("MatMulNBits", [], [])
+        piece.CopyFrom(node)
+        # As the quantizer writes it: attributes sorted by name, no accuracy_level for level 0.
+        attributes = [a for a in piece.attribute if a.name != "accuracy_level"]
+        if level:
+            attributes.append(helper.make_attribute("accuracy_level", level))
+        del piece.attribute[:]
+        piece.attribute.extend(sorted(attributes, key=lambda a: a.name))
+        found.nodes[layer], found.replaced[layer] = piece, replaced
+        found.initializers.update(own)
     return found
 
 
@@ -180,9 +196,9 @@ def write_weight_only(source: pathlib.Path, out: pathlib.Path, plan: PrecisionPl
 
     o = plan.options
     formats = [
-        (bits, plan.layers_in(precision), pieces(base, bits, o.block_size, o.get("accuracy_level"), o.weight_symmetric))
+        (bits, layers, pieces(base, bits, o.block_size, o.get("accuracy_level"), o.weight_symmetric, layers))
         for precision, bits in WEIGHT_ONLY_BITS.items()
-        if plan.layers_in(precision)
+        if (layers := plan.layers_in(precision))
     ]
     if source.resolve() == base.resolve():
         spliced = {layer for _, layers, found in formats for layer in layers if layer in found.replaced}

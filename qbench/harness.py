@@ -46,9 +46,9 @@ EVAL_BATCH = 64
 #: comes from the drops of chunks of ``DROP_CHUNK`` samples.
 FIRST_LOOK = 256
 DROP_CHUNK = 64
-#: The same for token metrics, in windows (of 128 tokens in the zoo: 4,096 tokens first).
-TOKEN_FIRST_LOOK = 32
-TOKEN_DROP_CHUNK = 8
+#: The same for token metrics, in windows (of 128 tokens in the zoo: 2,048 tokens first).
+TOKEN_FIRST_LOOK = 16
+TOKEN_DROP_CHUNK = 4
 #: Candidate sessions loaded at once (the fp32 baseline comes on top).
 TIMING_CHUNK = 4
 #: Calls a worker runs, untimed, before it serves a round (it was frozen; its caches are cold).
@@ -202,8 +202,8 @@ class Harness:
         token = metric.token_level
         self.scorer = TokenScorer(self._check_token_labels) if token else None
         self.eval_batch = TOKEN_BATCH if token else EVAL_BATCH
-        # Windows hold many tokens each: 8 windows of 128 are a thousand scored positions, and
-        # the quick set (sensitivity, a trial's first look) is at most TOKEN_FIRST_LOOK windows.
+        # Windows hold many tokens each: 4 windows of 128 are 512 scored positions, and the
+        # quick set (sensitivity, a trial's first look) is at most TOKEN_FIRST_LOOK windows.
         self.first_look, self.drop_chunk = (TOKEN_FIRST_LOOK, TOKEN_DROP_CHUNK) if token else (FIRST_LOOK, DROP_CHUNK)
         quick = min(quick_samples, TOKEN_FIRST_LOOK) if token else quick_samples
         self.quick_data = evaluation_data.take(0, min(quick, len(evaluation_data)))
@@ -269,7 +269,9 @@ class Harness:
         load_s = time.perf_counter() - start
         try:
             start = time.perf_counter()
-            runner.run(next(self.evaluation_data.batches(self.fixed_batch or self.eval_batch)))
+            # One window warms a decoder (a batch of them is seconds of prefill, every trial).
+            cold = self.fixed_batch or (1 if self.scorer is not None else self.eval_batch)
+            runner.run(next(self.evaluation_data.batches(cold)))
             runner.synchronize()
             first_ms = (time.perf_counter() - start) * 1e3
         except BaseException:

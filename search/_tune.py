@@ -481,7 +481,8 @@ def _finalists(
     chosen, seen = [], {baseline.content_hash}  # the final selection times fp32 anyway
     for trial in picks:
         plan = trial_plan(trial)
-        if plan.content_hash not in seen:
+        all_fp32 = all(precision == "fp32" for precision in plan.layers.values())  # fp32 under other options
+        if plan.content_hash not in seen and not all_fp32:
             seen.add(plan.content_hash)
             chosen.append(PrecisionPlan(plan.layers, plan.options, f"tuned-t{trial.number}"))
     return chosen[:MAX_FINALISTS]

@@ -537,8 +537,11 @@ def test_a_spliced_weight_only_build_is_the_quantizers_own(sliced, tmp_path, sym
     names = [n.name for n in onnx.load(str(base)).graph.node if n.op_type == "MatMul"]
     layers = {name: ("int4-weight" if i % 2 else "int8-weight") for i, name in enumerate(names) if i % 3}
     layers["lm_head"] = "int4-weight"
-    options = {"block_size": 32, "weight_symmetric": symmetric, "accuracy_level": 0}
+    # Another level first: its pieces serve level 0 as well (the level is only an attribute).
+    options = {"block_size": 32, "weight_symmetric": symmetric, "accuracy_level": 4}
     plan = PrecisionPlan(name="mix", layers=layers).with_options(**options)
+    nbits.write_weight_only(base, tmp_path / "level4.onnx", plan, base=base)
+    plan = plan.with_options(accuracy_level=0)
     nbits.write_weight_only(base, tmp_path / "spliced.onnx", plan, base=base)
 
     reference = onnx.load(str(base))  # the quantizer, one pass per bit width, as before splicing
