@@ -85,6 +85,7 @@ def pieces(
     """``layers`` of ``base`` quantized in one format. ONNX Runtime's quantizer runs only on the
     layers this process has not quantized in that format yet; each weight is quantized on its
     own, so a layer's piece is the same whichever other layers a plan quantizes."""
+    import onnx
     from onnx import helper
 
     stat = base.stat()
@@ -98,9 +99,10 @@ def pieces(
         tensors = {t.name: t for t in quantized.graph.initializer}
         for node in quantized.graph.node:
             original = matmuls.get(node.output[0]) if node.op_type == "MatMulNBits" else None
-            if original is not None:
-                own = {name: tensors[name] for name in node.input[1:] if name in tensors}
-                _LAYERS[(*key, original.name)] = (node, own, (original.input[1], dims[original.input[1]]))
+            if original is not None:  # copies: a kept sub-message would keep the whole model alive
+                own = {name: _copy(onnx.TensorProto, tensors[name]) for name in node.input[1:] if name in tensors}
+                piece = _copy(onnx.NodeProto, node)
+                _LAYERS[(*key, original.name)] = (piece, own, (original.input[1], dims[original.input[1]]))
         while len(_LAYERS) > _LAYERS_KEPT:
             _LAYERS.popitem(last=False)
     found = Pieces({}, {}, {})
@@ -109,8 +111,7 @@ def pieces(
             continue  # not a constant-weight MatMul: the caller's quantizer pass reports it
         node, own, replaced = _LAYERS[(*key, layer)]
         _LAYERS.move_to_end((*key, layer))
-        piece = helper.make_node("MatMulNBits", [], [])
-        piece.CopyFrom(node)
+        piece = _copy(onnx.NodeProto, node)
         # As the quantizer writes it: attributes sorted by name, no accuracy_level for level 0.
         attributes = [a for a in piece.attribute if a.name != "accuracy_level"]
         if level:
@@ -120,6 +121,12 @@ def pieces(
         found.nodes[layer], found.replaced[layer] = piece, replaced
         found.initializers.update(own)
     return found
+
+
+def _copy(kind: Any, message: Any) -> Any:
+    copy = kind()
+    copy.CopyFrom(message)
+    return copy
 
 
 def splice(
