@@ -8,11 +8,12 @@ negative log-likelihood of the labels, and the token count.
 
 fp32's distributions are kept once, on disk, as bfloat16 probabilities ``p`` (the upper half of
 each float32, rounded: 2 bytes per token per vocabulary entry, and unlike float16 converted with
-integer shifts, 5x faster in numpy); the baseline's pass writes them, with ``sum(p * log p)`` per position.
-A plan's pass reads them back for the same windows: per position,
+integer shifts, 5x faster in numpy); the baseline's pass writes them, with ``sum(p * log p)``
+per position. A plan's pass reads them back for the same windows: per position,
 ``KL = sum(p log p) - sum(p log q)``, and ``sum(p log q)`` is one dot product of ``p`` with the
 plan's logits less its log-normalizer times ``sum(p)``: no vocabulary-sized log-probabilities are
-written. fp32 against itself runs the same arithmetic on the same numbers and is exactly zero;
+written. fp32 against itself runs the same arithmetic on the same numbers and is exactly zero
+(its own pass records its KL as 0 and every greedy token as agreeing, without scoring again);
 rounding ``p`` to bfloat16 (8 significant bits) moves a KL by a relative 1e-3 or less (tested).
 
 Metrics then work on the ``[windows, 4]`` sums like any other output (``qbench.metrics``):
@@ -64,6 +65,13 @@ def _cross(probs: np.ndarray, logits: np.ndarray, log_normalizer: np.ndarray, ma
     return dots.astype(np.float64) - log_normalizer * mass
 
 
+def _nll(log_normalizer: np.ndarray, logits: np.ndarray, labels: np.ndarray | None) -> float:
+    """The window's negative log-likelihood of ``labels`` (NaN without labels)."""
+    if labels is None:
+        return np.nan
+    return float(np.sum(log_normalizer - logits[np.arange(len(labels)), labels]))
+
+
 class Reference:
     """fp32's distributions over one evaluation set: bfloat16 probabilities in a file under the
     temporary directory (removed by ``close``), and per position ``sum(p log p)``, ``sum(p)`` and
@@ -87,7 +95,8 @@ class Reference:
         self.mass = np.zeros((windows, tokens))
         self.greedy = np.zeros((windows, tokens), np.int64)
 
-    def record(self, window: int, logits: np.ndarray, scratch: np.ndarray) -> None:
+    def record(self, window: int, logits: np.ndarray, labels: np.ndarray | None, scratch: np.ndarray) -> list:
+        """Store fp32's window ``logits`` ``[tokens, vocab]``; its four sums (KL 0, all agreeing)."""
         normalizer = _log_normalizer(logits, scratch)
         np.subtract(logits, normalizer.astype(np.float32)[:, None], out=scratch)
         np.exp(scratch, out=scratch)
@@ -96,6 +105,7 @@ class Reference:
         self.mass[window] = probs.sum(axis=-1, dtype=np.float64)
         self.self_cross[window] = _cross(probs, logits, normalizer, self.mass[window])
         self.greedy[window] = logits.argmax(axis=-1)
+        return [0.0, float(len(logits)), _nll(normalizer, logits, labels), float(len(logits))]
 
     def window_stats(self, window: int, logits: np.ndarray, labels: np.ndarray | None, scratch: np.ndarray) -> list:
         """The four sums of one window of the plan's ``logits`` ``[tokens, vocab]``."""
@@ -103,8 +113,7 @@ class Reference:
         probs = from_bfloat16(self.probs[window])
         kl = self.self_cross[window] - _cross(probs, logits, normalizer, self.mass[window])
         agree = np.sum(logits.argmax(axis=-1) == self.greedy[window])
-        nll = np.nan if labels is None else float(np.sum(normalizer - logits[np.arange(len(labels)), labels]))
-        return [float(kl.sum()), float(agree), nll, float(len(logits))]
+        return [float(kl.sum()), float(agree), _nll(normalizer, logits, labels), float(len(logits))]
 
     def close(self) -> None:
         del self.probs
@@ -121,7 +130,7 @@ def _free_bytes(folder: str) -> int | None:
 
 class TokenScorer:
     """Runs an evaluation set through a decoder batch by batch and keeps only ``STATS`` per
-    window. The first call (fp32's, over the whole set) records the reference log-probabilities;
+    window. The first call (fp32's, over the whole set) records the reference distributions;
     later calls score windows ``[start, start + len(data))`` of that same set against them."""
 
     def __init__(self, check_labels: Callable[[np.ndarray, np.ndarray], None] | None = None) -> None:
@@ -150,10 +159,9 @@ class TokenScorer:
                 raise QbenchError(f"logits of shape {have} per window, but fp32's were {want}")
             scratch = np.empty(logits.shape[1:], np.float32)
             for i in range(n):
-                if recording:
-                    self.reference.record(offset + i, logits[i], scratch)
                 window_labels = None if labels is None else labels[i].astype(np.int64)
-                rows.append(self.reference.window_stats(offset + i, logits[i], window_labels, scratch))
+                score = self.reference.record if recording else self.reference.window_stats
+                rows.append(score(offset + i, logits[i], window_labels, scratch))
             offset += n
         if recording:
             self.reference.probs.flush()

@@ -307,17 +307,22 @@ class Harness:
 
     def accuracy(self, runner: Runner, quick: bool = False) -> float:
         """The metric on the quick subset or the whole evaluation set, against the fp32 reference."""
-        return self.scored(runner, quick)[0]
+        return self._scored(runner, quick, with_intervals=False)[0]
 
-    def scored(self, runner: Runner, quick: bool = False) -> tuple[float, dict[str, list[float]] | None]:
-        """``accuracy``, and for a token metric every fidelity figure's change from fp32 with its
-        95 % interval (``qbench.fidelity.intervals``; None for other metrics)."""
+    def scored(self, runner: Runner) -> tuple[float, dict[str, list[float]] | None]:
+        """``accuracy`` on the whole evaluation set, and for a token metric every fidelity
+        figure's change from fp32 with its 95 % interval (``qbench.fidelity.intervals``; None
+        for other metrics)."""
+        return self._scored(runner, False, with_intervals=True)
+
+    def _scored(self, runner: Runner, quick: bool, with_intervals: bool):
         if self.unscorable:
             raise QbenchError(self.unscorable)
         data = self.quick_data if quick else self.evaluation_data
         with phases.activity("accuracy"):
             outputs = self._outputs(runner, data, 0)
-            changes = None if self.scorer is None else intervals(outputs, self.reference[: len(data)])
+            wanted = with_intervals and self.scorer is not None
+            changes = intervals(outputs, self.reference[: len(data)]) if wanted else None
             return self._score(outputs, data), changes
 
     def accuracy_drop(self, runner: Runner, quick: bool) -> float:

@@ -210,6 +210,22 @@ def _mask_labels(labels: np.ndarray, outputs: np.ndarray) -> str | None:
     return None
 
 
+def _token_metric(
+    name: str, figure: Callable[[np.ndarray], float], drop_style: str = "difference", needs_labels: bool = False
+) -> Metric:
+    """A language-model metric: ``figure`` of ``qbench.fidelity``'s per-window sums; fp32's own
+    distributions are its reference unless it reads the labels alone."""
+    return Metric(
+        name,
+        lambda stats, _labels, _reference: figure(stats),
+        needs_labels=needs_labels,
+        needs_reference=not needs_labels,
+        labels_check=_next_token_labels,
+        drop_style=drop_style,
+        token_level=True,
+    )
+
+
 BUILTIN_METRICS = {
     "top1": Metric("top1", _top1, needs_labels=True, needs_reference=False, labels_check=_top1_labels),
     "cosine": Metric("cosine", _cosine, needs_labels=False, needs_reference=True),
@@ -218,32 +234,9 @@ BUILTIN_METRICS = {
     "knn-top1": Metric("knn-top1", _knn_top1, needs_labels=True, needs_reference=False, labels_check=_knn_labels),
     "ctc-chars": Metric("ctc-chars", _ctc_chars, needs_labels=True, needs_reference=False, labels_check=_ctc_labels),
     "mask-dice": Metric("mask-dice", _mask_dice, needs_labels=True, needs_reference=False, labels_check=_mask_labels),
-    "kl": Metric(
-        "kl",
-        lambda stats, _labels, _reference: fidelity.mean_kl(stats),
-        needs_labels=False,
-        needs_reference=True,
-        labels_check=_next_token_labels,
-        drop_style="increase",
-        token_level=True,
-    ),
-    "agreement": Metric(
-        "agreement",
-        lambda stats, _labels, _reference: fidelity.agreement(stats),
-        needs_labels=False,
-        needs_reference=True,
-        labels_check=_next_token_labels,
-        token_level=True,
-    ),
-    "perplexity": Metric(
-        "perplexity",
-        lambda stats, _labels, _reference: fidelity.perplexity(stats),
-        needs_labels=True,
-        needs_reference=False,
-        labels_check=_next_token_labels,
-        drop_style="relative",
-        token_level=True,
-    ),
+    "kl": _token_metric("kl", fidelity.mean_kl, drop_style="increase"),
+    "agreement": _token_metric("agreement", fidelity.agreement),
+    "perplexity": _token_metric("perplexity", fidelity.perplexity, drop_style="relative", needs_labels=True),
 }
 #: Earlier names of built-in metrics.
 ALIASES = {"next-token-agreement": "agreement"}
