@@ -320,6 +320,23 @@ def _add_reports(sub, parents: list) -> None:
     board = sub.add_parser("leaderboard", parents=parents, help="print the leaderboard tables")
     board.add_argument("--model", help="only models whose name contains this")
     board.add_argument("--csv", action="store_true", help="print every stored row as CSV instead")
+    moved = board.add_mutually_exclusive_group()
+    moved.add_argument(
+        "--export",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="write the rows to FILE (.jsonl, or .jsonl.gz compressed) for another machine's leaderboard",
+    )
+    moved.add_argument(
+        "--import",
+        dest="import_file",
+        type=pathlib.Path,
+        metavar="FILE",
+        help="add the rows of an exported FILE that this leaderboard lacks (importing twice adds nothing)",
+    )
+    board.add_argument(
+        "--machine", metavar="HASH", help="with --export: only this machine's rows (`here`: the machine running qbench)"
+    )
 
     report = sub.add_parser(
         "report", parents=parents, help="regenerate the tables and the HTML report, and list regressions"

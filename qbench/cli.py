@@ -457,6 +457,10 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
     from qbench.report import build_report
     from qbench.report.markdown import leaderboard_text
 
+    if args.export or args.import_file:
+        return _move_rows(args)
+    if args.machine:
+        raise QbenchError("--machine only goes with --export; the tables show every machine")
     board = _open_board(args, writes=False)
     try:
         frame = board.frame()
@@ -473,6 +477,29 @@ def cmd_leaderboard(args: argparse.Namespace) -> int:
         csv_safe(frame).to_csv(sys.stdout, index=False)
         return 0
     print(leaderboard_text(build_report(frame)))
+    return 0
+
+
+def _move_rows(args: argparse.Namespace) -> int:
+    """``qbench leaderboard --export FILE`` / ``--import FILE``."""
+    from qbench import fleet
+
+    if args.import_file and args.machine:
+        raise QbenchError("--machine only goes with --export; an import adds every row the file holds")
+    board = _open_board(args, writes=bool(args.import_file))
+    try:
+        if args.import_file:
+            print(fleet.import_rows(board, args.import_file))
+            return 0
+        machine = args.machine
+        if machine == "here":
+            from qbench.machine import current_machine
+
+            machine = current_machine().fingerprint_hash
+        count = fleet.export_rows(board, args.export, machine)
+    finally:
+        board.close()
+    print(f"exported {count} row(s) to {args.export}")
     return 0
 
 

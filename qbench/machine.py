@@ -122,6 +122,26 @@ class Machine:
         )
 
 
+#: The ISA feature that decides int8 speed first, as people name it; the first present names the CPU.
+ISA_SUMMARY = (
+    ("amx_int8", "AMX"),
+    ("avx512_vnni", "AVX-512 VNNI"),
+    ("avx_vnni", "AVX-VNNI"),
+    ("avx512f", "AVX-512, no VNNI"),
+    ("avx2", "AVX2, no VNNI"),
+    ("i8mm", "Arm i8mm"),
+    ("asimddp", "Arm dot product"),
+    ("asimd", "Arm NEON"),
+)
+
+
+def isa_summary(isa) -> str:
+    """A CPU's int8 capability in a few words ("AVX2, no VNNI"; "+ BF16" where it has it)."""
+    flags = set(isa or ())
+    name = next((label for flag, label in ISA_SUMMARY if flag in flags), "no AVX2")
+    return name + (" + BF16" if "avx512_bf16" in flags else "")
+
+
 def _cpu_info(cpuinfo: str = "/proc/cpuinfo") -> tuple[str, tuple[str, ...]]:
     """The CPU's name and ISA flags. On x86 the name carries the CPU family and model numbers:
     a VM's brand string can be as bare as "AMD EPYC", which a Zen 2 and a Zen 3 would share

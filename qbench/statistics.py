@@ -87,6 +87,23 @@ class Speedup:
     ci_high: float
 
 
+def _half_width(s: Speedup) -> float:
+    """The wider side of a speedup's interval, in log space."""
+    if not (s.ci_low > 0 and s.ratio > 0):
+        return math.inf
+    return max(math.log(s.ci_high / s.ratio), math.log(s.ratio / s.ci_low))
+
+
+def relative(a: Speedup, b: Speedup) -> Speedup:
+    """How much faster plan a is than plan b (above 1: a is faster) from each one's speedup
+    against a reference timed in its own rounds; the two log-interval widths add in quadrature."""
+    ratio = a.ratio / b.ratio
+    width = math.hypot(_half_width(a), _half_width(b))
+    if math.isinf(width):
+        return Speedup(ratio, 0.0, math.inf)
+    return Speedup(ratio, ratio * math.exp(-width), ratio * math.exp(width))
+
+
 def _ratio_of_medians(baseline: np.ndarray, candidate: np.ndarray, axis: int = -1) -> np.ndarray:
     return np.median(baseline, axis=axis) / np.median(candidate, axis=axis)
 

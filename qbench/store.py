@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import logging
 import os
 import pathlib
 import re
 import tempfile
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
@@ -25,11 +27,12 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine
 
 from qbench.errors import QbenchError, first_line
+from qbench.machine import isa_summary
 from qbench.objectives import MEDIAN, Objective
 from qbench.statistics import UNSTEADY_BAND, LatencyStats, Speedup, aa_band
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 9
+SCHEMA_VERSION = 10
 SCHEMA_LOCK_KEY = 0x71BE7C  # PostgreSQL advisory lock held while creating or migrating the schema
 
 _meta = sa.MetaData()
@@ -125,6 +128,11 @@ results = sa.Table(
     # JSON: a language model's fidelity to fp32 (``qbench.fidelity.intervals``): KL, agreement
     # drop and perplexity change, each [value, low, high] with a 95 % interval over windows (v9).
     sa.Column("fidelity", sa.Text),
+    # The row's identity across leaderboards (v10): random for a new row, a hash of what made it for
+    # a row older than v10, so a row exported from one leaderboard and imported into another
+    # (``qbench.fleet``) is the same row in both and is never imported twice.
+    sa.Column("row_uid", sa.String(32)),
+    sa.Index("ix_results_row_uid", "row_uid", unique=True),
 )
 
 
@@ -169,6 +177,26 @@ def _add_fidelity_column(conn: Connection) -> None:
     conn.execute(sa.text("ALTER TABLE results ADD COLUMN fidelity TEXT"))
 
 
+ROW_UID_KEYS = ("machine_hash", "run_id", "kind", "backend", "plan_hash", "workload", "scenario", "status")
+
+
+def row_uid_of(values: Mapping[str, Any]) -> str:
+    """The identity of a row written before v10: a hash of the run, plan and moment that made it,
+    so two copies of one old leaderboard give each row the same identity."""
+    created = values.get("created_at")
+    created = created.isoformat() if isinstance(created, dt.datetime) else str(created)
+    payload = json.dumps([*(str(values.get(k)) for k in ROW_UID_KEYS), created])
+    return hashlib.sha256(payload.encode()).hexdigest()[:32]
+
+
+def _add_row_uid_column(conn: Connection) -> None:
+    conn.execute(sa.text("ALTER TABLE results ADD COLUMN row_uid VARCHAR(32)"))
+    for row in conn.execute(sa.select(results.c.id, results.c.created_at, *(results.c[k] for k in ROW_UID_KEYS))).all():
+        uid = row_uid_of(row._mapping)
+        conn.execute(results.update().where(results.c.id == row.id).values(row_uid=uid))
+    conn.execute(sa.text("CREATE UNIQUE INDEX ix_results_row_uid ON results (row_uid)"))
+
+
 # Migrations from version N to N+1, applied in order inside one transaction each.
 MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     1: _add_job_columns,
@@ -179,6 +207,7 @@ MIGRATIONS: dict[int, Callable[[Connection], None]] = {
     6: _add_run_spec_columns,
     7: _add_scenario_column,
     8: _add_fidelity_column,
+    9: _add_row_uid_column,
 }
 
 RESULT_COLUMNS = tuple(c.name for c in results.columns if c.name != "id")
@@ -267,6 +296,7 @@ class ResultRow:
     config_hash: str | None = None
     scenario: str | None = None
     fidelity: dict[str, list[float]] | None = None
+    row_uid: str | None = None
     created_at: dt.datetime | None = None
     id: int | None = field(default=None, compare=False)
 
@@ -360,7 +390,7 @@ class Leaderboard:
                 with self.engine.begin() as conn:  # a plain read when the schema is current
                     self._prepare(conn, write=False)
             except _NeedsWrite:  # create or migrate, holding the write lock from the first read
-                with self._writing() as conn:
+                with self.write_transaction() as conn:
                     self._prepare(conn, write=True)
             self._identity = self._file_identity()
         except sa.exc.ArgumentError as exc:
@@ -457,7 +487,7 @@ class Leaderboard:
                 conn.execute(sa.select(schema_info.c.value).where(schema_info.c.key == "schema_version")).scalar_one()
             )
 
-    def _writing(self):
+    def write_transaction(self):
         """A transaction that holds SQLite's write lock from its start, so concurrent writers wait
         their turn (up to the connect timeout) instead of failing on a lock upgrade."""
         return self.engine.execution_options(qbench_write_lock=True).begin()
@@ -465,7 +495,7 @@ class Leaderboard:
     def record_machine(self, fingerprint: Mapping[str, Any]) -> None:
         self._machine = dict(fingerprint)  # kept with any row that has to go to the fallback file
         try:
-            with self._writing() as conn:
+            with self.write_transaction() as conn:
                 exists = conn.execute(
                     sa.select(machines.c.machine_hash).where(machines.c.machine_hash == fingerprint["hash"])
                 ).first()
@@ -488,13 +518,14 @@ class Leaderboard:
             row = ResultRow.from_mapping(row)
         values = {k: v for k, v in asdict(row).items() if k != "id" and v is not None}
         values.setdefault("created_at", _now())
+        values.setdefault("row_uid", uuid.uuid4().hex)
         for column in JSON_COLUMNS:
             if column in values and not isinstance(values[column], str):
                 values[column] = json.dumps(values[column], sort_keys=True)
         try:
             if self._file_identity() != self._identity:
                 raise OSError(f"the leaderboard file {self._sqlite_file} was deleted or replaced during the run")
-            with self._writing() as conn:
+            with self.write_transaction() as conn:
                 row.id = int(conn.execute(results.insert().values(**values)).inserted_primary_key[0])
         except (sa.exc.StatementError, OSError) as exc:  # a lost database, or a value it refuses: keep the row
             self._keep(values, first_line(getattr(exc, "orig", None) or exc))
@@ -506,7 +537,7 @@ class Leaderboard:
         (``selection_rank``, 1 = best) and ``selected`` on the winner, kept in the rows' settings
         so tables and the report rank a tune's rows as the tuner did."""
         try:
-            with self._writing() as conn:
+            with self.write_transaction() as conn:
                 for place, row in enumerate(ranked, start=1):
                     if row.id is None or row.id < 0:
                         continue
@@ -555,8 +586,10 @@ class Leaderboard:
         with self.engine.connect() as conn:
             frame = pd.DataFrame(conn.execute(query).mappings().all())
         if frame.empty:
-            return pd.DataFrame(columns=[c.name for c in columns] + ["cpu_model"])
-        frame["cpu_model"] = frame.pop("fingerprint").map(lambda f: json.loads(f).get("cpu_model", ""))
+            return pd.DataFrame(columns=[c.name for c in columns] + ["cpu_model", "isa"])
+        fingerprints = frame.pop("fingerprint").map(json.loads)
+        frame["cpu_model"] = fingerprints.map(lambda f: f.get("cpu_model", ""))
+        frame["isa"] = fingerprints.map(lambda f: isa_summary(f.get("isa")))
         return frame
 
     def previous_run(self, job: str, machine_hash: str) -> pd.DataFrame:

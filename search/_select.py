@@ -28,7 +28,7 @@ import pandas as pd
 
 from qbench.harness import FP32, FP32_AGAIN
 from qbench.objectives import MEDIAN, Objective
-from qbench.statistics import UNSTEADY_BAND, Speedup, aa_band, aa_check
+from qbench.statistics import UNSTEADY_BAND, Speedup, aa_band, aa_check, relative
 from qbench.store import ResultRow
 
 #: Most plans raced at once (the fp32 session comes on top): memory stays bounded as in bench.
@@ -42,23 +42,6 @@ TimeBatch = Callable[[Sequence[ResultRow]], Mapping[str, np.ndarray]]
 
 def row_speedup(row: ResultRow) -> Speedup:
     return Speedup(row.speedup, row.speedup_ci_low, row.speedup_ci_high)
-
-
-def _half_width(s: Speedup) -> float:
-    """The wider side of a speedup's interval, in log space."""
-    if not (s.ci_low > 0 and s.ratio > 0):
-        return math.inf
-    return max(math.log(s.ci_high / s.ratio), math.log(s.ratio / s.ci_low))
-
-
-def relative(a: Speedup, b: Speedup) -> Speedup:
-    """How much faster plan a is than plan b (above 1: a is faster) from each one's speedup
-    against a reference timed in its own rounds; the two log-interval widths add in quadrature."""
-    ratio = a.ratio / b.ratio
-    width = math.hypot(_half_width(a), _half_width(b))
-    if math.isinf(width):
-        return Speedup(ratio, 0.0, math.inf)
-    return Speedup(ratio, ratio * math.exp(-width), ratio * math.exp(width))
 
 
 def by_speedup(rows: Sequence[ResultRow]) -> list[ResultRow]:

@@ -15,8 +15,7 @@ from typing import TYPE_CHECKING
 from qbench.harness import FP32, Evaluator
 from qbench.measure import Samples, TimingProtocol
 from qbench.objectives import MEDIAN, Objective
-from qbench.search._select import relative
-from qbench.statistics import Speedup
+from qbench.statistics import Speedup, relative
 
 if TYPE_CHECKING:
     from qbench.harness import Loaded

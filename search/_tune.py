@@ -27,7 +27,7 @@ from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
 from qbench.report.tables import markdown_table
 from qbench.runspec import LoadedSubject, RunSpec
 from qbench.scenario import LATENCY, Scenario
-from qbench.search._select import relative, select, smallest
+from qbench.search._select import select, smallest
 from qbench.search._sensitivity import SensitivityReport, analyze_sensitivity
 from qbench.search._space import SearchSpace, build_space
 from qbench.search._study import (
@@ -44,7 +44,7 @@ from qbench.search._study import (
     trial_summary,
 )
 from qbench.search._trial_timing import trial_protocol
-from qbench.statistics import Speedup
+from qbench.statistics import Speedup, relative
 from qbench.store import Leaderboard, ResultRow
 from qbench.workers import WorkerPool
 from qbench.workload import BATCH, Workload

@@ -17,9 +17,10 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from qbench.profile import display_table, flag_summary
+from qbench.report.machines import FLEET_NOTE
 from qbench.report.regressions import METHODS_NOTE, WITHHELD
 from qbench.report.tables import ACROSS_BACKENDS_NOTE, row_settings
-from qbench.report.view import ModelSection, Report
+from qbench.report.view import AcrossMachines, ModelSection, Report
 
 PROFILE_ROWS = 8  # op-type rows of the best plan's profile shown per model
 PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf"]
@@ -112,6 +113,40 @@ def _history_chart(history: pd.DataFrame, title: str, normalized: bool = False) 
     return _svg(figure)
 
 
+def _fleet_chart(section: AcrossMachines) -> str:
+    """Speedup vs fp32 of each plan, one bar per machine with its 95 % interval."""
+    rows = section.rows.assign(_s=pd.to_numeric(section.rows.speedup, errors="coerce")).dropna(subset=["_s"])
+    plans = list(dict.fromkeys(rows.plan_name))
+    cpus = list(dict.fromkeys(rows.cpu_model + " · " + rows.isa))
+    width = 0.8 / max(len(cpus), 1)
+    figure = Figure(figsize=(6.4, 0.5 + 0.45 * len(plans) * max(1, len(cpus) / 2)))
+    ax = figure.subplots()
+    for i, (color, cpu) in enumerate(zip(PALETTE * 4, cpus, strict=False)):
+        mine = rows[(rows.cpu_model + " · " + rows.isa) == cpu]
+        y = [plans.index(p) + i * width for p in mine.plan_name]
+        low = (mine._s - pd.to_numeric(mine.speedup_ci_low, errors="coerce")).clip(lower=0).fillna(0)
+        high = (pd.to_numeric(mine.speedup_ci_high, errors="coerce") - mine._s).clip(lower=0).fillna(0)
+        ax.barh(y, mine._s, height=width, xerr=[low, high], color=color, label=cpu[:60], capsize=2)
+    ax.set_yticks([i + width * (len(cpus) - 1) / 2 for i in range(len(plans))], [p[:24] for p in plans])
+    ax.invert_yaxis()
+    ax.axvline(1.0, color="#999", linewidth=0.8)
+    ax.set_xlabel("speedup vs fp32 on each machine (paired, 95 % interval)")
+    ax.set_title(section.title[:110], fontsize=9)
+    ax.grid(alpha=0.3, axis="x")
+    ax.legend(fontsize=7, loc="lower right")
+    return _svg(figure)
+
+
+def _fleet(report: Report) -> list[str]:
+    if not report.fleet:
+        return []
+    parts = ["<h2>Across machines</h2>", f"<p class='note'>{html.escape(FLEET_NOTE)}</p>"]
+    for section in report.fleet:
+        parts.append(f"<h3>{html.escape(section.title)}</h3>")
+        parts.append(f"<div class='charts'>{_fleet_chart(section)}</div>" + _table(section.display))
+    return parts
+
+
 def _table(frame: pd.DataFrame, row_classes: list[str] | None = None) -> str:
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     body = []
@@ -194,6 +229,7 @@ def render(report: Report) -> str:
         "<h2>Regressions</h2>",
         _regressions(report.changes),
     ]
+    parts += _fleet(report)
     if not report.machines:
         parts.append("<p>The leaderboard is empty: run <code>qbench bench</code> or <code>qbench nightly</code>.</p>")
     for machine in report.machines:

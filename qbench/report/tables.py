@@ -166,7 +166,7 @@ def tidy(group: pd.DataFrame, title: str) -> pd.DataFrame:
     )
 
 
-def _fmt(value: float | None, spec: str) -> str:
+def fmt(value: float | None, spec: str) -> str:
     if value is None or pd.isna(value):
         return ""
     if abs(value) >= 1e6:  # a broken plan's perplexity can run to 1e150: keep the column readable
@@ -180,16 +180,16 @@ def _status(r: pd.Series) -> str:
     return "ok · the tuner's pick" if row_settings(r).get("selected") else "ok"
 
 
-def _workload_and_scenario(r: pd.Series) -> str:
+def workload_and_scenario(r: pd.Series) -> str:
     """`` · workload decode:128 · scenario throughput:32`` where either is not the default."""
     workload = f" · workload {r.workload}" if isinstance(r.workload, str) and r.workload != "batch" else ""
     scenario = r.get("scenario")
     return workload + (f" · scenario {scenario}" if isinstance(scenario, str) and scenario != "latency" else "")
 
 
-def _interval(low: float | None, high: float | None, spec: str) -> str:
+def interval_text(low: float | None, high: float | None, spec: str) -> str:
     """``low–high``; blank where a row holds no interval (rows of the first schema, NULLs)."""
-    return f"{_fmt(low, spec)}–{_fmt(high, spec)}" if pd.notna(low) and pd.notna(high) else ""
+    return f"{fmt(low, spec)}–{fmt(high, spec)}" if pd.notna(low) and pd.notna(high) else ""
 
 
 def ranked(group: pd.DataFrame) -> pd.DataFrame:
@@ -207,23 +207,23 @@ def ranked(group: pd.DataFrame) -> pd.DataFrame:
                 "rank": rank if ok else "",
                 "plan": r.plan_name,
                 "kind": r.kind,
-                "median ms": _fmt(r.median_ms, ".3f"),
-                "95% CI ms": _interval(r.ci_low_ms, r.ci_high_ms, ".3f") if ok else "",
-                "p90 ms": _fmt(r.p90_ms, ".3f"),
-                "p99 ms": _fmt(r.p99_ms, ".3f"),
-                "tokens/s": _fmt(rates[rank - 1] if ok else None, ".1f"),
-                "samples/s": _fmt(samples[rank - 1] if ok else None, ",.1f"),
+                "median ms": fmt(r.median_ms, ".3f"),
+                "95% CI ms": interval_text(r.ci_low_ms, r.ci_high_ms, ".3f") if ok else "",
+                "p90 ms": fmt(r.p90_ms, ".3f"),
+                "p99 ms": fmt(r.p99_ms, ".3f"),
+                "tokens/s": fmt(rates[rank - 1] if ok else None, ".1f"),
+                "samples/s": fmt(samples[rank - 1] if ok else None, ",.1f"),
                 "p99 within bound": {True: "yes", False: "NO"}.get(server.get("bound_held"), ""),
-                "highest requests/s within bound": _fmt(server.get("max_qps"), ",.1f"),
+                "highest requests/s within bound": fmt(server.get("max_qps"), ",.1f"),
                 header: (
-                    f"{r.speedup:.2f}× ({_interval(r.speedup_ci_low, r.speedup_ci_high, '.2f')})"
+                    f"{r.speedup:.2f}× ({interval_text(r.speedup_ci_low, r.speedup_ci_high, '.2f')})"
                     if ok and pd.notna(r.speedup)
                     else ""
                 ),
-                r.metric if isinstance(r.metric, str) else "accuracy": _fmt(r.accuracy, ".4f"),
-                "drop": _fmt(r.accuracy_drop, "+.4f"),
+                r.metric if isinstance(r.metric, str) else "accuracy": fmt(r.accuracy, ".4f"),
+                "drop": fmt(r.accuracy_drop, "+.4f"),
                 "low-precision layers": _realized_summary(r.realized),
-                "MB": _fmt(r.artifact_bytes / 1e6 if pd.notna(r.artifact_bytes) else None, ".2f"),
+                "MB": fmt(r.artifact_bytes / 1e6 if pd.notna(r.artifact_bytes) else None, ".2f"),
                 "unsteady": "yes" if ok and r.noisy else "",
                 "status": _status(r),
             }
@@ -261,8 +261,8 @@ def across_backends(latest: pd.DataFrame) -> list[tuple[pd.Series, pd.DataFrame]
                 "backend": rows.backend + " " + rows.backend_version.astype(str),
                 "plan": rows.plan_name,
                 "median ms": rows.median_ms.map(lambda v: f"{v:.3f}"),
-                "speedup vs own fp32": rows.speedup.map(lambda v: _fmt(v, ".2f") + "×" if pd.notna(v) else ""),
-                rows.metric.iloc[0] or "accuracy": rows.accuracy.map(lambda v: _fmt(v, ".4f")),
+                "speedup vs own fp32": rows.speedup.map(lambda v: fmt(v, ".2f") + "×" if pd.notna(v) else ""),
+                rows.metric.iloc[0] or "accuracy": rows.accuracy.map(lambda v: fmt(v, ".4f")),
                 "low-precision layers": rows.realized.map(_realized_summary),
             }
         )
@@ -271,7 +271,7 @@ def across_backends(latest: pd.DataFrame) -> list[tuple[pd.Series, pd.DataFrame]
 
 
 def across_title(r: pd.Series) -> str:
-    workload = _workload_and_scenario(r)
+    workload = workload_and_scenario(r)
     return (
         f"across backends · {r.threads} threads · batch {r.batch_size}{workload} · metric {r.metric} · "
         f"data {str(r.data_hash)[:8]}"
@@ -311,7 +311,7 @@ def csv_safe(frame: pd.DataFrame) -> pd.DataFrame:
 
 def group_title(r: pd.Series) -> str:
     protocol = hashlib.sha256(str(r.protocol).encode()).hexdigest()[:8]
-    workload = _workload_and_scenario(r)
+    workload = workload_and_scenario(r)
     return (
         f"{r.backend} {r.backend_version} · {r.threads} threads · batch {r.batch_size}{workload} · "
         f"metric {r.metric} · data {str(r.data_hash)[:8]} · protocol {protocol}"

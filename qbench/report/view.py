@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 import pandas as pd
 
 from qbench.cache import short_stem
+from qbench.report.machines import across_machines, fleet_display, fleet_numbers
 from qbench.report.regressions import find_changes
 from qbench.report.tables import across_backends, across_title, group_title, latest_per_plan, ranked, tidy
 
@@ -31,6 +32,20 @@ class AcrossBackends:
 
     title: str
     display: pd.DataFrame
+
+
+@dataclass(frozen=True)
+class AcrossMachines:
+    """One model's plans on every machine that measured them with the same settings (not ranked)."""
+
+    title: str
+    rows: pd.DataFrame  # the newest row per machine and plan, leaderboard columns
+    display: pd.DataFrame
+    numbers: pd.DataFrame  # tidy, for CSV
+
+    @property
+    def machine_count(self) -> int:
+        return self.rows.machine_hash.nunique()
 
 
 @dataclass(frozen=True)
@@ -60,6 +75,7 @@ class Report:
     machines: list[MachineSection]
     changes: pd.DataFrame = field(default_factory=pd.DataFrame)  # from find_changes; empty if not asked
     row_count: int = 0
+    fleet: list[AcrossMachines] = field(default_factory=list)
 
 
 def build_report(
@@ -90,4 +106,7 @@ def build_report(
             across = [AcrossBackends(across_title(first), table) for first, table in across_backends(per_model)]
             models.append(ModelSection(str(model_name), str(model_hash), per_model, history, across, groups))
         machines.append(MachineSection(str(machine_hash), str(per_machine.cpu_model.iloc[0]), models))
-    return Report(machines, changes, len(frame))
+    fleet = [
+        AcrossMachines(t, rows, fleet_display(rows), fleet_numbers(rows, t)) for t, rows in across_machines(latest)
+    ]
+    return Report(machines, changes, len(frame), fleet)

@@ -217,7 +217,8 @@ def test_tune_an_llm_decode_under_a_perplexity_and_a_weight_budget(sliced, tmp_p
     import optuna
 
     from qbench.plan import PrecisionPlan
-    from qbench.search._select import relative, row_speedup
+    from qbench.search._select import row_speedup
+    from qbench.statistics import relative
     from qbench.store import Leaderboard, default_url
 
     fp32_mb = (sliced / "model.onnx").stat().st_size / 1e6

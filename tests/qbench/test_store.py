@@ -106,6 +106,7 @@ def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
     board = Leaderboard(url)
     with board.engine.begin() as conn:
         conn.execute(sa.text("DROP INDEX ix_results_job"))
+        conn.execute(sa.text("DROP INDEX ix_results_row_uid"))
         dropped = ("code_version", "job", "job_hash", "profile", "solo_median_ms", "workload")
         for column in (
             *dropped,
@@ -116,6 +117,7 @@ def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
             "config_hash",
             "scenario",
             "fidelity",
+            "row_uid",
         ):
             conn.execute(sa.text(f"ALTER TABLE results DROP COLUMN {column}"))
         conn.execute(schema_info.update().values(value="1"))
@@ -130,12 +132,13 @@ def test_version_1_leaderboard_is_migrated_in_place(tmp_path):
     board.close()
     migrated = Leaderboard(url)
     try:
-        assert migrated.schema_version == SCHEMA_VERSION == 9
+        assert migrated.schema_version == SCHEMA_VERSION == 10
         frame = migrated.frame()
         assert list(frame.model_name) == ["old"] and frame.job.isna().all() and frame.profile.isna().all()
         assert frame.solo_median_ms.isna().all() and list(frame.workload) == ["batch"]
         assert frame.reference_ms.isna().all() and frame.comparison.isna().all()
         assert list(frame.scenario) == ["latency"] and frame.fidelity.isna().all()
+        assert frame.row_uid.str.fullmatch("[0-9a-f]{32}").all()  # old rows get an identity from their content
     finally:
         migrated.close()
 

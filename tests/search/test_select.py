@@ -10,8 +10,8 @@ import pytest
 from qbench.harness import FP32, FP32_AGAIN, Harness
 from qbench.measure import Samples
 from qbench.report.tables import ranked
-from qbench.search._select import by_speedup, relative, row_speedup, select
-from qbench.statistics import Speedup
+from qbench.search._select import by_speedup, row_speedup, select
+from qbench.statistics import Speedup, relative
 from qbench.store import ResultRow
 
 FP32_MS = 2.0

@@ -13,10 +13,9 @@ import pytest
 from optuna.trial import TrialState
 
 from qbench.plan import PrecisionPlan
-from qbench.search._select import relative
 from qbench.search._space import OPTION_PREFIX
 from qbench.search._study import GRACE_SECONDS, _rdb_storage, violation
-from qbench.statistics import Speedup
+from qbench.statistics import Speedup, relative
 from qbench.store import Leaderboard, default_url
 from qbench.zoo import DEMO
 from tests.conftest import write_demo_subset
