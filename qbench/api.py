@@ -21,12 +21,13 @@ import logging
 import os
 import pathlib
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from qbench.errors import QbenchError
+from qbench.recheck import NATIVE, Recheck, recheck
 from qbench.runspec import RunSpec, Subject, Target, Timing, Tune, load_subject
 
 if TYPE_CHECKING:
@@ -75,6 +76,8 @@ class BenchRun:
     synthetic: bool  # timed on synthetic inputs: accuracy is fidelity to fp32 on them
     #: A decoder's key/value cache growth per token at batch 1 (None for other models).
     kv_bytes_per_token: int | None = None
+    #: Plans that carry where they were tuned, re-checked on this machine (``qbench.recheck``).
+    rechecks: list[Recheck] = field(default_factory=list)
 
     def frame(self) -> pd.DataFrame:
         import pandas as pd
@@ -110,6 +113,10 @@ def execute_bench(
     loaded = load_subject(spec.subject, "bench", metric, spec.target.backend)
     layers = [(layer.name, layer.op_type, layer.constant_weight) for layer in loaded.model.layers]
     plans = [recipe_plan(r, layers) for r in spec.recipes]
+    tuned = [plan for plan in plans if plan.tuned is not None]
+    if tuned and NATIVE not in {p.name for p in plans} and "native" in backend.option_choices().get("quantizer", ()):
+        progress(f"{tuned[0].name} was tuned elsewhere or earlier: adding {NATIVE} to re-check it against")
+        plans.append(recipe_plan(NATIVE, layers))
     machine = current_machine()
     settings = BenchSettings.from_spec(spec, job=job, job_hash=job_hash)
     drift = _drift_workload(machine, results_dir / "cache") if job is not None else None
@@ -130,7 +137,10 @@ def execute_bench(
             drift.close()
     decoder = DecoderInputs.of(loaded.model)
     kv = decoder.kv_bytes_per_token() if decoder else None
-    return BenchRun(spec, rows, loaded.model.name, loaded.metric.name, len(loaded.evaluation), loaded.synthetic, kv)
+    checks = recheck(plans, rows, machine)
+    return BenchRun(
+        spec, rows, loaded.model.name, loaded.metric.name, len(loaded.evaluation), loaded.synthetic, kv, checks
+    )
 
 
 def _drift_workload(machine, workdir: pathlib.Path):

@@ -157,6 +157,8 @@ def bench_spec(
             + (_kv_note(run.kv_bytes_per_token, spec.subject.workload) if run.kv_bytes_per_token else "")
         )
         print(ranked(latest_per_plan(mine)).to_string(index=False))
+        for check in run.rechecks:
+            print("\n".join(check.lines(spec.subject.model)))
         if run.synthetic:
             print(
                 "note: no --data: timed on synthetic inputs (normal noise, valid ids); cosine is fidelity to fp32 "

@@ -6,7 +6,7 @@ import hashlib
 import json
 import pathlib
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -110,6 +110,48 @@ SHARED_OPTIONS = frozenset(f.name for f in fields(PlanOptions) if f.name != "run
 
 
 @dataclass(frozen=True)
+class TunedOn:
+    """Where and for what a plan was tuned. It travels in the plan file (``"tuned"``), so a bench
+    of the plan on another machine can say whether the budget and the speedup still hold there.
+    Not part of the plan's identity: the same precisions re-checked elsewhere are the same plan."""
+
+    machine_hash: str
+    cpu: str  # the CPU model as the fingerprint names it
+    isa: str  # its int8 capability in words (``machine.isa_summary``)
+    backend: str
+    model_hash: str
+    metric: str
+    max_drop: float  # the budget, on ``metric``
+    workload: str  # what one timed call ran ("batch", "decode:128", …)
+    scenario: str
+    speedup: float  # against fp32 there, paired (the tune's final figure)
+    drop: float  # on the held-out data there
+
+    def __post_init__(self) -> None:
+        for name in ("machine_hash", "cpu", "isa", "backend", "model_hash", "metric", "workload", "scenario"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not 0 < len(value) <= MAX_PLAN_NAME or not value.isprintable():
+                raise QbenchError(f'"tuned"."{name}" must be 1 to {MAX_PLAN_NAME} printable characters, not {value!r}')
+        for name, low, high in (("max_drop", 0.0, 1.0), ("speedup", 1e-6, 1e6), ("drop", -1e6, 1e6)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+                raise QbenchError(f'"tuned"."{name}" must be a number from {low:g} to {high:g}, not {value!r}')
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> TunedOn:
+        names = [f.name for f in fields(cls)]
+        if not isinstance(data, Mapping) or set(data) != set(names):
+            raise QbenchError(f'{source}: "tuned" must be an object with exactly the keys {", ".join(names)}')
+        try:
+            return cls(**data)
+        except QbenchError as exc:
+            raise QbenchError(f"{source}: {exc}") from None
+
+    def budget_text(self) -> str:
+        return f"{self.metric}:{self.max_drop:g}"
+
+
+@dataclass(frozen=True)
 class PrecisionPlan:
     """An immutable map from layer name to precision; layers it does not name run in fp32.
 
@@ -120,6 +162,7 @@ class PrecisionPlan:
     layers: Mapping[str, str] = field(default_factory=dict)
     options: PlanOptions = field(default_factory=PlanOptions)
     name: str = "custom"
+    tuned: TunedOn | None = field(default=None, compare=False)  # where it was tuned, from a tune's plan file
 
     def __post_init__(self) -> None:
         bad = {layer: p for layer, p in self.layers.items() if p not in PRECISIONS}
@@ -158,12 +201,15 @@ class PrecisionPlan:
         return replace(self, options=self.options.updated(**changes))
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data = {
             "qbench_plan": PLAN_FORMAT_VERSION,
             "name": self.name,
             "layers": dict(self.layers),
             "options": self.options.as_dict(),
         }
+        if self.tuned is not None:
+            data["tuned"] = asdict(self.tuned)
+        return data
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True)
@@ -174,10 +220,11 @@ class PrecisionPlan:
             raise QbenchError(
                 f'{source} is not a qbench plan: expected a JSON object with "qbench_plan": {PLAN_FORMAT_VERSION}'
             )
-        unknown = sorted(set(data) - {"qbench_plan", "name", "layers", "options"})
+        unknown = sorted(set(data) - {"qbench_plan", "name", "layers", "options", "tuned"})
         if unknown:
             raise QbenchError(
-                f'{source}: unknown key {json.dumps(unknown[0])}; a plan has "qbench_plan", "name", "layers", "options"'
+                f'{source}: unknown key {json.dumps(unknown[0])}; a plan has "qbench_plan", "name", "layers", '
+                '"options" and, from a tune, "tuned"'
             )
         layers = data.get("layers", {})
         if not isinstance(layers, Mapping):
@@ -196,7 +243,8 @@ class PrecisionPlan:
                 f'{source}: "name" must be 1 to {MAX_PLAN_NAME} printable characters (no control or direction '
                 "characters: it is printed in every table)"
             )
-        return cls(dict(layers), PlanOptions.from_flat(options), name)
+        tuned = TunedOn.from_dict(data["tuned"], source) if "tuned" in data else None
+        return cls(dict(layers), PlanOptions.from_flat(options), name, tuned)
 
     @classmethod
     def from_json(cls, text: str, source: str = "plan") -> PrecisionPlan:
@@ -214,6 +262,7 @@ class PrecisionPlan:
     def content_hash(self) -> str:
         payload = self.to_dict()
         del payload["name"]
+        payload.pop("tuned", None)
         # Unset options are left out, so adding an option does not change existing plans' hashes.
         payload["options"] = {k: v for k, v in payload["options"].items() if v is not None}
         return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]

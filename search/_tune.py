@@ -18,12 +18,12 @@ from qbench.cache import short_stem
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.harness import FIRST_LOOK, Harness, Loaded
-from qbench.machine import Machine
+from qbench.machine import Machine, isa_summary
 from qbench.measure import TimingProtocol
 from qbench.metrics import Metric
 from qbench.model import OnnxModel
 from qbench.objectives import objective
-from qbench.plan import PlanOptions, PrecisionPlan, recipe_plan
+from qbench.plan import PlanOptions, PrecisionPlan, TunedOn, recipe_plan
 from qbench.report.tables import markdown_table
 from qbench.runspec import LoadedSubject, RunSpec
 from qbench.scenario import LATENCY, Scenario
@@ -267,7 +267,7 @@ def tune(
             holdout_samples=len(inputs.holdout_data),
         )
         with timer.stage("outputs"):
-            result.output_dir = _write_outputs(result, inputs, settings.results_dir)
+            result.output_dir = _write_outputs(result, inputs, settings)
     result.phases = timer.table()
     _store_phases(study, timer)
     return result
@@ -528,15 +528,17 @@ def _front_table(front, figure: str = "p50") -> pd.DataFrame:
     )
 
 
-def _write_outputs(result: TuneResult, inputs: TuneInputs, results_dir: pathlib.Path) -> pathlib.Path:
-    """The Pareto front, and the winner's plan and built model, under ``results_dir/tuned``."""
+def _write_outputs(result: TuneResult, inputs: TuneInputs, settings: TuneSettings) -> pathlib.Path:
+    """The Pareto front, and the winner's plan (with where and for what it was tuned) and built
+    model, under ``results_dir/tuned``."""
+    results_dir = settings.results_dir
     model, backend, workdir = inputs.model, inputs.backend, results_dir / "cache"
     out = results_dir / "tuned" / f"{short_stem(model.name)}-{model.content_hash[:8]}-{backend.name}"
     out.mkdir(parents=True, exist_ok=True)
     result.front.to_csv(out / "pareto.csv", index=False)
     (out / "pareto.md").write_text(f"# Pareto front of {result.study_name}\n\n{markdown_table(result.front)}\n")
     if result.winner is not None:
-        plan = PrecisionPlan.from_json(result.winner.plan)
+        plan = replace(PrecisionPlan.from_json(result.winner.plan), tuned=_tuned_on(result, inputs, settings))
         (out / "plan.json").write_text(plan.to_json())
         calibration = (
             backend.calibrate(model, inputs.calibration_data, plan.options.calibration, workdir)
@@ -547,3 +549,21 @@ def _write_outputs(result: TuneResult, inputs: TuneInputs, results_dir: pathlib.
         for part in (artifact.path, *artifact.companions):  # an OpenVINO IR is .xml + .bin
             shutil.copyfile(part, out / f"model{part.suffix}")
     return out
+
+
+def _tuned_on(result: TuneResult, inputs: TuneInputs, settings: TuneSettings) -> TunedOn:
+    winner, machine = result.winner, inputs.machine
+    speedup = result.winner_speedup.ratio if result.winner_speedup is not None else winner.speedup
+    return TunedOn(
+        machine_hash=machine.fingerprint_hash,
+        cpu=machine.cpu_model,
+        isa=isa_summary(machine.isa),
+        backend=inputs.backend.name,
+        model_hash=inputs.model.content_hash,
+        metric=inputs.metric.name,
+        max_drop=settings.study.max_drop,
+        workload=str(settings.workload),
+        scenario=winner.scenario or "latency",
+        speedup=float(speedup),
+        drop=float(winner.accuracy_drop or 0.0),
+    )

@@ -138,7 +138,8 @@ def _fleet_chart(section: AcrossMachines) -> str:
 
 
 def _fleet(report: Report) -> list[str]:
-    if not report.fleet:
+    """The across-machines section, once the leaderboard holds two machines or more."""
+    if len(report.machines) < 2:
         return []
     parts = ["<h2>Across machines</h2>", f"<p class='note'>{html.escape(FLEET_NOTE)}</p>"]
     for section in report.fleet:
