@@ -65,3 +65,44 @@ def test_bad_plans_are_rejected(payload, message):
 def test_unknown_layers_are_named():
     with pytest.raises(QbenchError, match="does not have \\(conv9\\)"):
         check_plan_layers(PrecisionPlan({"conv9": "int8"}), [name for name, _ in LAYERS])
+
+
+TUNED = {
+    "machine_hash": "0123456789ab",
+    "cpu": "AMD EPYC (family 25 model 1)",
+    "isa": "AVX2, no VNNI",
+    "backend": "onnxruntime",
+    "model_hash": "f353e02488890827",
+    "metric": "top1",
+    "max_drop": 0.01,
+    "workload": "batch",
+    "scenario": "latency",
+    "speedup": 1.7,
+    "drop": 0.004,
+}
+
+
+def test_where_a_plan_was_tuned_travels_in_its_file_but_not_in_its_identity():
+    plain = PrecisionPlan({"conv1": "int8"}, name="tuned-t3")
+    text = json.dumps({**plain.to_dict(), "tuned": TUNED})
+    tuned = PrecisionPlan.from_json(text)
+    assert tuned.tuned is not None and tuned.tuned.max_drop == 0.01 and tuned.tuned.budget_text() == "top1:0.01"
+    assert tuned.content_hash == plain.content_hash and tuned == plain
+    assert PrecisionPlan.from_json(tuned.to_json()).tuned == tuned.tuned
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"max_drop": 2.0}, "max_drop"),
+        ({"speedup": "fast"}, "speedup"),
+        ({"cpu": ""}, "cpu"),
+        ({"isa": "x\u202e"}, "isa"),
+        ({"extra": 1}, "exactly the keys"),
+    ],
+)
+def test_a_bad_tuned_section_is_one_line(change, message):
+    text = json.dumps({**PrecisionPlan({"conv1": "int8"}).to_dict(), "tuned": {**TUNED, **change}})
+    with pytest.raises(QbenchError, match=message) as caught:
+        PrecisionPlan.from_json(text, "plan.json")
+    assert "\n" not in str(caught.value) and "plan.json" in str(caught.value)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -205,3 +206,70 @@ def test_the_mb_objective_returns_the_smallest_model_within_the_budget(tmp_path,
     assert not (native.ok and native.accuracy_drop <= 0.05) or result.winner.artifact_bytes <= native.artifact_bytes
     assert result.winner_speedup.ratio == pytest.approx(result.baseline.artifact_bytes / result.winner.artifact_bytes)
     assert "MB" in result.front.columns and result.race is None
+
+
+def test_the_tuned_plan_is_re_checked_on_another_machine(killed_and_resumed, tmp_path, monkeypatch):
+    """The winner's plan file says where and for what it was tuned; benched on a second machine
+    (this one under another fingerprint, with its own leaderboard) it is measured beside fp32 and
+    the runtime's own int8, and the run says whether it holds there, with the paired figures."""
+    import qbench
+    from qbench import machine as machine_module
+
+    results, _, _, _, budget = killed_and_resumed
+    here = machine_module.current_machine()
+    plan_file = next((results / "tuned").iterdir()) / "plan.json"
+    if not plan_file.exists():  # the tune kept fp32 on this CPU: take its best low-precision finalist instead
+        plan_file = tmp_path / "plan.json"
+        plan_file.write_text(_as_if_tuned(results, budget, here).to_json())
+    tuned = json.loads(plan_file.read_text())["tuned"]
+    assert tuned["machine_hash"] == here.fingerprint_hash and tuned["max_drop"] == pytest.approx(budget)
+    assert tuned["metric"] == "top1" and tuned["workload"] == "batch" and tuned["speedup"] > 0
+    elsewhere = dataclasses.replace(here, cpu_model="Another CPU (family 99 model 9)")
+    monkeypatch.setattr(machine_module, "current_machine", lambda: elsewhere)
+    data = write_demo_subset(tmp_path / "eval.npz", SAMPLES)
+    run = qbench.bench(
+        data=str(data), recipes=[str(plan_file)], quick=True, min_seconds=0.3, results_dir=tmp_path / "second"
+    )
+    assert {row.plan_name for row in run.rows} == {
+        "fp32",
+        tuned and PrecisionPlan.from_json(plan_file.read_text()).name,
+        "native-int8",
+    }
+    [check] = run.rechecks
+    assert not check.same_machine and check.tuned.machine_hash == here.fingerprint_hash
+    assert check.speedup is not None and check.versus_native is not None  # both paired, with intervals
+    assert check.budget_holds == (check.drop <= budget)
+    text = "\n".join(check.lines("digits-cnn"))
+    assert "Another CPU" in text and f"top1:{budget:g}" in text
+    assert ("holds here" in text) == check.holds
+    if not check.holds:
+        assert "qbench tune digits-cnn" in text
+    board = Leaderboard(default_url(tmp_path / "second"))
+    assert set(board.frame().machine_hash) == {elsewhere.fingerprint_hash}
+    board.close()
+
+
+def _as_if_tuned(results, budget: float, here) -> PrecisionPlan:
+    """The tune's fastest low-precision row, with the "tuned" section a winner's plan file gets."""
+    from qbench.machine import isa_summary
+    from qbench.plan import TunedOn
+
+    board = Leaderboard(default_url(results))
+    rows = board.frame()
+    board.close()
+    rows = rows[(rows.kind == "tune") & (rows.status == "ok") & ~rows.plan_name.isin(["fp32", "native-int8"])]
+    best = rows.sort_values("speedup", ascending=False).iloc[0]
+    tuned = TunedOn(
+        here.fingerprint_hash,
+        here.cpu_model,
+        isa_summary(here.isa),
+        "onnxruntime",
+        best.model_hash,
+        "top1",
+        budget,
+        "batch",
+        "latency",
+        float(best.speedup),
+        float(best.accuracy_drop),
+    )
+    return dataclasses.replace(PrecisionPlan.from_json(best.plan), tuned=tuned)
