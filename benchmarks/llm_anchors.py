@@ -11,6 +11,11 @@ Every system gets the same prompt, then decodes; tokens/s is the median over ``-
 of ``--tokens`` decode steps after each context, prefill the median time of a 128-token prompt,
 and perplexity the one qbench scores on its own evaluation windows (each from an empty cache).
 
+Fidelity: every system's logits on the first ``--windows`` evaluation windows (each from an
+empty cache) against the zoo's fp32 graph, through qbench's own scorer (``qbench.fidelity``):
+mean KL per token, greedy tokens that differ and perplexity change, each with a 95 % bootstrap
+interval over windows. llama.cpp's logits are written to a file by its runner and read back.
+
 Tables: qbench's own harness (``qbench.bench``, plans interleaved; MB is the artifact); "as
 deployed" (llama.cpp, the builder's graphs and qbench's graphs inside onnxruntime-genai's
 generator, each in a fresh process per round, rounds interleaved; MB is the resident memory the
@@ -239,14 +244,22 @@ for context in job["contexts"]:
 out["mb"] = rss_mb() - before
 del llm
 scorer, nll = load(True), []
-for window, labels in zip(job["windows"], job["labels"]):
+dump = None
+if job.get("logits_out"):  # every window's logits, for KL against qbench's fp32 in the parent
+    shape = (len(job["windows"]), len(job["windows"][0]), scorer.n_vocab())
+    dump = np.lib.format.open_memmap(job["logits_out"], mode="w+", dtype=np.float32, shape=shape)
+for i, (window, labels) in enumerate(zip(job["windows"], job["labels"])):
     scorer.reset()
     scorer.eval(window)
     logits = np.asarray(scorer.scores[: len(window)], np.float64)
+    if dump is not None:
+        dump[i] = logits
     top = logits.max(-1, keepdims=True)
     log_z = (top + np.log(np.exp(logits - top).sum(-1, keepdims=True)))[:, 0]
     nll += list(log_z - logits[np.arange(len(window)), labels])
 out["perplexity"] = float(np.exp(np.mean(nll)))
+if dump is not None:
+    dump.flush()
 print(json.dumps(out))
 """
 )
@@ -313,6 +326,85 @@ def anchor_job(threads: int, rounds: int, tokens: int, contexts: list[int]) -> d
     }
 
 
+# -- fidelity: every system's logits against qbench's fp32 on the same windows --------------------
+
+
+class _Replay:
+    """A runner for ``TokenScorer``: each call returns the next windows' logits from ``logits_of``
+    (window index -> ``[tokens, vocab]``), whatever the feed holds."""
+
+    def __init__(self, logits_of) -> None:
+        self.logits_of, self.next = logits_of, 0
+
+    def __call__(self, feed) -> np.ndarray:
+        n = len(next(iter(feed.values())))
+        out = np.stack([self.logits_of(i) for i in range(self.next, self.next + n)])
+        self.next += n
+        return out
+
+
+def _session_logits(path: pathlib.Path, windows: np.ndarray, threads: int):
+    """Window index -> logits of an ONNX decoder run on the whole window from an empty cache."""
+    import onnxruntime as ort
+
+    from qbench.decoder import DecoderInputs
+    from qbench.model import OnnxModel
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    decoder = DecoderInputs.of(OnnxModel.load(path))
+    return lambda i: session.run(None, decoder.feeds(windows[i][None, :], 0))[0][0]
+
+
+def fidelity_table(sources: dict, args) -> dict[str, dict]:
+    """KL, agreement drop and perplexity change (95 % intervals over windows) of each source
+    against the zoo's fp32 graph, on the first ``--windows`` evaluation windows. ``sources``:
+    name -> an ONNX graph path or a ``.npy`` of logits ``[windows, tokens, vocab]``."""
+    from qbench.data import load_npz
+    from qbench.fidelity import TokenScorer, intervals
+    from qbench.model import OnnxModel
+
+    files = ZOO["smollm2-135m"].files()
+    fp32_graph = files.model_for("onnxruntime")
+    data = load_npz(files.evaluation, OnnxModel.load(fp32_graph)).take(0, args.windows)
+    windows = data.inputs["input_ids"]
+    scorer = TokenScorer()
+    try:
+        fp32 = scorer.outputs(_Replay(_session_logits(fp32_graph, windows, args.threads)), data, 0, 1)
+        found = {}
+        for name, source in sources.items():
+            if str(source).endswith(".npy"):
+                logits = np.load(source, mmap_mode="r")
+                run = _Replay(lambda i, logits=logits: np.asarray(logits[i], np.float32))
+            else:
+                run = _Replay(_session_logits(source, windows, args.threads))
+            found[name] = intervals(scorer.outputs(run, data, 0, 1), fp32)
+            print(f"  fidelity of {name}: KL {found[name]['kl'][0]:.4f}", flush=True)
+        return found
+    finally:
+        scorer.close()
+
+
+def render_fidelity(found: dict[str, dict], args) -> str:
+    lines = [
+        f"Fidelity to fp32 on {args.windows} evaluation windows of 128 tokens (95 % bootstrap intervals over windows)",
+        "",
+        "| system | KL (nats/token) | greedy tokens that differ | perplexity change |",
+        "|---|---|---|---|",
+    ]
+    for name, figures in found.items():
+        kl, agree, ppl = figures["kl"], figures["agreement_drop"], figures.get("perplexity_change")
+        cells = [
+            f"{kl[0]:.4f} ({kl[1]:.4f}–{kl[2]:.4f})",
+            f"{100 * agree[0]:.1f} % ({100 * agree[1]:.1f}–{100 * agree[2]:.1f})",
+            f"{100 * ppl[0]:+.1f} % ({100 * ppl[1]:+.1f}–{100 * ppl[2]:+.1f})" if ppl else "—",
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 # -- qbench's own plans --------------------------------------------------------------------------
 
 
@@ -352,6 +444,8 @@ def main() -> None:
     parser.add_argument("--backends", default="onnxruntime,openvino")
     parser.add_argument("--workdir", type=pathlib.Path, default=WORK)
     parser.add_argument("--write-hf-folder", type=pathlib.Path, help="only write the Hugging Face folder here")
+    parser.add_argument("--windows", type=int, default=256, help="evaluation windows the KL table scores")
+    parser.add_argument("--skip-own", action="store_true", help="leave out qbench.bench's own table")
     args = parser.parse_args()
     if args.write_hf_folder:
         write_hf_folder(args.write_hf_folder)
@@ -360,11 +454,13 @@ def main() -> None:
     args.workdir.mkdir(parents=True, exist_ok=True)
     extra = {pathlib.Path(path).stem: _load_plan(path) for path in args.plan}
     plans = builtin_plans(fused=True) | extra
-    own = qbench_table(extra, contexts, args)
-    print(
-        "qbench's own harness (decode: one token after N cached, interleaved plans, shared KV buffer on ONNX Runtime)"
-    )
-    print(render(own, contexts, args))
+    own = [] if args.skip_own else qbench_table(extra, contexts, args)
+    if own:
+        print(
+            "qbench's own harness (decode: one token after N cached, interleaved plans, "
+            "shared KV buffer on ONNX Runtime)"
+        )
+        print(render(own, contexts, args))
     if args.llama_python or args.genai_python:
         perplexity = {row["precision"]: row["perplexity"] for row in own if row["system"] == "qbench, onnxruntime"}
         print("\nAs deployed: each system in its own process, interleaved by round; qbench's ONNX Runtime graphs run")
@@ -373,6 +469,28 @@ def main() -> None:
         print(render(deployed_table(plans, perplexity, contexts, args), contexts, args, ratio=True))
     if args.genai_python:
         print(render_same_harness(args))
+    if args.llama_python or args.genai_python:
+        print()
+        print(render_fidelity(fidelity_table(fidelity_sources(plans, args), args), args))
+
+
+def fidelity_sources(plans: dict, args) -> dict:
+    """What the KL table scores: llama.cpp's logits (dumped by its runner), the builder's graphs
+    and qbench's, each against the zoo's fp32."""
+    sources: dict = {}
+    if args.llama_python:
+        dump = args.workdir / "llama-logits.npy"
+        job = {**anchor_job(args.threads, 1, args.tokens, [PROMPT_TOKENS]), "gguf": str(smollm.gguf_path())}
+        job["contexts"] = []  # no timing: only the windows' logits
+        job["windows"], job["labels"] = job["windows"][: args.windows], job["labels"][: args.windows]
+        run_anchor(args.llama_python, _LLAMA_RUNNER, {**job, "logits_out": str(dump)})
+        sources["llama.cpp Q4_1 (the shipped GGUF)"] = dump
+    if args.genai_python:
+        for precision in ("fp32", "int4"):
+            sources[f"builder {precision}"] = args.workdir / f"genai-{precision}" / "model.onnx"
+    for name, plan in plans.items():
+        sources[f"qbench {name}"] = qbench_graph(plan, args.workdir / "graphs")
+    return sources
 
 
 def _load_plan(path: str):

@@ -188,6 +188,19 @@ def perplexity(stats: np.ndarray) -> float:
     return float(np.exp(stats[:, NLL].sum() / stats[:, TOKENS].sum()))
 
 
+#: The fidelity figure a budget on each token metric is judged on.
+BUDGET_FIGURES = {"kl": "kl", "agreement": "agreement_drop", "perplexity": "perplexity_change"}
+
+
+def budget_interval(fidelity: Mapping[str, list[float]] | None, metric: str | None) -> tuple[float, float] | None:
+    """The 95 % interval of the figure a budget on ``metric`` is judged on, from a row's fidelity."""
+    figure = BUDGET_FIGURES.get(metric or "")
+    if not fidelity or figure not in fidelity:
+        return None
+    _, low, high = fidelity[figure]
+    return low, high
+
+
 def intervals(plan: np.ndarray, fp32: np.ndarray, seed: int = 0) -> dict[str, list[float]]:
     """Each fidelity figure's change from fp32, ``[value, low, high]`` with a 95 % percentile
     bootstrap over windows (the same resampled windows for both, so the pairing is kept):

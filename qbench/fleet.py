@@ -22,7 +22,7 @@ import sqlalchemy as sa
 
 from qbench import __version__
 from qbench.errors import QbenchError
-from qbench.store import JSON_COLUMNS, SCHEMA_VERSION, Leaderboard, machines, results
+from qbench.store import JSON_COLUMNS, SCHEMA_VERSION, Leaderboard, results
 
 EXPORT_FORMAT = 1
 #: Row columns an exported row must carry: the leaderboard's non-null ones and its identity.
@@ -44,16 +44,12 @@ class ImportSummary:
 
 def export_rows(board: Leaderboard, path: pathlib.Path, machine_hash: str | None = None) -> int:
     """Write the leaderboard's rows (only ``machine_hash``'s when given) to ``path``; returns how many."""
-    where = [] if machine_hash is None else [results.c.machine_hash == machine_hash]
-    with board.engine.connect() as conn:
-        rows = conn.execute(sa.select(results).where(*where).order_by(results.c.id)).mappings().all()
-        if machine_hash is not None and not rows:
-            raise QbenchError(
-                f"the leaderboard has no rows of machine {machine_hash!r}; "
-                "`qbench leaderboard --csv` lists each row's machine_hash"
-            )
-        hashes = sorted({r["machine_hash"] for r in rows})
-        fingerprints = conn.execute(sa.select(machines).where(machines.c.machine_hash.in_(hashes))).mappings().all()
+    rows, fingerprints = board.export_records(machine_hash)
+    if machine_hash is not None and not rows:
+        raise QbenchError(
+            f"the leaderboard has no rows of machine {machine_hash!r}; "
+            "`qbench leaderboard --csv` lists each row's machine_hash"
+        )
     header = {
         "qbench_export": EXPORT_FORMAT,
         "schema_version": SCHEMA_VERSION,
@@ -63,9 +59,8 @@ def export_rows(board: Leaderboard, path: pathlib.Path, machine_hash: str | None
         "rows": len(rows),
     }
     lines = [header]
-    lines += [
-        {"machine": json.loads(m["fingerprint"]), "first_seen": m["first_seen"].isoformat()} for m in fingerprints
-    ]
+    for machine in fingerprints:
+        lines.append({"machine": json.loads(machine["fingerprint"]), "first_seen": machine["first_seen"].isoformat()})
     lines += [{"row": _encoded(r)} for r in rows]
     text = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode()
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -75,8 +70,8 @@ def export_rows(board: Leaderboard, path: pathlib.Path, machine_hash: str | None
     return len(rows)
 
 
-def _encoded(row) -> dict:
-    values = {k: v for k, v in row.items() if k != "id" and v is not None}
+def _encoded(row: dict) -> dict:
+    values = {k: v for k, v in row.items() if v is not None}
     for column in BINARY:
         if column in values:
             values[column] = base64.b64encode(values[column]).decode()
@@ -93,22 +88,8 @@ def import_rows(board: Leaderboard, path: pathlib.Path) -> ImportSummary:
     """Add the rows of an exported file that the leaderboard lacks; a QbenchError names what is
     wrong with a file that is not a whole qbench export, before anything is written."""
     fingerprints, rows = read_export(path)
-    with board.write_transaction() as conn:  # one transaction: all of the file or nothing
-        known = set(conn.execute(sa.select(machines.c.machine_hash)).scalars())
-        for fingerprint, first_seen in fingerprints:
-            if fingerprint["hash"] not in known:
-                conn.execute(
-                    machines.insert().values(
-                        machine_hash=fingerprint["hash"],
-                        fingerprint=json.dumps(fingerprint, sort_keys=True),
-                        first_seen=first_seen,
-                    )
-                )
-        have = set(conn.execute(sa.select(results.c.row_uid).where(results.c.row_uid.is_not(None))).scalars())
-        new = [r for r in rows if r["row_uid"] not in have]
-        for row in new:
-            conn.execute(results.insert().values(**row))
-    return ImportSummary(len(new), len(rows) - len(new), len(fingerprints))
+    added = board.add_records(fingerprints, rows)  # one transaction: all of the file or nothing
+    return ImportSummary(added, len(rows) - added, len(fingerprints))
 
 
 def read_export(path: pathlib.Path) -> tuple[list[tuple[dict, dt.datetime]], list[dict]]:

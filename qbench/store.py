@@ -592,6 +592,40 @@ class Leaderboard:
         frame["isa"] = fingerprints.map(lambda f: isa_summary(f.get("isa")))
         return frame
 
+    def export_records(self, machine_hash: str | None = None) -> tuple[list[dict], list[dict]]:
+        """Every row (only ``machine_hash``'s when given) as column mappings without the local
+        ``id``, with the fingerprints of their machines (``machine_hash``, ``fingerprint``,
+        ``first_seen``): what ``qbench.fleet`` writes."""
+        where = [] if machine_hash is None else [results.c.machine_hash == machine_hash]
+        with self.engine.connect() as conn:
+            rows = [dict(r) for r in conn.execute(sa.select(results).where(*where).order_by(results.c.id)).mappings()]
+            hashes = sorted({r["machine_hash"] for r in rows})
+            found = conn.execute(sa.select(machines).where(machines.c.machine_hash.in_(hashes))).mappings()
+            fingerprints = [dict(m) for m in found]
+        for row in rows:
+            del row["id"]
+        return rows, fingerprints
+
+    def add_records(self, fingerprints: Sequence[tuple[dict, dt.datetime]], rows: Sequence[dict]) -> int:
+        """Insert the machines and rows (column mappings with a ``row_uid``) this leaderboard
+        lacks, all in one transaction; returns how many rows were new."""
+        with self.write_transaction() as conn:
+            known = set(conn.execute(sa.select(machines.c.machine_hash)).scalars())
+            for fingerprint, first_seen in fingerprints:
+                if fingerprint["hash"] not in known:
+                    conn.execute(
+                        machines.insert().values(
+                            machine_hash=fingerprint["hash"],
+                            fingerprint=json.dumps(fingerprint, sort_keys=True),
+                            first_seen=first_seen,
+                        )
+                    )
+            have = set(conn.execute(sa.select(results.c.row_uid).where(results.c.row_uid.is_not(None))).scalars())
+            new = [row for row in rows if row["row_uid"] not in have]
+            for row in new:
+                conn.execute(results.insert().values(**row))
+        return len(new)
+
     def previous_run(self, job: str, machine_hash: str) -> pd.DataFrame:
         """The measured rows (with raw samples) of the newest run of suite job ``job`` on the
         machine: what tonight's worker compares its plans with. Empty if there is none."""

@@ -17,6 +17,7 @@ from qbench.benchmark import BenchSettings, run_bench
 from qbench.cache import short_stem
 from qbench.data import Dataset
 from qbench.errors import QbenchError
+from qbench.fidelity import budget_interval
 from qbench.harness import FIRST_LOOK, Harness, Loaded
 from qbench.machine import Machine, isa_summary
 from qbench.measure import TimingProtocol
@@ -403,6 +404,14 @@ def judge(rows: Sequence[ResultRow], selection, native: PrecisionPlan | None, ma
         notes.append(
             f"{winner.plan_name} is not measurably faster than fp32 "
             f"(speedup {speed.ratio:.2f}×, 95% CI {speed.ci_low:.2f}–{speed.ci_high:.2f})"
+        )
+    interval = budget_interval(winner.fidelity, winner.metric) if winner is not None else None
+    if interval is not None and interval[1] - interval[0] > max_drop / 4:
+        low, high = interval
+        notes.append(
+            f"{winner.plan_name}'s held-out {winner.metric} interval ({low:.4g}–{high:.4g}) is wider than a quarter "
+            f"of the budget ({max_drop / 4:.4g}): too little held-out text to decide this budget reliably; "
+            "evaluate more text (--data) or keep more of it out (--holdout)"
         )
     for r in candidates:
         if r.ok and r.plan_name.startswith("tuned-") and r.accuracy_drop > max_drop:

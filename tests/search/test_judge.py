@@ -63,3 +63,14 @@ def test_for_the_mb_objective_native_is_the_floor_in_size():
     winner, speed, notes = judge([fp32, tuned, native], smallest([tuned, native], fp32), NATIVE, BUDGET, "smaller")
     assert winner is native and speed.ratio == 4.0
     assert any("no tuned plan was smaller" in n for n in notes)
+
+
+def test_a_held_out_interval_wider_than_a_quarter_of_the_budget_is_said():
+    """The budget is on KL: a winner whose held-out KL interval spans more than budget / 4 gets a
+    note asking for more text; a narrow one does not."""
+    wide = replace(_row("tuned-t1", 1.5, drop=0.004), metric="kl", fidelity={"kl": [0.004, 0.001, 0.0075]})
+    _, _, notes = _judge(wide)
+    assert any("wider than a quarter of the budget (0.0025)" in n and "--data" in n for n in notes)
+    narrow = replace(wide, fidelity={"kl": [0.004, 0.0035, 0.0045]})
+    _, _, notes = _judge(narrow)
+    assert not any("quarter of the budget" in n for n in notes)
