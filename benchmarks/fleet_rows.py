@@ -7,7 +7,7 @@ given for it, each bench in one run so every speedup is paired against that run'
 the bench rows of this machine go into the export; the rows already there stay (importing is
 idempotent by row id), so the file grows by one set of rows per CPU and run.
 
-    python benchmarks/fleet_rows.py                       # every model, ~15 min on 2 cores
+    python benchmarks/fleet_rows.py                       # every model, ~25 min on 2 cores (--quick: ~16)
     python benchmarks/fleet_rows.py --models digits-cnn --plan smollm2-135m=tuned.json
     python benchmarks/fleet_rows.py --report-only         # the tables from the committed export
 """
@@ -43,9 +43,10 @@ def tune_demo(work: pathlib.Path, trials: int) -> pathlib.Path | None:
     return found[0] if found else None
 
 
-def bench(model: str, plans: list[str], results: pathlib.Path) -> None:
+def bench(model: str, plans: list[str], results: pathlib.Path, quick: bool) -> None:
     recipes = LLM_RECIPES if model == "smollm2-135m" else RECIPES
-    print(qbench("bench", model, "--recipe", ",".join([*recipes, *plans]), "--quick", "--results-dir", str(results)))
+    protocol = ["--quick"] if quick else []
+    print(qbench("bench", model, "--recipe", ",".join([*recipes, *plans]), *protocol, "--results-dir", str(results)))
 
 
 def merge(new_export: pathlib.Path | None, work: pathlib.Path) -> None:
@@ -64,6 +65,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS), help="comma-separated zoo models")
     parser.add_argument("--plan", action="append", default=[], metavar="MODEL=FILE", help="a tuned plan to bench too")
     parser.add_argument("--trials", type=int, default=12, help="trials of the demo's tune")
+    parser.add_argument("--quick", action="store_true", help="the short protocol: wider intervals, ~2x sooner")
     parser.add_argument("--report-only", action="store_true", help="only regenerate the tables from the export")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="qbench-fleet-") as tmp:
@@ -81,7 +83,7 @@ def main() -> None:
             if tuned is not None:
                 plans.setdefault("digits-cnn", []).append(str(tuned))
         for model in models:
-            bench(model, plans.get(model, []), work / "bench")
+            bench(model, plans.get(model, []), work / "bench", args.quick)
         new = work / "new.jsonl.gz"
         print(qbench("leaderboard", "--results-dir", str(work / "bench"), "--export", str(new), "--machine", "here"))
         merge(new, work)

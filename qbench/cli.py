@@ -488,6 +488,8 @@ def _move_rows(args: argparse.Namespace) -> int:
 
     if args.import_file and args.machine:
         raise QbenchError("--machine only goes with --export; an import adds every row the file holds")
+    if args.model or args.csv:
+        raise QbenchError("--model and --csv shape the printed tables; --export and --import move whole rows")
     board = _open_board(args, writes=bool(args.import_file))
     try:
         if args.import_file:

@@ -50,6 +50,15 @@ class SearchSpace:
         """Every group that offers ``precision`` takes it; the others stay fp32."""
         return {g.name: precision if precision in g.choices else "fp32" for g in self.groups}
 
+    def option_variants(self, assignment: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
+        """``assignment`` with one searched option at another value than its default, for every
+        (option, value): ``("weight_symmetric=True", assignment)`` pairs."""
+        return [
+            (f"{field}={value}", {**assignment, OPTION_PREFIX + field: value})
+            for field, values in self.option_choices
+            for value in values[1:]
+        ]
+
     def assignment_of(self, plan: PrecisionPlan) -> dict[str, str]:
         return {g.name: plan.precision(g.name) for g in self.groups}
 

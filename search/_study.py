@@ -197,9 +197,7 @@ def seed_study(
     defaults = {OPTION_PREFIX + field: values[0] for field, values in space.option_choices}
     uniform = {p: {**space.uniform(p), **defaults} for p in precisions}
     seeds = [{**space.uniform("fp32"), **defaults}, *uniform.values()]
-    first = uniform[precisions[0]]
-    for field, values in space.option_choices:
-        seeds += [{**first, OPTION_PREFIX + field: value} for value in values[1:]]
+    seeds += [variant for _, variant in space.option_variants(uniform[precisions[0]])]
     if report is not None:
         order = report.ordered_groups()
         low = {**space.uniform(report.precision), **defaults}

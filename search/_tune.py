@@ -319,10 +319,23 @@ def _axis(settings: TuneSettings) -> str:
 
 def final_plans(study, harness, space, offered, inputs: TuneInputs, max_drop: float, axis: str = "drop"):
     """The plans the final selection measures: the finalists, each uniform plan (a finalist that
-    is one takes its name, so the winner is never slower than one) and the runtime's own int8."""
+    is one takes its name, so the winner is never slower than one) and the runtime's own int8.
+
+    The seeded uniform plans of the first precision in each other scheme (``weight_symmetric=True``,
+    a block size, …) come too where their trial met the budget and was not clearly slower than
+    fp32: one short trial timing minutes apart from another's does not decide between them
+    (SmolLM2 on a Zen 3: a trial put symmetric int4 at 0.82× a tuned plan that it beats by 1.2×
+    with each plan alone in its process)."""
     uniform = [harness.resolve(space.plan(space.uniform(p), f"uniform-{p}")) for p in offered]
     known = {plan.content_hash for plan in uniform}
     feasible, front = feasible_trials(study), pareto_front(study, axis)
+    trials = {trial_plan(t).content_hash: t for t in feasible if "speedup_ci" in t.user_attrs}
+    for label, assignment in space.option_variants(space.uniform(offered[0])):
+        variant = harness.resolve(space.plan(assignment, f"uniform-{offered[0]}-{label}"))
+        trial = trials.get(variant.content_hash)
+        if trial is not None and trial_speedup(trial).ci_high >= 1.0 and variant.content_hash not in known:
+            uniform.append(variant)
+            known.add(variant.content_hash)
     anchors = [t for t in front + feasible if trial_plan(t).content_hash in known]
     finalists = _finalists(feasible, front, max_drop, harness.resolve(PrecisionPlan(name="fp32")), anchors)
     finalists = [plan for plan in finalists if plan.content_hash not in known]

@@ -150,3 +150,18 @@ def test_the_view_sets_machines_side_by_side(two_machines, tmp_path, capsys):
     assert "across-machines.md" in (fleet / "index.md").read_text()
     assert main(["leaderboard", "--results-dir", str(fleet)]) == 0
     assert "across machines" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--machine", "here"],
+        ["--import", "x.jsonl", "--machine", "here"],
+        ["--export", "x.jsonl", "--model", "demo"],
+        ["--export", "x.jsonl", "--csv"],
+    ],
+)
+def test_flags_that_do_not_go_together_are_one_line(tmp_path, capsys, args):
+    assert main(["leaderboard", "--results-dir", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--" in err

@@ -530,3 +530,38 @@ def test_a_server_qps_bound_fp32_cannot_meet_is_one_line_before_any_trial(tmp_pa
     with pytest.raises(QbenchError, match="fp32's p99 call takes 4.20 ms here, over the 3 ms bound"):
         run_study(study, FakeEvaluator(), SPACE, settings)
     assert not study.trials
+
+
+def test_the_final_selection_measures_every_scheme_of_the_uniform_plan_that_could_win():
+    """A uniform plan in another searched scheme (here per-channel int8) goes to the final
+    selection when its trial met the budget, even if a tuned trial looked faster: one short trial
+    timing does not decide between two plans timed minutes apart. A scheme whose trial was
+    clearly slower than fp32 does not."""
+    from qbench.search._tune import final_plans
+
+    space = SearchSpace(SPACE.groups, PlanOptions(), (("per_channel", (False, True)), ("reduce_range", (False, True))))
+    study = optuna.create_study()
+
+    def add(assignment, name, speedup, ci, drop):
+        plan = space.plan(assignment, name)
+        study.add_trial(
+            optuna.trial.create_trial(
+                value=4.2 / speedup,
+                user_attrs={"plan": plan.to_json(), "speedup": speedup, "speedup_ci": ci, "drop": drop, "timed": True},
+                system_attrs={"constraints": [0.0]},
+            )
+        )
+
+    uniform = space.uniform("int8")
+    add(uniform, "t0", 2.0, [1.9, 2.1], 0.004)
+    (channel_label, per_channel), (range_label, reduce_range) = space.option_variants(uniform)
+    add(per_channel, "t1", 1.7, [1.6, 1.8], 0.003)  # beaten in its trial by t3, within the budget
+    add(reduce_range, "t2", 0.8, [0.7, 0.9], 0.001)  # clearly slower than fp32
+    add({**uniform, "b": "fp32"}, "t3", 2.2, [2.1, 2.3], 0.002)
+    harness = SimpleNamespace(resolve=lambda plan: plan)
+    inputs = SimpleNamespace(backend=SimpleNamespace(option_choices=lambda: {}), model=None)
+    plans, native = final_plans(study, harness, space, ["int8"], inputs, 0.005)
+    names = [plan.name for plan in plans]
+    assert native is None and f"uniform-int8-{channel_label}" in names
+    assert f"uniform-int8-{range_label}" not in names and "uniform-int8" in names
+    assert channel_label == "per_channel=True"
