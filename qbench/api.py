@@ -27,12 +27,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from qbench.errors import QbenchError
-from qbench.recheck import NATIVE, Recheck, recheck
 from qbench.runspec import RunSpec, Subject, Target, Timing, Tune, load_subject
 
 if TYPE_CHECKING:
     import pandas as pd
 
+    from qbench.recheck import Recheck
     from qbench.search import TuneResult
     from qbench.store import Leaderboard, ResultRow
 
@@ -108,6 +108,7 @@ def execute_bench(
     from qbench.decoder import DecoderInputs
     from qbench.machine import current_machine
     from qbench.plan import recipe_plan
+    from qbench.recheck import NATIVE, recheck
 
     backend = get_backend(spec.target.backend)
     loaded = load_subject(spec.subject, "bench", metric, spec.target.backend)
