@@ -54,7 +54,7 @@ def _rerun(
     board = Leaderboard(default_url(results))
     try:
         row = board.frame(samples=True).query("plan_name == 'int8'").iloc[-1]
-        values = {c: row[c] for c in RESULT_COLUMNS if c in row.index and c not in ("id", "created_at")}
+        values = {c: row[c] for c in RESULT_COLUMNS if c in row.index and c not in ("id", "created_at", "row_uid")}
         samples = samples_from_bytes(row.samples_ns)
         if steady:
             samples = np.median(samples) * np.random.default_rng(0).lognormal(0.0, 0.03, 300)
