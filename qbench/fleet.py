@@ -182,7 +182,12 @@ def _row(values: dict, path: pathlib.Path, number: int) -> dict:
     missing = [c for c in REQUIRED if not isinstance(values.get(c), str) and c not in DATETIMES]
     if missing or "created_at" not in values:
         raise QbenchError(f"{where}: the row lacks {(missing or ['created_at'])[0]!r}; the file is damaged")
-    row = dict(values)
+    return _typed(dict(values), path, number)
+
+
+def _typed(row: dict, path: pathlib.Path, number: int) -> dict:
+    """``row`` with its dates and bytes decoded, and its numbers checked."""
+    where = f"{path} line {number}"
     for column in DATETIMES:
         if column in row:
             row[column] = _datetime(row[column], path, number)

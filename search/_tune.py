@@ -418,20 +418,27 @@ def judge(rows: Sequence[ResultRow], selection, native: PrecisionPlan | None, ma
             f"{winner.plan_name} is not measurably faster than fp32 "
             f"(speedup {speed.ratio:.2f}×, 95% CI {speed.ci_low:.2f}–{speed.ci_high:.2f})"
         )
-    interval = budget_interval(winner.fidelity, winner.metric) if winner is not None else None
-    if interval is not None and interval[1] - interval[0] > max_drop / 4:
-        low, high = interval
-        notes.append(
-            f"{winner.plan_name}'s held-out {winner.metric} interval ({low:.4g}–{high:.4g}) is wider than a quarter "
-            f"of the budget ({max_drop / 4:.4g}): too little held-out text to decide this budget reliably; "
-            "evaluate more text (--data) or keep more of it out (--holdout)"
-        )
+    notes += _interval_notes(winner, max_drop)
     for r in candidates:
         if r.ok and r.plan_name.startswith("tuned-") and r.accuracy_drop > max_drop:
             notes.append(
                 f"{r.plan_name} met the budget while tuning but dropped {r.accuracy_drop:+.4f} on held-out data"
             )
     return winner, speed if winner is not None else None, notes
+
+
+def _interval_notes(winner: ResultRow | None, max_drop: float) -> list[str]:
+    """A note when the winner's held-out interval of the budget metric (a token metric's) is
+    wider than a quarter of the budget: the data is too small to decide the budget reliably."""
+    interval = budget_interval(winner.fidelity, winner.metric) if winner is not None else None
+    if interval is None or interval[1] - interval[0] <= max_drop / 4:
+        return []
+    low, high = interval
+    return [
+        f"{winner.plan_name}'s held-out {winner.metric} interval ({low:.4g}–{high:.4g}) is wider than a quarter "
+        f"of the budget ({max_drop / 4:.4g}): too little held-out text to decide this budget reliably; "
+        "evaluate more text (--data) or keep more of it out (--holdout)"
+    ]
 
 
 def _counting(timer: phases.PhaseTimer, on_trial: Callable | None) -> Callable:
