@@ -113,7 +113,7 @@ def _history_chart(history: pd.DataFrame, title: str, normalized: bool = False) 
     return _svg(figure)
 
 
-def _fleet_chart(section: AcrossMachines) -> str:
+def fleet_chart(section: AcrossMachines) -> str:
     """Speedup vs fp32 of each plan, one bar per machine with its 95 % interval."""
     rows = section.rows.assign(_s=pd.to_numeric(section.rows.speedup, errors="coerce")).dropna(subset=["_s"])
     plans = list(dict.fromkeys(rows.plan_name))
@@ -133,7 +133,7 @@ def _fleet_chart(section: AcrossMachines) -> str:
     ax.set_xlabel("speedup vs fp32 on each machine (paired, 95 % interval)")
     ax.set_title(section.title[:110], fontsize=9)
     ax.grid(alpha=0.3, axis="x")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncol=2, frameon=False)
     return _svg(figure)
 
 
@@ -144,7 +144,7 @@ def _fleet(report: Report) -> list[str]:
     parts = ["<h2>Across machines</h2>", f"<p class='note'>{html.escape(FLEET_NOTE)}</p>"]
     for section in report.fleet:
         parts.append(f"<h3>{html.escape(section.title)}</h3>")
-        parts.append(f"<div class='charts'>{_fleet_chart(section)}</div>" + _table(section.display))
+        parts.append(f"<div class='charts'>{fleet_chart(section)}</div>" + _table(section.display))
     return parts
 
 

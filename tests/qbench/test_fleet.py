@@ -145,6 +145,7 @@ def test_the_view_sets_machines_side_by_side(two_machines, tmp_path, capsys):
     for plan in ("fp32", "int8", "native-int8"):  # each plan on each machine: two rows
         assert len([line for line in table.splitlines() if line.startswith(f"| {plan} |")]) == 2
     assert "not ranked" in table and "rank" not in table.split("\n## ")[1].splitlines()[2]
+    assert "(across-machines-1.svg)" in table and (fleet / "across-machines-1.svg").read_text().startswith("<svg")
     page = (fleet / "report.html").read_text()
     assert "Across machines" in page and page.count("<svg") >= 2  # the fleet chart and a Pareto chart
     assert "across-machines.md" in (fleet / "index.md").read_text()
