@@ -115,7 +115,7 @@ def execute_bench(
     layers = [(layer.name, layer.op_type, layer.constant_weight) for layer in loaded.model.layers]
     plans = [recipe_plan(r, layers) for r in spec.recipes]
     tuned = [plan for plan in plans if plan.tuned is not None]
-    if tuned and NATIVE not in {p.name for p in plans} and "native" in backend.option_choices().get("quantizer", ()):
+    if tuned and NATIVE not in {p.name for p in plans} and _has_native(backend):
         progress(f"{tuned[0].name} was tuned elsewhere or earlier: adding {NATIVE} to re-check it against")
         plans.append(recipe_plan(NATIVE, layers))
     machine = current_machine()

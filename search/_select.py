@@ -28,6 +28,7 @@ import pandas as pd
 
 from qbench.harness import FP32, FP32_AGAIN
 from qbench.objectives import MEDIAN, Objective
+from qbench.recheck import NATIVE
 from qbench.statistics import UNSTEADY_BAND, Speedup, aa_band, aa_check, relative
 from qbench.store import ResultRow
 
@@ -35,7 +36,6 @@ from qbench.store import ResultRow
 MAX_RACED = 4
 MAX_BATCHES = 3
 TIE = 0.02
-NATIVE = "native-int8"
 
 TimeBatch = Callable[[Sequence[ResultRow]], Mapping[str, np.ndarray]]
 
