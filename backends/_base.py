@@ -15,6 +15,7 @@ import numpy as np
 from qbench.cache import (
     artifact_cache_limit,
     atomic_cached,
+    companion_paths,
     content_key,
     intact,
     short_stem,
@@ -24,7 +25,7 @@ from qbench.cache import (
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.machine import Machine
-from qbench.model import Layer, OnnxModel
+from qbench.model import ONNX_DATA_SUFFIX, Layer, OnnxModel
 from qbench.plan import WEIGHT_ONLY_BITS, PrecisionPlan
 from qbench.profile import OpTime
 
@@ -148,7 +149,7 @@ class Backend(abc.ABC):
     Options: ClassVar[type] = NoRuntimeOptions
     #: The artifact's file suffix, and the suffixes of the files built beside it.
     artifact_suffix: ClassVar[str] = ".onnx"
-    companion_suffixes: ClassVar[tuple[str, ...]] = ()
+    companion_suffixes: ClassVar[tuple[str, ...]] = (ONNX_DATA_SUFFIX,)
 
     @abc.abstractmethod
     def probe(self) -> Availability:
@@ -186,7 +187,7 @@ class Backend(abc.ABC):
             touch(path)
         else:  # a tune builds dozens of artifacts that nothing reads again: keep the cache bounded
             trim_least_recently_used(workdir / "artifacts", artifact_cache_limit(), keep=path)
-        companions = tuple(path.with_suffix(suffix) for suffix in self.companion_suffixes)
+        companions = tuple(companion_paths(path, self.companion_suffixes))
         return Artifact(path, key, 0.0 if cached else time.perf_counter() - start, cached, companions)
 
     def _artifact_path(self, model_name: str, key: str, workdir: pathlib.Path) -> pathlib.Path:
@@ -195,9 +196,9 @@ class Backend(abc.ABC):
     def cached_artifact(self, model_name: str, key: str, workdir: pathlib.Path) -> Artifact | None:
         """The artifact an earlier ``build`` made under ``key``, if the cache still holds it."""
         path = self._artifact_path(model_name, key, workdir)
-        companions = tuple(path.with_suffix(suffix) for suffix in self.companion_suffixes)
         if not intact(path, self.companion_suffixes):  # gone, or damaged: the caller rebuilds from the plan
             return None
+        companions = tuple(companion_paths(path, self.companion_suffixes))
         touch(path)
         return Artifact(path, key, 0.0, True, companions)
 

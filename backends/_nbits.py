@@ -22,6 +22,7 @@ import numpy as np
 from qbench.backends._qdq import quiet_root_logger
 from qbench.cache import atomic_cached, content_key
 from qbench.machine import Machine
+from qbench.model import save_onnx
 from qbench.plan import WEIGHT_ONLY_BITS, PrecisionPlan
 
 #: ``metadata_props`` key of a model whose embedding Gather and LM head MatMul share values:
@@ -224,7 +225,7 @@ def write_weight_only(source: pathlib.Path, out: pathlib.Path, plan: PrecisionPl
             model = _compress(model, bits, o.block_size, o.get("accuracy_level"), left, o.weight_symmetric)
     if tie and head_output:
         share_tied_embedding(model, tie[0], head_output)
-    onnx.save(model, str(out))
+    save_onnx(model, out)
 
 
 def _probe_model(bits: int | None, level: int, tokens: int) -> bytes:

@@ -21,7 +21,7 @@ from qbench.data import Dataset, fixed_batch_size
 from qbench.decoder import SharedCacheFeeds
 from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
-from qbench.model import Layer, OnnxModel
+from qbench.model import Layer, OnnxModel, copy_onnx, external_data_name
 from qbench.plan import BLOCK_SIZES, WEIGHT_ONLY_BITS, PrecisionPlan
 from qbench.profile import PROFILE_WARMUP, OpTime, sandwiched
 
@@ -320,6 +320,7 @@ class OnnxRuntimeBackend(Backend):
                         reduce_range=plan.options.reduce_range,
                         weight_type=types[plan.options.weight_type],
                         nodes_to_quantize=dynamic,
+                        use_external_data_format=model.large,
                         # Types behind contrib ops (GroupQueryAttention) that shape inference skips.
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                     )
@@ -328,11 +329,11 @@ class OnnxRuntimeBackend(Backend):
             if weight_only:
                 nbits.write_weight_only(current, out, plan, base=qdq.named_model_path(model, workdir))
             elif current != out:
-                out.write_bytes(current.read_bytes())
+                copy_onnx(current, out)
         finally:
-            staged.unlink(missing_ok=True)
-            if dynamic_out != out:
-                dynamic_out.unlink(missing_ok=True)
+            for scratch in (staged, dynamic_out) if dynamic_out != out else (staged,):
+                scratch.unlink(missing_ok=True)
+                scratch.with_name(external_data_name(scratch)).unlink(missing_ok=True)
 
     @staticmethod
     def _x86() -> bool:

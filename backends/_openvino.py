@@ -28,7 +28,7 @@ from qbench.backends._base import Artifact, Availability, Backend, Calibration, 
 from qbench.data import Dataset
 from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
-from qbench.model import Layer, OnnxModel
+from qbench.model import Layer, OnnxModel, external_data_name
 from qbench.plan import BLOCK_SIZES, WEIGHT_ONLY_BITS, PrecisionPlan
 from qbench.profile import PROFILE_WARMUP, OpTime, sandwiched
 
@@ -299,6 +299,7 @@ class OpenVinoBackend(Backend):
             openvino.save_model(ov_model, str(out), compress_to_fp16=False)
         finally:
             staged.unlink(missing_ok=True)
+            staged.with_name(external_data_name(staged)).unlink(missing_ok=True)
 
     @staticmethod
     def _convert(source: pathlib.Path) -> Any:

@@ -27,7 +27,7 @@ from qbench.backends._base import Calibration, check_calibration
 from qbench.cache import atomic_cached, short_stem
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError
-from qbench.model import OnnxModel
+from qbench.model import ONNX_DATA_SUFFIX, OnnxModel, copy_onnx, external_data_name
 from qbench.plan import PrecisionPlan
 
 log = logging.getLogger(__name__)
@@ -57,7 +57,7 @@ def quiet_root_logger() -> Iterator[None]:
 def named_model_path(model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path:
     """The model with qbench's stable node names, on disk (the quantizer reads files)."""
     path = workdir / "models" / f"{short_stem(model.name)}-{model.content_hash}.onnx"
-    atomic_cached(path, model.save)
+    atomic_cached(path, model.save, companions=(ONNX_DATA_SUFFIX,))
     return path
 
 
@@ -82,18 +82,25 @@ def prepared_model_path(model: OnnxModel, workdir: pathlib.Path) -> pathlib.Path
         with quiet_root_logger(), tempfile.TemporaryDirectory(prefix="qbench-prep-") as scratch:
             with contextlib.chdir(scratch):
                 onnxruntime.set_default_logger_severity(3)  # "removing unused initializer", per tensor
+                large = {}
+                if model.large:
+                    large = {
+                        "save_as_external_data": True,
+                        "all_tensors_to_one_file": True,
+                        "external_data_location": external_data_name(out),
+                    }
                 try:
-                    quant_pre_process(str(source), str(out))
+                    quant_pre_process(str(source), str(out), **large)
                 except Exception as exc:  # SymbolicShapeInference raises a bare Exception
                     log.debug("symbolic shape inference failed (%s); pre-processing without it", exc)
-                    quant_pre_process(str(source), str(out), skip_symbolic_shape=True)
+                    quant_pre_process(str(source), str(out), skip_symbolic_shape=True, **large)
         kept = {node.name for node in onnx.load(str(out), load_external_data=False).graph.node}
         lost = [name for name in model.layer_names() if name not in kept]
         if lost:
             log.warning("pre-processing renamed layer %r; quantizing the model as it is", lost[0])
-            out.write_bytes(source.read_bytes())
+            copy_onnx(source, out)
 
-    atomic_cached(path, prepare)
+    atomic_cached(path, prepare, companions=(ONNX_DATA_SUFFIX,))
     return path
 
 
@@ -147,6 +154,7 @@ def calibrate(model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Pat
                 None,  # every float tensor: any later plan can pick any layer
                 augmented_model_path=str(augmented),
                 calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[method]),
+                use_external_data_format=model.large,
                 extra_options={"execution_providers": ["CPUExecutionProvider"]},
             )
             calibrator.collect_data(Reader())
@@ -204,6 +212,7 @@ def write_qdq_graph(
             nodes_to_exclude=excluded,
             op_types_to_quantize=list(op_types) if op_types is not None else None,
             calibration_cache_path=calibration.path,
+            use_external_data_format=model.large,
             calibrate_method=getattr(CalibrationMethod, CALIBRATION_METHODS[calibration.method]),
             extra_options=extra,
         )

@@ -31,7 +31,7 @@ from qbench.backends._tensorrt_casts import write_cast_regions
 from qbench.data import Dataset
 from qbench.errors import QbenchError
 from qbench.machine import Machine, current_machine
-from qbench.model import Layer, OnnxModel
+from qbench.model import Layer, OnnxModel, save_onnx
 from qbench.plan import BLOCK_SIZES, WEIGHT_ONLY_BITS, PrecisionPlan
 
 _MODULES = ("tensorrt", "tensorrt_rtx")  # full TensorRT first; the RTX edition builds without a GPU
@@ -166,7 +166,7 @@ class TensorRtBackend(Backend):
             graph = model.proto
         casts = {layer: p for layer, p in plan.layers.items() if p in ("fp16", "bf16")}
         graph = write_cast_regions(graph, casts) if casts else graph
-        onnx.save(write_weight_dq(graph, plan), str(out))
+        save_onnx(write_weight_dq(graph, plan), out)
         return out
 
     def _build_key(self, plan: PrecisionPlan) -> tuple[str, ...]:

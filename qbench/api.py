@@ -363,6 +363,13 @@ def _model_path(model: Any, inputs: pathlib.Path) -> str:
     if isinstance(model, str | pathlib.Path):
         return str(model)
     if hasattr(model, "SerializeToString"):  # an onnx.ModelProto
+        from qbench.model import is_large
+
+        if is_large(model):
+            raise QbenchError(
+                "model is an onnx.ModelProto over 2 GiB, more than one protobuf message holds; save it with "
+                "onnx.save(model, path, save_as_external_data=True) and pass the path"
+            )
         blob = model.SerializeToString()
         return str(_by_content(inputs, "model", ".onnx", blob))
     raise QbenchError(f"model must be a path, a zoo name or an onnx.ModelProto, not {type(model).__name__}")

@@ -17,6 +17,7 @@ import os
 import pathlib
 import re
 import shutil
+import tempfile
 from collections.abc import Callable, Sequence
 
 from qbench.errors import QbenchError
@@ -81,8 +82,14 @@ def _remove(path: pathlib.Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def companion_paths(path: pathlib.Path, companions: Sequence[str]) -> list[pathlib.Path]:
+    """The companions of the entry at ``path`` that are there: some are written only for some
+    entries (an ONNX model's external weights, only over protobuf's 2 GiB limit)."""
+    return [part for suffix in companions if (part := path.with_suffix(suffix)).exists()]
+
+
 def _parts(path: pathlib.Path, companions: Sequence[str]) -> list[pathlib.Path]:
-    return [path, *(path.with_suffix(suffix) for suffix in companions)]
+    return [path, *companion_paths(path, companions)]
 
 
 def _files(part: pathlib.Path) -> list[pathlib.Path]:
@@ -128,11 +135,12 @@ def _discard(path: pathlib.Path, companions: Sequence[str]) -> None:
 def atomic_cached(path: pathlib.Path, produce: Callable[[pathlib.Path], None], companions: Sequence[str] = ()) -> bool:
     """Make ``path`` unless an intact entry is there; return whether one was (a cache hit).
 
-    ``produce(tmp)`` writes the entry to ``tmp``, a sibling with the same suffix (tools that
-    pick a format from it keep working), as a file or a folder. ``companions`` are suffixes of
-    files written beside it (an OpenVINO IR's ``.bin`` next to its ``.xml``); they and the
-    content hash move in first, so ``path`` appears last and its existence means the whole
-    entry is there.
+    ``produce(tmp)`` writes the entry to ``tmp``, a path with the entry's own name in a private
+    folder beside it (tools that pick a format from the suffix, or that name side files after the
+    file, as ONNX external data does, keep working once it moves in), as a file or a folder.
+    ``companions`` are suffixes of files it may write beside it (an OpenVINO IR's ``.bin`` next
+    to its ``.xml``); they and the content hash move in first, so ``path`` appears last and its
+    existence means the whole entry is there.
     """
     if path.exists():
         if intact(path, companions):
@@ -144,24 +152,22 @@ def atomic_cached(path: pathlib.Path, produce: Callable[[pathlib.Path], None], c
         )
         _discard(path, companions)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")
-    tmp_hash = hash_file(tmp)
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    tmp = scratch / path.name
     try:
         produce(tmp)
-        tmp_hash.write_text(_digest(_parts(tmp, companions)) + "\n")
-        for suffix in companions:
-            tmp.with_suffix(suffix).replace(path.with_suffix(suffix))
-        tmp_hash.replace(hash_file(path))
+        parts = _parts(tmp, companions)
+        hash_file(tmp).write_text(_digest(parts) + "\n")
+        for part in parts[1:]:
+            part.replace(path.with_name(part.name))
+        hash_file(tmp).replace(hash_file(path))
         try:
             os.replace(tmp, path)
         except OSError:  # a folder another process moved in first: theirs is as good
             if not path.exists():
                 raise
     finally:
-        _remove(tmp)
-        tmp_hash.unlink(missing_ok=True)
-        for suffix in companions:
-            tmp.with_suffix(suffix).unlink(missing_ok=True)
+        shutil.rmtree(scratch, ignore_errors=True)
     return False
 
 
@@ -184,7 +190,8 @@ def trim_least_recently_used(folder: pathlib.Path, max_bytes: int, keep: pathlib
     entries: dict[str, list[pathlib.Path]] = {}
     for file in folder.rglob("*"):
         match = _ENTRY_KEY.match(file.name)
-        if file.is_file() and match and not file.name.startswith("."):
+        hidden = any(part.startswith(".") for part in file.relative_to(folder).parts)  # a build under way
+        if file.is_file() and match and not hidden:
             entries.setdefault(str(file.parent / match[1]), []).append(file)
     kept = _ENTRY_KEY.match(keep.name)
     kept_key = str(keep.parent / kept[1]) if kept else ""

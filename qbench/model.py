@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import pathlib
+import shutil
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -144,13 +145,93 @@ class OnnxModel:
                     dim.dim_value = size
         return OnnxModel(proto, self.name, self.content_hash, self.path)
 
+    @property
+    def large(self) -> bool:
+        """Whether the model is over protobuf's 2 GiB limit: files written from it keep their
+        weights in a side file (``external_data_name``), and ONNX Runtime's tools must be told."""
+        return is_large(self.proto)
+
     def save(self, path: pathlib.Path) -> None:
         """Write the named graph (the form every backend and the calibrator read)."""
-        onnx.save_model(self.proto, str(path))
+        save_onnx(self.proto, path)
 
 
 #: Protobuf cannot serialize a message over 2 GiB: bigger models keep their weights in side files.
 MAX_INLINE_BYTES = 2**31 - 2**20
+#: Tensors at least this big go to the side file of a large model (ONNX Runtime's quantizer's
+#: threshold); smaller ones stay in the graph.
+_EXTERNAL_THRESHOLD = 1024
+
+
+#: ``Path.with_suffix`` of an ``.onnx`` file's side file of weights (``external_data_name``).
+ONNX_DATA_SUFFIX = ".onnx.data"
+
+
+def external_data_name(path: pathlib.Path) -> str:
+    """The side file holding the weights of a large model written to ``path`` (as ONNX Runtime's
+    quantizer names it, so its outputs and ours look alike): ``model.onnx.data``."""
+    return path.name + ".data"
+
+
+def copy_onnx(source: pathlib.Path, target: pathlib.Path) -> None:
+    """Copy a model file. Its side file of weights (``external_data_name``) is copied under the
+    target's name, and the copy's graph names it."""
+    from onnx import external_data_helper
+
+    data = source.with_name(external_data_name(source))
+    if not data.exists():
+        target.write_bytes(source.read_bytes())
+        return
+    proto = onnx.load(str(source), load_external_data=False)
+    for tensor in external_data_helper._get_all_tensors(proto):
+        if external_data_helper.uses_external_data(tensor):
+            for entry in tensor.external_data:
+                if entry.key == "location" and entry.value != data.name:
+                    raise QbenchError(f"{source}: tensor {tensor.name!r} is in {entry.value!r}, not in {data.name}")
+                if entry.key == "location":
+                    entry.value = external_data_name(target)
+    # a copy, not a hard link: onnx refuses weights in a file with several links
+    shutil.copyfile(data, target.with_name(external_data_name(target)))
+    onnx.save_model(proto, str(target))
+
+
+def is_large(proto: onnx.ModelProto) -> bool:
+    """Whether ``proto``'s weights exceed what one protobuf message can hold."""
+    return sum(len(t.raw_data) for t in proto.graph.initializer) > MAX_INLINE_BYTES
+
+
+def save_onnx(proto: onnx.ModelProto, path: pathlib.Path) -> None:
+    """Write ``proto`` to ``path``; a model over 2 GiB with its weights in ``external_data_name``
+    beside it. ``proto`` is left as it was (its weights in memory), without a second copy of them."""
+    path = pathlib.Path(path)
+    if not is_large(proto):
+        onnx.save_model(proto, str(path))
+        return
+    from onnx import external_data_helper
+
+    location = external_data_name(path)
+    moved: list[tuple[onnx.TensorProto, int, int]] = []
+    try:
+        with open(path.with_name(location), "wb") as data:
+            for tensor in proto.graph.initializer:
+                if len(tensor.raw_data) < _EXTERNAL_THRESHOLD:
+                    continue
+                data.seek(-data.tell() % 4096, 1)  # page-aligned, so runtimes can map the weights
+                offset = data.tell()
+                data.write(tensor.raw_data)
+                external_data_helper.set_external_data(tensor, location, offset, len(tensor.raw_data))
+                tensor.data_location = onnx.TensorProto.EXTERNAL
+                moved.append((tensor, offset, len(tensor.raw_data)))
+                tensor.ClearField("raw_data")
+        onnx.save_model(proto, str(path))
+    finally:  # put the weights back, read from the file just written, one tensor at a time
+        if moved:
+            with open(path.with_name(location), "rb") as data:
+                for tensor, offset, length in moved:
+                    data.seek(offset)
+                    tensor.raw_data = data.read(length)
+                    del tensor.external_data[:]
+                    tensor.ClearField("data_location")
 
 
 def model_file(path: str | pathlib.Path) -> pathlib.Path:
@@ -211,12 +292,6 @@ def _load_external_data(proto: onnx.ModelProto, path: pathlib.Path) -> list[path
                 "copy the .onnx file together with its data file(s)"
             )
         files.append(target)
-    total = sum(f.stat().st_size for f in set(files))
-    if total > MAX_INLINE_BYTES:
-        raise QbenchError(
-            f"{path}: {total / 2**30:.1f} GiB of external weights; qbench handles models up to 2 GiB so far "
-            "(quantize the weights first, or split the model)"
-        )
     external_data_helper.load_external_data_for_model(proto, str(folder))
     return sorted(set(files))
 

@@ -12,7 +12,8 @@ def test_builds_once_then_hits(tmp_path):
 
     def produce(tmp):
         calls.append(tmp)
-        assert tmp.suffix == ".onnx" and tmp.parent == tmp_path / "sub"  # same folder, same suffix
+        # the entry's own name (side files named after it stay right), in a private folder beside it
+        assert tmp.name == "model.onnx" and tmp.parent.parent == tmp_path / "sub"
         tmp.write_text("entry")
 
     path = tmp_path / "sub" / "model.onnx"

@@ -567,3 +567,79 @@ def test_a_spliced_weight_only_build_is_the_quantizers_own(sliced, tmp_path, sym
     feeds = _prefill(base, ids)
     logits = [_session(tmp_path, f"{name}.onnx").run(None, feeds)[0] for name in ("spliced", "reference")]
     np.testing.assert_array_equal(*logits)
+
+
+@pytest.mark.parametrize("backend_name", ["onnxruntime", "openvino"])
+def test_a_decoder_over_the_protobuf_limit_keeps_its_weights_beside_every_file(
+    sliced, backend_name, tmp_path, monkeypatch
+):
+    """A model over 2 GiB cannot be one protobuf message: with the limit lowered to 1 MiB, the
+    2-layer slice goes through the caches, the quantizers and both runtimes with its weights in
+    side files, and computes what the same plans built in one file compute."""
+    import onnx
+
+    import qbench.model
+    from qbench.backends import get_backend
+    from qbench.data import load_npz
+    from qbench.machine import current_machine
+    from qbench.plan import PrecisionPlan
+
+    backend = get_backend(backend_name)
+    if not backend.probe().available:
+        pytest.skip(backend.probe().reason)
+    source = "model.ort.onnx" if backend_name == "onnxruntime" else "model.onnx"
+    folder = tmp_path / "big"
+    folder.mkdir()
+    onnx.save(onnx.load(str(sliced / source)), str(folder / "decoder.onnx"), save_as_external_data=True)
+    first = next(layer.name for layer in OnnxModel.load(sliced / source).layers if layer.name != "lm_head")
+    plans = [
+        PrecisionPlan(name="fp32"),
+        PrecisionPlan(name="mix", layers={"lm_head": "int8-weight", first: "int4-weight"}),
+    ]
+
+    def logits(workdir: pathlib.Path, big: bool) -> list[np.ndarray]:
+        model = OnnxModel.load(folder / "decoder.onnx")
+        assert model.large is big
+        feeds = Workload.parse("decode:8").feeds(model, load_npz(sliced / "eval.npz", model), 1)
+        out = []
+        for plan in plans:
+            artifact = backend.build(model, backend.resolve_plan(plan, current_machine()), None, workdir)
+            sides = [p.name for p in artifact.companions if p.name.endswith(".onnx.data")]
+            assert bool(sides) is (big and backend_name == "onnxruntime")
+            if big and backend_name == "onnxruntime":  # the graph alone is small, its weights beside it
+                assert artifact.path.stat().st_size < 2**20 < artifact.size_bytes
+            runner = backend.load(artifact, threads=1)
+            try:
+                out.append(runner.run(feeds)[0])
+            finally:
+                runner.close()
+        return out
+
+    whole = logits(tmp_path / "whole", big=False)
+    monkeypatch.setattr(qbench.model, "MAX_INLINE_BYTES", 2**20)
+    split = logits(tmp_path / "split", big=True)
+    named = next((tmp_path / "split" / "models").glob("*.onnx"))
+    assert named.with_name(named.name + ".data").is_file()  # the cache's own copy of the model, too
+    for a, b in zip(whole, split, strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_saving_a_large_model_leaves_its_weights_in_memory(sliced, tmp_path, monkeypatch):
+    import onnx
+
+    import qbench.model
+    from qbench.model import copy_onnx, save_onnx
+
+    proto = onnx.load(str(sliced / "model.onnx"))
+    before = proto.SerializeToString()
+    monkeypatch.setattr(qbench.model, "MAX_INLINE_BYTES", 2**20)
+    save_onnx(proto, tmp_path / "a.onnx")
+    assert proto.SerializeToString() == before
+    copy_onnx(tmp_path / "a.onnx", tmp_path / "b.onnx")
+    (tmp_path / "a.onnx").unlink()
+    (tmp_path / "a.onnx.data").unlink()  # the copy names its own side file
+    copied = onnx.load(str(tmp_path / "b.onnx"))  # onnx marks the weights it read in as DEFAULT-located
+    for tensor in copied.graph.initializer:
+        tensor.ClearField("data_location")
+    assert copied.SerializeToString() == before
+    assert os.path.getsize(tmp_path / "b.onnx") < 2**20
