@@ -105,6 +105,11 @@ class Runner(abc.ABC):
             if now >= deadline:
                 return calls, now - start
 
+    def rewind(self) -> None:  # noqa: B027 - a no-op is right for runners whose calls leave nothing behind
+        """Called between timed calls, outside the timing: a runner whose calls leave state
+        behind (a stateful decoder's grown cache) puts back the state its feeds describe, so every
+        timed call does the same work."""
+
     def timing_notes(self) -> dict[str, Any]:
         """What the runtime saw of the runs so far beyond wall time (device time, host enqueue
         time); stored with the result's settings. CPU runtimes have nothing to add."""

@@ -93,14 +93,15 @@ def pieces(
     key = (str(base), stat.st_size, stat.st_mtime_ns, bits, block_size, symmetric)
     wanted = list(dict.fromkeys(layers))
     missing = [layer for layer in wanted if (*key, layer) not in _LAYERS]
-    if missing:
+    for chunk in _chunks(base, missing):
         model, dims = _assembled(base, set())
+        _read_weights(model, base, chunk)
         matmuls = {n.output[0]: n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in dims}
-        quantized = _compress(model, bits, block_size, level, missing, symmetric)
+        quantized = _compress(model, bits, block_size, level, chunk, symmetric)
         tensors = {t.name: t for t in quantized.graph.initializer}
         for node in quantized.graph.node:
             original = matmuls.get(node.output[0]) if node.op_type == "MatMulNBits" else None
-            if original is not None:  # copies: a kept sub-message would keep the whole model alive
+            if original is not None and original.name in chunk:  # copies: a kept sub-message keeps the model alive
                 own = {name: _copy(onnx.TensorProto, tensors[name]) for name in node.input[1:] if name in tensors}
                 piece = _copy(onnx.NodeProto, node)
                 _LAYERS[(*key, original.name)] = (piece, own, (original.input[1], dims[original.input[1]]))
@@ -122,6 +123,53 @@ def pieces(
         found.nodes[layer], found.replaced[layer] = piece, replaced
         found.initializers.update(own)
     return found
+
+
+#: A model whose weights stay on disk (over 2 GiB) is quantized this many bytes of weights at a
+#: time, so at most that much of it is in memory.
+_CHUNK_BYTES = 512 * 2**20
+
+
+def _chunks(base: pathlib.Path, layers: list[str]) -> list[list[str]]:
+    """``layers`` in groups to quantize at once: all together when the model is in memory, else
+    groups of at most ``_CHUNK_BYTES`` of weights (a layer bigger than that alone)."""
+    import onnx
+
+    if not layers:
+        return []
+    shell, tensors = _base_parts(base)
+    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in tensors.values()):
+        return [layers]
+    weights = {n.name: n.input[1] for n in shell.graph.node if n.op_type == "MatMul" and len(n.input) > 1}
+    groups: list[list[str]] = [[]]
+    size = 0
+    for layer in layers:
+        tensor = tensors.get(weights.get(layer, ""))
+        length = int(_external(tensor).get("length") or 0) if tensor is not None else 0
+        if groups[-1] and size + length > _CHUNK_BYTES:
+            groups.append([])
+            size = 0
+        groups[-1].append(layer)
+        size += length
+    return groups
+
+
+def _external(tensor: Any) -> dict[str, str]:
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def _read_weights(model: Any, base: pathlib.Path, layers: list[str]) -> None:
+    """Read the weights of ``layers`` from ``base``'s side file into ``model`` (whose other
+    tensors may stay references to it): what the quantizer reads."""
+    import onnx
+    from onnx import external_data_helper
+
+    wanted = {n.input[1] for n in model.graph.node if n.name in set(layers) and len(n.input) > 1}
+    for tensor in model.graph.initializer:
+        if tensor.name in wanted and tensor.data_location == onnx.TensorProto.EXTERNAL:
+            external_data_helper.load_external_data_for_tensor(tensor, str(base.resolve().parent))
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
 
 
 def _copy(kind: Any, message: Any) -> Any:
@@ -170,8 +218,8 @@ def _base_parts(base: pathlib.Path) -> tuple[Any, dict[str, Any]]:
 
     stat = base.stat()
     key = (str(base), stat.st_size, stat.st_mtime_ns)
-    if key not in _BASE:
-        model = onnx.load(str(base))
+    if key not in _BASE:  # a large model's weights stay on disk: its tensors refer to them
+        model = onnx.load(str(base), load_external_data=False)
         tensors = {t.name: t for t in model.graph.initializer}
         shell = onnx.ModelProto()
         shell.CopyFrom(model)
@@ -208,7 +256,9 @@ def write_weight_only(source: pathlib.Path, out: pathlib.Path, plan: PrecisionPl
         for precision, bits in WEIGHT_ONLY_BITS.items()
         if (layers := plan.layers_in(precision))
     ]
+    weights_from = None
     if source.resolve() == base.resolve():
+        weights_from = base.resolve().parent
         spliced = {layer for _, layers, found in formats for layer in layers if layer in found.replaced}
         shell, _ = _base_parts(base)
         kept_readers = {name for n in shell.graph.node if n.name not in spliced for name in n.input}
@@ -225,7 +275,7 @@ def write_weight_only(source: pathlib.Path, out: pathlib.Path, plan: PrecisionPl
             model = _compress(model, bits, o.block_size, o.get("accuracy_level"), left, o.weight_symmetric)
     if tie and head_output:
         share_tied_embedding(model, tie[0], head_output)
-    save_onnx(model, out)
+    save_onnx(model, out, weights_from)
 
 
 def _probe_model(bits: int | None, level: int, tokens: int) -> bytes:

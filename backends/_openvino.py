@@ -25,6 +25,7 @@ import numpy as np
 from qbench.backends import _nbits as nbits
 from qbench.backends import _qdq as qdq
 from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner, choice_check
+from qbench.backends._openvino_state import StatefulRunner, make_stateful, stateful_pairs
 from qbench.data import Dataset
 from qbench.errors import QbenchError, first_line
 from qbench.machine import Machine
@@ -382,27 +383,45 @@ class OpenVinoBackend(Backend):
     # -- run ---------------------------------------------------------------------------------
 
     def load(
-        self, artifact: Artifact, threads: int, shared_process: bool = True, extra_config: dict | None = None
+        self,
+        artifact: Artifact,
+        threads: int,
+        shared_process: bool = True,
+        extra_config: dict | None = None,
+        kv_cache: str = "state",
     ) -> Runner:
+        """``kv_cache="state"``: a decoder keeps its key/value cache as internal state, as
+        OpenVINO's LLM pipeline runs it (``_openvino_state``); ``"inputs"``: through the graph's
+        own cache inputs and outputs, copied every call."""
         if threads < 1:
             raise QbenchError(f"`threads` must be at least 1, but got {threads}")
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", **(extra_config or {})}
-        compiled, config = self._compile(artifact, threads, config)
+        compiled, config, decoder = self._compile(artifact, threads, config, stateful=kv_cache == "state")
         # What the compiled model reports, not what was asked: the values that shaped the latency.
         names = [*config, "ENABLE_CPU_PINNING"] if self.device == "CPU" else list(config)
         names = [name for name in names if name not in (extra_config or {})]
         settings = {"device": self.device, **{k: _property_text(compiled.get_property(k)) for k in names}}
-        return OpenVinoRunner(compiled, settings)
+        if decoder is None:
+            return OpenVinoRunner(compiled, settings)
+        return StatefulRunner(compiled, {**settings, "kv_cache": "state"}, *decoder)
 
-    def _compile(self, artifact: Artifact, threads: int, config: dict) -> tuple[Any, dict]:
+    def _compile(
+        self, artifact: Artifact, threads: int, config: dict, stateful: bool = False
+    ) -> tuple[Any, dict, tuple[dict[str, str], list[str]] | None]:
         """``artifact`` compiled on ``threads`` threads in the precision stored in its IR, with
-        ``config`` on top; returns the compiled model and the whole config asked for."""
+        ``config`` on top; returns the compiled model, the whole config asked for, and, where
+        ``stateful`` made a decoder's cache internal state, its cache pairs and output names."""
         core = _core()
         ov_model = core.read_model(str(artifact.path))
         hint = ov_model.get_rt_info(_RT_INFO).astype(str) if ov_model.has_rt_info(_RT_INFO) else "f32"
         config = {"INFERENCE_NUM_THREADS": str(threads), "INFERENCE_PRECISION_HINT": hint, **config}
+        pairs = stateful_pairs(ov_model) if stateful else {}
+        decoder = None
+        if pairs:
+            decoder = (pairs, [port.get_any_name() for port in ov_model.outputs])
+            make_stateful(ov_model, pairs)
         try:
-            return core.compile_model(ov_model, self.device, config), config
+            return core.compile_model(ov_model, self.device, config), config, decoder
         except Exception as exc:
             raise QbenchError(
                 f"OpenVINO cannot compile {artifact.path.name} for {self.device}: {_openvino_error(exc)}"
@@ -413,7 +432,7 @@ class OpenVinoBackend(Backend):
         choice) and run through an ``AsyncInferQueue`` of the compiled model's
         ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``, as ``benchmark_app -hint throughput`` does."""
         config = {"PERFORMANCE_HINT": "THROUGHPUT", **({"NUM_STREAMS": str(streams)} if streams else {})}
-        compiled, config = self._compile(artifact, threads, config)
+        compiled, config, _ = self._compile(artifact, threads, config)
         names = [*config, "NUM_STREAMS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS"]
         settings = {
             "device": self.device,

@@ -165,6 +165,17 @@ class GenerateFeeds(dict):
         return outputs
 
 
+def cache_pairs(inputs: Sequence[tuple[str, int]], outputs: Sequence[str]) -> dict[str, str]:
+    """Each key/value cache input (name, rank) -> the output that returns it grown by the new
+    tokens (``past.3.key`` -> ``present.3.key``): what a stateful decoder keeps inside."""
+    named = set(outputs)
+    return {
+        name: _present_name(name)
+        for name, rank in inputs
+        if name.startswith(_CACHE_PREFIXES) and rank == 4 and _present_name(name) in named
+    }
+
+
 def _present_name(cache: str) -> str:
     """``past_key_values.3.key``, ``past.3.key`` or ``cache.3.key`` -> ``present.3.key``."""
     for prefix in ("past_key_values.", *(f"{p}." for p in _CACHE_PREFIXES)):

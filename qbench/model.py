@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -67,11 +68,21 @@ class OnnxModel:
     """An ONNX model as qbench sees it. Nameless nodes get stable names (``OpType_index``).
 
     ``proto`` is the named graph every backend builds from; ``content_hash`` hashes the file
-    bytes, so the same file always keys the same cache entries and leaderboard rows.
+    bytes, so the same file always keys the same cache entries and leaderboard rows. A model whose
+    weights are over 2 GiB keeps them on disk: ``proto``'s tensors refer to the files in
+    ``weights_from`` (its folder), and ``save`` copies them across one tensor at a time.
     """
 
-    def __init__(self, proto: onnx.ModelProto, name: str, content_hash: str, path: pathlib.Path):
+    def __init__(
+        self,
+        proto: onnx.ModelProto,
+        name: str,
+        content_hash: str,
+        path: pathlib.Path,
+        weights_from: pathlib.Path | None = None,
+    ):
         self.proto = proto
+        self.weights_from = weights_from
         self.name = name
         self.content_hash = content_hash
         self.path = path
@@ -99,8 +110,18 @@ class OnnxModel:
         if not proto.graph.node:
             raise QbenchError(f"{path} is not an ONNX model: it holds no graph nodes")
         digest = hashlib.sha256(raw)
-        for data_file in _load_external_data(proto, path):
-            digest.update(data_file.read_bytes())
+        data_files = _external_data_files(proto, path)
+        for data_file in data_files:
+            with data_file.open("rb") as handle:
+                while chunk := handle.read(1 << 24):
+                    digest.update(chunk)
+        weights_from = None
+        if sum(f.stat().st_size for f in data_files) > MAX_INLINE_BYTES:
+            weights_from = path.resolve().parent  # read as needed, never all at once
+        elif data_files:
+            from onnx import external_data_helper
+
+            external_data_helper.load_external_data_for_model(proto, str(path.resolve().parent))
         opset = _default_opset(proto)
         if opset < MIN_OPSET:
             proto = _upgrade_opset(proto, opset, path)
@@ -111,7 +132,8 @@ class OnnxModel:
                 "upgrade onnx and onnxruntime or export with an older opset"
             )
         _name_nodes(proto)
-        return cls(proto, given.name if given.is_dir() else path.stem, digest.hexdigest()[:16], path)
+        name = given.name if given.is_dir() else path.stem
+        return cls(proto, name, digest.hexdigest()[:16], path, weights_from)
 
     def layer_names(self) -> tuple[str, ...]:
         return tuple(layer.name for layer in self.layers)
@@ -143,7 +165,7 @@ class OnnxModel:
                 for dim, size in zip(value.type.tensor_type.shape.dim, shapes[value.name], strict=True):
                     dim.Clear()
                     dim.dim_value = size
-        return OnnxModel(proto, self.name, self.content_hash, self.path)
+        return OnnxModel(proto, self.name, self.content_hash, self.path, self.weights_from)
 
     @property
     def large(self) -> bool:
@@ -153,7 +175,7 @@ class OnnxModel:
 
     def save(self, path: pathlib.Path) -> None:
         """Write the named graph (the form every backend and the calibrator read)."""
-        save_onnx(self.proto, path)
+        save_onnx(self.proto, path, self.weights_from)
 
 
 #: Protobuf cannot serialize a message over 2 GiB: bigger models keep their weights in side files.
@@ -195,43 +217,92 @@ def copy_onnx(source: pathlib.Path, target: pathlib.Path) -> None:
     onnx.save_model(proto, str(target))
 
 
+def _external(tensor: onnx.TensorProto) -> dict[str, str]:
+    return {entry.key: entry.value for entry in tensor.external_data}
+
+
+def _weight_bytes(tensor: onnx.TensorProto) -> int:
+    if tensor.data_location == onnx.TensorProto.EXTERNAL:
+        return int(_external(tensor).get("length") or 0)
+    return len(tensor.raw_data)
+
+
 def is_large(proto: onnx.ModelProto) -> bool:
-    """Whether ``proto``'s weights exceed what one protobuf message can hold."""
-    return sum(len(t.raw_data) for t in proto.graph.initializer) > MAX_INLINE_BYTES
+    """Whether ``proto``'s weights (held, or referred to on disk) exceed what one protobuf
+    message can hold."""
+    referenced = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
+    return referenced or sum(_weight_bytes(t) for t in proto.graph.initializer) > MAX_INLINE_BYTES
 
 
-def save_onnx(proto: onnx.ModelProto, path: pathlib.Path) -> None:
-    """Write ``proto`` to ``path``; a model over 2 GiB with its weights in ``external_data_name``
-    beside it. ``proto`` is left as it was (its weights in memory), without a second copy of them."""
+def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
+    del tensor.external_data[:]
+    for key, value in (("location", location), ("offset", str(offset)), ("length", str(length))):
+        tensor.external_data.add(key=key, value=value)
+    tensor.data_location = onnx.TensorProto.EXTERNAL
+
+
+def _copy_range(source: pathlib.Path, offset: int, length: int | None, target) -> int:
+    """Append ``length`` bytes of ``source`` from ``offset`` (to its end when None) to ``target``."""
+    copied = 0
+    with source.open("rb") as handle:
+        handle.seek(offset)
+        while length is None or copied < length:
+            chunk = handle.read(1 << 24 if length is None else min(1 << 24, length - copied))
+            if not chunk:
+                break
+            target.write(chunk)
+            copied += len(chunk)
+    if length is not None and copied != length:
+        raise QbenchError(f"{source} ends before the {length} bytes at offset {offset} a tensor is stored in")
+    return copied
+
+
+def save_onnx(proto: onnx.ModelProto, path: pathlib.Path, weights_from: pathlib.Path | None = None) -> None:
+    """Write ``proto`` to ``path``. A model over 2 GiB keeps its weights in ``external_data_name``
+    beside it: tensors held in memory are written there, tensors that refer to files in
+    ``weights_from`` (a large model as read) are copied there, one at a time. ``proto`` is left
+    as it was, and no second copy of its weights is ever in memory."""
     path = pathlib.Path(path)
     if not is_large(proto):
         onnx.save_model(proto, str(path))
         return
-    from onnx import external_data_helper
-
     location = external_data_name(path)
-    moved: list[tuple[onnx.TensorProto, int, int]] = []
+    #: (tensor, its references before, or None for weights it held, offset, length)
+    moved: list[tuple[onnx.TensorProto, list[tuple[str, str]] | None, int, int]] = []
     try:
         with open(path.with_name(location), "wb") as data:
             for tensor in proto.graph.initializer:
-                if len(tensor.raw_data) < _EXTERNAL_THRESHOLD:
+                held = tensor.data_location != onnx.TensorProto.EXTERNAL
+                if held and len(tensor.raw_data) < _EXTERNAL_THRESHOLD:
                     continue
                 data.seek(-data.tell() % 4096, 1)  # page-aligned, so runtimes can map the weights
                 offset = data.tell()
-                data.write(tensor.raw_data)
-                external_data_helper.set_external_data(tensor, location, offset, len(tensor.raw_data))
-                tensor.data_location = onnx.TensorProto.EXTERNAL
-                moved.append((tensor, offset, len(tensor.raw_data)))
-                tensor.ClearField("raw_data")
+                if held:
+                    data.write(tensor.raw_data)
+                    moved.append((tensor, None, offset, len(tensor.raw_data)))
+                    tensor.ClearField("raw_data")
+                else:
+                    if weights_from is None:
+                        raise QbenchError(f"tensor {tensor.name!r} refers to external data, but no folder holds it")
+                    info = _external(tensor)
+                    length = int(info["length"]) if info.get("length") else None
+                    length = _copy_range(weights_from / info["location"], int(info.get("offset") or 0), length, data)
+                    moved.append((tensor, [(e.key, e.value) for e in tensor.external_data], offset, length))
+                _point_at(tensor, location, offset, moved[-1][3])
         onnx.save_model(proto, str(path))
-    finally:  # put the weights back, read from the file just written, one tensor at a time
-        if moved:
-            with open(path.with_name(location), "rb") as data:
-                for tensor, offset, length in moved:
-                    data.seek(offset)
-                    tensor.raw_data = data.read(length)
-                    del tensor.external_data[:]
-                    tensor.ClearField("data_location")
+    finally:  # as it was: references back, held weights read back from the file just written
+        with contextlib.ExitStack() as stack:
+            data = None
+            for tensor, references, offset, length in moved:
+                del tensor.external_data[:]
+                if references is not None:
+                    for key, value in references:
+                        tensor.external_data.add(key=key, value=value)
+                    continue
+                data = data or stack.enter_context(open(path.with_name(location), "rb"))
+                data.seek(offset)
+                tensor.raw_data = data.read(length)
+                tensor.ClearField("data_location")
 
 
 def model_file(path: str | pathlib.Path) -> pathlib.Path:
@@ -263,9 +334,8 @@ def model_file(path: str | pathlib.Path) -> pathlib.Path:
     return found[0]
 
 
-def _load_external_data(proto: onnx.ModelProto, path: pathlib.Path) -> list[pathlib.Path]:
-    """Read weights stored beside the model (``external_data``) into ``proto``, so the model can
-    be copied into the caches as one file; return the side files. A location that leaves the
+def _external_data_files(proto: onnx.ModelProto, path: pathlib.Path) -> list[pathlib.Path]:
+    """The files beside the model that hold its weights (``external_data``). A location that leaves the
     model's folder (absolute, ``..``, a link elsewhere) is refused, as ONNX Runtime does."""
     from onnx import external_data_helper
 
@@ -292,7 +362,6 @@ def _load_external_data(proto: onnx.ModelProto, path: pathlib.Path) -> list[path
                 "copy the .onnx file together with its data file(s)"
             )
         files.append(target)
-    external_data_helper.load_external_data_for_model(proto, str(folder))
     return sorted(set(files))
 
 

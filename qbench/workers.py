@@ -445,8 +445,9 @@ class _Held:
     def times(self, runs: int) -> list[int]:
         if self.runner is None:
             raise QbenchError("the timing worker holds no session")
-        clock, call, samples = time.perf_counter_ns, self.call, []
+        clock, call, rewind, samples = time.perf_counter_ns, self.call, self.runner.rewind, []
         for _ in range(runs):
+            rewind()
             t0 = clock()
             call()
             samples.append(clock() - t0)
@@ -459,6 +460,7 @@ class _Held:
         clock, call, latencies = time.perf_counter_ns, self.call, []
         start = clock()
         for offset in arrivals_ns:
+            self.runner.rewind()  # while waiting; a request arriving meanwhile waits for it
             arrival = start + offset
             wait = arrival - clock()
             if wait > SPIN_NS:  # sleep most of an idle gap, spin the end of it (sleep overshoots)

@@ -579,6 +579,7 @@ def test_a_decoder_over_the_protobuf_limit_keeps_its_weights_beside_every_file(
     import onnx
 
     import qbench.model
+    from qbench.backends import _nbits as nbits
     from qbench.backends import get_backend
     from qbench.data import load_npz
     from qbench.machine import current_machine
@@ -617,7 +618,9 @@ def test_a_decoder_over_the_protobuf_limit_keeps_its_weights_beside_every_file(
 
     whole = logits(tmp_path / "whole", big=False)
     monkeypatch.setattr(qbench.model, "MAX_INLINE_BYTES", 2**20)
+    monkeypatch.setattr(nbits, "_CHUNK_BYTES", 2**20)  # its weights read and quantized a layer at a time
     split = logits(tmp_path / "split", big=True)
+    assert OnnxModel.load(folder / "decoder.onnx").weights_from == folder.resolve()  # left on disk
     named = next((tmp_path / "split" / "models").glob("*.onnx"))
     assert named.with_name(named.name + ".data").is_file()  # the cache's own copy of the model, too
     for a, b in zip(whole, split, strict=True):
@@ -643,3 +646,47 @@ def test_saving_a_large_model_leaves_its_weights_in_memory(sliced, tmp_path, mon
         tensor.ClearField("data_location")
     assert copied.SerializeToString() == before
     assert os.path.getsize(tmp_path / "b.onnx") < 2**20
+
+
+def test_openvino_keeps_a_decoders_cache_as_internal_state(sliced, tmp_path):
+    """As OpenVINO's LLM pipeline runs a decoder: the cache inputs become state, a decode call
+    feeds only the token, and computes what the graph with its cache inputs computes; ``rewind``
+    puts the timed cache back between calls, and a generation's steps run on the state."""
+    from qbench.backends import get_backend
+    from qbench.data import load_npz
+    from qbench.decoder import GenerateFeeds
+    from qbench.plan import PrecisionPlan
+
+    backend = get_backend("openvino")
+    if not backend.probe().available:
+        pytest.skip(backend.probe().reason)
+    model = OnnxModel.load(sliced / "model.onnx")
+    artifact = backend.build(model, PrecisionPlan(name="fp32"), None, tmp_path)
+    data = load_npz(sliced / "eval.npz", model)
+    feeds = Workload.parse("decode:16").feeds(model, data, 1)
+    stateful, plain = backend.load(artifact, threads=1), backend.load(artifact, threads=1, kv_cache="inputs")
+    try:
+        assert stateful.settings["kv_cache"] == "state" and "kv_cache" not in plain.settings
+        loads = []
+        load_state = stateful._load_state
+        stateful._load_state = lambda caches: (loads.append(len(caches)), load_state(caches))
+        expected = plain.run(feeds)
+        first = stateful.run(feeds)
+        np.testing.assert_allclose(first[0], expected[0], rtol=1e-4, atol=1e-4)
+        assert [a.shape for a in first] == [a.shape for a in expected]  # presents: placeholders, no memory
+        assert first[1].strides == (0, 0, 0, 0) and len(loads) == 1
+        np.testing.assert_array_equal(stateful.run(feeds)[0], first[0])  # the feeds' cache again, not the grown one
+        assert len(loads) == 2
+        stateful.rewind()  # between timed calls: the cache goes back in, outside the timed call
+        np.testing.assert_array_equal(stateful.run(feeds)[0], first[0])
+        assert len(loads) == 3
+        generation = GenerateFeeds.of(model, decoder_inputs(model, "generate"), data.inputs["input_ids"][:1, :12], 6)
+        tokens = [
+            np.argmax(run_with(generation)[0][:, -1], axis=-1)
+            for run_with in (lambda g: g.run_with(stateful.run), lambda g: g.run_with(plain.run))
+        ]
+        np.testing.assert_array_equal(*tokens)
+        assert len(loads) == 4  # the prompt's empty cache; the steps run on the state
+    finally:
+        stateful.close()
+        plain.close()
