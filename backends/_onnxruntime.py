@@ -358,7 +358,13 @@ class OnnxRuntimeBackend(Backend):
                 return next(self._feeds, None)
 
         with qdq.quiet_root_logger():
-            quantize_static(qdq.prepared_model_path(model, workdir), out, Reader(), **native_int8_options(self._x86()))
+            quantize_static(
+                qdq.prepared_model_path(model, workdir),
+                out,
+                Reader(),
+                use_external_data_format=model.large,
+                **native_int8_options(self._x86()),
+            )
 
     # -- run ---------------------------------------------------------------------------------
 

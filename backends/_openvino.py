@@ -47,6 +47,8 @@ _FLOAT_TYPES = frozenset({"f32", "bf16", "f16"})
 # Operations nncf.compress_weights compresses unless told to ignore them (embeddings are Gathers).
 _COMPRESSIBLE_OPS = frozenset({"MatMul", "Gather", "Convolution"})
 _RT_INFO = "qbench_inference_precision"  # stored in the IR so load() needs only the artifact
+_KV_CACHE_INFO = "qbench_kv_cache"
+KV_CACHES = ("state", "inputs")
 NNCF_PRESETS = ("performance", "mixed")
 INFERENCE_PRECISIONS = ("f32", "bf16", "f16")
 
@@ -59,9 +61,12 @@ class OpenVinoOptions:
     inference_precision: str | None = None
     #: NNCF's quantization preset: "performance" (symmetric) or "mixed" (asymmetric activations).
     preset: str | None = None
+    #: Where a decoder keeps its key/value cache: "state" (inside the model, as OpenVINO's LLM
+    #: pipeline runs it; the default) or "inputs" (the graph's cache inputs and outputs).
+    kv_cache: str | None = None
 
     def __post_init__(self) -> None:
-        choice_check(self, {"inference_precision": INFERENCE_PRECISIONS, "preset": NNCF_PRESETS})
+        choice_check(self, {"inference_precision": INFERENCE_PRECISIONS, "preset": NNCF_PRESETS, "kv_cache": KV_CACHES})
 
 
 @functools.lru_cache(maxsize=1)
@@ -296,6 +301,8 @@ class OpenVinoBackend(Backend):
             if plan.layers_in(*WEIGHT_ONLY_BITS):
                 ov_model = self._compress_weights(ov_model, plan, nbits.tied_embedding(model.proto))
             ov_model.set_rt_info(plan.options.get("inference_precision"), _RT_INFO)
+            if plan.options.get("kv_cache"):  # only when asked: other IRs stay byte for byte as before
+                ov_model.set_rt_info(plan.options.get("kv_cache"), _KV_CACHE_INFO)
             # compress_to_fp16 defaults to True; fp32 layers must keep fp32 weights.
             openvino.save_model(ov_model, str(out), compress_to_fp16=False)
         finally:
@@ -388,15 +395,16 @@ class OpenVinoBackend(Backend):
         threads: int,
         shared_process: bool = True,
         extra_config: dict | None = None,
-        kv_cache: str = "state",
+        kv_cache: str | None = None,
     ) -> Runner:
         """``kv_cache="state"``: a decoder keeps its key/value cache as internal state, as
         OpenVINO's LLM pipeline runs it (``_openvino_state``); ``"inputs"``: through the graph's
-        own cache inputs and outputs, copied every call."""
+        own cache inputs and outputs, copied every call; None: as the plan's ``kv_cache`` option
+        stored in the IR says, else ``"state"``."""
         if threads < 1:
             raise QbenchError(f"`threads` must be at least 1, but got {threads}")
         config = {"PERFORMANCE_HINT": "LATENCY", "NUM_STREAMS": "1", **(extra_config or {})}
-        compiled, config, decoder = self._compile(artifact, threads, config, stateful=kv_cache == "state")
+        compiled, config, decoder = self._compile(artifact, threads, config, kv_cache)
         # What the compiled model reports, not what was asked: the values that shaped the latency.
         names = [*config, "ENABLE_CPU_PINNING"] if self.device == "CPU" else list(config)
         names = [name for name in names if name not in (extra_config or {})]
@@ -406,16 +414,20 @@ class OpenVinoBackend(Backend):
         return StatefulRunner(compiled, {**settings, "kv_cache": "state"}, *decoder)
 
     def _compile(
-        self, artifact: Artifact, threads: int, config: dict, stateful: bool = False
+        self, artifact: Artifact, threads: int, config: dict, kv_cache: str | None = "inputs"
     ) -> tuple[Any, dict, tuple[dict[str, str], list[str]] | None]:
         """``artifact`` compiled on ``threads`` threads in the precision stored in its IR, with
         ``config`` on top; returns the compiled model, the whole config asked for, and, where
-        ``stateful`` made a decoder's cache internal state, its cache pairs and output names."""
+        ``kv_cache`` (see ``load``) made a decoder's cache internal state, its cache pairs and
+        output names."""
         core = _core()
         ov_model = core.read_model(str(artifact.path))
         hint = ov_model.get_rt_info(_RT_INFO).astype(str) if ov_model.has_rt_info(_RT_INFO) else "f32"
         config = {"INFERENCE_NUM_THREADS": str(threads), "INFERENCE_PRECISION_HINT": hint, **config}
-        pairs = stateful_pairs(ov_model) if stateful else {}
+        if kv_cache is None:
+            stored = ov_model.has_rt_info(_KV_CACHE_INFO)
+            kv_cache = ov_model.get_rt_info(_KV_CACHE_INFO).astype(str) if stored else "state"
+        pairs = stateful_pairs(ov_model) if kv_cache == "state" else {}
         decoder = None
         if pairs:
             decoder = (pairs, [port.get_any_name() for port in ov_model.outputs])

@@ -7,8 +7,8 @@ vocabulary, so its tokenizer and evaluation windows serve: 2.7 GiB of fp32 weigh
     qbench bench DIR --recipe fp32,int4-weight,int8-weight --workload decode:128
     qbench tune DIR --trials 5 --max-drop kl:BUDGET --workload decode:128
 
-and prints each command's wall time and peak resident memory (the process and every worker it
-ran: ``wait4``'s ``ru_maxrss``). Random weights make the fidelity numbers meaningless as quality
+and prints each command's output, wall time and peak resident memory (the largest of the process
+and every worker it ran: ``wait4``'s ``ru_maxrss``). Random weights make the fidelity numbers meaningless as quality
 (the model predicts nothing); what this shows is that every cache, builder, hash and runtime takes
 the side file, and what the sizes cost. Needs the zoo's SmolLM2 (``qbench zoo install``).
 
@@ -78,18 +78,16 @@ def write_decoder(folder: pathlib.Path, layers: int, seed: int) -> None:
         np.savez(folder / name, input_ids=windows["input_ids"][rows, :TOKENS], labels=windows["labels"][rows, :TOKENS])
 
 
-def run(command: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak resident GiB of the process and the workers it ran, and its output."""
+def run(command: list[str]) -> tuple[float, float]:
+    """Run ``command``, its output passed through; wall seconds and the peak resident GiB of the
+    process and the workers it ran (``wait4`` reports the largest of them)."""
     start = time.perf_counter()
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-        _, status, usage = os.wait4(process.pid, 0)
-        process.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        output = log.read()
+    process = subprocess.Popen(command)
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
     if process.returncode:
-        sys.exit(f"{' '.join(command)} failed ({process.returncode}):\n{output[-3000:]}")
-    return time.perf_counter() - start, usage.ru_maxrss / 2**20, output
+        sys.exit(f"{' '.join(command)} failed ({process.returncode})")
+    return time.perf_counter() - start, usage.ru_maxrss / 2**20
 
 
 def main() -> None:
@@ -116,9 +114,9 @@ def main() -> None:
     tune = [*qbench, "tune", str(folder), "--trials", str(args.trials), "--max-drop", f"kl:{args.budget}"]
     tune += ["--seed", str(args.seed), *common]
     for name, command in (("bench", bench), ("tune", tune)):
-        seconds, peak, output = run(command)
-        print(f"\n$ {' '.join(command[2:])}\n{name}: {seconds:.0f} s wall, peak resident memory {peak:.1f} GiB")
-        print(output.rstrip())
+        print(f"\n$ {' '.join(command[2:])}", flush=True)
+        seconds, peak = run(command)
+        print(f"{name}: {seconds:.0f} s wall, peak resident memory {peak:.1f} GiB", flush=True)
     scratch.cleanup()
 
 

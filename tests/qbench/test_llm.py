@@ -690,3 +690,13 @@ def test_openvino_keeps_a_decoders_cache_as_internal_state(sliced, tmp_path):
     finally:
         stateful.close()
         plain.close()
+    # The plan option picks it, stored in the IR: the default load honours it.
+    asked = backend.build(model, PrecisionPlan(name="fp32").with_options(kv_cache="inputs"), None, tmp_path)
+    runner = backend.load(asked, threads=1)
+    try:
+        assert "kv_cache" not in runner.settings
+        np.testing.assert_array_equal(runner.run(feeds)[0], expected[0])
+    finally:
+        runner.close()
+    with pytest.raises(QbenchError, match="kv_cache"):
+        backend.build(model, PrecisionPlan(name="fp32").with_options(kv_cache="disk"), None, tmp_path)
