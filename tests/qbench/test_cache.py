@@ -99,3 +99,37 @@ def test_a_bad_cache_limit_is_a_one_line_error(monkeypatch, raw):
 def test_the_cache_limit_reads_gb(monkeypatch):
     monkeypatch.setenv("QBENCH_ARTIFACT_CACHE_GB", "0.5")
     assert artifact_cache_limit() == 2**29
+
+
+def test_an_entry_is_built_under_its_own_name_and_takes_the_companions_it_wrote(tmp_path):
+    """Side files named after the entry (an ONNX model's weights, ``model.onnx.data``, named inside
+    the graph) stay right when it moves in; a companion an entry does not have is not required."""
+
+    def produce(tmp):
+        assert tmp.name == "big.onnx"
+        tmp.write_text("graph naming big.onnx.data")
+        tmp.with_name("big.onnx.data").write_bytes(b"weights")
+
+    big, small = tmp_path / "big.onnx", tmp_path / "small.onnx"
+    assert atomic_cached(big, produce, companions=(".onnx.data",)) is False
+    assert atomic_cached(small, lambda tmp: tmp.write_text("graph"), companions=(".onnx.data",)) is False
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "big.onnx",
+        "big.onnx.data",
+        "big.onnx.sha256",
+        "small.onnx",
+        "small.onnx.sha256",
+    ]
+    assert atomic_cached(big, produce, companions=(".onnx.data",)) is True
+    (tmp_path / "big.onnx.data").write_bytes(b"damaged")
+    assert atomic_cached(big, produce, companions=(".onnx.data",)) is False  # the side file is hashed too
+    assert (tmp_path / "big.onnx.data").read_bytes() == b"weights"
+
+
+def test_trim_leaves_a_build_under_way_alone(tmp_path):
+    building = tmp_path / ".m-aaaaaaaaaaaaaaaaaaaa.onnx.123.tmp"
+    building.mkdir()
+    (building / ("m-" + "a" * 20 + ".onnx")).write_bytes(b"x" * 1000)
+    _entry(tmp_path, "m-" + "b" * 20, 300, age=100)
+    assert trim_least_recently_used(tmp_path, max_bytes=10, keep=tmp_path / "none.onnx") == ["m-" + "b" * 20]
+    assert any(building.iterdir())

@@ -169,3 +169,36 @@ def test_a_relative_artifact_path_loads_whatever_the_workers_current_directory(d
         assert len(worker.times(3)) == 3
     finally:
         pool.close()
+
+
+def test_a_runner_is_rewound_before_every_timed_call_outside_the_timing():
+    """A stateful decoder's call leaves its grown cache behind; the worker's loops put back the
+    timed state before each call, and that time is not the call's."""
+    from qbench.backends import Runner
+    from qbench.workers import _Held
+
+    class Stateful(Runner):
+        settings: dict = {}
+
+        def __init__(self) -> None:
+            self.events: list[str] = []
+
+        def run(self, feeds):
+            self.events.append("run")
+            return []
+
+        def rewind(self) -> None:
+            self.events.append("rewind")
+            time.sleep(0.02)
+
+        def close(self) -> None:
+            pass
+
+    held = _Held()
+    held.runner, held.feeds = Stateful(), {}
+    samples = held.times(3)
+    assert held.runner.events == ["rewind", "run"] * 3
+    assert max(samples) < 0.02e9  # the sleeping rewinds are outside every sample
+    held.runner.events.clear()
+    held.serve([0, 0])
+    assert held.runner.events == ["rewind", "run"] * 2
