@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import logging
@@ -167,7 +168,7 @@ class OnnxModel:
                     dim.dim_value = size
         return OnnxModel(proto, self.name, self.content_hash, self.path, self.weights_from)
 
-    @property
+    @functools.cached_property
     def large(self) -> bool:
         """Whether the model is over protobuf's 2 GiB limit: files written from it keep their
         weights in a side file (``external_data_name``), and ONNX Runtime's tools must be told."""
@@ -222,9 +223,10 @@ def _external(tensor: onnx.TensorProto) -> dict[str, str]:
 
 
 def _weight_bytes(tensor: onnx.TensorProto) -> int:
+    """The bytes of a tensor's values (about: its serialized size, which does not copy them)."""
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return int(_external(tensor).get("length") or 0)
-    return len(tensor.raw_data)
+    return tensor.ByteSize()
 
 
 def is_large(proto: onnx.ModelProto) -> bool:
@@ -261,7 +263,7 @@ def save_onnx(proto: onnx.ModelProto, path: pathlib.Path, weights_from: pathlib.
     """Write ``proto`` to ``path``. A model over 2 GiB keeps its weights in ``external_data_name``
     beside it: tensors held in memory are written there, tensors that refer to files in
     ``weights_from`` (a large model as read) are copied there, one at a time. ``proto`` is left
-    as it was, and no second copy of its weights is ever in memory."""
+    as it was; one tensor at a time is copied in memory, never the whole model."""
     path = pathlib.Path(path)
     if not is_large(proto):
         onnx.save_model(proto, str(path))
@@ -273,13 +275,16 @@ def save_onnx(proto: onnx.ModelProto, path: pathlib.Path, weights_from: pathlib.
         with open(path.with_name(location), "wb") as data:
             for tensor in proto.graph.initializer:
                 held = tensor.data_location != onnx.TensorProto.EXTERNAL
-                if held and len(tensor.raw_data) < _EXTERNAL_THRESHOLD:
+                # (values in typed fields, not raw_data, stay in the graph: small ones, in practice)
+                if held and (not tensor.HasField("raw_data") or tensor.ByteSize() < _EXTERNAL_THRESHOLD):
                     continue
                 data.seek(-data.tell() % 4096, 1)  # page-aligned, so runtimes can map the weights
                 offset = data.tell()
                 if held:
-                    data.write(tensor.raw_data)
-                    moved.append((tensor, None, offset, len(tensor.raw_data)))
+                    raw = tensor.raw_data
+                    data.write(raw)
+                    moved.append((tensor, None, offset, len(raw)))
+                    del raw
                     tensor.ClearField("raw_data")
                 else:
                     if weights_from is None:
