@@ -22,7 +22,7 @@ import numpy as np
 from qbench.backends._qdq import quiet_root_logger
 from qbench.cache import atomic_cached, content_key
 from qbench.machine import Machine
-from qbench.model import save_onnx
+from qbench.model import save_onnx, weight_bytes
 from qbench.plan import WEIGHT_ONLY_BITS, PrecisionPlan
 
 #: ``metadata_props`` key of a model whose embedding Gather and LM head MatMul share values:
@@ -145,7 +145,7 @@ def _chunks(base: pathlib.Path, layers: list[str]) -> list[list[str]]:
     size = 0
     for layer in layers:
         tensor = tensors.get(weights.get(layer, ""))
-        length = int(_external(tensor).get("length") or 0) if tensor is not None else 0
+        length = weight_bytes(tensor) if tensor is not None else 0
         if groups[-1] and size + length > _CHUNK_BYTES:
             groups.append([])
             size = 0
@@ -154,17 +154,14 @@ def _chunks(base: pathlib.Path, layers: list[str]) -> list[list[str]]:
     return groups
 
 
-def _external(tensor: Any) -> dict[str, str]:
-    return {entry.key: entry.value for entry in tensor.external_data}
-
-
 def _read_weights(model: Any, base: pathlib.Path, layers: list[str]) -> None:
     """Read the weights of ``layers`` from ``base``'s side file into ``model`` (whose other
     tensors may stay references to it): what the quantizer reads."""
     import onnx
     from onnx import external_data_helper
 
-    wanted = {n.input[1] for n in model.graph.node if n.name in set(layers) and len(n.input) > 1}
+    names = set(layers)
+    wanted = {n.input[1] for n in model.graph.node if n.name in names and len(n.input) > 1}
     for tensor in model.graph.initializer:
         if tensor.name in wanted and tensor.data_location == onnx.TensorProto.EXTERNAL:
             external_data_helper.load_external_data_for_tensor(tensor, str(base.resolve().parent))

@@ -444,7 +444,7 @@ class OpenVinoBackend(Backend):
         choice) and run through an ``AsyncInferQueue`` of the compiled model's
         ``OPTIMAL_NUMBER_OF_INFER_REQUESTS``, as ``benchmark_app -hint throughput`` does."""
         config = {"PERFORMANCE_HINT": "THROUGHPUT", **({"NUM_STREAMS": str(streams)} if streams else {})}
-        compiled, config, _ = self._compile(artifact, threads, config)
+        compiled, config, _ = self._compile(artifact, threads, config, kv_cache="inputs")  # requests share no state
         names = [*config, "NUM_STREAMS", "OPTIMAL_NUMBER_OF_INFER_REQUESTS"]
         settings = {
             "device": self.device,

@@ -222,7 +222,7 @@ def _external(tensor: onnx.TensorProto) -> dict[str, str]:
     return {entry.key: entry.value for entry in tensor.external_data}
 
 
-def _weight_bytes(tensor: onnx.TensorProto) -> int:
+def weight_bytes(tensor: onnx.TensorProto) -> int:
     """The bytes of a tensor's values (about: its serialized size, which does not copy them)."""
     if tensor.data_location == onnx.TensorProto.EXTERNAL:
         return int(_external(tensor).get("length") or 0)
@@ -233,7 +233,7 @@ def is_large(proto: onnx.ModelProto) -> bool:
     """Whether ``proto``'s weights (held, or referred to on disk) exceed what one protobuf
     message can hold."""
     referenced = any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer)
-    return referenced or sum(_weight_bytes(t) for t in proto.graph.initializer) > MAX_INLINE_BYTES
+    return referenced or sum(weight_bytes(t) for t in proto.graph.initializer) > MAX_INLINE_BYTES
 
 
 def _point_at(tensor: onnx.TensorProto, location: str, offset: int, length: int) -> None:
