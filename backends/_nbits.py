@@ -22,8 +22,8 @@ import numpy as np
 from qbench.backends._qdq import quiet_root_logger
 from qbench.cache import atomic_cached, content_key
 from qbench.machine import Machine
-from qbench.model import save_onnx, weight_bytes
-from qbench.plan import WEIGHT_ONLY_BITS, PrecisionPlan
+from qbench.model import weight_bytes
+from qbench.plan import WEIGHT_ONLY_BITS
 
 #: ``metadata_props`` key of a model whose embedding Gather and LM head MatMul share values:
 #: ``"<gather node>=<LM head node>"`` (qbench's zoo LLM writes it).
@@ -197,13 +197,18 @@ def splice(
             if name in found.initializers and name not in present:
                 graph.initializer.add().CopyFrom(found.initializers[name])
                 present.add(name)
-    still_read = {name for n in graph.node for name in n.input}
-    for index in reversed(range(len(graph.initializer))):
-        if graph.initializer[index].name in dropped - still_read:
-            del graph.initializer[index]
+    drop_unread(graph, dropped)
     if not any(o.domain == "com.microsoft" for o in model.opset_import):
         model.opset_import.add(domain="com.microsoft", version=1)
     return left
+
+
+def drop_unread(graph: Any, names: set[str]) -> None:
+    """Remove the initializers in ``names`` that no node of ``graph`` reads any more, in place."""
+    still_read = {name for n in graph.node for name in n.input}
+    for index in reversed(range(len(graph.initializer))):
+        if graph.initializer[index].name in names - still_read:
+            del graph.initializer[index]
 
 
 #: The last base model read: its graph without initializers, and the initializers by name.
@@ -238,41 +243,6 @@ def _assembled(base: pathlib.Path, skip: set[str]) -> tuple[Any, dict[str, tuple
         if name not in skip:
             model.graph.initializer.add().CopyFrom(tensor)
     return model, {name: tuple(t.dims) for name, t in tensors.items()}
-
-
-def write_weight_only(source: pathlib.Path, out: pathlib.Path, plan: PrecisionPlan, base: pathlib.Path) -> None:
-    """Rewrite the plan's weight-only MatMuls of ``source`` into MatMulNBits: each layer spliced
-    from ``base``'s pre-quantized pieces of its format (``pieces``), any other through the
-    quantizer. ``base`` is the unquantized model ``source`` was written from (often itself: then
-    it is read once per process)."""
-    import onnx
-
-    o = plan.options
-    formats = [
-        (bits, layers, pieces(base, bits, o.block_size, o.get("accuracy_level"), o.weight_symmetric, layers))
-        for precision, bits in WEIGHT_ONLY_BITS.items()
-        if (layers := plan.layers_in(precision))
-    ]
-    weights_from = None
-    if source.resolve() == base.resolve():
-        weights_from = base.resolve().parent
-        spliced = {layer for _, layers, found in formats for layer in layers if layer in found.replaced}
-        shell, _ = _base_parts(base)
-        kept_readers = {name for n in shell.graph.node if n.name not in spliced for name in n.input}
-        skip = {found.replaced[layer][0] for _, layers, found in formats for layer in layers if layer in spliced}
-        model, dims = _assembled(base, skip - kept_readers)
-    else:
-        model, dims = onnx.load(str(source)), None
-    tie = tied_embedding(model)
-    # The head keeps its output name when it becomes MatMulNBits; its node name changes.
-    head_output = next((n.output[0] for n in model.graph.node if tie and n.name == tie[1]), None)
-    for bits, layers, found in formats:
-        left = splice(model, layers, found, dims)
-        if left:
-            model = _compress(model, bits, o.block_size, o.get("accuracy_level"), left, o.weight_symmetric)
-    if tie and head_output:
-        share_tied_embedding(model, tie[0], head_output)
-    save_onnx(model, out, weights_from)
 
 
 def _probe_model(bits: int | None, level: int, tokens: int) -> bytes:

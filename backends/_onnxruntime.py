@@ -13,9 +13,11 @@ from typing import Any
 
 import numpy as np
 
+from qbench.backends import _dynamic as dyn
 from qbench.backends import _nbits as nbits
 from qbench.backends import _qdq as qdq
 from qbench.backends._base import Artifact, Availability, Backend, Calibration, Runner, choice_check
+from qbench.backends._splice import write_spliced
 from qbench.cache import cache_root, content_key
 from qbench.data import Dataset, fixed_batch_size
 from qbench.decoder import SharedCacheFeeds
@@ -300,9 +302,12 @@ class OnnxRuntimeBackend(Backend):
 
         dynamic = plan.layers_in("int8-dynamic")
         weight_only = plan.layers_in(*WEIGHT_ONLY_BITS)
+        base = current = qdq.named_model_path(model, workdir)
         staged = out.with_suffix(".static.onnx")
+        # Dynamic MatMuls of the unquantized model are spliced from pieces quantized once per
+        # process; after static int8, or with a Gemm among them, the quantizer writes them all.
+        splice = bool(dynamic) and not plan.is_native and not plan.needs_calibration and dyn.spliceable(base, dynamic)
         dynamic_out = out.with_suffix(".dynamic.onnx") if weight_only else out
-        current = qdq.named_model_path(model, workdir)
         try:
             if plan.is_native:
                 self._write_native(model, calibration, workdir, staged)
@@ -310,7 +315,7 @@ class OnnxRuntimeBackend(Backend):
             elif plan.needs_calibration:
                 qdq.write_qdq_graph(model, plan, calibration, workdir, staged)
                 current = staged
-            if dynamic:
+            if dynamic and not splice:
                 types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
                 with qdq.quiet_root_logger():
                     quantize_dynamic(
@@ -325,9 +330,13 @@ class OnnxRuntimeBackend(Backend):
                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT},
                     )
                 current = dynamic_out
+            if splice:
+                o = plan.options
+                fmt = dyn.DynamicFormat(o.per_channel, o.reduce_range, o.weight_type)
+                write_spliced(base, out, plan, base, dyn.dynamic_pieces(base, fmt, dynamic))
             # Last: the int8 writers leave weight-only layers float, with their weights constant.
-            if weight_only:
-                nbits.write_weight_only(current, out, plan, base=qdq.named_model_path(model, workdir))
+            elif weight_only:
+                write_spliced(current, out, plan, base=base)
             elif current != out:
                 copy_onnx(current, out)
         finally:

@@ -532,6 +532,7 @@ def test_a_spliced_weight_only_build_is_the_quantizers_own(sliced, tmp_path, sym
     from onnx import numpy_helper
 
     from qbench.backends import _nbits as nbits
+    from qbench.backends._splice import write_spliced
     from qbench.plan import PrecisionPlan
 
     base = sliced / "model.ort.onnx"
@@ -541,9 +542,9 @@ def test_a_spliced_weight_only_build_is_the_quantizers_own(sliced, tmp_path, sym
     # Another level first: its pieces serve level 0 as well (the level is only an attribute).
     options = {"block_size": 32, "weight_symmetric": symmetric, "accuracy_level": 4}
     plan = PrecisionPlan(name="mix", layers=layers).with_options(**options)
-    nbits.write_weight_only(base, tmp_path / "level4.onnx", plan, base=base)
+    write_spliced(base, tmp_path / "level4.onnx", plan, base=base)
     plan = plan.with_options(accuracy_level=0)
-    nbits.write_weight_only(base, tmp_path / "spliced.onnx", plan, base=base)
+    write_spliced(base, tmp_path / "spliced.onnx", plan, base=base)
 
     reference = onnx.load(str(base))  # the quantizer, one pass per bit width, as before splicing
     tie = nbits.tied_embedding(reference)
@@ -566,6 +567,47 @@ def test_a_spliced_weight_only_build_is_the_quantizers_own(sliced, tmp_path, sym
     ids = np.load(sliced / "eval.npz")["input_ids"][:2]
     feeds = _prefill(base, ids)
     logits = [_session(tmp_path, f"{name}.onnx").run(None, feeds)[0] for name in ("spliced", "reference")]
+    np.testing.assert_array_equal(*logits)
+
+
+@pytest.mark.parametrize("per_channel", [False, True])
+def test_a_spliced_int8_dynamic_build_is_the_quantizers_own(sliced, tmp_path, monkeypatch, per_channel):
+    """int8-dynamic layers are spliced from pieces quantized once per process: the build holds
+    the nodes and tensors ``quantize_dynamic`` writes for the same plan (one input quantizer
+    shared by the layers reading it) and computes the same logits, mixed with weight-only layers."""
+    import onnx
+    from onnx import numpy_helper
+
+    from qbench.backends import _dynamic as dyn
+    from qbench.backends import get_backend
+    from qbench.machine import current_machine
+    from qbench.plan import PrecisionPlan
+
+    backend = get_backend("onnxruntime")
+    model = OnnxModel.load(sliced / "model.ort.onnx")
+    names = [layer.name for layer in model.layers]
+    cycle = ("int8-dynamic", "int4-weight", "int8-dynamic", "fp32")
+    layers = {name: cycle[i % len(cycle)] for i, name in enumerate(names)}
+    plan = backend.resolve_plan(PrecisionPlan(name="mix", layers=layers), current_machine())
+    plan = plan.with_options(per_channel=per_channel)
+    assert len(plan.layers_in("int8-dynamic")) >= 2
+    spliced = backend.build(model, plan, None, tmp_path / "spliced")
+    monkeypatch.setattr(dyn, "spliceable", lambda *_: False)  # every layer through quantize_dynamic
+    reference = backend.build(model, plan, None, tmp_path / "quantizer")
+
+    def nodes(m):
+        return sorted((n.op_type, n.name, list(n.input), list(n.output), str(n.attribute)) for n in m.graph.node)
+
+    def tensors(m):
+        return {t.name: numpy_helper.to_array(t) for t in m.graph.initializer}
+
+    mine, theirs = onnx.load(str(spliced.path)), onnx.load(str(reference.path))
+    assert sum(n.op_type == "DynamicQuantizeLinear" for n in mine.graph.node) >= 1
+    assert nodes(mine) == nodes(theirs)
+    mine_t, theirs_t = tensors(mine), tensors(theirs)
+    assert mine_t.keys() == theirs_t.keys() and all(np.array_equal(mine_t[k], theirs_t[k]) for k in mine_t)
+    feeds = _prefill(sliced / "model.ort.onnx", np.load(sliced / "eval.npz")["input_ids"][:2])
+    logits = [_session(a.path.parent, a.path.name).run(None, feeds)[0] for a in (spliced, reference)]
     np.testing.assert_array_equal(*logits)
 
 
@@ -592,11 +634,13 @@ def test_a_decoder_over_the_protobuf_limit_keeps_its_weights_beside_every_file(
     folder = tmp_path / "big"
     folder.mkdir()
     onnx.save(onnx.load(str(sliced / source)), str(folder / "decoder.onnx"), save_as_external_data=True)
-    first = next(layer.name for layer in OnnxModel.load(sliced / source).layers if layer.name != "lm_head")
+    first, second = [layer.name for layer in OnnxModel.load(sliced / source).layers if layer.name != "lm_head"][:2]
     plans = [
         PrecisionPlan(name="fp32"),
         PrecisionPlan(name="mix", layers={"lm_head": "int8-weight", first: "int4-weight"}),
     ]
+    if backend_name == "onnxruntime":  # int8-dynamic pieces read their weights a chunk at a time too
+        plans.append(PrecisionPlan(name="dynamic", layers={"lm_head": "int8-dynamic", second: "int8-dynamic"}))
 
     def logits(workdir: pathlib.Path, big: bool) -> list[np.ndarray]:
         model = OnnxModel.load(folder / "decoder.onnx")
