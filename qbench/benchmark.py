@@ -27,7 +27,6 @@ from qbench.codeversion import code_version
 from qbench.data import Dataset, fixed_batch_size
 from qbench.drift import DRIFT, DriftWorkload
 from qbench.errors import QbenchError, describe
-from qbench.fidelity import intervals
 from qbench.harness import FP32, FP32_AGAIN, TIMING_CHUNK, Harness, Loaded, chunks
 from qbench.machine import Machine
 from qbench.measure import TimingProtocol
@@ -65,6 +64,9 @@ class BenchSettings:
     config_hash: str | None = None  # ``spec.config_hash()``, computed once
     scenario: Scenario = LATENCY  # the deployment question the rows answer
     objective: Objective = MEDIAN  # the figure each row's speedup compares (a tune's objective)
+    #: A tune's accuracy budget: a decoder's plans are scored on as many windows as decide it
+    #: (``Harness.scored``); None: every plan on the whole evaluation set.
+    accuracy_budget: float | None = None
 
     @classmethod
     def from_spec(
@@ -116,6 +118,7 @@ class Candidate:
     baseline_ns: np.ndarray | None = None  # the fp32 samples interleaved with this plan's
     block: int = 1  # samples per block round in both (``qbench.measure.Samples``)
     accuracy: float | None = None
+    drop: float | None = None  # from fp32's accuracy on the same samples
     fidelity: dict[str, list[float]] | None = None  # a token metric's figures against fp32, with intervals
     runner_settings: dict[str, Any] | None = None
     aa: dict[str, float] | None = None  # fp32 against its second worker in the same rounds
@@ -262,9 +265,6 @@ def _measure(
         baseline.error = harness.baseline_error
     else:
         baseline.loaded(harness.baseline)
-        baseline.accuracy = harness.baseline_accuracy
-        if harness.scorer is not None and harness.reference is not None:
-            baseline.fidelity = intervals(harness.reference, harness.reference)
     _calibrate(harness.calibration, harness.calibration_data, candidates, progress)
     if settings.job is not None:
         partners()
@@ -275,7 +275,7 @@ def _measure(
     for number, chunk in enumerate(chunks(pending, size), start=1):
         for c in chunk:
             progress(f"build, load and score {c.plan.name}")
-            _prepare(c, harness)
+            _prepare(c, harness, settings.accuracy_budget)
         ready = [c for c in chunk if c.error is None]
         if ready:
             progress(f"time {len(ready)} plans interleaved with fp32 ({number}/{-(-len(pending) // size)})")
@@ -284,6 +284,9 @@ def _measure(
             c.close()
     if baseline.error is None and baseline.samples_ns is None:  # no other plan: time fp32 alone
         _time_chunk(harness, baseline, [], settings, progress, drift)
+    if baseline.error is None and harness.reference is not None:  # on the samples the plans were scored on
+        fp32 = harness.baseline_scored(whole=settings.accuracy_budget is None)
+        baseline.accuracy, baseline.drop, baseline.fidelity = fp32.accuracy, fp32.drop, fp32.fidelity
 
 
 def _time_chunk(
@@ -328,9 +331,10 @@ def _find_partners(
             c.partner = find_previous_plan(previous, c.plan.name, harness, version, str(settings.workload))
 
 
-def _prepare(c: Candidate, harness: Harness) -> None:
+def _prepare(c: Candidate, harness: Harness, budget: float | None) -> None:
     """Build and load one plan (and its previous run's counterpart) and score it on the
-    evaluation set; a failure fails it alone."""
+    evaluation set (with a ``budget``: a decoder on as many windows as decide it); a failure
+    fails it alone."""
     if harness.unscorable:
         c.error = harness.unscorable
         return
@@ -343,7 +347,8 @@ def _prepare(c: Candidate, harness: Harness) -> None:
     if c.partner is not None:
         c.partner.load(harness.backend, harness.feeds)
     try:
-        c.accuracy, c.fidelity = harness.scored(c.session.runner)
+        scored = harness.scored(c.session.runner, budget)
+        c.accuracy, c.drop, c.fidelity = scored.accuracy, scored.drop, scored.fidelity
         if not np.isfinite(c.accuracy):  # NaN outputs, or a metric undefined on them: never a number
             raise RuntimeError(f"metric {harness.metric.name!r} is {c.accuracy} on this plan's outputs")
     except QbenchError:
@@ -515,7 +520,6 @@ def _record(
     board: Leaderboard,
 ) -> list[ResultRow]:
     run_id = uuid.uuid4().hex
-    baseline = candidates[0]
     rows = []
     for c in candidates:
         row = ResultRow(
@@ -565,7 +569,7 @@ def _record(
                 comparison=c.comparison or (c.partner.comparison() if c.partner is not None else None),
             )
             if c.baseline_ns is not None:  # None when the fp32 baseline failed
-                drop = metric.drop(baseline.accuracy, c.accuracy)
+                drop = c.drop
                 if c.ratio is not None:
                     row = row.with_ratio(c.ratio, drop, c.aa)
                 else:

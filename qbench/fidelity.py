@@ -129,18 +129,25 @@ def _free_bytes(folder: str) -> int | None:
 
 
 class TokenScorer:
-    """Runs an evaluation set through a decoder batch by batch and keeps only ``STATS`` per
-    window. The first call (fp32's, over the whole set) records the reference distributions;
-    later calls score windows ``[start, start + len(data))`` of that same set against them."""
+    """Runs an evaluation set of ``windows`` windows through a decoder batch by batch and keeps
+    only ``STATS`` per window. fp32's calls (``record=True``) record its distributions for the
+    next windows in order, as far as they are needed (a sequential check scores a prefix); a
+    plan's call scores windows ``[start, start + len(data))`` against them."""
 
-    def __init__(self, check_labels: Callable[[np.ndarray, np.ndarray], None] | None = None) -> None:
+    def __init__(self, windows: int, check_labels: Callable[[np.ndarray, np.ndarray], None] | None = None) -> None:
+        self.windows = windows
         self.reference: Reference | None = None
+        self.recorded = 0  # fp32's distributions are on disk for windows [0, recorded)
         self._check_labels = check_labels
 
-    def outputs(self, run: Callable[[Mapping[str, np.ndarray]], np.ndarray], data, start: int, batch: int):
-        recording, rows, offset = self.reference is None, [], start
-        if recording and start != 0:
-            raise AssertionError("fp32's pass must score the whole set first")
+    def outputs(
+        self, run: Callable[[Mapping[str, np.ndarray]], np.ndarray], data, start: int, batch: int, record: bool = False
+    ):
+        if record and start != self.recorded:
+            raise AssertionError(f"fp32 records windows in order: {self.recorded} next, not {start}")
+        if not record and start + len(data) > self.recorded:
+            raise AssertionError(f"windows up to {start + len(data)} scored, fp32's recorded up to {self.recorded}")
+        rows, offset = [], start
         for feed in data.batches(batch):
             logits = np.asarray(run(feed), np.float32)
             if logits.ndim != 3:
@@ -153,18 +160,19 @@ class TokenScorer:
             if labels is not None and self._check_labels is not None:
                 self._check_labels(labels, logits)
             if self.reference is None:
-                self.reference = Reference(len(data), logits.shape[1], logits.shape[2])
+                self.reference = Reference(self.windows, logits.shape[1], logits.shape[2])
             if self.reference.probs.shape[1:] != logits.shape[1:]:
                 have, want = list(logits.shape[1:]), list(self.reference.probs.shape[1:])
                 raise QbenchError(f"logits of shape {have} per window, but fp32's were {want}")
             scratch = np.empty(logits.shape[1:], np.float32)
             for i in range(n):
                 window_labels = None if labels is None else labels[i].astype(np.int64)
-                score = self.reference.record if recording else self.reference.window_stats
+                score = self.reference.record if record else self.reference.window_stats
                 rows.append(score(offset + i, logits[i], window_labels, scratch))
             offset += n
-        if recording:
+        if record and self.reference is not None:
             self.reference.probs.flush()
+            self.recorded = offset
         return np.array(rows, np.float64).reshape(-1, len(STATS))
 
     def close(self) -> None:

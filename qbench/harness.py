@@ -27,7 +27,7 @@ import psutil
 from qbench import phases
 from qbench.data import Dataset, fixed_batch_size
 from qbench.errors import QbenchError, describe
-from qbench.fidelity import TOKEN_BATCH, TokenScorer, intervals
+from qbench.fidelity import TOKEN_BATCH, TokenScorer, budget_interval, intervals
 from qbench.machine import Machine
 from qbench.measure import Samples, TimingProtocol, measure_interleaved, measure_rates
 from qbench.metrics import Metric
@@ -46,9 +46,9 @@ EVAL_BATCH = 64
 #: comes from the drops of chunks of ``DROP_CHUNK`` samples.
 FIRST_LOOK = 256
 DROP_CHUNK = 64
-#: The same for token metrics, in windows (of 128 tokens in the zoo: 2,048 tokens first).
-TOKEN_FIRST_LOOK = 16
-TOKEN_DROP_CHUNK = 4
+#: The same for token metrics, in windows (of 128 tokens in the zoo: 1,024 tokens first).
+TOKEN_FIRST_LOOK = 8
+TOKEN_DROP_CHUNK = 2
 #: Candidate sessions loaded at once (the fp32 baseline comes on top).
 TIMING_CHUNK = 4
 #: Calls a worker runs, untimed, before it serves a round (it was frozen; its caches are cold).
@@ -117,6 +117,17 @@ class DropEstimate:
     verdict: str
     low: float
     high: float
+
+
+@dataclass(frozen=True)
+class Scored:
+    """A plan's metric on the evaluation set, its drop from fp32 on the same samples, and for a
+    token metric each fidelity figure's change with its 95 % interval plus ``windows``: how
+    many windows were scored (``[n]``)."""
+
+    accuracy: float
+    drop: float
+    fidelity: dict[str, list[float]] | None = None
 
 
 @runtime_checkable
@@ -200,9 +211,9 @@ class Harness:
         self.feeds = workload.feeds(model, evaluation_data, self.batch_size)  # what every timed call runs
         # A decoder's logits are reduced window by window against fp32's distributions on disk.
         token = metric.token_level
-        self.scorer = TokenScorer(self._check_token_labels) if token else None
+        self.scorer = TokenScorer(len(evaluation_data), self._check_token_labels) if token else None
         self.eval_batch = TOKEN_BATCH if token else EVAL_BATCH
-        # Windows hold many tokens each: 4 windows of 128 are 512 scored positions, and the
+        # Windows hold many tokens each: 2 windows of 128 are 256 scored positions, and the
         # quick set (sensitivity, a trial's first look) is at most TOKEN_FIRST_LOOK windows.
         self.first_look, self.drop_chunk = (TOKEN_FIRST_LOOK, TOKEN_DROP_CHUNK) if token else (FIRST_LOOK, DROP_CHUNK)
         quick = min(quick_samples, TOKEN_FIRST_LOOK) if token else quick_samples
@@ -212,27 +223,62 @@ class Harness:
         self.baseline_plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)
         self.baseline: Loaded | None = None
         self.baseline_error: str | None = None
-        self.reference: np.ndarray | None = None
-        self.baseline_accuracy = self.baseline_quick_accuracy = float("nan")
+        self.reference: np.ndarray | None = None  # fp32's outputs (a decoder's: for the windows scored so far)
+        self.baseline_quick_accuracy = float("nan")
+        self._baseline_accuracy: float | None = None
         try:
             self.baseline = self.load(self.baseline_plan)
             if not score:  # timing only: no reference outputs, no accuracy
                 return
+            # A decoder's fp32 runs the windows plans are scored on as they are reached (a
+            # sequential check scores a prefix): the quick set first.
+            first = self.quick_data if token else evaluation_data
             with phases.activity("accuracy"):
-                self.reference = self._outputs(self.baseline.runner, evaluation_data, 0)
+                self.reference = self._outputs(self.baseline.runner, first, 0, record=True)
         except Exception as exc:  # an op the runtime cannot load or run: bench records a failed row
             self.baseline_error = describe(exc)
             self.close()
             return
         if self.scorer is None:  # token metrics check their labels against each batch of logits
             metric.check_labels(evaluation_data.labels, self.reference, evaluation_data.source)
-        self.baseline_accuracy = self._score(self.reference, evaluation_data)
+            self._baseline_accuracy = self._score(self.reference, evaluation_data)
         self.baseline_quick_accuracy = self._score(self.reference[: len(self.quick_data)], self.quick_data)
-        if not (np.isfinite(self.baseline_accuracy) and np.isfinite(self.baseline_quick_accuracy)):
+        # (a decoder's fp32 is checked on the quick set: the rest is scored when a plan needs it)
+        figure = self.baseline_quick_accuracy if self.scorer is not None else self._baseline_accuracy
+        if not (np.isfinite(figure) and np.isfinite(self.baseline_quick_accuracy)):
             # as any plan whose score is not a number: fp32 fails, with the reason
-            self.baseline_error = f"metric {metric.name!r} is {self.baseline_accuracy} on fp32's outputs"
+            self.baseline_error = f"metric {metric.name!r} is {figure} on fp32's outputs"
             self.reference = None
             self.close()
+
+    @property
+    def baseline_accuracy(self) -> float:
+        """fp32's metric on the whole evaluation set (a decoder's fp32 runs the windows not
+        scored yet first)."""
+        if self._baseline_accuracy is None:
+            if self.reference is None:
+                return float("nan")
+            self._baseline_accuracy = self.baseline_scored().accuracy
+        return self._baseline_accuracy
+
+    def baseline_scored(self, whole: bool = True) -> Scored:
+        """fp32's own ``Scored``: on the whole evaluation set, or (``whole=False``) on the
+        samples scored so far (a sequential bench's longest prefix)."""
+        n = len(self.evaluation_data) if whole or self.scorer is None else len(self.reference)
+        reference = self._reference_upto(n)
+        accuracy = self.metric(reference, self.evaluation_data.take(0, n).labels, reference)
+        fidelity = None if self.scorer is None else {**intervals(reference, reference), "windows": [n]}
+        return Scored(accuracy, self.metric.drop(accuracy, accuracy), fidelity)
+
+    def _reference_upto(self, stop: int) -> np.ndarray:
+        """fp32's outputs for samples ``[0, stop)``; a decoder's fp32 runs the windows it has not yet."""
+        have = len(self.reference)
+        if self.scorer is not None and stop > have:
+            with phases.activity("accuracy"):
+                data = self.evaluation_data.take(have, stop)
+                more = self._outputs(self.require_baseline().runner, data, have, record=True)
+            self.reference = np.concatenate([self.reference, more])
+        return self.reference[:stop]
 
     def require_baseline(self) -> Loaded:
         if self.baseline is None:
@@ -282,19 +328,20 @@ class Harness:
 
     # -- accuracy ------------------------------------------------------------------------------
 
-    def _outputs(self, runner: Runner, data: Dataset, start: int) -> np.ndarray:
+    def _outputs(self, runner: Runner, data: Dataset, start: int, record: bool = False) -> np.ndarray:
         """What the metric scores for ``data``, which is samples ``[start, ...)`` of the evaluation
-        set: the first output, or a token metric's per-window sums."""
+        set: the first output, or a token metric's per-window sums (``record``: fp32's, kept as
+        the reference; a plan's windows need fp32's recorded first: ``_reference_upto``)."""
         if self.scorer is None:
             return evaluation_outputs(runner, data, self.fixed_batch)
         batch = self.fixed_batch or self.eval_batch
-        return self.scorer.outputs(lambda feed: runner.run(feed)[0], data, start, batch)
+        return self.scorer.outputs(lambda feed: runner.run(feed)[0], data, start, batch, record)
 
     def _check_token_labels(self, labels: np.ndarray, logits: np.ndarray) -> None:
         self.metric.check_labels(labels, logits, self.evaluation_data.source)
 
     def _score(self, outputs: np.ndarray, data: Dataset) -> float:
-        reference = None if self.reference is None else self.reference[: len(data)]
+        reference = None if self.reference is None else self._reference_upto(len(data))
         return self.metric(outputs, data.labels, reference)
 
     @property
@@ -307,23 +354,47 @@ class Harness:
 
     def accuracy(self, runner: Runner, quick: bool = False) -> float:
         """The metric on the quick subset or the whole evaluation set, against the fp32 reference."""
-        return self._scored(runner, quick, with_intervals=False)[0]
-
-    def scored(self, runner: Runner) -> tuple[float, dict[str, list[float]] | None]:
-        """``accuracy`` on the whole evaluation set, and for a token metric every fidelity
-        figure's change from fp32 with its 95 % interval (``qbench.fidelity.intervals``; None
-        for other metrics)."""
-        return self._scored(runner, False, with_intervals=True)
-
-    def _scored(self, runner: Runner, quick: bool, with_intervals: bool):
         if self.unscorable:
             raise QbenchError(self.unscorable)
         data = self.quick_data if quick else self.evaluation_data
+        if self.scorer is not None:
+            self._reference_upto(len(data))
         with phases.activity("accuracy"):
-            outputs = self._outputs(runner, data, 0)
-            wanted = with_intervals and self.scorer is not None
-            changes = intervals(outputs, self.reference[: len(data)]) if wanted else None
-            return self._score(outputs, data), changes
+            return self._score(self._outputs(runner, data, 0), data)
+
+    def scored(self, runner: Runner, budget: float | None = None) -> Scored:
+        """The plan's ``Scored`` on the evaluation set. With a ``budget`` a token metric scores a
+        growing prefix, doubling from ``first_look`` windows, until the budget metric's interval
+        is narrower than a quarter of the budget and clear of it, or the whole set is scored."""
+        if self.unscorable:
+            raise QbenchError(self.unscorable)
+        data, total = self.evaluation_data, len(self.evaluation_data)
+        n = total if budget is None or self.scorer is None else min(self.first_look, total)
+        outputs: list[np.ndarray] = []
+        while True:
+            reference = self._reference_upto(n)
+            done = sum(len(o) for o in outputs)
+            with phases.activity("accuracy"):
+                outputs.append(self._outputs(runner, data.take(done, n), done))
+            scored = np.concatenate(outputs)
+            changes = intervals(scored, reference) if self.scorer is not None else None
+            if n >= total or (budget is not None and self._decided(changes, budget)):
+                break
+            n = min(2 * n, total)
+        labels = data.take(0, n).labels
+        accuracy, baseline = self.metric(scored, labels, reference), self.metric(reference, labels, reference)
+        if changes is not None:
+            changes["windows"] = [n]
+        return Scored(accuracy, self.metric.drop(baseline, accuracy), changes)
+
+    def _decided(self, changes: dict[str, list[float]] | None, budget: float) -> bool:
+        """Whether the budget metric's interval is narrower than a quarter of the budget and on
+        one side of it (a metric without an interval is never decided early)."""
+        interval = budget_interval(changes, self.metric.name)
+        if interval is None:
+            return False
+        low, high = interval
+        return high - low <= budget / 4 and (high <= budget or low > budget)
 
     def accuracy_drop(self, runner: Runner, quick: bool) -> float:
         """Drop from the fp32 baseline on the quick subset or the whole evaluation set."""
@@ -356,6 +427,8 @@ class Harness:
             if done > stop:  # an earlier call went past this look
                 look *= 2
                 continue
+            if self.scorer is not None:
+                self._reference_upto(stop)
             with phases.activity("accuracy"):
                 if stop > done:
                     outputs.append(self._outputs(runner, data.take(done, stop), done))
@@ -378,7 +451,7 @@ class Harness:
     def _prefix_drop(self, outputs: np.ndarray, start: int, stop: int) -> float:
         """The drop on samples ``[start, stop)`` of the evaluation set, from the plan's outputs."""
         data = self.evaluation_data.take(start, stop)
-        reference = None if self.reference is None else self.reference[start:stop]
+        reference = None if self.reference is None else self._reference_upto(stop)[start:stop]
         baseline = self.metric(reference, data.labels, reference)
         return self.metric.drop(baseline, self.metric(outputs[start:stop], data.labels, reference))
 

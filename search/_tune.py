@@ -360,6 +360,7 @@ def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, p
         config_hash=settings.run_spec.config_hash() if settings.run_spec else None,
         scenario=Scenario("throughput", settings.batch_size) if goal.per_sample else LATENCY,
         objective=goal,
+        accuracy_budget=settings.study.max_drop if settings.study.sequential else None,
     )
     rows = run_bench(
         LoadedSubject(inputs.model, inputs.calibration_data, inputs.holdout_data, inputs.metric, synthetic=False),

@@ -24,9 +24,10 @@ def _log_softmax64(x: np.ndarray) -> np.ndarray:
 def _scored(reference: np.ndarray, plans: list[np.ndarray], labels: np.ndarray | None):
     """fp32's sums, then each plan's, through one scorer (fp32 first, as a harness runs them)."""
     data = Dataset({"input_ids": np.zeros((len(reference), 1), np.int64)}, labels, "test")
-    scorer = TokenScorer()
+    scorer = TokenScorer(len(reference))
     try:
-        return [scorer.outputs(lambda _feed, out=out: out, data, 0, len(out)) for out in (reference, *plans)]
+        fp32 = scorer.outputs(lambda _feed: reference, data, 0, len(reference), record=True)
+        return [fp32] + [scorer.outputs(lambda _feed, out=out: out, data, 0, len(out)) for out in plans]
     finally:
         scorer.close()
 
@@ -82,7 +83,7 @@ def test_bfloat16_rounds_to_nearest():
 def test_token_metrics_refuse_outputs_that_are_not_logits():
     data = Dataset({"input_ids": np.zeros((2, 1), np.int64)}, None, "test")
     with pytest.raises(QbenchError, match="logits \\[windows, tokens, vocab\\]"):
-        TokenScorer().outputs(lambda _feed: np.zeros((2, 10), np.float32), data, 0, 2)
+        TokenScorer(2).outputs(lambda _feed: np.zeros((2, 10), np.float32), data, 0, 2, record=True)
 
 
 def test_a_decoder_defaults_to_kl_and_the_old_agreement_name_still_works():

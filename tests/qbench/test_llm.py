@@ -254,6 +254,56 @@ def test_tune_an_llm_decode_under_a_perplexity_and_a_weight_budget(sliced, tmp_p
     assert "chosen per layer kind: attention:" in out and "LM head: 1 " in out
 
 
+def test_a_decoder_is_scored_on_as_many_windows_as_decide_its_budget(sliced, tmp_path):
+    """fp32 runs a window only once a plan is scored on it. With a budget, a plan is scored on a
+    doubling prefix until the budget metric's interval is narrower than a quarter of the budget
+    and clear of it; its figures are those of the same windows scored as a whole set, and fp32's
+    row covers the windows scored."""
+    from qbench.backends import get_backend
+    from qbench.data import load_npz
+    from qbench.harness import Harness
+    from qbench.machine import current_machine
+    from qbench.metrics import get_metric
+    from qbench.plan import PrecisionPlan
+
+    model = OnnxModel.load(sliced / "model.ort.onnx")
+    data = load_npz(sliced / "eval.npz", model)
+    backend = get_backend("onnxruntime")
+
+    def harness(evaluation):
+        made = Harness(
+            backend=backend,
+            model=model,
+            calibration_data=load_npz(sliced / "calib.npz", model),
+            evaluation_data=evaluation,
+            metric=get_metric("kl", True, decoder=True),
+            machine=current_machine(),
+            threads=1,
+            workdir=tmp_path,
+            quick_samples=2,
+        )
+        made.first_look = 2
+        return made
+
+    plan = backend.resolve_plan(PrecisionPlan.uniform([x.name for x in model.layers], "int4-weight"), current_machine())
+    whole, prefix = harness(data), harness(data.take(0, 2))
+    try:
+        assert whole.scorer.recorded == 2 and len(data) > 4  # the quick set, not the whole set
+        loaded = whole.load(plan)
+        early = whole.scored(loaded.runner, budget=10.0)  # far above the KL of a 2-layer slice
+        assert early.fidelity["windows"] == [2] and whole.scorer.recorded == 2
+        assert whole.baseline_scored(whole=False).fidelity["windows"] == [2]
+        same = prefix.scored(prefix.load(plan).runner)
+        assert same.fidelity == early.fidelity and same.accuracy == early.accuracy
+        late = whole.scored(loaded.runner, budget=1e-9)  # never narrow enough: every window
+        assert late.fidelity["windows"] == [len(data)] and whole.scorer.recorded == len(data)
+        assert late == whole.scored(loaded.runner) and late.drop == late.accuracy > 0  # KL from fp32's 0
+        loaded.close()
+    finally:
+        whole.close()
+        prefix.close()
+
+
 def test_the_fused_graph_computes_what_the_standard_one_does(sliced):
     """ONNX Runtime's graph (GroupQueryAttention with rotary, packed QKV, SkipSimplifiedLayer-
     Normalization) against the standard-op graph: prefill, then one decode step on each one's cache."""
