@@ -365,7 +365,8 @@ class Harness:
     def scored(self, runner: Runner, budget: float | None = None) -> Scored:
         """The plan's ``Scored`` on the evaluation set. With a ``budget`` a token metric scores a
         growing prefix, doubling from ``first_look`` windows, until the budget metric's interval
-        is narrower than a quarter of the budget and clear of it, or the whole set is scored."""
+        lies above the budget (out), or below it and narrower than a quarter of it, or the whole
+        set is scored."""
         if self.unscorable:
             raise QbenchError(self.unscorable)
         data, total = self.evaluation_data, len(self.evaluation_data)
@@ -388,13 +389,13 @@ class Harness:
         return Scored(accuracy, self.metric.drop(baseline, accuracy), changes)
 
     def _decided(self, changes: dict[str, list[float]] | None, budget: float) -> bool:
-        """Whether the budget metric's interval is narrower than a quarter of the budget and on
-        one side of it (a metric without an interval is never decided early)."""
+        """Whether the budget metric's interval lies above the budget, or below it and narrower
+        than a quarter of it (a metric without an interval is never decided early)."""
         interval = budget_interval(changes, self.metric.name)
         if interval is None:
             return False
         low, high = interval
-        return high - low <= budget / 4 and (high <= budget or low > budget)
+        return low > budget or (high <= budget and high - low <= budget / 4)
 
     def accuracy_drop(self, runner: Runner, quick: bool) -> float:
         """Drop from the fp32 baseline on the quick subset or the whole evaluation set."""

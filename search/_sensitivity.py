@@ -66,7 +66,7 @@ class SensitivityReport:
         return cls(groups=groups, **data)
 
 
-def _cache_path(harness: Harness, space: SearchSpace, precision: str, full: bool) -> pathlib.Path:
+def _cache_path(harness: Harness, space: SearchSpace, precision: str, full: bool, budget: float | None) -> pathlib.Path:
     availability = harness.backend.probe()
     key = json.dumps(
         [
@@ -83,6 +83,7 @@ def _cache_path(harness: Harness, space: SearchSpace, precision: str, full: bool
             [g.layers for g in space.groups],
             precision,
             *([] if full else ["order only"]),
+            *([] if budget is None else [f"unless within {budget!r}"]),
         ]
     )
     return harness.workdir / "sensitivity" / f"{content_key(key)}.json"
@@ -100,29 +101,59 @@ def _quick_drop(harness: Harness, plan: PrecisionPlan) -> float:
         loaded.close()
 
 
+def _uniform_drop(harness: Harness, plan: PrecisionPlan, budget: float | None) -> tuple[float, bool]:
+    """The uniform plan's drop on the quick set, and whether it is clearly within ``budget``
+    (``Harness.sequential_drop``'s bounds on the same samples; never without a budget)."""
+    if budget is None:
+        return _quick_drop(harness, plan), False
+    quick = len(harness.quick_data)
+    loaded = harness.load(harness.resolve(plan))
+    try:
+        estimate = harness.sequential_drop(loaded.runner, budget, first=quick, most=quick)
+    finally:
+        loaded.close()
+    return estimate.drop, estimate.verdict == "within"
+
+
 def analyze_sensitivity(
     harness: Harness,
     space: SearchSpace,
     precision: str = "int8",
     progress: Callable[[str], None] = lambda _msg: None,
     full: bool = True,
+    budget: float | None = None,
 ) -> SensitivityReport:
     """The sensitivity report of ``space`` in ``precision``, measured once and cached; with
-    ``full`` off, only what orders the groups (``recovered``)."""
-    path = _cache_path(harness, space, precision, full)
-    atomic_cached(path, lambda tmp: tmp.write_text(_measure(harness, space, precision, progress, full).to_json()))
+    ``full`` off, only what orders the groups (``recovered``), and with a ``budget`` the uniform
+    plan clearly meets on the quick set, no group at all: the order serves the tuner's ladder,
+    which walks from the uniform plan back toward fp32 to meet a budget the uniform plan misses."""
+    budget = None if full else budget
+    path = _cache_path(harness, space, precision, full, budget)
+
+    def produce(tmp: pathlib.Path) -> None:  # on a cache miss only
+        tmp.write_text(_measure(harness, space, precision, progress, full, budget).to_json())
+
+    atomic_cached(path, produce)
     return SensitivityReport.from_json(path.read_text())
 
 
 def _measure(
-    harness: Harness, space: SearchSpace, precision: str, progress: Callable[[str], None], full: bool
+    harness: Harness,
+    space: SearchSpace,
+    precision: str,
+    progress: Callable[[str], None],
+    full: bool,
+    budget: float | None,
 ) -> SensitivityReport:
     groups = [g for g in space.groups if precision in g.choices]
     uniform = space.uniform(precision)
     reverted = {g.name: space.plan({**uniform, g.name: "fp32"}, "without") for g in groups}
     progress(f"sensitivity: {precision} everywhere")
     uniform_plan = harness.resolve(space.plan(uniform, precision))
-    uniform_drop = _quick_drop(harness, uniform_plan)
+    uniform_drop, within = _uniform_drop(harness, uniform_plan, budget)
+    if within:
+        progress(f"sensitivity: {precision} everywhere is clearly within the budget; no group order is needed")
+        return SensitivityReport(precision, math.nan, math.nan, uniform_drop, groups=())
     drops_alone, drops_without = dict.fromkeys(reverted, math.nan), {}
     for i, group in enumerate(groups, start=1):
         progress(f"sensitivity: group {i}/{len(groups)} {group.name}")

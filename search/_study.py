@@ -393,6 +393,8 @@ class _Objective:
     def _score(self, trial: optuna.Trial, plan: PrecisionPlan) -> float | tuple[float, float]:
         if self.objective.size:
             return self._score_size(trial, plan)
+        if not plan.layers and self.settings.max_mb is None and self.axis != "mb":
+            return self._fp32(trial)
         started = time.perf_counter()
         if self.settings.max_mb is not None or self.axis == "mb":  # the build alone tells its size
             mb = self.evaluator.build(plan).size_bytes / 1e6
@@ -417,6 +419,16 @@ class _Objective:
         trial.set_user_attr("speedup_ci", [timing.speedup_ci_low, timing.speedup_ci_high])
         trial.set_user_attr("seconds", time.perf_counter() - started)
         return self._result(trial, timing.latency_ms, drop)
+
+    def _fp32(self, trial: optuna.Trial) -> float | tuple[float, float]:
+        """A plan with every layer in fp32 is the baseline itself: no drop, and fp32's speed
+        exactly (timing it against itself only measured noise, 12 s of an LLM tune)."""
+        self._record_drop(trial, 0.0)
+        trial.set_user_attr("timed", True)
+        trial.set_user_attr("speedup", 1.0)
+        trial.set_user_attr("speedup_ci", [1.0, 1.0])
+        trial.set_user_attr("seconds", 0.0)
+        return self._result(trial, self.reference_ms, 0.0)
 
     def _score_size(self, trial: optuna.Trial, plan: PrecisionPlan) -> float | tuple[float, float]:
         """The ``mb`` objective: the built artifact's size, where the plan keeps the accuracy

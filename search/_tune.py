@@ -301,9 +301,12 @@ def _search(study, created, harness, space, offered, study_settings, timer, prog
     sensitivity pass only orders the seeds."""
     harness.require_baseline()
     report = None
+    # Outside --pareto (whose front wants plans at every drop), a uniform plan clearly within
+    # the budget needs no ladder back toward fp32, nor the group order it follows.
+    budget = None if study_settings.pareto else study_settings.max_drop
     if created or SEEDED_ATTR not in study.user_attrs:
         with timer.stage("sensitivity"):
-            report = analyze_sensitivity(harness, space, offered[0], progress, full=False)
+            report = analyze_sensitivity(harness, space, offered[0], progress, full=False, budget=budget)
     seed_study(study, space, report, study_settings.ladder, creator=created, precisions=offered)
     drop = f"; uniform {offered[0]} drop {report.uniform_drop:+.4f} (quick set)" if report else " (seeded already)"
     progress(f"search: up to {study_settings.n_trials} trials{drop}")

@@ -295,13 +295,31 @@ def test_a_decoder_is_scored_on_as_many_windows_as_decide_its_budget(sliced, tmp
         assert whole.baseline_scored(whole=False).fidelity["windows"] == [2]
         same = prefix.scored(prefix.load(plan).runner)
         assert same.fidelity == early.fidelity and same.accuracy == early.accuracy
-        late = whole.scored(loaded.runner, budget=1e-9)  # never narrow enough: every window
+        assert whole.scored(loaded.runner, budget=1e-9).fidelity["windows"] == [2]  # clearly over it
+        seen = []
+        whole._decided = lambda changes, _budget: seen.append(len(seen)) or len(seen) == 2  # the second look
+        assert whole.scored(loaded.runner, budget=0.1).fidelity["windows"] == [4] and whole.scorer.recorded == 4
+        late = whole.scored(loaded.runner)  # no budget: every window
         assert late.fidelity["windows"] == [len(data)] and whole.scorer.recorded == len(data)
-        assert late == whole.scored(loaded.runner) and late.drop == late.accuracy > 0  # KL from fp32's 0
+        assert late.drop == late.accuracy > 0  # the KL, from fp32's 0
         loaded.close()
     finally:
         whole.close()
         prefix.close()
+
+
+def test_a_budget_is_decided_above_it_or_below_it_with_a_narrow_interval():
+    from qbench.harness import Harness
+
+    harness = Harness.__new__(Harness)  # _decided reads the metric's name only
+    harness.metric = type("Metric", (), {"name": "kl"})()
+
+    def decided(low, high, budget=0.4):
+        return Harness._decided(harness, {"kl": [(low + high) / 2, low, high]}, budget)
+
+    assert decided(0.50, 0.90)  # above: out, however wide
+    assert decided(0.20, 0.29) and not decided(0.10, 0.30)  # below: only once narrower than 0.1
+    assert not decided(0.35, 0.45)  # across it: score more
 
 
 def test_the_fused_graph_computes_what_the_standard_one_does(sliced):

@@ -124,3 +124,12 @@ def test_the_tuners_sensitivity_measures_only_what_orders_the_groups(harness, tm
     assert all(math.isnan(g.drop_alone) and math.isnan(g.revert_cost_ms) for g in report.groups)
     recovered = [g.recovered for g in report.groups]
     assert recovered == sorted(recovered, reverse=True)
+
+    # A budget the uniform plan clearly meets needs no ladder: nothing but the uniform plan is
+    # scored; one it misses (a negative budget: any drop is over it) orders the groups as above.
+    loads.clear()
+    generous = analyze_sensitivity(harness, space, "int8", full=False, budget=0.99)
+    assert len(loads) == 1 and generous.groups == () and generous.uniform_drop == report.uniform_drop
+    loads.clear()
+    missed = analyze_sensitivity(harness, space, "int8", full=False, budget=-1.0)
+    assert len(loads) == 1 + len(groups) and [g.group for g in missed.groups] == report.ordered_groups()

@@ -23,7 +23,8 @@ from qbench.runspec import Tune
 from qbench.search import StudySettings, feasible_trials, open_study, pareto_front, run_study, seed_study
 from qbench.search._sensitivity import GroupSensitivity, SensitivityReport
 from qbench.search._space import LayerGroup, SearchSpace, repeated_groups
-from qbench.search._study import finished_count, trial_plan, trial_summary, violation
+from qbench.search._study import finished_count, trial_plan, trial_speedup, trial_summary, violation
+from qbench.statistics import Speedup
 
 # layer: (fp32 ms, int8 ms, accuracy drop when int8)
 COSTS = {
@@ -143,9 +144,14 @@ def test_seeds_run_first_in_order(tmp_path):
     study = _study(tmp_path, settings)
     seed_study(study, SPACE, report, settings.ladder)
     seed_study(study, SPACE, report, settings.ladder)  # a second worker seeding changes nothing
-    run_study(study, FakeEvaluator(), SPACE, settings)
-    params = [t.params for t in sorted(study.trials, key=lambda t: t.number)]
+    evaluator = FakeEvaluator()
+    run_study(study, evaluator, SPACE, settings)
+    trials = sorted(study.trials, key=lambda t: t.number)
+    params = [t.params for t in trials]
     assert params[0] == SPACE.uniform("fp32")
+    # fp32 is the baseline itself: no drop and exactly its speed, without being scored or timed
+    assert trials[0].user_attrs["drop"] == 0 and trial_speedup(trials[0]) == Speedup(1.0, 1.0, 1.0)
+    assert all(p.layers for p in evaluator.scored_plans + evaluator.timed_plans)
     assert params[1] == SPACE.uniform("int8")
     assert params[2] == {**SPACE.uniform("int8"), "b": "fp32"}
     assert params[3] == {**SPACE.uniform("int8"), "b": "fp32", "f": "fp32"}
@@ -334,7 +340,7 @@ def test_a_repeated_plan_reuses_the_earlier_measurement(tmp_path):
     settings = StudySettings(max_drop=0.005, n_trials=3, patience=None)
     study = _study(tmp_path, settings)
     for _ in range(3):
-        study.enqueue_trial(SPACE.uniform("fp32"))  # what a sampler repeat or a seeding race produces
+        study.enqueue_trial({**SPACE.uniform("int8"), "b": "fp32"})  # as a sampler repeat or a seeding race makes
     evaluator = FakeEvaluator()
     run_study(study, evaluator, SPACE, settings)
     first, *repeats = sorted(study.trials, key=lambda t: t.number)
