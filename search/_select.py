@@ -27,6 +27,7 @@ import numpy as np
 import pandas as pd
 
 from qbench.harness import FP32, FP32_AGAIN
+from qbench.measure import Samples
 from qbench.objectives import MEDIAN, Objective
 from qbench.recheck import NATIVE
 from qbench.statistics import UNSTEADY_BAND, Speedup, aa_band, aa_check, relative
@@ -36,8 +37,13 @@ from qbench.store import ResultRow
 MAX_RACED = 4
 MAX_BATCHES = 3
 TIE = 0.02
+#: A batch of the race may end before its protocol's minimum time once this many block rounds
+#: settle the leader (the trial protocol's ``min_blocks``): an LLM's race took 35 s of a tune.
+SETTLE_ROUNDS = 8
 
-TimeBatch = Callable[[Sequence[ResultRow]], Mapping[str, np.ndarray]]
+#: Times the contenders and fp32 in one batch of rounds; the callable it is given may end the
+#: batch early (``measure_interleaved``'s ``stop``).
+TimeBatch = Callable[[Sequence[ResultRow], Callable[[Samples], bool]], Mapping[str, np.ndarray]]
 
 
 def row_speedup(row: ResultRow) -> Speedup:
@@ -152,18 +158,32 @@ def _contenders(ranked: Sequence[ResultRow]) -> list[ResultRow]:
 
 def _race(race: Race, contenders: list[ResultRow], time_batch: TimeBatch) -> list[ResultRow]:
     """Batches of head-to-head timing until the leader is settled against every rival (or
-    ``MAX_BATCHES``); returns the contenders, the leader first."""
+    ``MAX_BATCHES``); a batch ends early once the rounds so far settle it (after
+    ``SETTLE_ROUNDS``). Returns the contenders, the leader first."""
+
+    def settled_now(samples: Samples) -> bool:
+        rounds = len(samples[FP32]) // max(1, samples.block)
+        return rounds >= SETTLE_ROUNDS and _standing(Race([*race.batches, samples], race.objective), contenders)[1]
+
+    order = contenders
     for _ in range(MAX_BATCHES):
-        race.batches.append(time_batch(contenders))
-        order = sorted(contenders, key=lambda r: -race.vs_fp32(r.plan_hash).ratio)
-        leader = order[0]
-        for rival in order[1:]:  # the leader by speedup vs fp32, unless a rival beats it head to head
-            if race.faster(leader.plan_hash, rival.plan_hash).ci_high < 1.0:
-                leader = rival
-        order = [leader] + [r for r in order if r is not leader]
-        if all(_settled(race.faster(leader.plan_hash, r.plan_hash)) for r in order[1:]):
+        race.batches.append(time_batch(contenders, settled_now))
+        order, settled = _standing(race, contenders)
+        if settled:
             break
     return order
+
+
+def _standing(race: Race, contenders: list[ResultRow]) -> tuple[list[ResultRow], bool]:
+    """The contenders, the leader first, and whether the leader is settled against every rival:
+    the leader by speedup vs fp32, unless a rival beats it head to head."""
+    order = sorted(contenders, key=lambda r: -race.vs_fp32(r.plan_hash).ratio)
+    leader = order[0]
+    for rival in order[1:]:
+        if race.faster(leader.plan_hash, rival.plan_hash).ci_high < 1.0:
+            leader = rival
+    order = [leader] + [r for r in order if r is not leader]
+    return order, all(_settled(race.faster(leader.plan_hash, r.plan_hash)) for r in order[1:])
 
 
 def _prefer_steadier(race: Race, order: list[ResultRow]) -> tuple[list[ResultRow], list[str]]:

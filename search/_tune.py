@@ -476,7 +476,7 @@ class _HeadToHead:
     def __enter__(self) -> _HeadToHead:
         return self
 
-    def time(self, contenders: Sequence[ResultRow]):
+    def time(self, contenders: Sequence[ResultRow], stop: Callable | None = None):
         if self.harness is None:
             self.harness = self.make_harness()
             self.harness.require_baseline()
@@ -485,7 +485,8 @@ class _HeadToHead:
                 self.loaded[row.plan_hash] = self.harness.load(PrecisionPlan.from_json(row.plan))
         names = ", ".join(r.plan_name for r in contenders)
         self.progress(f"race {names} head to head with fp32")
-        return self.harness.time({r.plan_hash: self.loaded[r.plan_hash] for r in contenders}, self.protocol, again=True)
+        plans = {r.plan_hash: self.loaded[r.plan_hash] for r in contenders}
+        return self.harness.time(plans, self.protocol, stop=stop, again=True)
 
     def __exit__(self, *_exc) -> None:
         for loaded in self.loaded.values():

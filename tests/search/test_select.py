@@ -59,16 +59,23 @@ def fake_race(
     rng = np.random.default_rng(seed)
     calls = []
 
-    def time_batch(contenders):
+    def time_batch(contenders, stop=None):
         calls.append([r.plan_name for r in contenders])
         load = np.repeat(rng.uniform(1.0, 1.3, rounds), block)
         keys = {FP32: FP32_MS, **{r.plan_hash: true_ms[r.plan_name] for r in contenders}}
         if again is not None:
             keys[FP32_AGAIN] = FP32_MS * again
-        return Samples(
-            {k: (ms * 1e6 * load * rng.normal(1, noise, load.size)).astype(np.int64) for k, ms in keys.items()}, block
-        )
+        values = {k: (ms * 1e6 * load * rng.normal(1, noise, load.size)).astype(np.int64) for k, ms in keys.items()}
+        for done in range(1, rounds + 1):  # as measure_interleaved asks ``stop`` after each round
+            so_far = Samples({k: v[: done * block] for k, v in values.items()}, block)
+            if stop is not None and stop(so_far):
+                rounds_taken.append(done)
+                return so_far
+        rounds_taken.append(rounds)
+        return Samples(values, block)
 
+    rounds_taken: list[int] = []
+    time_batch.rounds = rounds_taken
     return time_batch, calls
 
 
@@ -92,6 +99,20 @@ def test_a_steady_a_a_check_leaves_the_race_decided():
     selection = select(rows, fake_race(close, again=1.0)[0])
     assert selection.winner.plan_name == "tuned-t3"
     assert not any(n.startswith("undecided") for n in selection.notes)
+
+
+def test_a_race_batch_ends_once_its_rounds_settle_the_leader_but_never_before_settle_rounds():
+    from qbench.search._select import SETTLE_ROUNDS
+
+    close = {"uniform-int8": 1.00, "tuned-t3": 0.80, "native-int8": 0.83}
+    rows = [_row(name, ms, CHUNK_DRIFT[name], width=0.05) for name, ms in close.items()]
+    time_batch, _ = fake_race(close, rounds=60, again=1.0)
+    selection = select(rows, time_batch)
+    assert selection.winner.plan_name == "tuned-t3"
+    assert time_batch.rounds == [SETTLE_ROUNDS]  # 20 % apart: settled at the first look it may take
+    time_batch, _ = fake_race({**close, "native-int8": 0.805}, rounds=60, again=1.0)  # within the tie band
+    select(rows, time_batch)
+    assert all(SETTLE_ROUNDS <= r for r in time_batch.rounds)
 
 
 def test_an_unsteady_a_a_check_widens_the_race_and_the_tuner_says_undecided():
@@ -239,7 +260,7 @@ def test_a_tied_plan_that_drops_less_is_not_chosen_when_native_int8_is_measurabl
     uniform = [0.79] * 5 + [0.815] * 4
     times = {FP32: [2.0] * 9, "uniform-int8": uniform, "native-int8": [0.800] * 9, "tuned-t3": [0.803] * 9}
 
-    def time_batch(contenders):
+    def time_batch(contenders, stop=None):
         return Samples({k: (np.array(v) * 1e6).astype(np.int64) for k, v in times.items()}, 1)
 
     rows = [
