@@ -133,7 +133,7 @@ def test_the_race_on_a_tail_objective_picks_the_steadier_plan():
 
     rng = np.random.default_rng(5)
 
-    def batch(rows):
+    def batch(rows, stop=None):  # the whole batch: stopping early is tested in test_select
         n = 40 * 20
         fp32 = rng.normal(2e6, 2e4, n)
         fast_but_stalls = rng.normal(0.95e6, 1e4, n)
