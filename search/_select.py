@@ -11,7 +11,8 @@ Two plans are compared one way only (the rule every ranking and note follows):
 The plans that could still win (their interval against the leader's includes 1) are raced head
 to head in one set of rounds with fp32: batches of the protocol until the leader's paired ratio
 against each rival excludes 1 or lies within ``TIE`` of 1 (either pick is then as fast as the
-other, within what the ratio check against separate processes resolves), or ``MAX_BATCHES``.
+other, within what the ratio check against separate processes resolves), or ``MAX_BATCHES``,
+or until more batches could not settle it (fp32 against itself strays further than the plans differ).
 Of plans tied with the leader, the one that drops the least accuracy is chosen.
 "Indistinguishable" is said only where the paired interval includes 1. Timing is a callable, so
 the logic is tested with fake timings.
@@ -169,9 +170,23 @@ def _race(race: Race, contenders: list[ResultRow], time_batch: TimeBatch) -> lis
     for _ in range(MAX_BATCHES):
         race.batches.append(time_batch(contenders, settled_now))
         order, settled = _standing(race, contenders)
-        if settled:
+        if settled or _futile(race, order):
             break
     return order
+
+
+def _futile(race: Race, order: list[ResultRow]) -> bool:
+    """More batches cannot settle the race: fp32 against itself strayed further than ``TIE``
+    (so no tie can be declared) and further than every unsettled rival is from the leader (the
+    band that widens each interval covers their whole difference). The A/A band is the worst
+    batch's, so it never narrows: with a profiler beside it, an LLM's race ran all ``MAX_BATCHES`` (135 s)
+    to end undecided at a 5 % band."""
+    band = race.aa_band
+    if band <= TIE:
+        return False
+    leader = order[0].plan_hash
+    gaps = [race.faster(leader, r.plan_hash) for r in order[1:]]
+    return all(_settled(s) or abs(math.log(s.ratio)) <= math.log1p(band) for s in gaps)
 
 
 def _standing(race: Race, contenders: list[ResultRow]) -> tuple[list[ResultRow], bool]:

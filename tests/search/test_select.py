@@ -127,6 +127,21 @@ def test_an_unsteady_a_a_check_widens_the_race_and_the_tuner_says_undecided():
     assert selection.winner_speedup.ci_high / selection.winner_speedup.ci_low > steady.ci_high / steady.ci_low
 
 
+def test_an_unsteady_race_stops_once_more_batches_could_not_separate_the_plans():
+    """fp32 against itself 8 % apart and two plans under 4 % apart: a second batch cannot settle
+    them (the band widens every interval past 1), so the race stops after one, undecided; plans
+    further apart than the band are still raced until settled."""
+    close = {"uniform-int8": 1.00, "tuned-t3": 0.80, "native-int8": 0.83}
+    rows = [_row(name, ms, CHUNK_DRIFT[name], width=0.05) for name, ms in close.items()]
+    time_batch, calls = fake_race(close, again=1.08)
+    selection = select(rows, time_batch)
+    assert len(calls) == 1
+    assert any(n.startswith("undecided: the machine was unsteady") for n in selection.notes)
+    steady_noisy, calls = fake_race(close, noise=0.3)  # no A/A band: more rounds may still settle it
+    select(rows, steady_noisy)
+    assert len(calls) == 3
+
+
 def test_ranked_tables_order_by_speedup_not_by_absolute_median():
     import pandas as pd
 
