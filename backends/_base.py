@@ -131,6 +131,15 @@ class Calibration:
     details: dict[str, Any] = field(default_factory=dict)
 
 
+def samples_only(model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:
+    """The calibration of a plan whose quantizer calibrates the samples itself (ONNX Runtime's
+    ``quantize_static`` for native-int8, NNCF): the samples, and no ranges computed for nothing
+    (on SmolLM2-135M the ranges of every tensor took about 13 s of a cold tune). Its path is never
+    written: its name keys the plan's artifact to the samples."""
+    path = workdir / "calibration" / f"{model.content_hash}-{data.content_hash}-{method}-samples"
+    return Calibration(path, method, len(data), 0.0, {"dataset": data, "cached": True})
+
+
 def check_calibration(plan: PrecisionPlan, calibration: Calibration | None) -> None:
     if calibration is None:
         raise ValueError("a plan with static int8 layers needs a calibration")
@@ -171,6 +180,20 @@ class Backend(abc.ABC):
     @abc.abstractmethod
     def calibrate(self, model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:
         """Compute (or load cached) activation ranges for all candidate tensors."""
+
+    def needs_ranges(self, plan: PrecisionPlan) -> bool:
+        """Whether building ``plan`` reads qbench's activation ranges (else only the samples)."""
+        return True
+
+    def calibration_for(
+        self, plan: PrecisionPlan, model: OnnxModel, data: Dataset, workdir: pathlib.Path
+    ) -> Calibration | None:
+        """What building ``plan`` needs from ``data``: nothing, the samples alone, or ranges."""
+        if not plan.needs_calibration:
+            return None
+        if not self.needs_ranges(plan):
+            return samples_only(model, data, plan.options.calibration, workdir)
+        return self.calibrate(model, data, plan.options.calibration, workdir)
 
     def build(
         self, model: OnnxModel, plan: PrecisionPlan, calibration: Calibration | None, workdir: pathlib.Path

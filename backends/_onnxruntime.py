@@ -278,8 +278,11 @@ class OnnxRuntimeBackend(Backend):
 
     def calibrate(self, model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:
         calibration = qdq.calibrate(model, data, method, workdir)
-        calibration.details["dataset"] = data  # native-int8 runs ORT's own calibration on the samples
+        calibration.details["dataset"] = data  # any plan may be built from it, its own quantizer's too
         return calibration
+
+    def needs_ranges(self, plan: PrecisionPlan) -> bool:
+        return not plan.is_native  # native-int8: ``quantize_static`` calibrates the samples itself
 
     # -- build -------------------------------------------------------------------------------
 

@@ -267,8 +267,11 @@ class OpenVinoBackend(Backend):
 
     def calibrate(self, model: OnnxModel, data: Dataset, method: str, workdir: pathlib.Path) -> Calibration:
         calibration = qdq.calibrate(model, data, method, workdir)
-        calibration.details["dataset"] = data  # NNCF collects its own statistics from the samples
+        calibration.details["dataset"] = data  # any plan may be built from it, its own quantizer's too
         return calibration
+
+    def needs_ranges(self, plan: PrecisionPlan) -> bool:
+        return plan.options.quantizer == "qdq"  # NNCF collects its own statistics from the samples
 
     # -- build -------------------------------------------------------------------------------
 

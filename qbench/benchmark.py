@@ -447,8 +447,8 @@ def profile_plans(
     build it and profiled on its own fresh session; no latency is timed."""
     _, candidates = _checked_candidates(backend, model, machine, plans)
 
-    def calibrate(method: str) -> Calibration:
-        return backend.calibrate(model, calibration_data, method, workdir)
+    def calibrate(plan: PrecisionPlan) -> Calibration | None:
+        return backend.calibration_for(plan, model, calibration_data, workdir)
 
     calibrations = _calibrate(calibrate, calibration_data, candidates, progress)
     failed = next((c for c in candidates if c.error is not None), None)
@@ -458,7 +458,7 @@ def profile_plans(
     profiles = []
     for c in candidates:
         progress(f"build and profile {c.plan.name}")
-        artifact = backend.build(model, c.plan, calibrations.get(c.plan.options.calibration), workdir)
+        artifact = backend.build(model, c.plan, calibrations.get(c.plan.content_hash), workdir)
         profiles.append(_profile(backend, artifact, c.plan.name, threads, feeds))
     return profiles
 
@@ -484,25 +484,30 @@ def take_profile(
 
 
 def _calibrate(
-    calibrate: Callable[[str], Calibration],
+    calibrate: Callable[[PrecisionPlan], Calibration | None],
     data: Dataset,
     candidates: list[Candidate],
     progress: Progress,
-) -> dict[str, Calibration]:
-    """Activation ranges per calibration method. A method that fails (an op the runtime cannot
-    run, say) fails the plans that need it, each recorded with the reason; the others go on."""
-    methods = {c.plan.options.calibration for c in candidates if c.plan.needs_calibration}
-    calibrations = {}
-    for method in sorted(methods):
-        progress(f"calibrate ({method}, {len(data)} samples)")
+) -> dict[str, Calibration | None]:
+    """What each plan needs of the calibration samples, by plan hash (``Backend.calibration_for``:
+    activation ranges, or the samples alone for a quantizer that calibrates them itself). A
+    calibration that fails (an op the runtime cannot run, say) fails the plans that need it,
+    each recorded with the reason; the others go on."""
+    calibrations: dict[str, Calibration | None] = {}
+    announced: set[str] = set()
+    for c in candidates:
+        if not c.plan.needs_calibration or c.error is not None:
+            continue
+        method = c.plan.options.calibration
+        if method not in announced:
+            announced.add(method)
+            progress(f"calibrate ({method}, {len(data)} samples)")
         try:
-            calibrations[method] = calibrate(method)
+            calibrations[c.plan.content_hash] = calibrate(c.plan)
         except QbenchError:
             raise
         except Exception as exc:
-            for c in candidates:
-                if c.plan.needs_calibration and c.plan.options.calibration == method:
-                    c.fail(RuntimeError(f"calibration ({method}) failed: {describe(exc)}"))
+            c.fail(RuntimeError(f"calibration ({method}) failed: {describe(exc)}"))
     return calibrations
 
 

@@ -219,7 +219,7 @@ class Harness:
         quick = min(quick_samples, TOKEN_FIRST_LOOK) if token else quick_samples
         self.quick_data = evaluation_data.take(0, min(quick, len(evaluation_data)))
         self.pool.prestart()  # the launcher imports while the baseline is built and scored
-        self._calibrations: dict[str, Calibration] = {}
+        self._calibrations: dict[tuple[str, bool], Calibration] = {}
         self.baseline_plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)
         self.baseline: Loaded | None = None
         self.baseline_error: str | None = None
@@ -290,16 +290,20 @@ class Harness:
     def resolve(self, plan: PrecisionPlan) -> PrecisionPlan:
         return self.backend.resolve_plan(plan, self.machine)
 
-    def calibration(self, method: str) -> Calibration:
-        """Activation ranges for ``method``, computed once per harness (and cached on disk)."""
-        if method not in self._calibrations:
-            self._calibrations[method] = self.backend.calibrate(self.model, self.calibration_data, method, self.workdir)
-        return self._calibrations[method]
+    def calibration(self, plan: PrecisionPlan) -> Calibration | None:
+        """What building ``plan`` needs of the calibration samples (``Backend.calibration_for``),
+        computed once per harness for each method (and activation ranges cached on disk)."""
+        if not plan.needs_calibration:
+            return None
+        key = (plan.options.calibration, self.backend.needs_ranges(plan))
+        if key not in self._calibrations:
+            data, workdir = self.calibration_data, self.workdir
+            self._calibrations[key] = self.backend.calibration_for(plan, self.model, data, workdir)
+        return self._calibrations[key]
 
     def build(self, plan: PrecisionPlan) -> Artifact:
         with phases.activity("build"):
-            calibration = self.calibration(plan.options.calibration) if plan.needs_calibration else None
-            return self.backend.build(self.model, plan, calibration, self.workdir)
+            return self.backend.build(self.model, plan, self.calibration(plan), self.workdir)
 
     def load(self, plan: PrecisionPlan) -> Loaded:
         """Build and load a resolved plan and run one cold evaluation batch; the caller closes it."""

@@ -574,11 +574,7 @@ def _write_outputs(result: TuneResult, inputs: TuneInputs, settings: TuneSetting
     if result.winner is not None:
         plan = replace(PrecisionPlan.from_json(result.winner.plan), tuned=_tuned_on(result, inputs, settings))
         (out / "plan.json").write_text(plan.to_json())
-        calibration = (
-            backend.calibrate(model, inputs.calibration_data, plan.options.calibration, workdir)
-            if plan.needs_calibration
-            else None
-        )
+        calibration = backend.calibration_for(plan, model, inputs.calibration_data, workdir)
         artifact = backend.build(model, plan, calibration, workdir)
         for part in (artifact.path, *artifact.companions):  # an OpenVINO IR is .xml + .bin
             shutil.copyfile(part, out / f"model{part.suffix}")
