@@ -219,7 +219,7 @@ class Harness:
         quick = min(quick_samples, TOKEN_FIRST_LOOK) if token else quick_samples
         self.quick_data = evaluation_data.take(0, min(quick, len(evaluation_data)))
         self.pool.prestart()  # the launcher imports while the baseline is built and scored
-        self._calibrations: dict[tuple[str, bool], Calibration] = {}
+        self._calibrations: dict[tuple[str, bool], Calibration | Exception] = {}
         self.baseline_plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)
         self.baseline: Loaded | None = None
         self.baseline_error: str | None = None
@@ -297,9 +297,15 @@ class Harness:
             return None
         key = (plan.options.calibration, self.backend.needs_ranges(plan))
         if key not in self._calibrations:
-            data, workdir = self.calibration_data, self.workdir
-            self._calibrations[key] = self.backend.calibration_for(plan, self.model, data, workdir)
-        return self._calibrations[key]
+            try:
+                data, workdir = self.calibration_data, self.workdir
+                self._calibrations[key] = self.backend.calibration_for(plan, self.model, data, workdir)
+            except Exception as exc:  # every plan of this method fails alike: don't calibrate again
+                self._calibrations[key] = exc
+        found = self._calibrations[key]
+        if isinstance(found, Exception):
+            raise found
+        return found
 
     def build(self, plan: PrecisionPlan) -> Artifact:
         with phases.activity("build"):
