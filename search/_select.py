@@ -8,7 +8,8 @@ Two plans are compared one way only (the rule every ranking and note follows):
   one run drift apart on a busy machine, and ranking by them once returned a plan its own
   table showed slower than another within the budget (docs/decisions.md).
 
-The plans that could still win (their interval against the leader's includes 1) are raced head
+The plans that could still win (their interval against the leader's includes 1, in the screen
+or in their earlier timing in other worker processes, the tuner's trials) are raced head
 to head in one set of rounds with fp32: batches of the protocol until the leader's paired ratio
 against each rival excludes 1 or lies within ``TIE`` of 1 (either pick is then as fast as the
 other, within what the ratio check against separate processes resolves), or ``MAX_BATCHES``,
@@ -99,14 +100,20 @@ def _fmt(s: Speedup) -> str:
     return f"{s.ratio:.3f}× ({s.ci_low:.3f}–{s.ci_high:.3f})"
 
 
-def select(within: Sequence[ResultRow], time_batch: TimeBatch | None, objective: Objective = MEDIAN) -> Selection:
+def select(
+    within: Sequence[ResultRow],
+    time_batch: TimeBatch | None,
+    objective: Objective = MEDIAN,
+    earlier: Mapping[str, Speedup] | None = None,
+) -> Selection:
     """The best plan of ``within`` (rows that met every budget on held-out data, their speedups
     on the ``objective``'s figure). Plans that could still beat the leader are raced by
-    ``time_batch`` (samples per plan hash and ``FP32``), compared on the same figure."""
+    ``time_batch`` (samples per plan hash and ``FP32``), compared on the same figure.
+    ``earlier``: speedups per plan hash timed in other worker processes (the tuner's trials)."""
     ranked = by_speedup([r for r in within if r.speedup is not None])
     if not ranked:
         return Selection(None, [])
-    contenders = _contenders(ranked)
+    contenders = _contenders(ranked, earlier or {})
     if len(contenders) < 2 or time_batch is None:
         leader = ranked[0]
         return Selection(leader, ranked, row_speedup(leader), notes=_notes(leader, ranked, None))
@@ -145,16 +152,27 @@ def smallest(within: Sequence[ResultRow], fp32: ResultRow) -> Selection:
     return Selection(leader, ranked, Speedup(smaller, smaller, smaller), notes=notes)
 
 
-def _contenders(ranked: Sequence[ResultRow]) -> list[ResultRow]:
-    """The leader, the plans whose interval against it includes 1 (at most ``MAX_RACED``), and
-    native-int8 (the floor is decided by paired data too) when there is a race at all."""
+def _contenders(ranked: Sequence[ResultRow], earlier: Mapping[str, Speedup]) -> list[ResultRow]:
+    """The leader, the plans that could still beat it (at most ``MAX_RACED``), and native-int8
+    (the floor is decided by paired data too) when there is a race at all."""
     leader = ranked[0]
-    contenders = [leader] + [r for r in ranked[1:] if relative(row_speedup(leader), row_speedup(r)).ci_low <= 1.0]
+    contenders = [leader] + [r for r in ranked[1:] if _could_win(leader, r, earlier)]
     contenders = contenders[:MAX_RACED]
     native = next((r for r in ranked if r.plan_name == NATIVE), None)
     if native is not None and native not in contenders and len(contenders) > 1:
         contenders.append(native)
     return contenders
+
+
+def _could_win(leader: ResultRow, rival: ResultRow, earlier: Mapping[str, Speedup]) -> bool:
+    """The rival's interval against the leader includes 1 in the screen, or in their earlier
+    timings. A plan's worker process can run slow for its whole life, which no pairing within its
+    rounds cancels (symmetric int4 on SmolLM2, Zen 4: screened at 2.76× fp32, 2.35–3.29, then
+    3.51× in a bench right after; docs/llms.md): a plan is left out only when two processes agree."""
+    if relative(row_speedup(leader), row_speedup(rival)).ci_low <= 1.0:
+        return True
+    before = earlier.get(leader.plan_hash), earlier.get(rival.plan_hash)
+    return before[0] is not None and before[1] is not None and relative(*before).ci_low <= 1.0
 
 
 def _race(race: Race, contenders: list[ResultRow], time_batch: TimeBatch) -> list[ResultRow]:

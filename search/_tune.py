@@ -239,7 +239,8 @@ def tune(
             finally:
                 harness.close()
             with timer.stage("final selection"):
-                rows, selection = _final_selection(inputs, settings, plans, board, progress, pool)
+                earlier = _trial_speedups(study)
+                rows, selection = _final_selection(inputs, settings, plans, board, progress, pool, earlier)
         finally:
             pool.close()
         better = "smaller" if objective(settings.study.objective).size else "faster"
@@ -332,11 +333,11 @@ def final_plans(study, harness, space, offered, inputs: TuneInputs, max_drop: fl
     uniform = [harness.resolve(space.plan(space.uniform(p), f"uniform-{p}")) for p in offered]
     known = {plan.content_hash for plan in uniform}
     feasible, front = feasible_trials(study), pareto_front(study, axis)
-    trials = {trial_plan(t).content_hash: t for t in feasible if "speedup_ci" in t.user_attrs}
+    timed = _trial_speedups(study)
     for label, assignment in space.option_variants(space.uniform(offered[0])):
         variant = harness.resolve(space.plan(assignment, f"uniform-{offered[0]}-{label}"))
-        trial = trials.get(variant.content_hash)
-        if trial is not None and trial_speedup(trial).ci_high >= 1.0 and variant.content_hash not in known:
+        speed = timed.get(variant.content_hash)
+        if speed is not None and speed.ci_high >= 1.0 and variant.content_hash not in known:
             uniform.append(variant)
             known.add(variant.content_hash)
     anchors = [t for t in front + feasible if trial_plan(t).content_hash in known]
@@ -346,8 +347,17 @@ def final_plans(study, harness, space, offered, inputs: TuneInputs, max_drop: fl
     return finalists + uniform + ([native] if native else []), native
 
 
-def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, progress, pool: WorkerPool):
-    """Screen ``plans`` on the held-out data (bench rows), then race the ones that could still win."""
+def _trial_speedups(study) -> dict[str, Speedup]:
+    """Each feasible timed trial's speedup against fp32, by plan hash."""
+    timed = [t for t in feasible_trials(study) if "speedup_ci" in t.user_attrs]
+    return {trial_plan(t).content_hash: trial_speedup(t) for t in timed}
+
+
+def _final_selection(
+    inputs: TuneInputs, settings: TuneSettings, plans, board, progress, pool: WorkerPool, earlier: dict[str, Speedup]
+):
+    """Screen ``plans`` on the held-out data (bench rows), then race the ones that could still
+    win, by the screen or by their ``earlier`` timings (the trials', in other worker processes)."""
     progress(f"final selection: {len(plans)} plans against fp32 on {len(inputs.holdout_data)} held-out samples")
     final = settings.final_protocol
     screen = replace(final, min_seconds=min(final.min_seconds, SCREEN_SECONDS)) if settings.study.sequential else final
@@ -386,7 +396,7 @@ def _final_selection(inputs: TuneInputs, settings: TuneSettings, plans, board, p
         return inputs.harness(settings, inputs.holdout_data, score=False, pool=pool)
 
     with _HeadToHead(make_harness, trial_protocol(goal, final), progress) as race:
-        return rows, select(within, race.time if rows[0].ok else None, goal)
+        return rows, select(within, race.time if rows[0].ok else None, goal, earlier)
 
 
 def _fits(row: ResultRow, max_drop: float, max_mb: float | None) -> bool:

@@ -301,3 +301,20 @@ def test_the_mb_objective_picks_the_smallest_row_and_the_lower_drop_of_one_size(
     assert [r.plan_name for r in selection.ranked] == ["tuned-t3", "uniform-int8", "native-int8"]
     assert selection.winner_speedup == Speedup(4.0, 4.0, 4.0) and "4.00× smaller" in selection.notes[0]
     assert smallest([], fp32).winner is None
+
+
+def test_a_plan_whose_screen_ran_slow_is_raced_when_its_trial_timing_could_still_win():
+    """A plan's worker can run slow for its whole life: a screen that put the truly fastest plan
+    clearly behind does not drop it while its trial timing, another process, says it could win."""
+    true = {"uniform-int8": 1.00, "tuned-t3": 0.80, "native-int8": 1.10}
+    rows = [_row("uniform-int8", 1.00, 1.0), _row("tuned-t3", 1.25, 1.0), _row("native-int8", 1.10, 1.0)]
+    assert relative(row_speedup(rows[0]), row_speedup(rows[1])).ci_low > 1.0  # the screen alone drops it
+    trials = {"uniform-int8": Speedup(2.0, 1.9, 2.1), "tuned-t3": Speedup(2.4, 2.2, 2.6)}
+    time_batch, calls = fake_race(true)
+    selection = select(rows, time_batch, earlier=trials)
+    assert "tuned-t3" in calls[0] and selection.winner.plan_name == "tuned-t3"
+    # Where the trials agree with the screen, it is left out.
+    agreeing = {"uniform-int8": Speedup(2.0, 1.9, 2.1), "tuned-t3": Speedup(1.6, 1.5, 1.7)}
+    time_batch, calls = fake_race(true)
+    assert select(rows, time_batch, earlier=agreeing).winner.plan_name != "tuned-t3"
+    assert all("tuned-t3" not in c for c in calls)
