@@ -27,7 +27,7 @@ from qbench.codeversion import code_version
 from qbench.data import Dataset, fixed_batch_size
 from qbench.drift import DRIFT, DriftWorkload
 from qbench.errors import QbenchError, describe
-from qbench.harness import FP32, FP32_AGAIN, TIMING_CHUNK, Harness, Loaded, chunks
+from qbench.harness import FP32, FP32_AGAIN, TIMING_CHUNK, Calibrations, Harness, Loaded, chunks
 from qbench.machine import Machine
 from qbench.measure import TimingProtocol
 from qbench.metrics import Metric
@@ -447,9 +447,7 @@ def profile_plans(
     build it and profiled on its own fresh session; no latency is timed."""
     _, candidates = _checked_candidates(backend, model, machine, plans)
 
-    def calibrate(plan: PrecisionPlan) -> Calibration | None:
-        return backend.calibration_for(plan, model, calibration_data, workdir)
-
+    calibrate = Calibrations(backend, model, calibration_data, workdir)
     calibrations = _calibrate(calibrate, calibration_data, candidates, progress)
     failed = next((c for c in candidates if c.error is not None), None)
     if failed is not None:

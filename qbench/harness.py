@@ -64,6 +64,30 @@ def chunks(items: Sequence[T], size: int = TIMING_CHUNK) -> Iterator[Sequence[T]
         yield items[start : start + size]
 
 
+class Calibrations:
+    """What building each plan needs of the calibration samples (``Backend.calibration_for``),
+    computed once per kind (method, and ranges or the samples alone; ranges are cached on disk
+    too). A failure is remembered and raised for every plan of its kind, not computed again."""
+
+    def __init__(self, backend: Backend, model: OnnxModel, data: Dataset, workdir: pathlib.Path) -> None:
+        self.backend, self.model, self.data, self.workdir = backend, model, data, workdir
+        self._found: dict[tuple[str, bool], Calibration | Exception] = {}
+
+    def __call__(self, plan: PrecisionPlan) -> Calibration | None:
+        if not plan.needs_calibration:
+            return None
+        key = (plan.options.calibration, self.backend.needs_ranges(plan))
+        if key not in self._found:
+            try:
+                self._found[key] = self.backend.calibration_for(plan, self.model, self.data, self.workdir)
+            except Exception as exc:  # every plan of this kind fails alike
+                self._found[key] = exc
+        found = self._found[key]
+        if isinstance(found, Exception):
+            raise found
+        return found
+
+
 def timed_call(runner: Runner, feeds: Mapping[str, np.ndarray]) -> Callable[[], None]:
     """One inference and, for asynchronous devices, its completion, timed in this process (the
     in-process methods the benchmark scripts compare with; plans are timed in workers)."""
@@ -219,7 +243,7 @@ class Harness:
         quick = min(quick_samples, TOKEN_FIRST_LOOK) if token else quick_samples
         self.quick_data = evaluation_data.take(0, min(quick, len(evaluation_data)))
         self.pool.prestart()  # the launcher imports while the baseline is built and scored
-        self._calibrations: dict[tuple[str, bool], Calibration | Exception] = {}
+        self.calibration = Calibrations(backend, model, calibration_data, workdir)  # per plan: what its build needs
         self.baseline_plan = backend.resolve_plan(PrecisionPlan(name="fp32"), machine)
         self.baseline: Loaded | None = None
         self.baseline_error: str | None = None
@@ -289,23 +313,6 @@ class Harness:
 
     def resolve(self, plan: PrecisionPlan) -> PrecisionPlan:
         return self.backend.resolve_plan(plan, self.machine)
-
-    def calibration(self, plan: PrecisionPlan) -> Calibration | None:
-        """What building ``plan`` needs of the calibration samples (``Backend.calibration_for``),
-        computed once per harness for each method (and activation ranges cached on disk)."""
-        if not plan.needs_calibration:
-            return None
-        key = (plan.options.calibration, self.backend.needs_ranges(plan))
-        if key not in self._calibrations:
-            try:
-                data, workdir = self.calibration_data, self.workdir
-                self._calibrations[key] = self.backend.calibration_for(plan, self.model, data, workdir)
-            except Exception as exc:  # every plan of this method fails alike: don't calibrate again
-                self._calibrations[key] = exc
-        found = self._calibrations[key]
-        if isinstance(found, Exception):
-            raise found
-        return found
 
     def build(self, plan: PrecisionPlan) -> Artifact:
         with phases.activity("build"):
